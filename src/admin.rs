@@ -1,0 +1,68 @@
+//! The admin listener: `GET /live` and `GET /ready` for probes.
+//!
+//! It runs on its own address (`--admin-listen`) so probes and scrapes never share a port with
+//! the proxy, which stays on loopback in a sidecar. `/ready` answers 200 once a snapshot is
+//! loaded and the proxy listener is bound, and 503 while draining.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::body::ProxyBody;
+use crate::error::json_response;
+
+/// Readiness shared between `main` and the admin listener.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let json = |status, body: &'static str| json_response(status, Bytes::from_static(body.as_bytes()), None);
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":{"code":"method_not_allowed","message":"use GET"}}"#);
+    }
+    match req.uri().path() {
+        "/live" => json(StatusCode::OK, r#"{"status":"live"}"#),
+        "/ready" if health.is_ready() => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        "/ready" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
+        _ => json(StatusCode::NOT_FOUND, r#"{"error":{"code":"not_found","message":"no such admin route"}}"#),
+    }
+}
+
+/// Serves the admin routes on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let health = health.clone();
+        let svc = service_fn(move |req| {
+            let res = respond(&health, &req);
+            async move { Ok::<_, std::convert::Infallible>(res) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}

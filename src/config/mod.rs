@@ -1,0 +1,145 @@
+//! Configuration: providers.yaml and the vault, parsed and validated into one immutable
+//! [`Snapshot`].
+//!
+//! Loading has two stages, as in pingora's configuration: raw serde types that mirror the files
+//! ([`providers`], [`vault`]), then [`snapshot::build`] that validates them together and
+//! precompiles everything the request path needs (templates, header names and values, base
+//! URLs, lookups). Parsing works on `&str`; file I/O is kept in [`load_files`], so every
+//! rejection can be unit-tested with inline YAML. Every problem is a [`Diagnostic`] naming the
+//! file and the path inside it.
+
+pub mod providers;
+pub mod snapshot;
+pub mod vault;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use snapshot::{
+    BaseUrl, BuildOptions, Connection, Credential, Injection, Integration, Placement, Snapshot,
+};
+
+/// The providers.yaml compiled into the binary, used when none is given or found.
+pub const BUNDLED_PROVIDERS: &str = include_str!("../../providers.yaml");
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// The file as the operator named it.
+    pub file: String,
+    /// The path inside the file, e.g. `connections[2].credentials.apiKey`; empty for the root.
+    pub path: String,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(file: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            file: file.to_string(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(file: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(file, path, message)
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.severity {
+            Severity::Warning => "warning: ",
+            Severity::Error => "",
+        };
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}: {kind}{}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {kind}{}", self.file, self.path, self.message)
+        }
+    }
+}
+
+/// The text of both files and the names they are reported under.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub providers_name: String,
+    pub providers: String,
+    pub vault_name: String,
+    pub vault: String,
+}
+
+/// Where the files are. `providers: None` means the bundled catalogue.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub providers: Option<PathBuf>,
+    pub vault: PathBuf,
+    pub state: Option<PathBuf>,
+}
+
+impl Paths {
+    /// Resolves the providers path: the given one, else `./providers.yaml` if it exists, else
+    /// the bundled copy.
+    pub fn new(providers: Option<PathBuf>, vault: PathBuf, state: Option<PathBuf>) -> Self {
+        let providers = providers.or_else(|| {
+            let local = PathBuf::from("providers.yaml");
+            local.is_file().then_some(local)
+        });
+        Self {
+            providers,
+            vault,
+            state,
+        }
+    }
+
+    pub fn providers_name(&self) -> String {
+        match &self.providers {
+            Some(p) => display_name(p),
+            None => "providers.yaml (bundled)".to_string(),
+        }
+    }
+}
+
+fn display_name(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Reads both files. A missing or unreadable file is a diagnostic, not a panic.
+pub fn load_files(paths: &Paths) -> Result<Sources, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let providers_name = paths.providers_name();
+    let providers = match &paths.providers {
+        Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| {
+            errors.push(Diagnostic::error(&providers_name, "", format!("cannot read: {e}")));
+            String::new()
+        }),
+        None => BUNDLED_PROVIDERS.to_string(),
+    };
+    let vault_name = display_name(&paths.vault);
+    let vault = std::fs::read_to_string(&paths.vault).unwrap_or_else(|e| {
+        errors.push(Diagnostic::error(&vault_name, "", format!("cannot read: {e}")));
+        String::new()
+    });
+    if errors.is_empty() {
+        Ok(Sources {
+            providers_name,
+            providers,
+            vault_name,
+            vault,
+        })
+    } else {
+        Err(errors)
+    }
+}

@@ -1,0 +1,835 @@
+//! The immutable snapshot: providers and vault validated together and precompiled.
+//!
+//! Everything the request path would otherwise compute per request is done here once per
+//! load: templates rendered into ready `HeaderValue`s (marked sensitive) and encoded query
+//! pairs, base URLs resolved and parsed, lookups by integration and connection built. Only
+//! values that change between loads (OAuth access tokens) stay as templates. `build` collects
+//! every problem instead of stopping at the first, so `sidekey check` can list them all.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Uri};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::providers::{AuthMode, Catalog, Provider};
+use super::vault::{self, KeyPlacement, RawConnection, RawCredentials, RawIntegration};
+use super::{Diagnostic, Sources};
+use crate::secret::Secret;
+use crate::template::{BaseUrlTemplate, Template, Values};
+
+/// The characters left as they are in an injected query name or value (RFC 3986 unreserved).
+const QUERY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a query component.
+pub fn encode_query_component(s: &str) -> String {
+    utf8_percent_encode(s, QUERY_ENCODE).to_string()
+}
+
+/// What the snapshot build needs besides the files.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// SHA-256 digests of the keys given by `SIDEKEY_SECRET_KEY`.
+    pub env_keys: Vec<[u8; 32]>,
+    /// The generation number the new snapshot gets.
+    pub generation: u64,
+}
+
+/// Where an injected value goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Header(HeaderName),
+    /// A query parameter; the name is already percent-encoded.
+    Query(String),
+}
+
+/// A template and where its value goes.
+#[derive(Debug, Clone)]
+pub struct Injection {
+    pub placement: Placement,
+    pub template: Template,
+}
+
+/// A parsed upstream base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Host without brackets or port, lowercase.
+    pub host: String,
+    pub port: u16,
+    /// The base path without a trailing slash ("" for the root).
+    pub path: String,
+    /// The base URL's own query, if any (without `?`).
+    pub query: Option<String>,
+}
+
+impl BaseUrl {
+    /// Parses an absolute `http` or `https` URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: Uri = s
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{s}` has no scheme"))?;
+        let default_port = if scheme == Scheme::HTTPS {
+            443
+        } else if scheme == Scheme::HTTP {
+            80
+        } else {
+            return Err(format!("`{s}`: only http and https are supported"));
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{s}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("`{s}`: user info in a base URL is not supported"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host"));
+        }
+        let path = uri.path().trim_end_matches('/').to_string();
+        Ok(Self {
+            scheme,
+            port: authority.port_u16().unwrap_or(default_port),
+            authority,
+            host,
+            path,
+            query: uri.query().map(str::to_string),
+        })
+    }
+}
+
+/// An integration: a provider plus the operator's settings for it.
+#[derive(Debug)]
+pub struct Integration {
+    pub unique_key: String,
+    pub display_name: Option<String>,
+    pub provider: Arc<Provider>,
+    pub base_url: Option<BaseUrlTemplate>,
+    pub injections: Vec<Injection>,
+    pub oauth_client_id: Option<Secret>,
+    pub oauth_client_secret: Option<Secret>,
+    pub scopes: Option<String>,
+}
+
+/// A connection's stored credential.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    ApiKey(Secret),
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    OAuth2 {
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        expires_at: Option<jiff::Timestamp>,
+    },
+    OAuth2Cc {
+        client_id: Option<Secret>,
+        client_secret: Option<Secret>,
+        token: Option<Secret>,
+        expires_at: Option<jiff::Timestamp>,
+    },
+}
+
+/// A connection with everything precomputed for the request path.
+#[derive(Debug)]
+pub struct Connection {
+    pub connection_id: String,
+    pub provider_config_key: String,
+    pub integration: Arc<Integration>,
+    pub credential: Credential,
+    /// `None` when no base URL is configured anywhere: requests need `Base-Url-Override`.
+    pub base_url: Option<BaseUrl>,
+    /// Injected headers whose values are known at load time (sensitive).
+    pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Injected query pairs known at load time, percent-encoded.
+    pub static_query: Vec<(String, String)>,
+    /// Injections that need the current access token.
+    pub dynamic: Vec<Injection>,
+    pub connection_config: Map<String, Value>,
+    pub metadata: Map<String, Value>,
+    /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one.
+    pub fingerprint: [u8; 32],
+}
+
+impl Connection {
+    /// The values for rendering this connection's templates, with the given access token.
+    pub fn values<'a>(&'a self, access_token: Option<&'a str>) -> Values<'a> {
+        let mut v = Values {
+            access_token,
+            connection_config: Some(&self.connection_config),
+            metadata: Some(&self.metadata),
+            ..Values::default()
+        };
+        match &self.credential {
+            Credential::ApiKey(k) => v.api_key = Some(k.expose()),
+            Credential::Basic { username, password } => {
+                v.username = Some(username.expose());
+                v.password = Some(password.expose());
+            }
+            _ => {}
+        }
+        v
+    }
+}
+
+/// One consistent view of all configuration, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    /// SHA-256 digests of the accepted caller keys (environment and vault).
+    pub secret_keys: Vec<[u8; 32]>,
+    pub integrations: HashMap<String, Arc<Integration>>,
+    /// Connections by integration key, then connection id.
+    pub connections: HashMap<String, HashMap<String, Arc<Connection>>>,
+    /// Connections by connection id alone, for integration.app-style selectors.
+    pub by_connection_id: HashMap<String, Vec<Arc<Connection>>>,
+    pub catalog: Arc<Catalog>,
+    /// Problems that don't stop the load (unusable providers nobody uses, …).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Snapshot {
+    pub fn connection(&self, provider_config_key: &str, connection_id: &str) -> Option<&Arc<Connection>> {
+        self.connections.get(provider_config_key)?.get(connection_id)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.values().map(HashMap::len).sum()
+    }
+}
+
+/// Validates both files and builds a snapshot, or returns every error found.
+pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let catalog = match Catalog::parse(&src.providers_name, &src.providers) {
+        Ok(c) => c,
+        Err(d) => {
+            errors.push(d);
+            Catalog::default()
+        }
+    };
+    let raw = match vault::parse(&src.vault_name, &src.vault) {
+        Ok(v) => v,
+        Err(d) => {
+            errors.push(d);
+            return Err(errors);
+        }
+    };
+    let mut b = Builder {
+        file: &src.vault_name,
+        catalog: &catalog,
+        errors,
+        warnings: Vec::new(),
+    };
+    let mut secret_keys = opts.env_keys.clone();
+    for (i, k) in raw.secret_keys.iter().enumerate() {
+        match parse_sha256(&k.sha256) {
+            Some(d) => secret_keys.push(d),
+            None => b.error(
+                format!("secret_keys[{i}].sha256"),
+                "must be 64 hexadecimal digits (the SHA-256 of the key)",
+            ),
+        }
+    }
+    let mut integrations: HashMap<String, Arc<Integration>> = HashMap::new();
+    for (i, raw_int) in raw.integrations.iter().enumerate() {
+        if let Some(int) = b.integration(i, raw_int) {
+            if integrations.contains_key(&int.unique_key) {
+                b.error(
+                    format!("integrations[{i}].unique_key"),
+                    format!("duplicate unique_key `{}`", int.unique_key),
+                );
+            } else {
+                integrations.insert(int.unique_key.clone(), Arc::new(int));
+            }
+        }
+    }
+    let mut connections: HashMap<String, HashMap<String, Arc<Connection>>> = HashMap::new();
+    let mut by_connection_id: HashMap<String, Vec<Arc<Connection>>> = HashMap::new();
+    let known: std::collections::HashSet<&str> =
+        raw.integrations.iter().map(|i| i.unique_key.as_str()).collect();
+    for (i, raw_conn) in raw.connections.iter().enumerate() {
+        let Some(int) = integrations.get(&raw_conn.provider_config_key) else {
+            // An integration that failed to build has already reported its own error.
+            if !known.contains(raw_conn.provider_config_key.as_str()) {
+                b.error(
+                    format!("connections[{i}].provider_config_key"),
+                    format!("no integration `{}`", raw_conn.provider_config_key),
+                );
+            }
+            continue;
+        };
+        let Some(conn) = b.connection(i, raw_conn, int) else {
+            continue;
+        };
+        let per_int = connections.entry(conn.provider_config_key.clone()).or_default();
+        if per_int.contains_key(&conn.connection_id) {
+            b.error(
+                format!("connections[{i}]"),
+                format!(
+                    "duplicate connection `{}` for integration `{}`",
+                    conn.connection_id, conn.provider_config_key
+                ),
+            );
+            continue;
+        }
+        let conn = Arc::new(conn);
+        per_int.insert(conn.connection_id.clone(), conn.clone());
+        by_connection_id
+            .entry(conn.connection_id.clone())
+            .or_default()
+            .push(conn);
+    }
+    if !b.errors.is_empty() {
+        return Err(b.errors);
+    }
+    let mut warnings = b.warnings;
+    warnings.extend(catalog.warnings(&src.providers_name));
+    Ok(Snapshot {
+        generation: opts.generation,
+        secret_keys,
+        integrations,
+        connections,
+        by_connection_id,
+        catalog: Arc::new(catalog),
+        warnings,
+    })
+}
+
+/// Parses a hex SHA-256 digest, any case.
+pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(s.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+struct Builder<'a> {
+    file: &'a str,
+    catalog: &'a Catalog,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Builder<'_> {
+    fn error(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errors.push(Diagnostic::error(self.file, path, msg));
+    }
+
+    fn integration(&mut self, i: usize, raw: &RawIntegration) -> Option<Integration> {
+        let at = |f: &str| format!("integrations[{i}].{f}");
+        if raw.unique_key.trim().is_empty() {
+            self.error(at("unique_key"), "must not be empty");
+            return None;
+        }
+        let provider = match self.catalog.providers.get(&raw.provider) {
+            None => {
+                self.error(at("provider"), format!("unknown provider `{}`", raw.provider));
+                return None;
+            }
+            Some(Err(errs)) => {
+                for e in errs {
+                    self.error(at("provider"), format!("provider `{}`: {e}", raw.provider));
+                }
+                return None;
+            }
+            Some(Ok(p)) => p.clone(),
+        };
+        let cfg = raw.integration_config.clone().unwrap_or_default();
+        let mut base_url = provider.base_url.clone();
+        if let Some(b) = &cfg.base_url {
+            match BaseUrlTemplate::compile(b) {
+                Ok(t) => base_url = Some(t),
+                Err(e) => self.error(at("integration_config.baseUrl"), e.to_string()),
+            }
+        }
+        let mut injections: Vec<Injection> = provider
+            .headers
+            .iter()
+            .map(|(h, t)| Injection {
+                placement: Placement::Header(h.clone()),
+                template: t.clone(),
+            })
+            .chain(provider.query.iter().map(|(q, t)| Injection {
+                placement: Placement::Query(encode_query_component(q)),
+                template: t.clone(),
+            }))
+            .collect();
+        if let Some(name) = &cfg.key_name {
+            let placement = match cfg.key_placement.unwrap_or(KeyPlacement::Header) {
+                KeyPlacement::Header => match HeaderName::from_bytes(name.trim().as_bytes()) {
+                    Ok(h) => Some(Placement::Header(h)),
+                    Err(_) => {
+                        self.error(at("integration_config.keyName"), "not a valid header name");
+                        None
+                    }
+                },
+                KeyPlacement::Query => Some(Placement::Query(encode_query_component(name.trim()))),
+            };
+            let template = cfg.value_template.as_deref().unwrap_or("${apiKey}");
+            match (placement, Template::compile(template)) {
+                (Some(placement), Ok(template)) => {
+                    injections.retain(|inj| inj.placement != placement);
+                    injections.push(Injection {
+                        placement,
+                        template,
+                    });
+                }
+                (_, Err(e)) => self.error(at("integration_config.valueTemplate"), e.to_string()),
+                (None, _) => {}
+            }
+        } else if cfg.key_placement.is_some() || cfg.value_template.is_some() {
+            self.error(
+                at("integration_config.keyName"),
+                "keyPlacement and valueTemplate need keyName",
+            );
+        }
+        let targets_auth = injections
+            .iter()
+            .any(|inj| inj.placement == Placement::Header(http::header::AUTHORIZATION));
+        match provider.auth_mode {
+            AuthMode::ApiKey if injections.is_empty() => {
+                self.error(
+                    at("integration_config"),
+                    format!(
+                        "provider `{}` gives no header or query template for the API key; set integration_config.keyName (and keyPlacement, valueTemplate)",
+                        provider.name
+                    ),
+                );
+                return None;
+            }
+            AuthMode::OAuth2 | AuthMode::OAuth2Cc
+                if !targets_auth && !injections.iter().any(|i| i.template.uses_access_token()) =>
+            {
+                if let Ok(t) = Template::compile("Bearer ${accessToken}") {
+                    injections.push(Injection {
+                        placement: Placement::Header(http::header::AUTHORIZATION),
+                        template: t,
+                    });
+                }
+            }
+            _ => {}
+        }
+        if base_url.is_none() {
+            self.warnings.push(Diagnostic::warning(
+                self.file,
+                at("integration_config.baseUrl"),
+                "no base URL from the provider or the integration; requests must send Base-Url-Override",
+            ));
+        }
+        let creds = raw.credentials.as_ref();
+        Some(Integration {
+            unique_key: raw.unique_key.clone(),
+            display_name: raw.display_name.clone(),
+            provider,
+            base_url,
+            injections,
+            oauth_client_id: creds.and_then(|c| c.oauth_client_id.clone()),
+            oauth_client_secret: creds.and_then(|c| c.oauth_client_secret.clone()),
+            scopes: creds.and_then(|c| c.scopes.clone()),
+        })
+    }
+
+    fn connection(
+        &mut self,
+        i: usize,
+        raw: &RawConnection,
+        int: &Arc<Integration>,
+    ) -> Option<Connection> {
+        let at = |f: &str| {
+            if f.is_empty() {
+                format!("connections[{i}]")
+            } else {
+                format!("connections[{i}].{f}")
+            }
+        };
+        let errors_before = self.errors.len();
+        if raw.connection_id.trim().is_empty() {
+            self.error(at("connection_id"), "must not be empty");
+        }
+        let mode = int.provider.auth_mode;
+        let fits = matches!(
+            (mode, &raw.credentials),
+            (AuthMode::ApiKey, RawCredentials::ApiKey { .. })
+                | (AuthMode::Basic, RawCredentials::Basic { .. })
+                | (AuthMode::OAuth2, RawCredentials::OAuth2 { .. })
+                | (AuthMode::OAuth2Cc, RawCredentials::OAuth2Cc { .. })
+        );
+        if !fits {
+            self.error(
+                at("credentials.type"),
+                format!(
+                    "`{}` does not fit provider `{}`, whose auth mode is {}",
+                    raw.credentials.type_name(),
+                    int.provider.name,
+                    mode.as_str()
+                ),
+            );
+            return None;
+        }
+        let timestamp = |b: &mut Self, s: &Option<String>| {
+            s.as_deref().and_then(|s| match s.trim().parse::<jiff::Timestamp>() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    b.error(at("credentials.expires_at"), "not an RFC 3339 timestamp");
+                    None
+                }
+            })
+        };
+        let credential = match &raw.credentials {
+            RawCredentials::ApiKey { api_key } => {
+                if api_key.is_empty() {
+                    self.error(at("credentials.apiKey"), "must not be empty");
+                }
+                Credential::ApiKey(api_key.clone())
+            }
+            RawCredentials::Basic { username, password } => {
+                if username.is_empty() {
+                    self.error(at("credentials.username"), "must not be empty");
+                }
+                Credential::Basic {
+                    username: username.clone(),
+                    password: password.clone(),
+                }
+            }
+            RawCredentials::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+                ..
+            } => Credential::OAuth2 {
+                access_token: access_token.clone(),
+                refresh_token: refresh_token.clone(),
+                expires_at: timestamp(self, expires_at),
+            },
+            RawCredentials::OAuth2Cc {
+                client_id,
+                client_secret,
+                token,
+                expires_at,
+            } => {
+                let has_id = client_id.is_some() || int.oauth_client_id.is_some();
+                let has_secret = client_secret.is_some() || int.oauth_client_secret.is_some();
+                if !has_id || !has_secret {
+                    self.error(
+                        at("credentials"),
+                        "OAUTH2_CC needs client_id and client_secret on the connection or oauth_client_id and oauth_client_secret on the integration",
+                    );
+                }
+                if int.provider.token_url.is_none() {
+                    self.error(
+                        at("provider_config_key"),
+                        format!("provider `{}` has no token_url", int.provider.name),
+                    );
+                }
+                Credential::OAuth2Cc {
+                    client_id: client_id.clone(),
+                    client_secret: client_secret.clone(),
+                    token: token.clone(),
+                    expires_at: timestamp(self, expires_at),
+                }
+            }
+        };
+        let mut conn = Connection {
+            connection_id: raw.connection_id.clone(),
+            provider_config_key: raw.provider_config_key.clone(),
+            integration: int.clone(),
+            credential,
+            base_url: None,
+            static_headers: Vec::new(),
+            static_query: Vec::new(),
+            dynamic: Vec::new(),
+            connection_config: raw.connection_config.clone(),
+            metadata: raw.metadata.clone(),
+            fingerprint: fingerprint(&raw.credentials),
+        };
+        let creds_map = credentials_map(&raw.credentials);
+        let mut values = conn.values(None);
+        values.credentials = Some(&creds_map);
+        // Base URL: the connection's own `baseUrl`, else the integration's or provider's template.
+        let base = match conn.connection_config.get("baseUrl").and_then(Value::as_str) {
+            Some(s) => Some(Ok(s.to_string())),
+            None => int.base_url.as_ref().map(|t| t.render(&values)),
+        };
+        let base_url = match base {
+            None => None,
+            Some(Ok(s)) => match BaseUrl::parse(&s) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    self.error(at("connection_config"), format!("base URL: {e}"));
+                    None
+                }
+            },
+            Some(Err(missing)) => {
+                self.error(
+                    at("connection_config"),
+                    format!("the base URL needs `{missing}`, which this connection does not set"),
+                );
+                None
+            }
+        };
+        let mut static_headers = Vec::new();
+        let mut static_query = Vec::new();
+        let mut dynamic = Vec::new();
+        for inj in &int.injections {
+            if inj.template.uses_access_token() {
+                dynamic.push(inj.clone());
+                continue;
+            }
+            let Some(value) = inj.template.render(&values) else {
+                continue; // a header whose placeholders don't resolve is left out
+            };
+            match &inj.placement {
+                Placement::Header(h) => match HeaderValue::from_str(&value) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        static_headers.push((h.clone(), v));
+                    }
+                    Err(_) => self.error(
+                        at("credentials"),
+                        format!("the value injected into header `{h}` is not a valid header value"),
+                    ),
+                },
+                Placement::Query(q) => static_query.push((q.clone(), encode_query_component(&value))),
+            }
+        }
+        if let Credential::Basic { username, password } = &conn.credential {
+            let targets_auth = static_headers
+                .iter()
+                .any(|(h, _)| h == http::header::AUTHORIZATION);
+            if !targets_auth {
+                let raw = format!("{}:{}", username.expose(), password.expose());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+                match HeaderValue::from_str(&format!("Basic {encoded}")) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        static_headers.push((http::header::AUTHORIZATION, v));
+                    }
+                    Err(_) => self.error(at("credentials"), "cannot build a Basic header"),
+                }
+            }
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        conn.base_url = base_url;
+        conn.static_headers = static_headers;
+        conn.static_query = static_query;
+        conn.dynamic = dynamic;
+        Some(conn)
+    }
+}
+
+/// The credential's fields as a map, for `${credentials.x}` placeholders.
+fn credentials_map(c: &RawCredentials) -> Map<String, Value> {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Option<&Secret>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), Value::String(v.expose().to_string()));
+        }
+    };
+    match c {
+        RawCredentials::ApiKey { api_key } => put("apiKey", Some(api_key)),
+        RawCredentials::Basic { username, password } => {
+            put("username", Some(username));
+            put("password", Some(password));
+        }
+        RawCredentials::OAuth2 { .. } | RawCredentials::OAuth2Cc { .. } => {}
+    }
+    m
+}
+
+/// A digest of the credential as written in the vault.
+fn fingerprint(c: &RawCredentials) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |v: Option<&Secret>| {
+        let s = v.map(Secret::expose).unwrap_or("");
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    match c {
+        RawCredentials::ApiKey { api_key } => field(Some(api_key)),
+        RawCredentials::Basic { username, password } => {
+            field(Some(username));
+            field(Some(password));
+        }
+        RawCredentials::OAuth2 {
+            access_token,
+            refresh_token,
+            expires_at,
+            ..
+        } => {
+            field(Some(access_token));
+            field(refresh_token.as_ref());
+            field(expires_at.clone().map(Secret::new).as_ref());
+        }
+        RawCredentials::OAuth2Cc {
+            client_id,
+            client_secret,
+            token,
+            ..
+        } => {
+            field(client_id.as_ref());
+            field(client_secret.as_ref());
+            field(token.as_ref());
+        }
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROVIDERS: &str = r#"
+api:
+  auth_mode: API_KEY
+  proxy:
+    base_url: https://${connectionConfig.sub}.example.com/v1/
+    headers: {x-api-key: "${apiKey}", x-tenant: "${connectionConfig.tenant}"}
+    query: {key: "$<apiKey>"}
+basic: {auth_mode: BASIC, proxy: {base_url: "https://b.example"}}
+oauth: {auth_mode: OAUTH2, token_url: "https://t.example/token", proxy: {base_url: "https://o.example"}}
+generic: {auth_mode: API_KEY}
+jwt: {auth_mode: JWT}
+plain: {auth_mode: API_KEY, proxy: {base_url: "https://p.example", headers: {authorization: "Bearer ${apiKey}"}}}
+"#;
+
+    fn build_vault(vault: &str) -> Result<Snapshot, Vec<Diagnostic>> {
+        let src = Sources {
+            providers_name: "providers.yaml".into(),
+            providers: PROVIDERS.into(),
+            vault_name: "vault.yaml".into(),
+            vault: vault.into(),
+        };
+        build(&src, &BuildOptions::default())
+    }
+
+    fn messages(errs: &[Diagnostic]) -> Vec<String> {
+        errs.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn precompiles_headers_query_and_base_url() {
+        let s = build_vault(
+            r#"
+integrations: [{unique_key: i, provider: api}]
+connections:
+  - {connection_id: c, provider_config_key: i, credentials: {type: API_KEY, apiKey: "k y"}, connection_config: {sub: acme}}
+"#,
+        )
+        .expect("builds");
+        let c = s.connection("i", "c").expect("present");
+        let base = c.base_url.as_ref().expect("base");
+        assert_eq!(base.host, "acme.example.com");
+        assert_eq!(base.path, "/v1");
+        assert_eq!(c.static_headers.len(), 1, "x-tenant left out: placeholder unresolved");
+        assert!(c.static_headers[0].1.is_sensitive());
+        assert_eq!(c.static_query, vec![("key".to_string(), "k%20y".to_string())]);
+    }
+
+    #[test]
+    fn basic_and_oauth_defaults() {
+        let s = build_vault(
+            r#"
+integrations: [{unique_key: b, provider: basic}, {unique_key: o, provider: oauth}]
+connections:
+  - {connection_id: c, provider_config_key: b, credentials: {type: BASIC, username: u, password: p}}
+  - {connection_id: c, provider_config_key: o, credentials: {type: OAUTH2, access_token: t}}
+"#,
+        )
+        .expect("builds");
+        let b = s.connection("b", "c").expect("present");
+        assert_eq!(b.static_headers[0].1, "Basic dTpw");
+        let o = s.connection("o", "c").expect("present");
+        assert_eq!(o.dynamic.len(), 1);
+        assert_eq!(s.by_connection_id["c"].len(), 2);
+    }
+
+    #[test]
+    fn collects_every_error_with_its_path() {
+        let errs = build_vault(
+            r#"
+secret_keys: [{sha256: nothex}]
+integrations:
+  - {unique_key: i, provider: api}
+  - {unique_key: i, provider: api}
+  - {unique_key: g, provider: generic}
+  - {unique_key: j, provider: jwt}
+  - {unique_key: u, provider: nope}
+connections:
+  - {connection_id: c, provider_config_key: i, credentials: {type: BASIC, username: u}}
+  - {connection_id: d, provider_config_key: i, credentials: {type: API_KEY, apiKey: k}}
+  - {connection_id: e, provider_config_key: missing, credentials: {type: API_KEY, apiKey: k}}
+  - {connection_id: f, provider_config_key: i, credentials: {type: API_KEY, apiKey: k}, connection_config: {sub: x}}
+  - {connection_id: f, provider_config_key: i, credentials: {type: API_KEY, apiKey: k}, connection_config: {sub: x}}
+"#,
+        )
+        .expect_err("refused");
+        let m = messages(&errs);
+        let expect = [
+            "vault.yaml: secret_keys[0].sha256:",
+            "vault.yaml: integrations[1].unique_key: duplicate",
+            "vault.yaml: integrations[2].integration_config: provider `generic` gives no header",
+            "vault.yaml: integrations[3].provider: provider `jwt`: auth mode `JWT`",
+            "vault.yaml: integrations[4].provider: unknown provider `nope`",
+            "vault.yaml: connections[0].credentials.type: `BASIC` does not fit",
+            "vault.yaml: connections[1].connection_config: the base URL needs `connectionConfig.sub`",
+            "vault.yaml: connections[2].provider_config_key: no integration `missing`",
+            "vault.yaml: connections[4]: duplicate connection `f`",
+        ];
+        for e in expect {
+            assert!(m.iter().any(|l| l.starts_with(e)), "missing {e:?} in {m:#?}");
+        }
+        assert_eq!(m.len(), expect.len(), "{m:#?}");
+    }
+
+    #[test]
+    fn private_api_generic_uses_integration_config() {
+        let s = build_vault(
+            r#"
+integrations:
+  - unique_key: g
+    provider: generic
+    integration_config: {baseUrl: "https://internal.example/api", keyPlacement: query, keyName: api_key, valueTemplate: "K-${apiKey}"}
+connections:
+  - {connection_id: c, provider_config_key: g, credentials: {type: API_KEY, apiKey: s}}
+"#,
+        )
+        .expect("builds");
+        let c = s.connection("g", "c").expect("present");
+        assert_eq!(c.static_query, vec![("api_key".to_string(), "K-s".to_string())]);
+        assert_eq!(c.base_url.as_ref().map(|b| b.path.as_str()), Some("/api"));
+    }
+
+    #[test]
+    fn errors_never_contain_credentials() {
+        let errs = build_vault(
+            r#"
+integrations: [{unique_key: i, provider: plain}]
+connections:
+  - {connection_id: c, provider_config_key: i, credentials: {type: API_KEY, apiKey: "bad\nhunter2"}}
+"#,
+        )
+        .expect_err("refused");
+        for e in messages(&errs) {
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! sidekey: a credential-injecting reverse proxy that sits beside an application.
+//!
+//! The application calls `/proxy/<endpoint>` with its own secret key and the names of a
+//! connection; sidekey finds the stored credential, rewrites the URL onto the provider's base
+//! URL, injects the credential, and streams the exchange through unchanged.
+//!
+//! # Modules
+//! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`].
+//! - [`template`]: `${...}` templates, compiled when a snapshot is built.
+//! - [`auth`]: the caller's `Authorization: Bearer` key, checked in constant time.
+//! - [`proxy`]: the request path — route, rewrite, headers, inject, forward — and the upstream client.
+//! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
+//! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
+//! - [`admin`]: `/live`, `/ready`.
+//! - [`error`]: the one error type and its JSON response.
+//! - [`body`], [`secret`], [`atomic_file`]: the body type, redacted secrets, crash-safe writes.
+//!
+//! # Glossary
+//! - **provider**: an API's entry in providers.yaml (base URL, auth mode, templates, retry hints).
+//! - **integration**: the operator's use of a provider, named by its `unique_key`
+//!   (the `Provider-Config-Key` header), with OAuth client settings or key placement.
+//! - **connection**: one customer's credential for an integration (`Connection-Id`).
+//! - **vault**: the file holding integrations, connections and caller key digests.
+//! - **snapshot**: providers + vault compiled together; swapped atomically, never mutated.
+
+pub mod admin;
+pub mod atomic_file;
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod netpolicy;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod template;

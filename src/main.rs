@@ -1,0 +1,239 @@
+//! The `sidekey` binary: parse the command line, set up logging, load and validate the
+//! configuration, bind, serve, and drain on SIGTERM/SIGINT. Everything else is in the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, LogFormat, ServeArgs};
+use sidekey::config::{self, BuildOptions, Paths, Severity};
+use sidekey::proxy::client::{ClientOptions, UpstreamClient};
+use sidekey::proxy::{App, ProxyOptions};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check(files)) => check(&files),
+        Some(Command::Key(KeyCommand::New)) => {
+            let key = sidekey::auth::new_key();
+            println!("{key}");
+            println!("sha256: {}", hex::encode(sidekey::auth::digest(&key)));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+/// Digests of the keys in `SIDEKEY_SECRET_KEY` (comma-separated).
+fn env_keys() -> Vec<[u8; 32]> {
+    std::env::var("SIDEKEY_SECRET_KEY")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(sidekey::auth::digest)
+        .collect()
+}
+
+fn paths(files: &FileArgs) -> Paths {
+    Paths::new(files.providers.clone(), files.vault.clone(), files.state.clone())
+}
+
+fn check(files: &FileArgs) -> ExitCode {
+    let paths = paths(files);
+    let opts = BuildOptions {
+        env_keys: env_keys(),
+        generation: 0,
+    };
+    let result = config::load_files(&paths).and_then(|src| config::snapshot::build(&src, &opts));
+    match result {
+        Ok(snapshot) => {
+            for w in &snapshot.warnings {
+                println!("{w}");
+            }
+            println!(
+                "ok: {} integrations, {} connections, {} caller keys",
+                snapshot.integrations.len(),
+                snapshot.connection_count(),
+                snapshot.secret_keys.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            for d in &diags {
+                println!("{d}");
+            }
+            let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+            eprintln!("check failed: {errors} error(s)");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+const NEW_VAULT_HELP: &str = "\
+# sidekey vault: integrations, connections and the SHA-256 of caller keys.
+# Add an integration (a provider from providers.yaml) and a connection, e.g.:
+#
+# integrations:
+#   - unique_key: my-github
+#     provider: github-pat
+# connections:
+#   - connection_id: user-123
+#     provider_config_key: my-github
+#     credentials: {type: API_KEY, apiKey: \"ghp_...\"}
+#
+# sidekey reloads this file when it changes. `sidekey check` validates it.
+";
+
+/// Creates the vault on first run; returns a freshly generated caller key if one was made.
+fn first_run(files: &FileArgs, have_env_key: bool) -> anyhow::Result<Option<String>> {
+    if files.vault.exists() {
+        return Ok(None);
+    }
+    let key = (!have_env_key).then(sidekey::auth::new_key);
+    let mut text = NEW_VAULT_HELP.to_string();
+    match &key {
+        Some(k) => text.push_str(&format!(
+            "secret_keys:\n  - sha256: \"{}\"\n    label: generated on first run\n",
+            hex::encode(sidekey::auth::digest(k))
+        )),
+        None => text.push_str("secret_keys: []\n"),
+    }
+    text.push_str("integrations: []\nconnections: []\n");
+    sidekey::atomic_file::write(&files.vault, text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot create the vault {}", files.vault.display()))?;
+    Ok(key)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidekey: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sidekey: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let env_keys = env_keys();
+    if let Some(key) = first_run(&args.files, !env_keys.is_empty())? {
+        // The one exception to "no secret in output": shown once, outside the log stream.
+        eprintln!(
+            "\nsidekey: created {} with a new caller key. Call the proxy with\n\n    Authorization: Bearer {key}\n\nThis key is shown only once; the vault stores only its SHA-256.\n",
+            args.files.vault.display()
+        );
+    }
+    let paths = paths(&args.files);
+    let opts = BuildOptions {
+        env_keys,
+        generation: 1,
+    };
+    let snapshot = config::load_files(&paths)
+        .and_then(|src| config::snapshot::build(&src, &opts))
+        .map_err(|diags| {
+            let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("configuration refused:\n{}", lines.join("\n"))
+        })?;
+    for w in &snapshot.warnings {
+        tracing::debug!(warning = %w, "configuration warning");
+    }
+    if snapshot.secret_keys.is_empty() {
+        tracing::warn!("no caller key configured: every request will get 401 unknown_account; set SIDEKEY_SECRET_KEY or add secret_keys (see `sidekey key new`)");
+    }
+    tracing::info!(
+        providers = %paths.providers_name(),
+        vault = %paths.vault.display(),
+        integrations = snapshot.integrations.len(),
+        connections = snapshot.connection_count(),
+        "configuration loaded"
+    );
+    if snapshot.connections.is_empty() {
+        tracing::info!(
+            "no connections yet: add an integration and a connection to {} (see the comments in it), then call e.g. `curl -H 'Authorization: Bearer <your key>' -H 'Connection-Id: user-123' -H 'Provider-Config-Key: my-github' http://{}/proxy/user`",
+            paths.vault.display(),
+            args.listen
+        );
+    }
+    let mut client_opts = ClientOptions {
+        connect_timeout: args.connect_timeout,
+        resolve: args.resolve.clone(),
+        ..ClientOptions::default()
+    };
+    if let Some(ca) = &args.extra_ca {
+        client_opts.extra_ca = sidekey::proxy::client::read_pem_certs(ca).map_err(anyhow::Error::msg)?;
+    }
+    let client = UpstreamClient::new(&client_opts).map_err(anyhow::Error::msg)?;
+    let options = ProxyOptions {
+        override_policy: args.base_url_override,
+        response_timeout: args.response_timeout,
+    };
+    let app = Arc::new(App::new(snapshot, client, options));
+    let health = Arc::new(sidekey::admin::Health::default());
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot bind the admin listener {}", args.admin_listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot bind {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "sidekey is serving");
+    tokio::spawn(sidekey::admin::serve(admin, health.clone()));
+    health.set_ready(true);
+    let shutdown = {
+        let health = health.clone();
+        async move {
+            shutdown_signal().await;
+            health.set_ready(false);
+            tracing::info!("shutting down: draining in-flight requests");
+        }
+    };
+    sidekey::server::serve(listener, app, shutdown, args.drain_timeout).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,201 @@
+//! Which headers cross the proxy, in each direction.
+//!
+//! To the upstream: everything the caller sent except hop-by-hop headers (and the ones the
+//! `Connection` header names), the infrastructure headers of integration.app's list, the
+//! caller's own `Authorization`, and sidekey's control headers. `Nango-Proxy-X: v` is sent as
+//! `X: v` after the same drop list is applied to `X`, and replaces a plain `X`. To the caller:
+//! everything the upstream sent except hop-by-hop headers.
+//!
+//! The drop decision is a `match` on the lowercase name: no allocation, no set lookup.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+
+/// sidekey's control headers: read by sidekey, never forwarded.
+pub fn is_control(name: &str) -> bool {
+    matches!(
+        name,
+        "connection-id"
+            | "provider-config-key"
+            | "retries"
+            | "retry-on"
+            | "base-url-override"
+            | "decompress"
+            | "nango-activity-log-id"
+    ) || name.starts_with("nango-is-")
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and their common legacy forms.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+    )
+}
+
+/// Infrastructure headers that describe the caller's hop, plus the caller's `Authorization`.
+fn is_infrastructure(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "authorization"
+            | "x-request-id"
+            | "x-real-ip"
+            | "x-scheme"
+            | "x-original-forwarded-for"
+            | "x-different-name"
+            | "x-request-start"
+            | "x-using-nginx-controller"
+            | "x-amzn-trace-id"
+            | "forwarded-for-header"
+            | "proxy-protocol"
+            | "real_ip_header"
+            | "real_ip_recursive"
+            | "cdn-loop"
+            | "forwarded"
+    ) || name.starts_with("x-forwarded-")
+        || name.starts_with("cf-")
+}
+
+/// Whether a header (named as it would reach the upstream) must not be forwarded.
+fn is_dropped(name: &str) -> bool {
+    is_hop_by_hop(name) || is_infrastructure(name) || is_control(name)
+}
+
+/// Whether `name` is listed in the message's `Connection` header.
+fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case(name))
+        })
+    })
+}
+
+/// Copies the caller's headers that may reach the upstream into `out`.
+pub fn request_headers(caller: &HeaderMap, out: &mut HeaderMap) {
+    let has_connection = caller.contains_key(CONNECTION);
+    let mut prefixed: Vec<(HeaderName, HeaderValue)> = Vec::new();
+    for (name, value) in caller {
+        let n = name.as_str();
+        if let Some(inner) = n.strip_prefix("nango-proxy-") {
+            if !is_dropped(inner) {
+                if let Ok(h) = HeaderName::from_bytes(inner.as_bytes()) {
+                    prefixed.push((h, value.clone()));
+                }
+            }
+            continue;
+        }
+        if is_dropped(n) || (has_connection && named_by_connection(caller, n)) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    for (name, _) in &prefixed {
+        out.remove(name);
+    }
+    for (name, value) in prefixed {
+        out.append(name, value);
+    }
+}
+
+/// Removes hop-by-hop headers from an upstream response, in place.
+pub fn response_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn request_filtering() {
+        let caller = map(&[
+            ("authorization", "Bearer caller-secret"),
+            ("host", "sidekey"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("cf-ray", "abc"),
+            ("connection-id", "c"),
+            ("provider-config-key", "p"),
+            ("nango-is-sync", "true"),
+            ("retries", "3"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("x-empty", ""),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-custom", "plain"),
+            ("nango-proxy-x-custom", "prefixed"),
+            ("nango-proxy-host", "evil"),
+            ("nango-proxy-authorization", "Bearer sneaky"),
+            ("nango-proxy-transfer-encoding", "chunked"),
+        ]);
+        let mut out = HeaderMap::new();
+        request_headers(&caller, &mut out);
+        let mut names: Vec<_> = out.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "content-length", "content-type", "x-custom", "x-empty"]);
+        assert_eq!(out.get_all("accept").iter().count(), 2);
+        assert_eq!(out["x-custom"], "prefixed");
+    }
+
+    #[test]
+    fn response_filtering() {
+        let mut h = map(&[
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("x-ratelimit-remaining", "4"),
+        ]);
+        response_headers(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-ratelimit-remaining"]);
+    }
+}

@@ -1,0 +1,294 @@
+//! The proxy service: one request through route → authenticate → find the connection →
+//! rewrite the URL → filter headers → inject the credential → forward → relay the response.
+//!
+//! Each step is a plain function in its own module, testable without a socket; this module
+//! only strings them together. The snapshot is loaded once per request (`load_full`) and the
+//! request is finished on it even if a reload swaps in a newer one meanwhile.
+
+pub mod client;
+pub mod forward;
+pub mod headers;
+pub mod inject;
+pub mod rewrite;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::config::{BaseUrl, Connection, Credential, Snapshot};
+use crate::error::ProxyError;
+use crate::netpolicy::OverridePolicy;
+use client::UpstreamClient;
+use route::Route;
+
+/// Request-path settings from the command line.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub override_policy: OverridePolicy,
+    /// From the end of the request body to the response head.
+    pub response_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            override_policy: OverridePolicy::Public,
+            response_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything the proxy shares across requests.
+pub struct App {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub client: UpstreamClient,
+    pub options: ProxyOptions,
+}
+
+impl App {
+    pub fn new(snapshot: Snapshot, client: UpstreamClient, options: ProxyOptions) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            client,
+            options,
+        }
+    }
+}
+
+/// The control headers of one request.
+#[derive(Debug, Default)]
+pub struct Controls<'a> {
+    pub connection_id: Option<&'a str>,
+    pub provider_config_key: Option<&'a str>,
+    pub base_url_override: Option<&'a str>,
+    pub retries: u32,
+    pub retry_on: Vec<u16>,
+    pub decompress: bool,
+    pub activity_log_id: Option<&'a str>,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ProxyError::InvalidHeaders(format!("{name} is not valid ASCII"))),
+    }
+}
+
+/// An optional header; empty or whitespace counts as absent.
+fn optional<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
+    Ok(header_str(headers, name)?.filter(|s| !s.is_empty()))
+}
+
+impl<'a> Controls<'a> {
+    /// Parses the control headers; `need_ids` for the `/proxy` form, where the connection is
+    /// named by headers.
+    pub fn parse(headers: &'a HeaderMap, need_ids: bool) -> Result<Self, ProxyError> {
+        let required = |name: &str| -> Result<Option<&'a str>, ProxyError> {
+            match header_str(headers, name)? {
+                Some(s) if !s.is_empty() => Ok(Some(s)),
+                Some(_) => Err(ProxyError::InvalidHeaders(format!("{name} is empty"))),
+                None if need_ids => Err(ProxyError::InvalidHeaders(format!(
+                    "the {name} header is required"
+                ))),
+                None => Ok(None),
+            }
+        };
+        let connection_id = required("connection-id")?;
+        let provider_config_key = required("provider-config-key")?;
+        let retries = match optional(headers, "retries")? {
+            None => 0,
+            Some(s) => s
+                .parse::<u64>()
+                .map_err(|_| ProxyError::InvalidHeaders("Retries must be a whole number".into()))?
+                .min(10) as u32,
+        };
+        let retry_on = match optional(headers, "retry-on")? {
+            None => Vec::new(),
+            Some(s) => s
+                .split(',')
+                .map(|c| c.trim().parse::<u16>().ok().filter(|n| (100..=599).contains(n)))
+                .collect::<Option<Vec<u16>>>()
+                .ok_or_else(|| {
+                    ProxyError::InvalidHeaders(
+                        "Retry-On must be a comma-separated list of HTTP statuses".into(),
+                    )
+                })?,
+        };
+        let decompress = optional(headers, "decompress")?.is_some_and(|s| s.eq_ignore_ascii_case("true"));
+        Ok(Self {
+            connection_id,
+            provider_config_key,
+            base_url_override: optional(headers, "base-url-override")?,
+            retries,
+            retry_on,
+            decompress,
+            activity_log_id: optional(headers, "nango-activity-log-id")?,
+        })
+    }
+}
+
+/// Handles one proxy request; errors become sidekey's JSON responses.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
+    match proxy(app, req).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::debug!(code = e.code(), "request refused");
+            e.to_response()
+        }
+    }
+}
+
+fn allowed_method(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD | Method::OPTIONS
+    )
+}
+
+/// Finds the connection named by the route or the headers.
+fn find_connection(
+    snapshot: &Snapshot,
+    route: &Route<'_>,
+    controls: &Controls<'_>,
+) -> Result<Arc<Connection>, ProxyError> {
+    if let (Some(cid), Some(pck)) = (controls.connection_id, controls.provider_config_key) {
+        let per_int = snapshot
+            .connections
+            .get(pck)
+            .or_else(|| snapshot.integrations.contains_key(pck).then_some(&EMPTY))
+            .ok_or_else(|| ProxyError::UnknownProviderConfig(pck.to_string()))?;
+        return per_int
+            .get(cid)
+            .cloned()
+            .ok_or_else(|| ProxyError::UnknownConnection {
+                connection_id: cid.to_string(),
+                provider_config_key: pck.to_string(),
+            });
+    }
+    let Route::ConnectionProxy { selector, .. } = route else {
+        return Err(ProxyError::InvalidHeaders(
+            "Connection-Id and Provider-Config-Key are required".into(),
+        ));
+    };
+    let by_id = snapshot.by_connection_id.get(selector.as_ref());
+    let by_int = snapshot.connections.get(selector.as_ref());
+    let candidates: Vec<&Arc<Connection>> = by_id
+        .into_iter()
+        .flatten()
+        .chain(by_int.into_iter().flat_map(|m| m.values()))
+        .filter(|c| controls.provider_config_key.is_none_or(|p| c.provider_config_key == p))
+        .collect();
+    match candidates.as_slice() {
+        [] => Err(ProxyError::UnknownSelector(selector.to_string())),
+        [one] => Ok((*one).clone()),
+        _ => Err(ProxyError::AmbiguousConnection(selector.to_string())),
+    }
+}
+
+static EMPTY: std::sync::LazyLock<std::collections::HashMap<String, Arc<Connection>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The access token to inject, for OAuth connections.
+fn access_token(conn: &Connection) -> Result<Option<String>, ProxyError> {
+    match &conn.credential {
+        Credential::OAuth2 { access_token, .. } => Ok(Some(access_token.expose().to_string())),
+        Credential::OAuth2Cc { token, .. } => Ok(token.as_ref().map(|t| t.expose().to_string())),
+        _ => Ok(None),
+    }
+}
+
+/// Chooses the base URL and the pool: the caller's override (per policy) or the connection's.
+fn choose_base<'a>(
+    app: &'a App,
+    conn: &'a Connection,
+    controls: &Controls<'_>,
+) -> Result<(std::borrow::Cow<'a, BaseUrl>, &'a client::HttpClient), ProxyError> {
+    let Some(o) = controls.base_url_override else {
+        let base = conn.base_url.as_ref().ok_or_else(|| {
+            ProxyError::InvalidHeaders(format!(
+                "integration `{}` has no base URL; send Base-Url-Override",
+                conn.provider_config_key
+            ))
+        })?;
+        return Ok((std::borrow::Cow::Borrowed(base), &app.client.trusted));
+    };
+    let refused = |why: &str| ProxyError::BaseUrlOverrideNotAllowed(why.to_string());
+    let base = BaseUrl::parse(o).map_err(|e| ProxyError::InvalidHeaders(format!("Base-Url-Override: {e}")))?;
+    match app.options.override_policy {
+        OverridePolicy::Deny => Err(refused("Base-Url-Override is disabled on this proxy")),
+        OverridePolicy::Any => Ok((std::borrow::Cow::Owned(base), &app.client.trusted)),
+        OverridePolicy::Public => {
+            if let Ok(ip) = base.host.parse::<std::net::IpAddr>() {
+                if !crate::netpolicy::is_public(ip) {
+                    return Err(refused(
+                        "Base-Url-Override may not reach loopback, private, link-local or metadata addresses",
+                    ));
+                }
+            }
+            Ok((std::borrow::Cow::Owned(base), &app.client.checked))
+        }
+    }
+}
+
+async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    let snapshot = app.snapshot.load_full();
+    let (parts, body) = req.into_parts();
+    let route = route::route(parts.uri.path())
+        .ok_or_else(|| ProxyError::NotFound(parts.uri.path().to_string()))?;
+    if parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE) {
+        return Err(ProxyError::UpgradeNotSupported);
+    }
+    if !allowed_method(&parts.method) {
+        return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
+    }
+    crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
+    let controls = Controls::parse(&parts.headers, matches!(route, Route::Proxy { .. }))?;
+    let conn = find_connection(&snapshot, &route, &controls)?;
+    let (mut base, client) = choose_base(app, &conn, &controls)?;
+    let mut endpoint = match &route {
+        Route::Proxy { endpoint } | Route::ConnectionProxy { endpoint, .. } => *endpoint,
+    };
+    if let (Route::ConnectionProxy { .. }, Some(abs)) = (&route, rewrite::absolute_endpoint(endpoint)) {
+        let full = BaseUrl::parse(&format!("{}://{}", abs.scheme, abs.authority))
+            .map_err(ProxyError::InvalidEndpoint)?;
+        if full.host != base.host || full.port != base.port || full.scheme != base.scheme {
+            return Err(ProxyError::InvalidEndpoint(format!(
+                "a full URL must be on the connection's host `{}`",
+                base.host
+            )));
+        }
+        let b = base.to_mut();
+        b.path.clear();
+        endpoint = abs.path;
+    }
+    let token = access_token(&conn)?;
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + conn.static_headers.len());
+    headers::request_headers(&parts.headers, &mut headers);
+    let dynamic_query = inject::inject(&conn, token.as_deref(), &mut headers)?;
+    let injected: Vec<(&str, &str)> = conn
+        .static_query
+        .iter()
+        .chain(dynamic_query.iter())
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let uri = rewrite::upstream_uri(&base, endpoint, parts.uri.query(), &injected)?;
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.headers_mut() = headers;
+    let res = forward::send(client, up, app.options.response_timeout).await?;
+    let (mut parts, body) = res.into_parts();
+    headers::response_headers(&mut parts.headers);
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
+}
