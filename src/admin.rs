@@ -35,15 +35,23 @@ impl Health {
 }
 
 fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
-    let json = |status, body: &'static str| json_response(status, Bytes::from_static(body.as_bytes()), None);
+    let json = |status, body: &'static str| {
+        json_response(status, Bytes::from_static(body.as_bytes()), None)
+    };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":{"code":"method_not_allowed","message":"use GET"}}"#);
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":{"code":"method_not_allowed","message":"use GET"}}"#,
+        );
     }
     match req.uri().path() {
         "/live" => json(StatusCode::OK, r#"{"status":"live"}"#),
         "/ready" if health.is_ready() => json(StatusCode::OK, r#"{"status":"ready"}"#),
         "/ready" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
-        _ => json(StatusCode::NOT_FOUND, r#"{"error":{"code":"not_found","message":"no such admin route"}}"#),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"code":"not_found","message":"no such admin route"}}"#,
+        ),
     }
 }
 
@@ -60,7 +68,9 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
             let res = respond(&health, &req);
             async move { Ok::<_, std::convert::Infallible>(res) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -65,7 +65,10 @@ mod tests {
     fn check(value: Option<&str>, keys: &[[u8; 32]]) -> Result<(), &'static str> {
         let mut h = HeaderMap::new();
         if let Some(v) = value {
-            h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(v).expect("valid"));
+            h.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(v).expect("valid"),
+            );
         }
         authenticate(&h, keys).map_err(|e| e.code())
     }
@@ -74,7 +77,10 @@ mod tests {
     fn error_codes() {
         let keys = [digest("k1"), digest("k2")];
         assert_eq!(check(None, &keys), Err("missing_auth_header"));
-        assert_eq!(check(Some("Basic abc"), &keys), Err("malformed_auth_header"));
+        assert_eq!(
+            check(Some("Basic abc"), &keys),
+            Err("malformed_auth_header")
+        );
         assert_eq!(check(Some("Bearer "), &keys), Err("malformed_auth_header"));
         assert_eq!(check(Some("Bearer"), &keys), Err("malformed_auth_header"));
         assert_eq!(check(Some("Bearerk1"), &keys), Err("malformed_auth_header"));

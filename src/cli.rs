@@ -14,7 +14,8 @@ use crate::netpolicy::OverridePolicy;
 use crate::proxy::client::ResolvePin;
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 250ms, 30s or 5m: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 250ms, 30s or 5m: {e}"))
 }
 
 #[derive(Debug, Parser)]
@@ -35,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate providers.yaml and the vault; print every problem; exit 1 on any error.
     Check(FileArgs),
     /// Manage caller keys.
@@ -62,7 +63,12 @@ pub struct FileArgs {
     #[arg(long, env = "SIDEKEY_PROVIDERS", value_name = "PATH")]
     pub providers: Option<PathBuf>,
     /// The vault file (integrations, connections, caller key digests); created, mode 0600, if missing
-    #[arg(long, env = "SIDEKEY_VAULT", value_name = "PATH", default_value = "vault.yaml")]
+    #[arg(
+        long,
+        env = "SIDEKEY_VAULT",
+        value_name = "PATH",
+        default_value = "vault.yaml"
+    )]
     pub vault: PathBuf,
     /// Where refreshed OAuth credentials are written when the vault is read-only
     #[arg(long, env = "SIDEKEY_STATE", value_name = "PATH")]
@@ -74,16 +80,31 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub files: FileArgs,
     /// Address of the proxy listener (HTTP/1.1 and h2c)
-    #[arg(long, env = "SIDEKEY_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:3003")]
+    #[arg(
+        long,
+        env = "SIDEKEY_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:3003"
+    )]
     pub listen: SocketAddr,
     /// Address of the admin listener (/live, /ready, /metrics)
-    #[arg(long, env = "SIDEKEY_ADMIN_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:3004")]
+    #[arg(
+        long,
+        env = "SIDEKEY_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:3004"
+    )]
     pub admin_listen: SocketAddr,
     /// PEM file of CA certificates trusted for upstreams, besides the bundled web PKI roots
     #[arg(long, env = "SIDEKEY_EXTRA_CA", value_name = "PEM")]
     pub extra_ca: Option<PathBuf>,
     /// Connect to ADDR for HOST:PORT (ADDR: IP, IP:PORT, [IPv6] or [IPv6]:PORT), keeping SNI and Host; repeatable
-    #[arg(long, env = "SIDEKEY_RESOLVE", value_name = "HOST:PORT:ADDR", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SIDEKEY_RESOLVE",
+        value_name = "HOST:PORT:ADDR",
+        value_delimiter = ','
+    )]
     pub resolve: Vec<ResolvePin>,
     /// Which Base-Url-Override values callers may use
     #[arg(long, env = "SIDEKEY_BASE_URL_OVERRIDE", value_enum, default_value_t = OverridePolicy::Public)]
@@ -119,10 +140,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SIDEKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// PEM certificate chain for TLS on the proxy listener (with --tls-key)
-    #[arg(long, env = "SIDEKEY_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "SIDEKEY_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS on the proxy listener (with --tls-cert)
-    #[arg(long, env = "SIDEKEY_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "SIDEKEY_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Worker threads of the runtime [default: one per core]
     #[arg(long, env = "SIDEKEY_WORKER_THREADS", value_name = "N")]

@@ -168,17 +168,37 @@ mod tests {
     fn codes_and_statuses_match_the_contract() {
         let cases = [
             (ProxyError::MissingAuthHeader, 401, "missing_auth_header"),
-            (ProxyError::MalformedAuthHeader, 401, "malformed_auth_header"),
+            (
+                ProxyError::MalformedAuthHeader,
+                401,
+                "malformed_auth_header",
+            ),
             (ProxyError::UnknownAccount, 401, "unknown_account"),
-            (ProxyError::InvalidHeaders("x".into()), 400, "invalid_headers"),
+            (
+                ProxyError::InvalidHeaders("x".into()),
+                400,
+                "invalid_headers",
+            ),
             (
                 ProxyError::UnknownProviderConfig("x".into()),
                 404,
                 "unknown_provider_config",
             ),
-            (ProxyError::UpgradeNotSupported, 501, "upgrade_not_supported"),
-            (ProxyError::UpstreamTimeout("x".into()), 504, "upstream_timeout"),
-            (ProxyError::UpstreamTls("x".into()), 502, "upstream_tls_error"),
+            (
+                ProxyError::UpgradeNotSupported,
+                501,
+                "upgrade_not_supported",
+            ),
+            (
+                ProxyError::UpstreamTimeout("x".into()),
+                504,
+                "upstream_timeout",
+            ),
+            (
+                ProxyError::UpstreamTls("x".into()),
+                502,
+                "upstream_tls_error",
+            ),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{code}");

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             println!("sha256: {}", hex::encode(sidekey::auth::digest(&key)));
             ExitCode::SUCCESS
         }
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
 }
@@ -38,7 +38,11 @@ fn env_keys() -> Vec<[u8; 32]> {
 }
 
 fn paths(files: &FileArgs) -> Paths {
-    Paths::new(files.providers.clone(), files.vault.clone(), files.state.clone())
+    Paths::new(
+        files.providers.clone(),
+        files.vault.clone(),
+        files.state.clone(),
+    )
 }
 
 fn check(files: &FileArgs) -> ExitCode {
@@ -65,7 +69,10 @@ fn check(files: &FileArgs) -> ExitCode {
             for d in &diags {
                 println!("{d}");
             }
-            let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+            let errors = diags
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
             eprintln!("check failed: {errors} error(s)");
             ExitCode::FAILURE
         }
@@ -188,7 +195,8 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..ClientOptions::default()
     };
     if let Some(ca) = &args.extra_ca {
-        client_opts.extra_ca = sidekey::proxy::client::read_pem_certs(ca).map_err(anyhow::Error::msg)?;
+        client_opts.extra_ca =
+            sidekey::proxy::client::read_pem_certs(ca).map_err(anyhow::Error::msg)?;
     }
     let client = UpstreamClient::new(&client_opts).map_err(anyhow::Error::msg)?;
     let options = ProxyOptions {
@@ -223,7 +231,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

@@ -161,7 +161,9 @@ impl Template {
             };
             literal.push_str(&rest[..i]);
             let body = &rest[i + 2..];
-            let end = body.find(close).ok_or(TemplateError::Unclosed(offset + i))?;
+            let end = body
+                .find(close)
+                .ok_or(TemplateError::Unclosed(offset + i))?;
             if !literal.is_empty() {
                 parts.push(Part::Literal(std::mem::take(&mut literal)));
             }
@@ -268,7 +270,10 @@ mod tests {
     #[test]
     fn literal_dollars_pass_through() {
         let t = Template::compile("cost $5 and $ more").expect("compiles");
-        assert_eq!(t.render(&Values::default()).as_deref(), Some("cost $5 and $ more"));
+        assert_eq!(
+            t.render(&Values::default()).as_deref(),
+            Some("cost $5 and $ more")
+        );
     }
 
     #[test]
@@ -324,10 +329,7 @@ mod tests {
             connection_config: Some(&cc),
             ..Values::default()
         };
-        assert_eq!(
-            t.render(&values).as_deref(),
-            Ok("https://eu.example.com")
-        );
+        assert_eq!(t.render(&values).as_deref(), Ok("https://eu.example.com"));
         let only = BaseUrlTemplate::compile("https://${connectionConfig.x}").expect("compiles");
         assert_eq!(
             only.render(&Values::default()),

@@ -464,10 +464,19 @@ stream_layout() {
 }
 
 # ---------------------------------------------------------------- main loop
-# Other work on the machine (a cargo build, say) ruins the numbers: say so.
-LOAD_START=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
-awk -v l="$LOAD_START" 'BEGIN{exit !(l+0 > 0.5)}' && \
-    log "WARNING: 1-min load average is $LOAD_START before starting; numbers will be noisy"
+# Other work on the machine (a cargo build, say) ruins the numbers: measure
+# how busy the CPUs are for 2 s before starting, and say so.
+cpu_busy_pct() { # cpu_busy_pct [SECONDS=2]
+    local a b
+    a=$(head -n1 /proc/stat); sleep "${1:-2}"; b=$(head -n1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN{ split(a,x," "); split(b,y," "); t=0;
+        for(i=2;i<=9;i++) t+=y[i]-x[i]; idle=(y[5]-x[5])+(y[6]-x[6]);
+        if (t<=0) print "?"; else printf "%.0f", 100*(t-idle)/t }'
+}
+NOISY=""
+BUSY_START=$(cpu_busy_pct 2>/dev/null || echo "?")
+[[ "$BUSY_START" =~ ^[0-9]+$ ]] && (( BUSY_START > 10 )) && \
+    log "WARNING: CPUs were ${BUSY_START}% busy before starting (other work running?); numbers will be noisy"
 start_upstream
 RAN=()
 for layout in $LAYOUTS; do
@@ -496,6 +505,12 @@ for layout in $LAYOUTS; do
     for c in $CONNS; do
         log "$layout c=$c: warm-up $WARMUP"
         run_wrk "$layout" "$c" "$WARMUP" || log "$layout c=$c warm-up failed"
+        # Nothing of ours runs between points: any CPU use now is someone else's.
+        busy=$(cpu_busy_pct 1 2>/dev/null || echo "?")
+        if [[ "$busy" =~ ^[0-9]+$ ]] && (( busy > 10 )); then
+            log "WARNING: CPUs ${busy}% busy before $layout c=$c (other work running?)"
+            NOISY+="$layout/c$c:${busy}% "
+        fi
         log "$layout c=$c: measure $DURATION"
         if run_wrk "$layout" "$c" "$DURATION"; then
             RPS[$layout:$c]=$W_RPS; P50[$layout:$c]=$W_P50; P99[$layout:$c]=$W_P99
@@ -534,7 +549,8 @@ echo "- curl: $(first_line curl --version | awk '{print $1, $2}')"
 echo "- rustc: $(first_line rustc --version)"
 echo "- sidekey: git $GITREV"
 echo "- duration ${DURATION} per point (warm-up ${WARMUP}), wrk threads ≤ $WRK_THREADS, stream size $STREAM_BYTES bytes"
-echo "- 1-min load average before the run: $LOAD_START, after: $(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?") (should be ≈ 0 before)"
+echo "- CPU busy in the 2 s before the run (other work on the machine): ${BUSY_START}% (should be ≈ 0)"
+[[ -n "$NOISY" ]] && echo "- **WARNING: other work was using the CPUs before these points (1 s sample): ${NOISY}— rerun on a quiet machine**"
 echo "- pinning: load generator cpu $CPU_LOADGEN; proxy cpu $CPU_PROXY (nginx 1 worker / sidekey $PROXY_THREADS worker thread(s)); upstream cpu $CPU_UPSTREAM (tokio current-thread)"
 [[ "$BENCH_QUICK" == 1 ]] && echo "- **BENCH_QUICK=1 smoke run: not for publication**"
 echo

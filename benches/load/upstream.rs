@@ -171,7 +171,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         json(StatusCode::OK, Bytes::from_static(ITEMS_BODY))
     } else {
         NOT_FOUND.fetch_add(1, Ordering::Relaxed);
-        return Ok(json(StatusCode::NOT_FOUND, &br#"{"error":"not found"}"#[..]));
+        return Ok(json(
+            StatusCode::NOT_FOUND,
+            &br#"{"error":"not found"}"#[..],
+        ));
     };
     if resp.status() == StatusCode::OK {
         OK.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +217,10 @@ fn parse_args() -> Args {
 
 async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    eprintln!("bench-upstream listening on http://{}", listener.local_addr()?);
+    eprintln!(
+        "bench-upstream listening on http://{}",
+        listener.local_addr()?
+    );
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

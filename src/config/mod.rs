@@ -122,14 +122,22 @@ pub fn load_files(paths: &Paths) -> Result<Sources, Vec<Diagnostic>> {
     let providers_name = paths.providers_name();
     let providers = match &paths.providers {
         Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| {
-            errors.push(Diagnostic::error(&providers_name, "", format!("cannot read: {e}")));
+            errors.push(Diagnostic::error(
+                &providers_name,
+                "",
+                format!("cannot read: {e}"),
+            ));
             String::new()
         }),
         None => BUNDLED_PROVIDERS.to_string(),
     };
     let vault_name = display_name(&paths.vault);
     let vault = std::fs::read_to_string(&paths.vault).unwrap_or_else(|e| {
-        errors.push(Diagnostic::error(&vault_name, "", format!("cannot read: {e}")));
+        errors.push(Diagnostic::error(
+            &vault_name,
+            "",
+            format!("cannot read: {e}"),
+        ));
         String::new()
     });
     if errors.is_empty() {

@@ -95,19 +95,30 @@ impl Catalog {
         let root: Mapping = if src.trim().is_empty() {
             Mapping::new()
         } else {
-            serde_yaml_ng::from_str(src)
-                .map_err(|e| Diagnostic::error(file, "", format!("not a YAML map of providers: {e}")))?
+            serde_yaml_ng::from_str(src).map_err(|e| {
+                Diagnostic::error(file, "", format!("not a YAML map of providers: {e}"))
+            })?
         };
         let mut raw: BTreeMap<String, Mapping> = BTreeMap::new();
         for (k, v) in root {
             let Some(name) = k.as_str().map(str::to_string) else {
-                return Err(Diagnostic::error(file, "", "provider names must be strings"));
+                return Err(Diagnostic::error(
+                    file,
+                    "",
+                    "provider names must be strings",
+                ));
             };
             match v {
                 Value::Mapping(m) => {
                     raw.insert(name, m);
                 }
-                _ => return Err(Diagnostic::error(file, name, "a provider entry must be a map")),
+                _ => {
+                    return Err(Diagnostic::error(
+                        file,
+                        name,
+                        "a provider entry must be a map",
+                    ))
+                }
             }
         }
         let providers = raw
@@ -264,7 +275,9 @@ fn compile_entry(
     for (k, v) in proxy.headers.unwrap_or_default() {
         match HeaderName::from_bytes(k.as_bytes()) {
             Ok(h) => {
-                if let Some(t) = template(&mut errors, &format!("proxy.headers.{k}"), &v.into_string()) {
+                if let Some(t) =
+                    template(&mut errors, &format!("proxy.headers.{k}"), &v.into_string())
+                {
                     headers.push((h, t));
                 }
             }
@@ -339,7 +352,10 @@ fn compile_retry(raw: RawRetry, errors: &mut Vec<String>) -> RetryHints {
             .collect()
     };
     let at = names("at", raw.at.map(OneOrMany::into_vec).unwrap_or_default());
-    let after = names("after", raw.after.map(OneOrMany::into_vec).unwrap_or_default());
+    let after = names(
+        "after",
+        raw.after.map(OneOrMany::into_vec).unwrap_or_default(),
+    );
     let remaining = names("remaining", raw.remaining.into_iter().collect())
         .into_iter()
         .next();
@@ -350,7 +366,9 @@ fn compile_retry(raw: RawRetry, errors: &mut Vec<String>) -> RetryHints {
                 let s = c.into_string();
                 let r = parse_status_range(&s);
                 if r.is_none() {
-                    errors.push(format!("proxy.retry.error_code: `{s}` is not a status, `5xx` or `500-502`"));
+                    errors.push(format!(
+                        "proxy.retry.error_code: `{s}` is not a status, `5xx` or `500-502`"
+                    ));
                 }
                 r
             })
@@ -427,7 +445,9 @@ loop2: {alias: loop1}
             assert!(c.providers[bad].is_err(), "{bad}");
         }
         let w = c.warnings("p.yaml");
-        assert!(w.iter().any(|d| d.to_string().contains("p.yaml: jwt: warning: auth mode `JWT`")));
+        assert!(w.iter().any(|d| d
+            .to_string()
+            .contains("p.yaml: jwt: warning: auth mode `JWT`")));
     }
 
     #[test]
@@ -444,7 +464,10 @@ p:
         let r = &provider(&c, "p").retry;
         assert_eq!(r.at.len(), 1);
         assert_eq!(r.after.len(), 2);
-        assert_eq!(r.error_codes.as_deref(), Some(&[(403, 403), (500, 599), (500, 502)][..]));
+        assert_eq!(
+            r.error_codes.as_deref(),
+            Some(&[(403, 403), (500, 599), (500, 502)][..])
+        );
         assert_eq!(parse_status_range("6xx"), None);
         assert_eq!(parse_status_range("502-500"), None);
     }
@@ -455,7 +478,12 @@ p:
         assert!(c.providers.len() >= 40);
         let errs = c.warnings("providers.yaml");
         assert!(errs.is_empty(), "{errs:?}");
-        for name in ["github", "private-api-bearer", "private-api-basic", "private-api-generic"] {
+        for name in [
+            "github",
+            "private-api-bearer",
+            "private-api-basic",
+            "private-api-generic",
+        ] {
             assert!(c.providers[name].is_ok(), "{name}");
         }
     }

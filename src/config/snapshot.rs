@@ -79,7 +79,10 @@ impl BaseUrl {
             .trim()
             .parse()
             .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{s}` has no scheme"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("`{s}` has no scheme"))?;
         let default_port = if scheme == Scheme::HTTPS {
             443
         } else if scheme == Scheme::HTTP {
@@ -207,8 +210,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn connection(&self, provider_config_key: &str, connection_id: &str) -> Option<&Arc<Connection>> {
-        self.connections.get(provider_config_key)?.get(connection_id)
+    pub fn connection(
+        &self,
+        provider_config_key: &str,
+        connection_id: &str,
+    ) -> Option<&Arc<Connection>> {
+        self.connections
+            .get(provider_config_key)?
+            .get(connection_id)
     }
 
     pub fn connection_count(&self) -> usize {
@@ -264,8 +273,11 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
     }
     let mut connections: HashMap<String, HashMap<String, Arc<Connection>>> = HashMap::new();
     let mut by_connection_id: HashMap<String, Vec<Arc<Connection>>> = HashMap::new();
-    let known: std::collections::HashSet<&str> =
-        raw.integrations.iter().map(|i| i.unique_key.as_str()).collect();
+    let known: std::collections::HashSet<&str> = raw
+        .integrations
+        .iter()
+        .map(|i| i.unique_key.as_str())
+        .collect();
     for (i, raw_conn) in raw.connections.iter().enumerate() {
         let Some(int) = integrations.get(&raw_conn.provider_config_key) else {
             // An integration that failed to build has already reported its own error.
@@ -280,7 +292,9 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         let Some(conn) = b.connection(i, raw_conn, int) else {
             continue;
         };
-        let per_int = connections.entry(conn.provider_config_key.clone()).or_default();
+        let per_int = connections
+            .entry(conn.provider_config_key.clone())
+            .or_default();
         if per_int.contains_key(&conn.connection_id) {
             b.error(
                 format!("connections[{i}]"),
@@ -340,7 +354,10 @@ impl Builder<'_> {
         }
         let provider = match self.catalog.providers.get(&raw.provider) {
             None => {
-                self.error(at("provider"), format!("unknown provider `{}`", raw.provider));
+                self.error(
+                    at("provider"),
+                    format!("unknown provider `{}`", raw.provider),
+                );
                 return None;
             }
             Some(Err(errs)) => {
@@ -484,13 +501,14 @@ impl Builder<'_> {
             return None;
         }
         let timestamp = |b: &mut Self, s: &Option<String>| {
-            s.as_deref().and_then(|s| match s.trim().parse::<jiff::Timestamp>() {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    b.error(at("credentials.expires_at"), "not an RFC 3339 timestamp");
-                    None
-                }
-            })
+            s.as_deref()
+                .and_then(|s| match s.trim().parse::<jiff::Timestamp>() {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        b.error(at("credentials.expires_at"), "not an RFC 3339 timestamp");
+                        None
+                    }
+                })
         };
         let credential = match &raw.credentials {
             RawCredentials::ApiKey { api_key } => {
@@ -563,7 +581,11 @@ impl Builder<'_> {
         let mut values = conn.values(None);
         values.credentials = Some(&creds_map);
         // Base URL: the connection's own `baseUrl`, else the integration's or provider's template.
-        let base = match conn.connection_config.get("baseUrl").and_then(Value::as_str) {
+        let base = match conn
+            .connection_config
+            .get("baseUrl")
+            .and_then(Value::as_str)
+        {
             Some(s) => Some(Ok(s.to_string())),
             None => int.base_url.as_ref().map(|t| t.render(&values)),
         };
@@ -606,7 +628,9 @@ impl Builder<'_> {
                         format!("the value injected into header `{h}` is not a valid header value"),
                     ),
                 },
-                Placement::Query(q) => static_query.push((q.clone(), encode_query_component(&value))),
+                Placement::Query(q) => {
+                    static_query.push((q.clone(), encode_query_component(&value)))
+                }
             }
         }
         if let Credential::Basic { username, password } = &conn.credential {
@@ -739,9 +763,16 @@ connections:
         let base = c.base_url.as_ref().expect("base");
         assert_eq!(base.host, "acme.example.com");
         assert_eq!(base.path, "/v1");
-        assert_eq!(c.static_headers.len(), 1, "x-tenant left out: placeholder unresolved");
+        assert_eq!(
+            c.static_headers.len(),
+            1,
+            "x-tenant left out: placeholder unresolved"
+        );
         assert!(c.static_headers[0].1.is_sensitive());
-        assert_eq!(c.static_query, vec![("key".to_string(), "k%20y".to_string())]);
+        assert_eq!(
+            c.static_query,
+            vec![("key".to_string(), "k%20y".to_string())]
+        );
     }
 
     #[test]
@@ -795,7 +826,10 @@ connections:
             "vault.yaml: connections[4]: duplicate connection `f`",
         ];
         for e in expect {
-            assert!(m.iter().any(|l| l.starts_with(e)), "missing {e:?} in {m:#?}");
+            assert!(
+                m.iter().any(|l| l.starts_with(e)),
+                "missing {e:?} in {m:#?}"
+            );
         }
         assert_eq!(m.len(), expect.len(), "{m:#?}");
     }
@@ -814,7 +848,10 @@ connections:
         )
         .expect("builds");
         let c = s.connection("g", "c").expect("present");
-        assert_eq!(c.static_query, vec![("api_key".to_string(), "K-s".to_string())]);
+        assert_eq!(
+            c.static_query,
+            vec![("api_key".to_string(), "K-s".to_string())]
+        );
         assert_eq!(c.base_url.as_ref().map(|b| b.path.as_str()), Some("/api"));
     }
 

@@ -155,8 +155,14 @@ impl TryFrom<CredentialFields> for RawCredentials {
         let (name, allowed): (&str, &[&str]) = match f.kind {
             CredentialType::ApiKey => ("API_KEY", &["apiKey"]),
             CredentialType::Basic => ("BASIC", &["username", "password"]),
-            CredentialType::OAuth2 => ("OAUTH2", &["access_token", "refresh_token", "expires_at", "raw"]),
-            CredentialType::OAuth2Cc => ("OAUTH2_CC", &["client_id", "client_secret", "token", "expires_at", "raw"]),
+            CredentialType::OAuth2 => (
+                "OAUTH2",
+                &["access_token", "refresh_token", "expires_at", "raw"],
+            ),
+            CredentialType::OAuth2Cc => (
+                "OAUTH2_CC",
+                &["client_id", "client_secret", "token", "expires_at", "raw"],
+            ),
         };
         let present = [
             ("apiKey", f.api_key.is_some()),
@@ -171,9 +177,13 @@ impl TryFrom<CredentialFields> for RawCredentials {
             ("token", f.token.is_some()),
         ];
         if let Some((field, _)) = present.iter().find(|(n, p)| *p && !allowed.contains(n)) {
-            return Err(format!("field `{field}` does not belong to {name} credentials"));
+            return Err(format!(
+                "field `{field}` does not belong to {name} credentials"
+            ));
         }
-        let need = |v: Option<Secret>, field: &str| v.ok_or_else(|| format!("{name} credentials need `{field}`"));
+        let need = |v: Option<Secret>, field: &str| {
+            v.ok_or_else(|| format!("{name} credentials need `{field}`"))
+        };
         Ok(match f.kind {
             CredentialType::ApiKey => Self::ApiKey {
                 api_key: need(f.api_key, "apiKey")?,
@@ -208,7 +218,10 @@ fn unique_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, Valu
         fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
             Ok(Map::new())
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
             let mut m = Map::new();
             while let Some((k, v)) = a.next_entry::<String, Value>()? {
                 if m.contains_key(&k) {
@@ -241,7 +254,13 @@ pub fn parse(file: &str, src: &str) -> Result<RawVault, Diagnostic> {
     let de = serde_yaml_ng::Deserializer::from_str(src);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = scrub(&e.inner().to_string());
+        let inner = e.inner().to_string();
+        // serde_yaml_ng prefixes its own idea of the path; ours is more precise.
+        let inner = match inner.split_once(": ") {
+            Some((head, rest)) if !head.contains(' ') => rest.to_string(),
+            _ => inner,
+        };
+        let inner = scrub(&inner);
         Diagnostic::error(file, if path == "." { String::new() } else { path }, inner)
     })
 }
@@ -318,7 +337,11 @@ connections:
   - {connection_id: c, provider_config_key: i, credentials: {type: OAUTH2_CC}}
 "#;
         let v = parse("vault.yaml", src).expect("parses");
-        let kinds: Vec<_> = v.connections.iter().map(|c| c.credentials.type_name()).collect();
+        let kinds: Vec<_> = v
+            .connections
+            .iter()
+            .map(|c| c.credentials.type_name())
+            .collect();
         assert_eq!(kinds, ["BASIC", "OAUTH2", "OAUTH2_CC"]);
         assert!(parse("v", "connections:\n  - {connection_id: a, provider_config_key: i, credentials: {type: NOPE}}\n").is_err());
     }

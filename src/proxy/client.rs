@@ -51,7 +51,10 @@ impl std::str::FromStr for ResolvePin {
             };
             (ip.parse().map_err(|_| bad())?, to_port)
         } else if let Some((ip, p)) = addr.split_once(':') {
-            (ip.parse().map_err(|_| bad())?, Some(p.parse().map_err(|_| bad())?))
+            (
+                ip.parse().map_err(|_| bad())?,
+                Some(p.parse().map_err(|_| bad())?),
+            )
         } else {
             (addr.parse().map_err(|_| bad())?, None)
         };
@@ -180,7 +183,7 @@ impl Connector {
                 Err(_) => last = Some(ConnectError::Timeout(self.timeout)),
             }
         }
-        Err(last.unwrap_or_else(|| ConnectError::Resolve(host)))
+        Err(last.unwrap_or(ConnectError::Resolve(host)))
     }
 }
 
@@ -235,7 +238,11 @@ impl UpstreamClient {
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
-                .wrap_connector(Connector::new(&opts.resolve, public_only, opts.connect_timeout));
+                .wrap_connector(Connector::new(
+                    &opts.resolve,
+                    public_only,
+                    opts.connect_timeout,
+                ));
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(opts.pool_idle_timeout)
                 .pool_timer(hyper_util::rt::TokioTimer::new())
@@ -267,14 +274,23 @@ mod tests {
     #[test]
     fn parses_resolve_pins() {
         let p: ResolvePin = "API.example.com:443:127.0.0.1".parse().expect("parses");
-        assert_eq!((p.host.as_str(), p.port, p.to_port), ("api.example.com", 443, None));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.to_port),
+            ("api.example.com", 443, None)
+        );
         let p: ResolvePin = "h:443:127.0.0.1:8443".parse().expect("parses");
         assert_eq!(p.to_port, Some(8443));
         let p: ResolvePin = "h:443:[::1]:9".parse().expect("parses");
         assert_eq!((p.ip, p.to_port), ("::1".parse().expect("ip"), Some(9)));
         let p: ResolvePin = "h:443:[::1]".parse().expect("parses");
         assert_eq!(p.to_port, None);
-        for bad in ["h:443", "h:x:127.0.0.1", ":443:127.0.0.1", "h:443:nope", "h:443:[::1]x"] {
+        for bad in [
+            "h:443",
+            "h:x:127.0.0.1",
+            ":443:127.0.0.1",
+            "h:443:nope",
+            "h:443:[::1]x",
+        ] {
             assert!(bad.parse::<ResolvePin>().is_err(), "{bad}");
         }
     }

@@ -42,14 +42,14 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> ProxyError {
         if let Some(t) = e.downcast_ref::<rustls::Error>() {
             return ProxyError::UpstreamTls(t.to_string());
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(t) = inner.downcast_ref::<rustls::Error>() {
-                    return ProxyError::UpstreamTls(t.to_string());
-                }
-            }
-        }
-        cur = e.source();
+        // An io::Error's `source()` skips the error it wraps; step into it instead.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     ProxyError::UpstreamUnreachable(err.to_string())
 }

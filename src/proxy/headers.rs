@@ -180,7 +180,16 @@ mod tests {
         request_headers(&caller, &mut out);
         let mut names: Vec<_> = out.keys().map(|k| k.as_str().to_string()).collect();
         names.sort();
-        assert_eq!(names, ["accept", "content-length", "content-type", "x-custom", "x-empty"]);
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "content-length",
+                "content-type",
+                "x-custom",
+                "x-empty"
+            ]
+        );
         assert_eq!(out.get_all("accept").iter().count(), 2);
         assert_eq!(out["x-custom"], "prefixed");
     }

@@ -115,7 +115,12 @@ impl<'a> Controls<'a> {
             None => Vec::new(),
             Some(s) => s
                 .split(',')
-                .map(|c| c.trim().parse::<u16>().ok().filter(|n| (100..=599).contains(n)))
+                .map(|c| {
+                    c.trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| (100..=599).contains(n))
+                })
                 .collect::<Option<Vec<u16>>>()
                 .ok_or_else(|| {
                     ProxyError::InvalidHeaders(
@@ -123,7 +128,8 @@ impl<'a> Controls<'a> {
                     )
                 })?,
         };
-        let decompress = optional(headers, "decompress")?.is_some_and(|s| s.eq_ignore_ascii_case("true"));
+        let decompress =
+            optional(headers, "decompress")?.is_some_and(|s| s.eq_ignore_ascii_case("true"));
         Ok(Self {
             connection_id,
             provider_config_key,
@@ -150,7 +156,13 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
 fn allowed_method(m: &Method) -> bool {
     matches!(
         *m,
-        Method::GET | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::HEAD | Method::OPTIONS
+        Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::HEAD
+            | Method::OPTIONS
     )
 }
 
@@ -185,7 +197,11 @@ fn find_connection(
         .into_iter()
         .flatten()
         .chain(by_int.into_iter().flat_map(|m| m.values()))
-        .filter(|c| controls.provider_config_key.is_none_or(|p| c.provider_config_key == p))
+        .filter(|c| {
+            controls
+                .provider_config_key
+                .is_none_or(|p| c.provider_config_key == p)
+        })
         .collect();
     match candidates.as_slice() {
         [] => Err(ProxyError::UnknownSelector(selector.to_string())),
@@ -222,7 +238,8 @@ fn choose_base<'a>(
         return Ok((std::borrow::Cow::Borrowed(base), &app.client.trusted));
     };
     let refused = |why: &str| ProxyError::BaseUrlOverrideNotAllowed(why.to_string());
-    let base = BaseUrl::parse(o).map_err(|e| ProxyError::InvalidHeaders(format!("Base-Url-Override: {e}")))?;
+    let base = BaseUrl::parse(o)
+        .map_err(|e| ProxyError::InvalidHeaders(format!("Base-Url-Override: {e}")))?;
     match app.options.override_policy {
         OverridePolicy::Deny => Err(refused("Base-Url-Override is disabled on this proxy")),
         OverridePolicy::Any => Ok((std::borrow::Cow::Owned(base), &app.client.trusted)),
@@ -257,7 +274,9 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
     let mut endpoint = match &route {
         Route::Proxy { endpoint } | Route::ConnectionProxy { endpoint, .. } => *endpoint,
     };
-    if let (Route::ConnectionProxy { .. }, Some(abs)) = (&route, rewrite::absolute_endpoint(endpoint)) {
+    if let (Route::ConnectionProxy { .. }, Some(abs)) =
+        (&route, rewrite::absolute_endpoint(endpoint))
+    {
         let full = BaseUrl::parse(&format!("{}://{}", abs.scheme, abs.authority))
             .map_err(ProxyError::InvalidEndpoint)?;
         if full.host != base.host || full.port != base.port || full.scheme != base.scheme {

@@ -72,7 +72,9 @@ pub fn upstream_uri(
 ) -> Result<Uri, ProxyError> {
     check_dot_segments(endpoint)?;
     if endpoint.bytes().any(|b| b == b'#') {
-        return Err(ProxyError::InvalidEndpoint("the endpoint contains `#`".into()));
+        return Err(ProxyError::InvalidEndpoint(
+            "the endpoint contains `#`".into(),
+        ));
     }
     let tail = endpoint.trim_start_matches('/');
     let mut pq = String::with_capacity(base.path.len() + endpoint.len() + 64);
@@ -129,10 +131,22 @@ mod tests {
     #[test]
     fn joins_with_exactly_one_slash() {
         let hub = "https://api.hubapi.com/crm";
-        assert_eq!(join(hub, "/v3/contacts", None), Ok("https://api.hubapi.com/crm/v3/contacts".into()));
-        assert_eq!(join("https://api.hubapi.com/crm/", "//v3/", None), Ok("https://api.hubapi.com/crm/v3/".into()));
-        assert_eq!(join("https://api.github.com", "/repos", None), Ok("https://api.github.com/repos".into()));
-        assert_eq!(join("https://api.github.com", "", None), Ok("https://api.github.com/".into()));
+        assert_eq!(
+            join(hub, "/v3/contacts", None),
+            Ok("https://api.hubapi.com/crm/v3/contacts".into())
+        );
+        assert_eq!(
+            join("https://api.hubapi.com/crm/", "//v3/", None),
+            Ok("https://api.hubapi.com/crm/v3/".into())
+        );
+        assert_eq!(
+            join("https://api.github.com", "/repos", None),
+            Ok("https://api.github.com/repos".into())
+        );
+        assert_eq!(
+            join("https://api.github.com", "", None),
+            Ok("https://api.github.com/".into())
+        );
     }
 
     #[test]
@@ -145,15 +159,33 @@ mod tests {
 
     #[test]
     fn injected_query_replaces_caller_parameter() {
-        let u = upstream_uri(&base("https://h/?v=1"), "/x", Some("api_key=mine&a=1&api_key"), &[("api_key", "k%20")])
-            .expect("builds");
+        let u = upstream_uri(
+            &base("https://h/?v=1"),
+            "/x",
+            Some("api_key=mine&a=1&api_key"),
+            &[("api_key", "k%20")],
+        )
+        .expect("builds");
         assert_eq!(u.to_string(), "https://h/x?v=1&a=1&api_key=k%20");
     }
 
     #[test]
     fn dot_segments_never_climb() {
-        for bad in ["/..", "/../x", "/a/../../x", "/%2e%2e/x", "/%2E./x", "/a/..%2f..%2fx", "/a%2f..%2f..", "/..%5cx"] {
-            assert_eq!(join("https://h/base", bad, None), Err("invalid_endpoint"), "{bad}");
+        for bad in [
+            "/..",
+            "/../x",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/%2E./x",
+            "/a/..%2f..%2fx",
+            "/a%2f..%2f..",
+            "/..%5cx",
+        ] {
+            assert_eq!(
+                join("https://h/base", bad, None),
+                Err("invalid_endpoint"),
+                "{bad}"
+            );
         }
         for ok in ["/a/../b", "/./a", "/a/./b/..", "/...", "/..a"] {
             assert!(join("https://h/base", ok, None).is_ok(), "{ok}");
@@ -163,7 +195,10 @@ mod tests {
     #[test]
     fn absolute_endpoints() {
         let a = absolute_endpoint("/https://api.hubapi.com/crm/v3").expect("absolute");
-        assert_eq!((a.scheme, a.authority, a.path), ("https", "api.hubapi.com", "/crm/v3"));
+        assert_eq!(
+            (a.scheme, a.authority, a.path),
+            ("https", "api.hubapi.com", "/crm/v3")
+        );
         let a = absolute_endpoint("/https:/api.hubapi.com").expect("collapsed");
         assert_eq!((a.authority, a.path), ("api.hubapi.com", ""));
         assert!(absolute_endpoint("/v3/contacts").is_none());

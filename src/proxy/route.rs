@@ -50,7 +50,12 @@ mod tests {
 
     #[test]
     fn nango_form() {
-        assert_eq!(route("/proxy/v3/contacts"), Some(Route::Proxy { endpoint: "/v3/contacts" }));
+        assert_eq!(
+            route("/proxy/v3/contacts"),
+            Some(Route::Proxy {
+                endpoint: "/v3/contacts"
+            })
+        );
         assert_eq!(route("/proxy"), Some(Route::Proxy { endpoint: "" }));
         assert_eq!(route("/proxy/"), Some(Route::Proxy { endpoint: "/" }));
         assert_eq!(route("/proxyx"), None);
