@@ -134,8 +134,9 @@ start_bg() {
     BG_PID=$!
     PIDS+=("$BG_PID")
 }
-stop_bg() {
+stop_bg() { # only ever kills a PID that start_bg recorded
     local pid=$1 p keep=()
+    [[ " ${PIDS[*]-} " == *" $pid "* ]] || return 0
     kill_pid "$pid"
     for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
     PIDS=("${keep[@]+"${keep[@]}"}")
@@ -281,7 +282,7 @@ upstream_unauthorized() {
 }
 
 # Per layout: URL base, headers for a good request, server PIDs.
-LAYOUT_BASE=""; LAYOUT_HDRS=(); LAYOUT_PID=""; LAYOUT_RSS_PID=""; LAYOUT_BAD_HDRS=()
+LAYOUT_BASE=""; LAYOUT_HDRS=(); LAYOUT_PID=""; LAYOUT_RSS_PID=""; LAYOUT_BAD_HDRS=(); NGINX_WORKER=""
 CALLER_HDRS=(-H "Authorization: Bearer $CALLER_KEY" -H "Connection-Id: c1" -H "Provider-Config-Key: bench")
 BAD_CALLER_HDRS=(-H "Authorization: Bearer wrong-key" -H "Connection-Id: c1" -H "Provider-Config-Key: bench")
 
@@ -321,7 +322,7 @@ setup_nginx() {
         [[ -n "$w" ]] && break; sleep 0.1
     done
     [[ -n "$w" ]] || return 1
-    LAYOUT_RSS_PID=$w
+    LAYOUT_RSS_PID=$w; NGINX_WORKER=$w
     LAYOUT_BASE="http://$HOST:$nport/proxy"
     LAYOUT_HDRS=("${CALLER_HDRS[@]}"); LAYOUT_BAD_HDRS=("${BAD_CALLER_HDRS[@]}")
     log "nginx master $LAYOUT_PID worker $w on $HOST:$nport (cpu $CPU_PROXY)"
@@ -484,7 +485,7 @@ for layout in $LAYOUTS; do
         STATUS[$layout]="skipped: $SIDEKEY_STATUS"; log "sidekey ${STATUS[$layout]}"; continue
     fi
     log "=== layout: $layout"
-    SETUP_ERR="did not start"
+    SETUP_ERR="did not start"; LAYOUT_PID=""; LAYOUT_RSS_PID=""; NGINX_WORKER=""
     if ! "setup_$layout"; then
         STATUS[$layout]="skipped: $SETUP_ERR (see $layout log)"
         [[ -n "$LAYOUT_PID" ]] && stop_bg "$LAYOUT_PID"
@@ -525,6 +526,10 @@ for layout in $LAYOUTS; do
     [[ -n "$LAYOUT_RSS_PID" ]] && HWM_LOAD[$layout]=$(vm_kib "$LAYOUT_RSS_PID" VmHWM)
     [[ "$SKIP_STREAM" == 1 ]] || stream_layout "$layout"
     [[ -n "$LAYOUT_PID" ]] && stop_bg "$LAYOUT_PID"
+    # The master stops its worker; make sure (the worker is ours too).
+    if [[ -n "$NGINX_WORKER" ]] && [[ "$(cat /proc/"$NGINX_WORKER"/comm 2>/dev/null)" == nginx ]]; then
+        kill_pid "$NGINX_WORKER"
+    fi
     RAN+=("$layout")
 done
 
