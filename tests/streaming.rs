@@ -73,18 +73,32 @@ async fn one_gib_each_way_with_flat_memory() {
     let headers = proxy_headers("c", "bulk");
 
     // Warm up so the baseline includes pools, TLS-free client state and allocator arenas.
-    let res = client.send_body("POST", &sk.url("/proxy/up"), &headers, zeros(4 * CHUNK as u64)).await;
+    let res = client
+        .send_body(
+            "POST",
+            &sk.url("/proxy/up"),
+            &headers,
+            zeros(4 * CHUNK as u64),
+        )
+        .await;
     assert_eq!(res.text(), (4 * CHUNK).to_string());
     let baseline = sk.peak_rss_kib();
 
     // Upload: the upstream counts every byte.
-    let res = client.send_body("POST", &sk.url("/proxy/up"), &headers, zeros(GIB)).await;
+    let res = client
+        .send_body("POST", &sk.url("/proxy/up"), &headers, zeros(GIB))
+        .await;
     assert_eq!(res.status, 200);
     assert_eq!(res.text(), GIB.to_string(), "every uploaded byte arrived");
 
     // Download: counted as it streams, never held.
     let res = client
-        .send_streaming("GET", &sk.url(&format!("/proxy/down/{GIB}")), &headers, body(""))
+        .send_streaming(
+            "GET",
+            &sk.url(&format!("/proxy/down/{GIB}")),
+            &headers,
+            body(""),
+        )
         .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-length"], GIB.to_string().as_str());
@@ -101,7 +115,9 @@ async fn one_gib_each_way_with_flat_memory() {
 
     let peak = sk.peak_rss_kib();
     let growth_mib = (peak.saturating_sub(baseline)) as f64 / 1024.0;
-    eprintln!("sidekey peak RSS: baseline {baseline} KiB, after 2 GiB {peak} KiB (+{growth_mib:.1} MiB)");
+    eprintln!(
+        "sidekey peak RSS: baseline {baseline} KiB, after 2 GiB {peak} KiB (+{growth_mib:.1} MiB)"
+    );
     assert!(
         growth_mib < 32.0,
         "memory grew by {growth_mib:.1} MiB while streaming 2 GiB: bodies are being buffered"

@@ -869,4 +869,19 @@ connections:
             assert!(!e.contains("hunter2"), "{e}");
         }
     }
+
+    proptest::proptest! {
+        /// Invariant: any text as the vault or providers file is either a snapshot or a list of
+        /// diagnostics; the build never panics.
+        #[test]
+        fn build_never_panics(vault in "(integrations|connections|secret_keys|unique_key|provider|connection_id|credentials|type|API_KEY|apiKey|[-:{}\\[\\], \n]|[a-z]{1,4}){0,60}", providers in "(api|auth_mode|API_KEY|proxy|base_url|headers|alias|\\$\\{apiKey\\}|[-:{}\\[\\], \n]|[a-z]{1,4}){0,40}") {
+            let src = Sources {
+                providers_name: "p".into(),
+                providers,
+                vault_name: "v".into(),
+                vault,
+            };
+            let _ = build(&src, &BuildOptions::default());
+        }
+    }
 }

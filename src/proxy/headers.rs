@@ -106,31 +106,26 @@ pub fn request_headers(caller: &HeaderMap, out: &mut HeaderMap) {
     }
 }
 
-/// Removes hop-by-hop headers from an upstream response, in place.
+/// Removes hop-by-hop headers from an upstream response, in place. Most responses carry none,
+/// so one pass over the names decides whether anything needs removing at all.
 pub fn response_headers(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    if !headers.keys().any(|n| is_hop_by_hop(n.as_str())) {
+        return;
     }
-    for n in [
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-    ] {
+    let mut named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    named.extend(
+        headers
+            .keys()
+            .filter(|n| is_hop_by_hop(n.as_str()))
+            .cloned(),
+    );
+    for n in named {
         headers.remove(n);
     }
 }

@@ -1,0 +1,150 @@
+//! How much CPU does sidekey spend on one request before any I/O?
+//!
+//! Measures the request path's pure steps on a realistic snapshot (the bundled providers.yaml,
+//! 1 000 connections): caller auth, route, connection lookup, header filtering, credential
+//! injection and URL rewrite — the goal is ≤ 2 µs per request — and, separately, header
+//! filtering alone and template rendering alone.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Request};
+use sidekey::config::{self, BuildOptions, Snapshot, Sources};
+use sidekey::proxy::{headers, inject, rewrite, route, Controls};
+use sidekey::template::{Template, Values};
+
+const CALLER_KEY: &str = "sk_bench_caller_key_0123456789abcdef";
+
+fn snapshot() -> Snapshot {
+    let mut vault = String::from("integrations:\n  - {unique_key: gh, provider: github-pat}\n  - {unique_key: hs, provider: hubspot-private-app}\nconnections:\n");
+    for i in 0..1000 {
+        let int = if i % 2 == 0 { "gh" } else { "hs" };
+        vault.push_str(&format!(
+            "  - {{connection_id: user-{i}, provider_config_key: {int}, credentials: {{type: API_KEY, apiKey: tok_{i}_abcdefghijklmnopqrstuvwxyz}}}}\n"
+        ));
+    }
+    let src = Sources {
+        providers_name: "providers.yaml".into(),
+        providers: config::BUNDLED_PROVIDERS.into(),
+        vault_name: "vault.yaml".into(),
+        vault,
+    };
+    let opts = BuildOptions {
+        env_keys: vec![sidekey::auth::digest(CALLER_KEY)],
+        generation: 1,
+    };
+    config::snapshot::build(&src, &opts).expect("bench snapshot builds")
+}
+
+/// A request as a Nango SDK sends it.
+fn request() -> Request<Bytes> {
+    let auth = format!("Bearer {CALLER_KEY}");
+    Request::builder()
+        .method("GET")
+        .uri("/proxy/repos/octocat/hello-world/issues?state=open&per_page=100")
+        .header("host", "127.0.0.1:3003")
+        .header("authorization", auth)
+        .header("connection-id", "user-42")
+        .header("provider-config-key", "gh")
+        .header("base-url-override", "")
+        .header("nango-activity-log-id", "")
+        .header("accept", "application/json, text/plain, */*")
+        .header("content-type", "application/json")
+        .header("user-agent", "axios/1.7.7")
+        .header("accept-encoding", "gzip, compress, deflate, br")
+        .header("connection", "keep-alive")
+        .header("nango-proxy-x-github-api-version", "2022-11-28")
+        .body(Bytes::new())
+        .expect("request")
+}
+
+fn hot_path(snapshot: &Snapshot, req: &Request<Bytes>) -> http::Uri {
+    let path = req.uri().path();
+    let r = route::route(path).expect("route");
+    sidekey::auth::authenticate(req.headers(), &snapshot.secret_keys).expect("auth");
+    let controls = Controls::parse(req.headers(), true).expect("controls");
+    let conn = snapshot
+        .connection(
+            controls.provider_config_key.expect("pck"),
+            controls.connection_id.expect("cid"),
+        )
+        .expect("connection");
+    let mut out = HeaderMap::with_capacity(req.headers().len() + 2);
+    headers::request_headers(req.headers(), &mut out);
+    let dynamic = inject::inject(conn, None, &mut out).expect("inject");
+    let injected: Vec<(&str, &str)> = conn
+        .static_query
+        .iter()
+        .chain(dynamic.iter())
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let route::Route::Proxy { endpoint } = r else {
+        unreachable!()
+    };
+    let base = conn.base_url.as_ref().expect("base");
+    let uri = rewrite::upstream_uri(base, endpoint, req.uri().query(), &injected).expect("uri");
+    black_box(out);
+    uri
+}
+
+fn benches(c: &mut Criterion) {
+    let snapshot = snapshot();
+    let req = request();
+    assert_eq!(
+        hot_path(&snapshot, &req).to_string(),
+        "https://api.github.com/repos/octocat/hello-world/issues?state=open&per_page=100"
+    );
+    c.bench_function("hot_path/route_auth_filter_inject_rewrite", |b| {
+        b.iter(|| hot_path(black_box(&snapshot), black_box(&req)))
+    });
+    c.bench_function("headers/filter_13_request_headers", |b| {
+        b.iter(|| {
+            let mut out = HeaderMap::with_capacity(16);
+            headers::request_headers(black_box(req.headers()), &mut out);
+            out
+        })
+    });
+    let mut res_headers = HeaderMap::new();
+    for (k, v) in [
+        ("content-type", "application/json; charset=utf-8"),
+        ("x-ratelimit-limit", "5000"),
+        ("x-ratelimit-remaining", "4999"),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("etag", "W/\"abc\""),
+    ] {
+        res_headers.insert(k, HeaderValue::from_static(v));
+    }
+    c.bench_function("headers/filter_6_response_headers", |b| {
+        b.iter(|| {
+            let mut h = res_headers.clone();
+            headers::response_headers(&mut h);
+            h
+        })
+    });
+    let t = Template::compile("Bearer ${apiKey}").expect("template");
+    let cfg: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(r#"{"subdomain":"acme"}"#).expect("json");
+    let base = Template::compile("https://${connectionConfig.subdomain}.zendesk.com/api/v2")
+        .expect("template");
+    let values = Values {
+        api_key: Some("tok_abcdefghijklmnopqrstuvwxyz"),
+        connection_config: Some(&cfg),
+        ..Values::default()
+    };
+    c.bench_function("template/render_bearer_api_key", |b| {
+        b.iter(|| t.render(black_box(&values)))
+    });
+    c.bench_function("template/render_connection_config_base_url", |b| {
+        b.iter(|| base.render(black_box(&values)))
+    });
+    c.bench_function("template/compile", |b| {
+        b.iter(|| {
+            Template::compile(black_box(
+                "Api-Key ${apiKey} for $<connectionConfig.tenant>",
+            ))
+        })
+    });
+}
+
+criterion_group!(hot, benches);
+criterion_main!(hot);
