@@ -12,6 +12,7 @@
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
 //! - [`admin`]: `/live`, `/ready`.
+//! - [`api`]: the read side of Nango's management API (providers, integrations, connections).
 //! - [`error`]: the one error type and its JSON response.
 //! - [`body`], [`secret`], [`atomic_file`]: the body type, redacted secrets, crash-safe writes.
 //!
@@ -24,6 +25,7 @@
 //! - **snapshot**: providers + vault compiled together; swapped atomically, never mutated.
 
 pub mod admin;
+pub mod api;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;

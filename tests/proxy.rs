@@ -849,3 +849,75 @@ async fn first_run_creates_a_private_vault_and_prints_the_key_once() {
     );
     assert_eq!(logs.matches(&key).count(), 1, "key printed exactly once");
 }
+
+#[tokio::test]
+async fn nango_management_reads_never_show_credentials() {
+    let (_up, sk) = setup().await;
+    let c = TestClient::default();
+    let auth = [("authorization", AUTH)];
+    let res = c
+        .send("GET", &sk.url("/integrations"), &auth, Bytes::new())
+        .await;
+    assert_eq!(res.status, 200);
+    let keys: Vec<String> = res.json()["data"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["unique_key"].as_str().expect("key").to_string())
+        .collect();
+    assert_eq!(keys, ["basic", "hdr", "nobase", "oauth", "qry"]);
+    let res = c
+        .send(
+            "GET",
+            &sk.url("/connections?integrationId=hdr"),
+            &auth,
+            Bytes::new(),
+        )
+        .await;
+    let ids: Vec<&str> = res.json()["connections"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["connection_id"].as_str().expect("id"))
+        .map(|s| if s == "c1" { "c1" } else { "c2" })
+        .collect();
+    assert_eq!(ids, ["c1", "c2"]);
+    let res = c
+        .send(
+            "GET",
+            &sk.url("/connections/c2?provider_config_key=hdr"),
+            &auth,
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    let v = res.json();
+    assert_eq!(v["connection_config"]["tenant"], "acme");
+    assert_eq!(v["credentials"]["type"], "API_KEY");
+    let res = c
+        .send(
+            "GET",
+            &sk.url("/connections/c1?provider_config_key=hdr"),
+            &auth,
+            Bytes::new(),
+        )
+        .await;
+    assert!(!res.text().contains(SECRET), "{}", res.text());
+    let res = c
+        .send(
+            "GET",
+            &sk.url("/connections/zz?provider_config_key=hdr"),
+            &auth,
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(res.error_code(), "unknown_connection");
+    let res = c
+        .send("GET", &sk.url("/integrations"), &[], Bytes::new())
+        .await;
+    assert_eq!(res.error_code(), "missing_auth_header");
+    let res = c
+        .send("DELETE", &sk.url("/integrations/hdr"), &auth, Bytes::new())
+        .await;
+    assert_eq!(res.error_code(), "method_not_allowed");
+}

@@ -259,8 +259,12 @@ fn choose_base<'a>(
 async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
     let snapshot = app.snapshot.load_full();
     let (parts, body) = req.into_parts();
-    let route = route::route(parts.uri.path())
-        .ok_or_else(|| ProxyError::NotFound(parts.uri.path().to_string()))?;
+    let Some(route) = route::route(parts.uri.path()) else {
+        let api = crate::api::route(parts.uri.path())
+            .ok_or_else(|| ProxyError::NotFound(parts.uri.path().to_string()))?;
+        crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
+        return crate::api::respond(&snapshot, &api, &parts.method, parts.uri.query());
+    };
     if parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE) {
         return Err(ProxyError::UpgradeNotSupported);
     }
