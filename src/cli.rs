@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// Largest request body kept for replay on retry; larger bodies stream once
     #[arg(long, env = "SIDEKEY_RETRY_BUFFER_BYTES", value_name = "BYTES", default_value_t = 64 * 1024)]
     pub retry_buffer_bytes: usize,
+    /// Never write refreshed OAuth credentials to the vault (a Secret mount); use --state
+    #[arg(long, env = "SIDEKEY_VAULT_READ_ONLY")]
+    pub vault_read_only: bool,
     /// After a failed token refresh, how long requests on that connection fail fast
     #[arg(long, env = "SIDEKEY_REFRESH_COOLDOWN", value_parser = duration, default_value = "30s")]
     pub refresh_cooldown: Duration,

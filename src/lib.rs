@@ -9,6 +9,9 @@
 //! - [`template`]: `${...}` templates, compiled when a snapshot is built.
 //! - [`auth`]: the caller's `Authorization: Bearer` key, checked in constant time.
 //! - [`proxy`]: the request path — route, rewrite, headers, inject, forward — and the upstream client.
+//! - [`oauth`]: OAuth access tokens per connection: proactive and 401-driven refresh,
+//!   single-flight, cool-down after failures, client-credentials tokens.
+//! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
 //! - [`admin`]: `/live`, `/ready`.
@@ -31,8 +34,10 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod credstore;
 pub mod error;
 pub mod netpolicy;
+pub mod oauth;
 pub mod proxy;
 pub mod secret;
 pub mod server;

@@ -8,6 +8,9 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, LogFormat, ServeArgs};
 use sidekey::config::{self, BuildOptions, Paths, Severity};
+use sidekey::credstore::CredStore;
+use sidekey::oauth::endpoint::HttpTokenEndpoint;
+use sidekey::oauth::{OAuthOptions, TokenManager};
 use sidekey::proxy::client::{ClientOptions, UpstreamClient};
 use sidekey::proxy::{App, ProxyOptions};
 
@@ -203,7 +206,24 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         override_policy: args.base_url_override,
         response_timeout: args.response_timeout,
     };
-    let app = Arc::new(App::new(snapshot, client, options));
+    let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
+    if vault_for_writes.is_none() && paths.state.is_none() {
+        tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
+    }
+    let store =
+        CredStore::open(vault_for_writes, paths.state.clone()).map_err(anyhow::Error::msg)?;
+    let oauth = TokenManager::new(
+        Arc::new(HttpTokenEndpoint::new(
+            client.trusted.clone(),
+            args.response_timeout,
+        )),
+        Arc::new(store),
+        OAuthOptions {
+            refresh_cooldown: args.refresh_cooldown,
+        },
+    );
+    oauth.prune(&snapshot);
+    let app = Arc::new(App::new(snapshot, client, options).with_oauth(oauth));
     let health = Arc::new(sidekey::admin::Health::default());
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await

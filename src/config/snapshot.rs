@@ -679,8 +679,9 @@ fn credentials_map(c: &RawCredentials) -> Map<String, Value> {
     m
 }
 
-/// A digest of the credential as written in the vault.
-fn fingerprint(c: &RawCredentials) -> [u8; 32] {
+/// A digest of the credential as written in the vault (also used by `credstore` to recognise
+/// the versions sidekey wrote itself).
+pub fn fingerprint(c: &RawCredentials) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut field = |v: Option<&Secret>| {
         let s = v.map(Secret::expose).unwrap_or("");

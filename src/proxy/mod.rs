@@ -4,6 +4,10 @@
 //! Each step is a plain function in its own module, testable without a socket; this module
 //! only strings them together. The snapshot is loaded once per request (`load_full`) and the
 //! request is finished on it even if a reload swaps in a newer one meanwhile.
+//!
+//! OAuth connections get their token from [`App::oauth`] (refreshed first if it is about to
+//! expire); after an upstream 401, a request with an empty body is sent once more with a
+//! refreshed token, and if that refresh fails the upstream's 401 is what the caller gets.
 
 pub mod client;
 pub mod forward;
@@ -18,12 +22,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::config::{BaseUrl, Connection, Credential, Snapshot};
+use crate::config::{BaseUrl, Connection, Snapshot};
+use crate::credstore::CredStore;
 use crate::error::ProxyError;
 use crate::netpolicy::OverridePolicy;
+use crate::oauth::endpoint::HttpTokenEndpoint;
+use crate::oauth::{AccessToken, OAuthOptions, TokenManager};
 use client::UpstreamClient;
 use route::Route;
 
@@ -49,15 +57,32 @@ pub struct App {
     pub snapshot: ArcSwap<Snapshot>,
     pub client: UpstreamClient,
     pub options: ProxyOptions,
+    /// OAuth token state per connection; outlives snapshot swaps.
+    pub oauth: TokenManager,
 }
 
 impl App {
+    /// An app whose token manager calls token endpoints through the trusted pool and keeps
+    /// refreshed credentials in memory only; see [`App::with_oauth`].
     pub fn new(snapshot: Snapshot, client: UpstreamClient, options: ProxyOptions) -> Self {
+        let endpoint = HttpTokenEndpoint::new(client.trusted.clone(), options.response_timeout);
+        let oauth = TokenManager::new(
+            Arc::new(endpoint),
+            Arc::new(CredStore::memory()),
+            OAuthOptions::default(),
+        );
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             client,
             options,
+            oauth,
         }
+    }
+
+    /// Replaces the token manager (with persistence and the command line's cool-down).
+    pub fn with_oauth(mut self, oauth: TokenManager) -> Self {
+        self.oauth = oauth;
+        self
     }
 }
 
@@ -213,15 +238,6 @@ fn find_connection(
 static EMPTY: std::sync::LazyLock<std::collections::HashMap<String, Arc<Connection>>> =
     std::sync::LazyLock::new(Default::default);
 
-/// The access token to inject, for OAuth connections.
-fn access_token(conn: &Connection) -> Result<Option<String>, ProxyError> {
-    match &conn.credential {
-        Credential::OAuth2 { access_token, .. } => Ok(Some(access_token.expose().to_string())),
-        Credential::OAuth2Cc { token, .. } => Ok(token.as_ref().map(|t| t.expose().to_string())),
-        _ => Ok(None),
-    }
-}
-
 /// Chooses the base URL and the pool: the caller's override (per policy) or the connection's.
 fn choose_base<'a>(
     app: &'a App,
@@ -293,23 +309,48 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
         b.path.clear();
         endpoint = abs.path;
     }
-    let token = access_token(&conn)?;
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + conn.static_headers.len());
-    headers::request_headers(&parts.headers, &mut headers);
-    let dynamic_query = inject::inject(&conn, token.as_deref(), &mut headers)?;
-    let injected: Vec<(&str, &str)> = conn
-        .static_query
-        .iter()
-        .chain(dynamic_query.iter())
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    let uri = rewrite::upstream_uri(&base, endpoint, parts.uri.query(), &injected)?;
+    let token = app.oauth.access_token(&conn).await?;
+    // Headers and URI for a given token; built again for the one resend after a 401.
+    let upstream_head =
+        |token: Option<&AccessToken>| -> Result<(http::Uri, HeaderMap), ProxyError> {
+            let mut headers =
+                HeaderMap::with_capacity(parts.headers.len() + conn.static_headers.len());
+            headers::request_headers(&parts.headers, &mut headers);
+            let dynamic_query =
+                inject::inject(&conn, token.map(AccessToken::expose), &mut headers)?;
+            let injected: Vec<(&str, &str)> = conn
+                .static_query
+                .iter()
+                .chain(dynamic_query.iter())
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let uri = rewrite::upstream_uri(&base, endpoint, parts.uri.query(), &injected)?;
+            Ok((uri, headers))
+        };
+    let (uri, headers) = upstream_head(token.as_ref())?;
+    // An OAuth request with an empty body can be sent again as it is after a 401.
+    let resendable = token.is_some() && body.size_hint().exact() == Some(0);
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
     let mut up = Request::new(body);
-    *up.method_mut() = parts.method;
+    *up.method_mut() = parts.method.clone();
     *up.uri_mut() = uri;
     *up.headers_mut() = headers;
-    let res = forward::send(client, up, app.options.response_timeout).await?;
+    let mut res = forward::send(client, up, app.options.response_timeout).await?;
+    let unauthorized = res.status() == http::StatusCode::UNAUTHORIZED;
+    if let Some(stale) = token.as_ref().filter(|_| resendable && unauthorized) {
+        match app.oauth.refresh_after_unauthorized(&conn, stale).await {
+            Ok(fresh) => {
+                let (uri, headers) = upstream_head(Some(&fresh))?;
+                let mut up = Request::new(crate::body::empty());
+                *up.method_mut() = parts.method.clone();
+                *up.uri_mut() = uri;
+                *up.headers_mut() = headers;
+                res = forward::send(client, up, app.options.response_timeout).await?;
+            }
+            // The refresh failed: the upstream's own 401 goes back to the caller.
+            Err(e) => tracing::debug!(code = e.code(), "no resend after 401"),
+        }
+    }
     let (mut parts, body) = res.into_parts();
     headers::response_headers(&mut parts.headers);
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();

@@ -1,0 +1,568 @@
+//! OAuth token management: the access token each OAUTH2 / OAUTH2_CC request injects, refreshed
+//! proactively before it expires and reactively after an upstream 401, single-flight per
+//! connection, with a cool-down after failures, and persisted through [`crate::credstore`].
+//!
+//! State lives per connection (provider_config_key, connection_id) in the [`TokenManager`],
+//! which the proxy owns, so it survives snapshot reloads. A snapshot's credential is trusted
+//! only while its fingerprint is one the manager knows (the one it started from or one it wrote
+//! itself); a credential with any other fingerprint was changed by the operator, and the vault
+//! wins.
+//!
+//! Single-flight: each connection has an async refresh lock. A request that finds its token
+//! stale takes the lock, checks again (a request before it may have refreshed meanwhile), and
+//! only then calls the token endpoint; everyone queued behind it finds the new token. The new
+//! refresh token replaces the old one before the lock is released, and the credential is
+//! persisted before the next refresh may start, so writes land in order.
+//!
+//! Each refresh emits one `sidekey::oauth` event with `result = "ok" | "error"` (the hook for
+//! metrics), and [`Counters`] count them; neither ever carries a token.
+
+pub mod endpoint;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::time::Instant;
+
+use crate::config::{Connection, Credential, Snapshot};
+use crate::credstore::{CredStore, Key, Persisted, StoredCredential};
+use crate::error::ProxyError;
+use crate::secret::Secret;
+use endpoint::{TokenEndpoint, TokenFailure, TokenRequest};
+
+/// Refresh this long before expiry unless the provider sets `token_expiration_buffer`.
+pub const DEFAULT_EXPIRATION_BUFFER: Duration = Duration::from_secs(5 * 60);
+
+/// How many vault fingerprints sidekey remembers writing per connection, so a reload that
+/// reads one of its own older writes is not taken for a hand edit.
+const KNOWN_FINGERPRINTS: usize = 8;
+
+/// Token-manager settings from the command line.
+#[derive(Debug, Clone)]
+pub struct OAuthOptions {
+    /// After a failed refresh, requests on that connection fail fast for this long.
+    pub refresh_cooldown: Duration,
+}
+
+impl Default for OAuthOptions {
+    fn default() -> Self {
+        Self {
+            refresh_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An access token handed to one request; `generation` tells whether it has been refreshed
+/// since (see [`TokenManager::refresh_after_unauthorized`]).
+#[derive(Clone)]
+pub struct AccessToken {
+    secret: Arc<Secret>,
+    generation: u64,
+}
+
+impl AccessToken {
+    pub fn expose(&self) -> &str {
+        self.secret.expose()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccessToken(***, generation {})", self.generation)
+    }
+}
+
+/// Refresh outcomes since start, for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub refresh_ok: AtomicU64,
+    pub refresh_error: AtomicU64,
+    /// Requests answered from the cool-down without calling the token endpoint.
+    pub fail_fast: AtomicU64,
+}
+
+struct Failure {
+    until: Instant,
+    provider_error: Option<String>,
+}
+
+/// What the manager holds for one connection.
+struct SlotState {
+    token: Option<AccessToken>,
+    refresh_token: Option<Secret>,
+    expires_at: Option<Timestamp>,
+    /// The fingerprint of the credential the vault holds now, as far as sidekey knows.
+    vault_fp: [u8; 32],
+    /// Vault fingerprints that this state supersedes (the starting one and sidekey's writes).
+    known: Vec<[u8; 32]>,
+    failure: Option<Failure>,
+    /// Bumped when the vault wins; a refresh started before then is discarded.
+    epoch: u64,
+}
+
+impl SlotState {
+    /// The token, if it is not within `buffer` of its expiry. No expiry: always usable.
+    fn usable(&self, now: Timestamp, buffer: Duration) -> Option<AccessToken> {
+        let token = self.token.as_ref()?;
+        match self.expires_at {
+            None => Some(token.clone()),
+            Some(e) => (millis_until(now, e) > buffer.as_millis() as i64).then(|| token.clone()),
+        }
+    }
+
+    /// The token, if it has not actually expired yet.
+    fn unexpired(&self, now: Timestamp) -> Option<AccessToken> {
+        let token = self.token.as_ref()?;
+        match self.expires_at {
+            None => Some(token.clone()),
+            Some(e) => (millis_until(now, e) > 0).then(|| token.clone()),
+        }
+    }
+
+    fn cooling_down(&self) -> Option<&Failure> {
+        self.failure.as_ref().filter(|f| f.until > Instant::now())
+    }
+}
+
+fn millis_until(now: Timestamp, then: Timestamp) -> i64 {
+    then.as_millisecond().saturating_sub(now.as_millisecond())
+}
+
+struct Slot {
+    state: Mutex<SlotState>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Trigger {
+    Expiry,
+    Unauthorized,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Expiry => "expiry",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// Per-connection OAuth state, shared by every request of the process.
+pub struct TokenManager {
+    endpoint: Arc<dyn TokenEndpoint>,
+    store: Arc<CredStore>,
+    options: OAuthOptions,
+    slots: Mutex<HashMap<String, HashMap<String, Arc<Slot>>>>,
+    generation: AtomicU64,
+    pub counters: Counters,
+}
+
+impl TokenManager {
+    pub fn new(
+        endpoint: Arc<dyn TokenEndpoint>,
+        store: Arc<CredStore>,
+        options: OAuthOptions,
+    ) -> Self {
+        Self {
+            endpoint,
+            store,
+            options,
+            slots: Mutex::default(),
+            generation: AtomicU64::new(1),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Drops state-file entries the snapshot's vault has superseded (blocking file I/O: call at
+    /// startup, or from `spawn_blocking` after a reload).
+    pub fn prune(&self, snapshot: &Snapshot) {
+        self.store.prune(snapshot);
+    }
+
+    /// The token to inject for this connection, refreshed first if it expires within the
+    /// provider's buffer. `None` for connections that are not OAuth.
+    pub async fn access_token(&self, conn: &Connection) -> Result<Option<AccessToken>, ProxyError> {
+        if !is_oauth(conn) {
+            return Ok(None);
+        }
+        let slot = self.slot(conn);
+        let buffer = conn
+            .integration
+            .provider
+            .token_expiration_buffer
+            .unwrap_or(DEFAULT_EXPIRATION_BUFFER);
+        if let Some(t) = slot.lock().usable(Timestamp::now(), buffer) {
+            return Ok(Some(t));
+        }
+        let _flight = slot.refresh.lock().await;
+        {
+            let st = slot.lock();
+            let now = Timestamp::now();
+            if let Some(t) = st.usable(now, buffer) {
+                return Ok(Some(t));
+            }
+            if let Some(f) = st.cooling_down() {
+                if let Some(t) = st.unexpired(now) {
+                    return Ok(Some(t));
+                }
+                self.counters.fail_fast.fetch_add(1, Ordering::Relaxed);
+                return Err(refresh_failed(f.provider_error.clone()));
+            }
+        }
+        match self.refresh_locked(conn, &slot, Trigger::Expiry).await {
+            Ok(t) => Ok(Some(t)),
+            // A refresh tried early (inside the buffer) that failed does not fail requests
+            // while the old token still works; the cool-down keeps the endpoint from hammering.
+            Err(e) => slot.lock().unexpired(Timestamp::now()).map(Some).ok_or(e),
+        }
+    }
+
+    /// After the upstream answered 401 to `stale`: one refresh, unless another request has
+    /// already refreshed past `stale` (then its token is returned without a call), or a
+    /// refresh failed within the cool-down.
+    pub async fn refresh_after_unauthorized(
+        &self,
+        conn: &Connection,
+        stale: &AccessToken,
+    ) -> Result<AccessToken, ProxyError> {
+        if !is_oauth(conn) {
+            return Err(refresh_failed(None));
+        }
+        let slot = self.slot(conn);
+        let _flight = slot.refresh.lock().await;
+        {
+            let st = slot.lock();
+            if let Some(t) = st
+                .token
+                .as_ref()
+                .filter(|t| t.generation != stale.generation)
+            {
+                return Ok(t.clone());
+            }
+            if let Some(f) = st.cooling_down() {
+                self.counters.fail_fast.fetch_add(1, Ordering::Relaxed);
+                return Err(refresh_failed(f.provider_error.clone()));
+            }
+        }
+        self.refresh_locked(conn, &slot, Trigger::Unauthorized)
+            .await
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn token(&self, s: Secret) -> AccessToken {
+        AccessToken {
+            secret: Arc::new(s),
+            generation: self.next_generation(),
+        }
+    }
+
+    /// The slot for a connection, reconciled with the snapshot's credential.
+    fn slot(&self, conn: &Connection) -> Arc<Slot> {
+        let existing = {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots
+                .get(&conn.provider_config_key)
+                .and_then(|m| m.get(&conn.connection_id))
+                .cloned()
+        };
+        let slot = match existing {
+            Some(s) => s,
+            None => {
+                let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+                slots
+                    .entry(conn.provider_config_key.clone())
+                    .or_default()
+                    .entry(conn.connection_id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Slot {
+                            state: Mutex::new(self.initial(conn, true, 0)),
+                            refresh: tokio::sync::Mutex::new(()),
+                        })
+                    })
+                    .clone()
+            }
+        };
+        let mut st = slot.lock();
+        if !st.known.contains(&conn.fingerprint) {
+            // The vault holds a credential sidekey never saw: an operator's edit. It wins.
+            tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
+                connection_id = %conn.connection_id, "the vault's credential changed; using it");
+            let epoch = st.epoch + 1;
+            *st = self.initial(conn, false, epoch);
+        }
+        drop(st);
+        slot
+    }
+
+    /// A connection's starting state: the state file's credential if it replaced exactly the
+    /// vault's, else the vault's.
+    fn initial(&self, conn: &Connection, use_store: bool, epoch: u64) -> SlotState {
+        let stored = use_store
+            .then(|| self.store.lookup(&key(conn), &conn.fingerprint))
+            .flatten();
+        let parse = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Timestamp>().ok());
+        let (token, refresh_token, expires_at) = match (stored, &conn.credential) {
+            (
+                Some(StoredCredential::OAuth2 {
+                    access_token,
+                    refresh_token,
+                    expires_at,
+                }),
+                Credential::OAuth2 { .. },
+            ) => (Some(access_token), refresh_token, parse(&expires_at)),
+            (
+                Some(StoredCredential::OAuth2Cc { token, expires_at }),
+                Credential::OAuth2Cc { .. },
+            ) => (Some(token), None, parse(&expires_at)),
+            (
+                _,
+                Credential::OAuth2 {
+                    access_token,
+                    refresh_token,
+                    expires_at,
+                },
+            ) => (
+                Some(access_token.clone()),
+                refresh_token.clone(),
+                *expires_at,
+            ),
+            (
+                _,
+                Credential::OAuth2Cc {
+                    token, expires_at, ..
+                },
+            ) => (token.clone(), None, *expires_at),
+            _ => (None, None, None),
+        };
+        SlotState {
+            token: token.map(|t| self.token(t)),
+            refresh_token,
+            expires_at,
+            vault_fp: conn.fingerprint,
+            known: vec![conn.fingerprint],
+            failure: None,
+            epoch,
+        }
+    }
+
+    /// Calls the token endpoint; the caller holds the slot's refresh lock.
+    async fn refresh_locked(
+        &self,
+        conn: &Connection,
+        slot: &Slot,
+        trigger: Trigger,
+    ) -> Result<AccessToken, ProxyError> {
+        let (epoch, refresh_token) = {
+            let st = slot.lock();
+            (st.epoch, st.refresh_token.clone())
+        };
+        let grant_type = match conn.credential {
+            Credential::OAuth2Cc { .. } => "client_credentials",
+            _ => "refresh_token",
+        };
+        let result = match build_request(conn, refresh_token.as_ref()) {
+            Ok(req) => self.endpoint.exchange(req).await,
+            Err(f) => Err(f),
+        };
+        let grant = match result {
+            Ok(g) => g,
+            Err(f) => {
+                self.counters.refresh_error.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
+                    connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
+                    result = "error", provider_error = f.provider_error.as_deref().unwrap_or(""),
+                    detail = %f.detail, cooldown = ?self.options.refresh_cooldown, "token refresh failed");
+                slot.lock().failure = Some(Failure {
+                    until: Instant::now() + self.options.refresh_cooldown,
+                    provider_error: f.provider_error.clone(),
+                });
+                return Err(refresh_failed(f.provider_error));
+            }
+        };
+        let now = Timestamp::now();
+        let expires_at = grant.expires_in.and_then(|s| {
+            Timestamp::from_second(
+                now.as_second()
+                    .saturating_add(s.min(i64::MAX as u64 / 2) as i64),
+            )
+            .ok()
+        });
+        let (token, stored, known, vault_fp) = {
+            let mut st = slot.lock();
+            if st.epoch != epoch {
+                // The vault's credential changed while the call was out; the vault wins.
+                return st.token.clone().ok_or_else(|| refresh_failed(None));
+            }
+            let token = self.token(grant.access_token.clone());
+            st.token = Some(token.clone());
+            if let Some(rt) = grant.refresh_token {
+                st.refresh_token = Some(rt); // rotation: the old one is gone before anyone reads it
+            }
+            st.expires_at = expires_at;
+            st.failure = None;
+            let expires = expires_at.map(|t| t.to_string());
+            let stored = match conn.credential {
+                Credential::OAuth2Cc { .. } => StoredCredential::OAuth2Cc {
+                    token: grant.access_token,
+                    expires_at: expires,
+                },
+                _ => StoredCredential::OAuth2 {
+                    access_token: grant.access_token,
+                    refresh_token: st.refresh_token.clone(),
+                    expires_at: expires,
+                },
+            };
+            (token, stored, st.known.clone(), st.vault_fp)
+        };
+        let store = self.store.clone();
+        let k = key(conn);
+        let outcome =
+            tokio::task::spawn_blocking(move || store.persist(&k, &stored, &known, &vault_fp))
+                .await
+                .unwrap_or(Persisted::Memory);
+        let stored_in = match &outcome {
+            Persisted::Vault(fp) => {
+                let mut st = slot.lock();
+                if st.epoch == epoch {
+                    st.vault_fp = *fp;
+                    st.known.push(*fp);
+                    if st.known.len() > KNOWN_FINGERPRINTS {
+                        st.known.remove(0);
+                    }
+                }
+                "vault"
+            }
+            Persisted::State => "state",
+            Persisted::Skipped(why) => {
+                tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
+                    connection_id = %conn.connection_id, reason = %why, "refreshed credential not stored");
+                "skipped"
+            }
+            Persisted::Memory => {
+                if self.store.vault_writable() || self.store.has_state_file() {
+                    tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
+                        connection_id = %conn.connection_id,
+                        "refreshed credential kept in memory only; a restart goes back to the vault's");
+                }
+                "memory"
+            }
+        };
+        self.counters.refresh_ok.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
+            connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
+            result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");
+        Ok(token)
+    }
+}
+
+fn is_oauth(conn: &Connection) -> bool {
+    matches!(
+        conn.credential,
+        Credential::OAuth2 { .. } | Credential::OAuth2Cc { .. }
+    )
+}
+
+fn key(conn: &Connection) -> Key {
+    (conn.provider_config_key.clone(), conn.connection_id.clone())
+}
+
+fn refresh_failed(provider_error: Option<String>) -> ProxyError {
+    ProxyError::CredentialsRefreshFailed { provider_error }
+}
+
+/// The token request for a connection: a refresh for OAUTH2, client credentials for OAUTH2_CC.
+fn build_request(
+    conn: &Connection,
+    refresh_token: Option<&Secret>,
+) -> Result<TokenRequest, TokenFailure> {
+    let int = &conn.integration;
+    let p = &int.provider;
+    let url_template = match conn.credential {
+        Credential::OAuth2 { .. } => p.refresh_url.as_ref().or(p.token_url.as_ref()),
+        _ => p.token_url.as_ref(),
+    }
+    .ok_or_else(|| TokenFailure::local(format!("provider `{}` has no token_url", p.name)))?;
+    let url = url_template
+        .render(&conn.values(None))
+        .map_err(|missing| TokenFailure::local(format!("the token URL needs `{missing}`")))?;
+    let mut req = TokenRequest {
+        url,
+        form: Vec::new(),
+        basic: None,
+    };
+    let (id, secret) = match &conn.credential {
+        Credential::OAuth2 { .. } => {
+            let rt = refresh_token
+                .ok_or_else(|| TokenFailure::local("the connection has no refresh_token"))?;
+            req.set("grant_type", Secret::new("refresh_token"));
+            req.set("refresh_token", rt.clone());
+            for (k, v) in &p.refresh_params {
+                req.set(k, Secret::new(v.clone()));
+            }
+            (
+                int.oauth_client_id.as_ref(),
+                int.oauth_client_secret.as_ref(),
+            )
+        }
+        Credential::OAuth2Cc {
+            client_id,
+            client_secret,
+            ..
+        } => {
+            req.set("grant_type", Secret::new("client_credentials"));
+            // Nango stores scopes comma-separated; the OAuth `scope` parameter is space-separated.
+            let scope: Vec<&str> = int
+                .scopes
+                .as_deref()
+                .unwrap_or("")
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if !scope.is_empty() {
+                req.set("scope", Secret::new(scope.join(" ")));
+            }
+            for (k, v) in &p.token_params {
+                req.set(k, Secret::new(v.clone()));
+            }
+            (
+                client_id.as_ref().or(int.oauth_client_id.as_ref()),
+                client_secret.as_ref().or(int.oauth_client_secret.as_ref()),
+            )
+        }
+        _ => return Err(TokenFailure::local("not an OAuth connection")),
+    };
+    match (id, secret) {
+        (Some(id), Some(secret)) if p.token_auth_basic => {
+            req.basic = Some((id.clone(), secret.clone()));
+        }
+        _ => {
+            if let Some(id) = id {
+                req.set("client_id", id.clone());
+            }
+            if let Some(secret) = secret {
+                req.set("client_secret", secret.clone());
+            }
+        }
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests;
