@@ -8,7 +8,8 @@
 //! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`].
 //! - [`template`]: `${...}` templates, compiled when a snapshot is built.
 //! - [`auth`]: the caller's `Authorization: Bearer` key, checked in constant time.
-//! - [`proxy`]: the request path — route, rewrite, headers, inject, forward — and the upstream client.
+//! - [`proxy`]: the request path — route, rewrite, headers, inject, forward (retry, replay,
+//!   timeouts, decompression) — and the upstream client.
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
 //! - [`admin`]: `/live`, `/ready`.

@@ -202,6 +202,11 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = ProxyOptions {
         override_policy: args.base_url_override,
         response_timeout: args.response_timeout,
+        idle_timeout: args.idle_timeout,
+        retry_backoff_base: args.retry_backoff_base,
+        retry_backoff_max: args.retry_backoff_max,
+        retry_max_wait: args.retry_max_wait,
+        retry_buffer_bytes: args.retry_buffer_bytes,
     };
     let app = Arc::new(App::new(snapshot, client, options));
     let health = Arc::new(sidekey::admin::Health::default());

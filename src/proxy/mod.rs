@@ -6,9 +6,13 @@
 //! request is finished on it even if a reload swaps in a newer one meanwhile.
 
 pub mod client;
+pub mod decompress;
 pub mod forward;
 pub mod headers;
+pub mod idle;
 pub mod inject;
+pub mod replay;
+pub mod retry;
 pub mod rewrite;
 pub mod route;
 
@@ -33,6 +37,15 @@ pub struct ProxyOptions {
     pub override_policy: OverridePolicy,
     /// From the end of the request body to the response head.
     pub response_timeout: Duration,
+    /// The longest gap between two chunks of an upstream response body.
+    pub idle_timeout: Duration,
+    /// Exponential backoff between attempts: base and cap (full jitter).
+    pub retry_backoff_base: Duration,
+    pub retry_backoff_max: Duration,
+    /// An upstream asking for a longer wait gets its response returned at once.
+    pub retry_max_wait: Duration,
+    /// The largest request body kept for replay.
+    pub retry_buffer_bytes: usize,
 }
 
 impl Default for ProxyOptions {
@@ -40,6 +53,11 @@ impl Default for ProxyOptions {
         Self {
             override_policy: OverridePolicy::Public,
             response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            retry_backoff_base: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(5),
+            retry_max_wait: Duration::from_secs(30),
+            retry_buffer_bytes: 64 * 1024,
         }
     }
 }
@@ -300,14 +318,30 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let uri = rewrite::upstream_uri(&base, endpoint, parts.uri.query(), &injected)?;
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-    let mut up = Request::new(body);
-    *up.method_mut() = parts.method;
-    *up.uri_mut() = uri;
-    *up.headers_mut() = headers;
-    let res = forward::send(client, up, app.options.response_timeout).await?;
-    let (mut parts, body) = res.into_parts();
-    headers::response_headers(&mut parts.headers);
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-    Ok(Response::from_parts(parts, body))
+    // OAUTH2 keeps the body even without retries, for the one resend after a refreshed 401.
+    let keep = controls.retries > 0 || matches!(conn.credential, Credential::OAuth2 { .. });
+    let cap = if keep {
+        app.options.retry_buffer_bytes
+    } else {
+        0
+    };
+    let body = replay::Replay::new(
+        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        cap,
+    );
+    let head_request = parts.method == Method::HEAD;
+    let out = forward::Outbound {
+        method: parts.method,
+        uri,
+        headers,
+    };
+    let provider = &conn.integration.provider;
+    let policy = retry::Policy {
+        retries: controls.retries,
+        retry_on: &controls.retry_on,
+        hints: &provider.retry,
+    };
+    let res = forward::send(client, out, &body, &policy, &app.options).await?;
+    let decompress = controls.decompress || provider.decompress;
+    forward::relay(res, head_request, decompress, &app.options).await
 }
