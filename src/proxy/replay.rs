@@ -207,8 +207,7 @@ impl Body for AttemptBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let state = this.state.clone();
-        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = this.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.current != this.id {
             return Poll::Ready(Some(Err(Box::new(Superseded))));
         }
