@@ -8,7 +8,8 @@
 //! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`].
 //! - [`template`]: `${...}` templates, compiled when a snapshot is built.
 //! - [`auth`]: the caller's `Authorization: Bearer` key, checked in constant time.
-//! - [`proxy`]: the request path — route, rewrite, headers, inject, forward — and the upstream client.
+//! - [`proxy`]: the request path — route, rewrite, headers, inject, forward (retry, replay,
+//!   timeouts, decompression) — and the upstream client.
 //! - [`oauth`]: OAuth access tokens per connection: proactive and 401-driven refresh,
 //!   single-flight, cool-down after failures, client-credentials tokens.
 //! - [`credstore`]: where refreshed credentials persist (vault patch or state file).

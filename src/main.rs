@@ -205,6 +205,11 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = ProxyOptions {
         override_policy: args.base_url_override,
         response_timeout: args.response_timeout,
+        idle_timeout: args.idle_timeout,
+        retry_backoff_base: args.retry_backoff_base,
+        retry_backoff_max: args.retry_backoff_max,
+        retry_max_wait: args.retry_max_wait,
+        retry_buffer_bytes: args.retry_buffer_bytes,
     };
     let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
     if vault_for_writes.is_none() && paths.state.is_none() {

@@ -291,6 +291,64 @@ async fn an_upstream_401_refreshes_once_and_resends() {
 }
 
 #[tokio::test]
+async fn an_upstream_401_resends_a_post_body_from_the_replay_buffer_with_retries_zero() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = TokenServer::start(grants(Duration::ZERO), false, dir.path()).await;
+    let refuse = Arc::new(Mutex::new(vec!["at-revoked".to_string()]));
+    let up = Upstream::start(api(refuse)).await;
+    let v = vault("oa", &[oauth_conn("c", "at-revoked", "rt-1", None)]);
+    let sk = start(&providers(&token.base, &up.url("")), &v, dir, &token.args);
+    let c = TestClient::default();
+    let mut h = support::client::proxy_headers("c", "i");
+    h.push(("retries", "0"));
+    let payload: Vec<u8> = (0..=255u8).cycle().take(40_000).collect();
+    let res = c
+        .send("POST", &sk.url("/proxy/items"), &h, payload.clone())
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        (bearer(&reqs[0]), bearer(&reqs[1])),
+        ("at-revoked".into(), "at-new".into())
+    );
+    assert_eq!(
+        reqs[1].body.as_ref(),
+        payload.as_slice(),
+        "the resend carries the whole body"
+    );
+
+    // A body over --retry-buffer-bytes (64 KiB by default) streams once: its 401 goes back as is.
+    let big = vec![7u8; 200_000];
+    let v2 = vault("oa", &[oauth_conn("d", "at-revoked", "rt-1", None)]);
+    let dir2 = tempfile::tempdir().expect("dir");
+    let token2 = TokenServer::start(grants(Duration::ZERO), false, dir2.path()).await;
+    let refuse2 = Arc::new(Mutex::new(vec!["at-revoked".to_string()]));
+    let up2 = Upstream::start(api(refuse2)).await;
+    let sk2 = start(
+        &providers(&token2.base, &up2.url("")),
+        &v2,
+        dir2,
+        &token2.args,
+    );
+    let res = c
+        .send(
+            "POST",
+            &sk2.url("/proxy/items"),
+            &support::client::proxy_headers("d", "i"),
+            big,
+        )
+        .await;
+    assert_eq!(res.status, 401);
+    assert_eq!(
+        res.json()["upstream"],
+        "token rejected",
+        "the upstream's own 401"
+    );
+    assert_eq!(up2.count(), 1, "a streamed body is never sent twice");
+}
+
+#[tokio::test]
 async fn a_failing_token_endpoint_answers_credentials_refresh_failed_and_fails_fast() {
     let dir = tempfile::tempdir().expect("dir");
     let failing: SyncHandler = Arc::new(|_| {

@@ -1,31 +1,261 @@
-//! Sending one request upstream and classifying what went wrong.
+//! Sending a request upstream, attempt after attempt, and relaying the final response.
+//!
+//! [`send`] runs the attempt loop: each attempt gets a fresh view of the request body from
+//! [`Replay`], waits for the response head at most `--response-timeout` counted from the end
+//! of the request body, and is judged by [`super::retry`]. A retryable answer is dropped (its
+//! body unread) and the next attempt follows after the wait; only the final attempt's response
+//! leaves this module, untouched. Connect errors and resets before a response retry too, as
+//! long as the body can be sent again from its first byte. A missing response head is never
+//! retried: the upstream may be working on the request. While the body is still being sent,
+//! the attempt is bounded by the idle timeout instead: it fails when sending stops moving.
 //!
 //! Errors from hyper-util's client arrive as a chain; [`classify`] walks it to tell a refused
 //! override, a connect timeout, a TLS failure and an unreachable host apart, each with its own
 //! error code.
+//!
+//! [`relay`] prepares the final response for the caller: hop-by-hop headers out, the idle
+//! timeout around the body, and decoding when asked.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use http::{Request, Response};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::client::{ConnectError, HttpClient};
+use super::idle::IdleBody;
+use super::replay::{EndSignal, Replay};
+use super::retry::{self, Plan, Policy};
+use super::{decompress, headers, ProxyOptions};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
-/// Sends `req` and waits at most `timeout` for the response head.
-pub async fn send(
+/// The request line and headers to send, reused by every attempt.
+#[derive(Debug)]
+pub struct Outbound {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+/// How one attempt failed to produce a response.
+enum Failure {
+    Client(hyper_util::client::legacy::Error),
+    /// No response head within the response timeout after the body ended.
+    HeadTimeout,
+    /// Sending made no progress for the idle timeout (a stalled handshake, an upstream that
+    /// stopped reading the body, a caller that stopped sending it).
+    SendStalled,
+}
+
+/// Sends one attempt. Until the request body has ended, the attempt lives as long as the body
+/// keeps moving (at most `idle` between two chunks); after that, the response head must come
+/// within `timeout`.
+async fn attempt_once(
     client: &HttpClient,
     req: Request<ProxyBody>,
+    end: &EndSignal,
     timeout: Duration,
-) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Ok(Ok(res)) => Ok(res),
-        Ok(Err(e)) => Err(classify(&e)),
-        Err(_) => Err(ProxyError::UpstreamTimeout(format!(
-            "no response head within {timeout:?}"
-        ))),
+    idle: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    let fut = client.request(req);
+    tokio::pin!(fut);
+    loop {
+        let stalled_at = end.last_progress() + idle;
+        tokio::select! {
+            biased;
+            res = &mut fut => return res.map_err(Failure::Client),
+            () = end.ended() => break,
+            () = tokio::time::sleep_until(stalled_at) => {
+                if end.last_progress() + idle <= tokio::time::Instant::now() {
+                    return Err(Failure::SendStalled);
+                }
+            }
+        }
     }
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(res) => res.map_err(Failure::Client),
+        Err(_) => Err(Failure::HeadTimeout),
+    }
+}
+
+/// One tracing event per attempt: info when the caller asked for retries, debug otherwise.
+/// The host is logged, never the URL, whose query may carry an injected credential.
+struct Events<'a> {
+    loud: bool,
+    host: &'a str,
+}
+
+impl Events<'_> {
+    fn attempt(
+        &self,
+        attempt: u32,
+        status: Option<StatusCode>,
+        error: Option<&'static str>,
+        wait: Option<Duration>,
+        outcome: &'static str,
+    ) {
+        let host = self.host;
+        let status = status.map(|s| s.as_u16());
+        let wait_ms = wait.map(|w| w.as_millis() as u64);
+        if self.loud {
+            tracing::info!(
+                host,
+                attempt,
+                status,
+                error,
+                wait_ms,
+                outcome,
+                "upstream attempt"
+            );
+        } else {
+            tracing::debug!(
+                host,
+                attempt,
+                status,
+                error,
+                wait_ms,
+                outcome,
+                "upstream attempt"
+            );
+        }
+    }
+}
+
+/// The backoff before retry number `retry` (0 for the first retry), with full jitter.
+fn jittered(retry: u32, opts: &ProxyOptions) -> Duration {
+    retry::backoff(
+        retry,
+        opts.retry_backoff_base,
+        opts.retry_backoff_max,
+        rand::random::<f64>(),
+    )
+}
+
+/// What follows an attempt.
+enum Next {
+    /// This is the final attempt, for the reason given (and the wait that was refused).
+    Stop(&'static str, Option<Duration>),
+    /// Wait, then try again.
+    Retry(Duration),
+}
+
+/// Judges an answer: final, or retried after which wait.
+fn judge(
+    res: &Response<Incoming>,
+    retry: u32,
+    last: bool,
+    body: &Replay,
+    policy: &Policy<'_>,
+    opts: &ProxyOptions,
+) -> Next {
+    if last || !retry::response_retries(res.status(), res.headers(), policy) {
+        return Next::Stop("final", None);
+    }
+    if !body.prepare_retry() {
+        return Next::Stop("body_not_replayable", None);
+    }
+    let asked = retry::asked_wait(res.headers(), policy.hints, SystemTime::now());
+    match retry::plan(asked, jittered(retry, opts), opts.retry_max_wait) {
+        Plan::TooLong(d) => Next::Stop("wait_too_long", Some(d)),
+        Plan::Wait(d) => Next::Retry(d),
+    }
+}
+
+/// Sends the request, retrying as `policy` allows, and returns the final attempt's response.
+pub async fn send(
+    client: &HttpClient,
+    mut out: Outbound,
+    body: &Replay,
+    policy: &Policy<'_>,
+    opts: &ProxyOptions,
+) -> Result<Response<Incoming>, ProxyError> {
+    let events = Events {
+        loud: policy.retries > 0,
+        host: out.uri.host().unwrap_or_default(),
+    };
+    let mut retry: u32 = 0;
+    loop {
+        let attempt = retry + 1;
+        let last = retry >= policy.retries;
+        let (req_body, end) = body.attempt();
+        let mut req = Request::new(req_body.boxed_unsync());
+        *req.method_mut() = out.method.clone();
+        *req.uri_mut() = out.uri.clone();
+        *req.headers_mut() = if last {
+            std::mem::take(&mut out.headers)
+        } else {
+            out.headers.clone()
+        };
+        let sent = attempt_once(client, req, &end, opts.response_timeout, opts.idle_timeout).await;
+        let wait = match sent {
+            Ok(res) => match judge(&res, retry, last, body, policy, opts) {
+                Next::Stop(why, wait) => {
+                    events.attempt(attempt, Some(res.status()), None, wait, why);
+                    return Ok(res);
+                }
+                Next::Retry(wait) => {
+                    events.attempt(attempt, Some(res.status()), None, Some(wait), "retry");
+                    wait
+                }
+            },
+            Err(Failure::HeadTimeout) => {
+                let err = ProxyError::UpstreamTimeout(format!(
+                    "no response head within {:?} of the end of the request body",
+                    opts.response_timeout
+                ));
+                events.attempt(attempt, None, Some(err.code()), None, "final");
+                return Err(err);
+            }
+            Err(Failure::SendStalled) => {
+                let err = ProxyError::UpstreamTimeout(format!(
+                    "sending the request made no progress for {:?}",
+                    opts.idle_timeout
+                ));
+                events.attempt(attempt, None, Some(err.code()), None, "final");
+                return Err(err);
+            }
+            Err(Failure::Client(e)) => {
+                if body.caller_failed() {
+                    return Err(ProxyError::BadRequestBody(
+                        "the request body ended with an error".into(),
+                    ));
+                }
+                let err = classify(&e);
+                // Connect errors (timeouts included) and resets; not TLS or policy refusals.
+                let transient = matches!(
+                    err,
+                    ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamTimeout(_)
+                );
+                if last || !transient || !body.prepare_retry() {
+                    events.attempt(attempt, None, Some(err.code()), None, "final");
+                    return Err(err);
+                }
+                let wait = jittered(retry, opts);
+                events.attempt(attempt, None, Some(err.code()), Some(wait), "retry");
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+        retry += 1;
+    }
+}
+
+/// Prepares the final response for the caller: hop-by-hop headers dropped, the idle timeout
+/// on the body, and the body decoded when `decompress` asks for it.
+pub async fn relay(
+    res: Response<Incoming>,
+    head_request: bool,
+    decompress: bool,
+    opts: &ProxyOptions,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = res.into_parts();
+    headers::response_headers(&mut parts.headers);
+    let mut body = IdleBody::new(body, opts.idle_timeout).boxed_unsync();
+    if decompress {
+        body = decompress::decode(&mut parts, body, head_request).await?;
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Maps a client error to sidekey's error codes by walking its source chain.

@@ -10,9 +10,13 @@
 //! refreshed token, and if that refresh fails the upstream's 401 is what the caller gets.
 
 pub mod client;
+pub mod decompress;
 pub mod forward;
 pub mod headers;
+pub mod idle;
 pub mod inject;
+pub mod replay;
+pub mod retry;
 pub mod rewrite;
 pub mod route;
 
@@ -22,7 +26,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{BoxError, ProxyBody};
@@ -41,6 +44,15 @@ pub struct ProxyOptions {
     pub override_policy: OverridePolicy,
     /// From the end of the request body to the response head.
     pub response_timeout: Duration,
+    /// The longest gap between two chunks of an upstream response body.
+    pub idle_timeout: Duration,
+    /// Exponential backoff between attempts: base and cap (full jitter).
+    pub retry_backoff_base: Duration,
+    pub retry_backoff_max: Duration,
+    /// An upstream asking for a longer wait gets its response returned at once.
+    pub retry_max_wait: Duration,
+    /// The largest request body kept for replay.
+    pub retry_buffer_bytes: usize,
 }
 
 impl Default for ProxyOptions {
@@ -48,6 +60,11 @@ impl Default for ProxyOptions {
         Self {
             override_policy: OverridePolicy::Public,
             response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            retry_backoff_base: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(5),
+            retry_max_wait: Duration::from_secs(30),
+            retry_buffer_bytes: 64 * 1024,
         }
     }
 }
@@ -328,31 +345,49 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
             Ok((uri, headers))
         };
     let (uri, headers) = upstream_head(token.as_ref())?;
-    // An OAuth request with an empty body can be sent again as it is after a 401.
-    let resendable = token.is_some() && body.size_hint().exact() == Some(0);
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-    let mut up = Request::new(body);
-    *up.method_mut() = parts.method.clone();
-    *up.uri_mut() = uri;
-    *up.headers_mut() = headers;
-    let mut res = forward::send(client, up, app.options.response_timeout).await?;
+    // OAuth connections keep the body even without retries, for the one resend after a 401.
+    let keep = controls.retries > 0 || token.is_some();
+    let cap = if keep {
+        app.options.retry_buffer_bytes
+    } else {
+        0
+    };
+    let body = replay::Replay::new(
+        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        cap,
+    );
+    let head_request = parts.method == Method::HEAD;
+    let provider = &conn.integration.provider;
+    let policy = retry::Policy {
+        retries: controls.retries,
+        retry_on: &controls.retry_on,
+        hints: &provider.retry,
+    };
+    let out = forward::Outbound {
+        method: parts.method.clone(),
+        uri,
+        headers,
+    };
+    let mut res = forward::send(client, out, &body, &policy, &app.options).await?;
     let unauthorized = res.status() == http::StatusCode::UNAUTHORIZED;
-    if let Some(stale) = token.as_ref().filter(|_| resendable && unauthorized) {
-        match app.oauth.refresh_after_unauthorized(&conn, stale).await {
-            Ok(fresh) => {
-                let (uri, headers) = upstream_head(Some(&fresh))?;
-                let mut up = Request::new(crate::body::empty());
-                *up.method_mut() = parts.method.clone();
-                *up.uri_mut() = uri;
-                *up.headers_mut() = headers;
-                res = forward::send(client, up, app.options.response_timeout).await?;
+    if let Some(stale) = token.as_ref().filter(|_| unauthorized) {
+        // The resend does not count against `Retries`; it needs the whole body again.
+        if body.prepare_retry() {
+            match app.oauth.refresh_after_unauthorized(&conn, stale).await {
+                Ok(fresh) => {
+                    let (uri, headers) = upstream_head(Some(&fresh))?;
+                    let out = forward::Outbound {
+                        method: parts.method.clone(),
+                        uri,
+                        headers,
+                    };
+                    res = forward::send(client, out, &body, &policy, &app.options).await?;
+                }
+                // The refresh failed: the upstream's own 401 goes back to the caller.
+                Err(e) => tracing::debug!(code = e.code(), "no resend after 401"),
             }
-            // The refresh failed: the upstream's own 401 goes back to the caller.
-            Err(e) => tracing::debug!(code = e.code(), "no resend after 401"),
         }
     }
-    let (mut parts, body) = res.into_parts();
-    headers::response_headers(&mut parts.headers);
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-    Ok(Response::from_parts(parts, body))
+    let decompress = controls.decompress || provider.decompress;
+    forward::relay(res, head_request, decompress, &app.options).await
 }

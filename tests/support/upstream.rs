@@ -214,3 +214,41 @@ async fn handle(
         }
     }
 }
+
+/// A loopback listener that never accepts, its backlog filled, so a connection attempt to it
+/// hangs until the connector's timeout (the kernel drops SYNs to a full accept queue).
+pub struct FullBacklog {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _held: Vec<std::net::TcpStream>,
+}
+
+impl FullBacklog {
+    pub async fn start() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            {
+                Ok(s) => held.push(s),
+                Err(_) => {
+                    return Self {
+                        addr,
+                        _listener: listener,
+                        _held: held,
+                    }
+                }
+            }
+        }
+        panic!("the backlog of {addr} never filled");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
