@@ -11,7 +11,10 @@
 //! - [`proxy`]: the request path — route, rewrite, headers, inject, forward — and the upstream client.
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
-//! - [`admin`]: `/live`, `/ready`.
+//! - [`tls`]: TLS on the proxy listener; the certificate reloads when its files change.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`metrics`]: the Prometheus registry and the calls that record into it.
+//! - [`telemetry`]: tracing setup and the per-request access log (byte counts, masked URLs).
 //! - [`error`]: the one error type and its JSON response.
 //! - [`body`], [`secret`], [`atomic_file`]: the body type, redacted secrets, crash-safe writes.
 //!
@@ -30,8 +33,11 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod netpolicy;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod template;
+pub mod tls;

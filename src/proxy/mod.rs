@@ -23,7 +23,9 @@ use hyper::body::Incoming;
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{BaseUrl, Connection, Credential, Snapshot};
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::netpolicy::OverridePolicy;
+use crate::telemetry::RequestLog;
 use client::UpstreamClient;
 use route::Route;
 
@@ -49,14 +51,19 @@ pub struct App {
     pub snapshot: ArcSwap<Snapshot>,
     pub client: UpstreamClient,
     pub options: ProxyOptions,
+    /// Served on the admin listener; other parts record through it (retries, refreshes, reloads).
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
     pub fn new(snapshot: Snapshot, client: UpstreamClient, options: ProxyOptions) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_generation(snapshot.generation);
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             client,
             options,
+            metrics,
         }
     }
 }
@@ -142,15 +149,19 @@ impl<'a> Controls<'a> {
     }
 }
 
-/// Handles one proxy request; errors become sidekey's JSON responses.
+/// Handles one proxy request; errors become sidekey's JSON responses. The request is counted
+/// in the metrics and written to the access log when its response body is done.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
-    match proxy(app, req).await {
+    let (req, mut log) = RequestLog::start(req, &app.metrics);
+    let res = match proxy(app, req, &mut log).await {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(code = e.code(), "request refused");
+            log.set_error(e.code());
             e.to_response()
         }
-    }
+    };
+    log.respond(res)
 }
 
 fn allowed_method(m: &Method) -> bool {
@@ -256,7 +267,11 @@ fn choose_base<'a>(
     }
 }
 
-async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+async fn proxy(
+    app: &App,
+    req: Request<ProxyBody>,
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let snapshot = app.snapshot.load_full();
     let (parts, body) = req.into_parts();
     let route = route::route(parts.uri.path())
@@ -269,7 +284,11 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
     }
     crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
     let controls = Controls::parse(&parts.headers, matches!(route, Route::Proxy { .. }))?;
+    log.integration = controls
+        .provider_config_key
+        .and_then(|k| snapshot.integrations.get(k).cloned());
     let conn = find_connection(&snapshot, &route, &controls)?;
+    log.set_connection(&conn);
     let (mut base, client) = choose_base(app, &conn, &controls)?;
     let mut endpoint = match &route {
         Route::Proxy { endpoint } | Route::ConnectionProxy { endpoint, .. } => *endpoint,
@@ -300,12 +319,16 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let uri = rewrite::upstream_uri(&base, endpoint, parts.uri.query(), &injected)?;
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    log.upstream = Some(uri.clone());
     let mut up = Request::new(body);
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
     *up.headers_mut() = headers;
+    log.attempts = 1;
+    let sent = std::time::Instant::now();
     let res = forward::send(client, up, app.options.response_timeout).await?;
+    app.metrics
+        .upstream_latency(&conn.provider_config_key, sent.elapsed());
     let (mut parts, body) = res.into_parts();
     headers::response_headers(&mut parts.headers);
     let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
