@@ -12,7 +12,8 @@
 //! [`SETTLE`], then both files are re-read. As a safety net for file systems without change
 //! events, they are also re-read every [`RECHECK`]. A pair that does not parse, or whose key does
 //! not match the certificate (say the certificate was written but the key not yet), is refused
-//! with a warning and the previous certificate stays in use. Unchanged contents are ignored.
+//! with a warning (once per content) and the previous certificate stays in use. Unchanged contents
+//! are ignored.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,9 @@ pub struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    /// SHA-256 over both files as last loaded, to skip reloads that change nothing.
-    loaded: Mutex<[u8; 32]>,
+    /// SHA-256 over both files as last read (whether loaded or refused), so that unchanged
+    /// files are neither reloaded nor refused twice.
+    seen: Mutex<[u8; 32]>,
 }
 
 impl fmt::Debug for CertStore {
@@ -115,7 +117,7 @@ impl CertStore {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
             current: ArcSwap::from_pointee(ck),
-            loaded: Mutex::new(digest(&cert, &key)),
+            seen: Mutex::new(digest(&cert, &key)),
         }))
     }
 
@@ -125,14 +127,15 @@ impl CertStore {
     }
 
     /// Re-reads both files; swaps in the new pair if it changed and is valid. `Ok(true)` when
-    /// a new certificate is now served.
+    /// a new certificate is now served, `Ok(false)` when the files are as last read.
     pub fn reload(&self) -> Result<bool, String> {
         let (cert, key) = read_pair(&self.cert_path, &self.key_path)?;
         let d = digest(&cert, &key);
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if *loaded == d {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == d {
             return Ok(false);
         }
+        *seen = d;
         let ck = parse(
             &cert,
             &key,
@@ -140,7 +143,6 @@ impl CertStore {
             &self.key_path.display().to_string(),
         )?;
         self.current.store(Arc::new(ck));
-        *loaded = d;
         Ok(true)
     }
 
@@ -242,5 +244,42 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         let err = parse(b"", b"", "c.pem", "k.pem").expect_err("refused");
         assert!(err.contains("no certificate"), "{err}");
+    }
+
+    fn pair(name: &str) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    #[test]
+    fn reload_swaps_valid_pairs_only_and_ignores_unchanged_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (cert_a, key_a, der_a) = pair("a.test");
+        let (cert_b, key_b, der_b) = pair("b.test");
+        std::fs::write(&c, &cert_a).expect("write");
+        std::fs::write(&k, &key_a).expect("write");
+        let store = CertStore::open(&c, &k).expect("open");
+        assert_eq!(store.reload(), Ok(false));
+        // Certificate B with key A: refused once, A still served.
+        std::fs::write(&c, &cert_b).expect("write");
+        let err = store.reload().expect_err("mismatch refused");
+        assert!(!err.contains("PRIVATE KEY"), "{err}");
+        assert_eq!(
+            store.reload(),
+            Ok(false),
+            "the same refused pair is not retried"
+        );
+        assert_eq!(store.current().cert[0].as_ref(), der_a.as_slice());
+        std::fs::write(&k, &key_b).expect("write");
+        assert_eq!(store.reload(), Ok(true));
+        assert_eq!(store.current().cert[0].as_ref(), der_b.as_slice());
+        std::fs::remove_file(&k).expect("rm");
+        assert!(store.reload().is_err(), "a missing key is an error");
+        assert_eq!(store.current().cert[0].as_ref(), der_b.as_slice());
     }
 }
