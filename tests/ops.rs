@@ -266,8 +266,12 @@ async fn metrics_move_with_traffic() {
         "{text}"
     );
 
-    // Open client connections are counted from accept to close.
+    // Open client connections are counted from accept to close. Once the test's pooled
+    // clients are gone, none is open.
+    drop(c);
+    let text = wait_series(&sk, "sidekey_client_connections", 0.0).await;
     let base = series(&text, "sidekey_client_connections").expect("gauge present");
+    assert_eq!(base, 0.0, "{text}");
     let a = std::net::TcpStream::connect(sk.addr).expect("connect");
     let b = std::net::TcpStream::connect(sk.addr).expect("connect");
     let text = wait_series(&sk, "sidekey_client_connections", base + 2.0).await;
@@ -585,6 +589,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         "{}",
         sk.logs()
     );
+    assert!(sk.wait_for_log("\"stopped\"", Duration::from_secs(5)));
     let logs = sk.logs();
     assert!(!logs.contains("drain timeout reached"), "{logs}");
     let events = access_events(&sk);
