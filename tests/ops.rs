@@ -377,11 +377,17 @@ async fn no_secret_in_any_output() {
     let ca = TestCa::new();
     let tls_up =
         Upstream::start_tls(ok_json(), ca.server_cert(&["api.test"]).server_config()).await;
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    // An upstream that hangs up on every connection: a failed exchange on a port the test keeps
+    // (a port bound and released could be taken by another process meanwhile).
+    let hang_up = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead_port = hang_up.local_addr().expect("addr").port();
+    let hang_up = tokio::spawn(async move {
+        while let Ok((stream, _)) = hang_up.accept().await {
+            drop(stream);
+        }
+    });
     let base = up.url("");
     let p = format!(
         r#"
@@ -493,6 +499,7 @@ connections:
         .await,
     );
     assert_eq!(s, 401);
+    hang_up.abort();
     let metrics = get_admin(&sk, "/metrics").await.text();
     assert!(metrics.contains("sidekey_requests_total"), "{metrics}");
     assert_eq!(
