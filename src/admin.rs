@@ -1,4 +1,4 @@
-//! The admin listener: `GET /live` and `GET /ready` for probes.
+//! The admin listener: `GET /live` and `GET /ready` for probes, `GET /metrics` for Prometheus.
 //!
 //! It runs on its own address (`--admin-listen`) so probes and scrapes never share a port with
 //! the proxy, which stays on loopback in a sidecar. `/ready` answers 200 once a snapshot is
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::body::ProxyBody;
 use crate::error::json_response;
+use crate::metrics::Metrics;
 
 /// Readiness shared between `main` and the admin listener.
 #[derive(Debug, Default)]
@@ -34,7 +35,16 @@ impl Health {
     }
 }
 
-fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
+fn metrics_response(metrics: &Metrics) -> Response<ProxyBody> {
+    let mut res = Response::new(crate::body::full(metrics.encode()));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    res
+}
+
+fn respond(health: &Health, metrics: &Metrics, req: &Request<Incoming>) -> Response<ProxyBody> {
     let json = |status, body: &'static str| {
         json_response(status, Bytes::from_static(body.as_bytes()), None)
     };
@@ -48,6 +58,7 @@ fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/live" => json(StatusCode::OK, r#"{"status":"live"}"#),
         "/ready" if health.is_ready() => json(StatusCode::OK, r#"{"status":"ready"}"#),
         "/ready" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
+        "/metrics" => metrics_response(metrics),
         _ => json(
             StatusCode::NOT_FOUND,
             r#"{"error":{"code":"not_found","message":"no such admin route"}}"#,
@@ -56,7 +67,7 @@ fn respond(health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
 }
 
 /// Serves the admin routes on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -64,8 +75,9 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
             continue;
         };
         let health = health.clone();
+        let metrics = metrics.clone();
         let svc = service_fn(move |req| {
-            let res = respond(&health, &req);
+            let res = respond(&health, &metrics, &req);
             async move { Ok::<_, std::convert::Infallible>(res) }
         });
         let conn = builder

@@ -15,8 +15,11 @@
 //! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
-//! - [`admin`]: `/live`, `/ready`.
+//! - [`tls`]: TLS on the proxy listener; the certificate reloads when its files change.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`api`]: the read side of Nango's management API (providers, integrations, connections).
+//! - [`metrics`]: the Prometheus registry and the calls that record into it.
+//! - [`telemetry`]: tracing setup and the per-request access log (byte counts, masked URLs).
 //! - [`error`]: the one error type and its JSON response.
 //! - [`body`], [`secret`], [`atomic_file`]: the body type, redacted secrets, crash-safe writes.
 //!
@@ -37,9 +40,12 @@ pub mod cli;
 pub mod config;
 pub mod credstore;
 pub mod error;
+pub mod metrics;
 pub mod netpolicy;
 pub mod oauth;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod template;
+pub mod tls;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, LogFormat, ServeArgs};
+use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, ServeArgs};
 use sidekey::config::{self, BuildOptions, Paths, Severity};
 use sidekey::credstore::CredStore;
 use sidekey::oauth::endpoint::HttpTokenEndpoint;
@@ -82,18 +82,6 @@ fn check(files: &FileArgs) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 const NEW_VAULT_HELP: &str = "\
 # sidekey vault: integrations, connections and the SHA-256 of caller keys.
 # Add an integration (a provider from providers.yaml) and a connection, e.g.:
@@ -130,7 +118,7 @@ fn first_run(files: &FileArgs, have_env_key: bool) -> anyhow::Result<Option<Stri
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_tracing(args.log_format);
+    sidekey::telemetry::init(args.log_format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.worker_threads {
@@ -211,6 +199,14 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         retry_max_wait: args.retry_max_wait,
         retry_buffer_bytes: args.retry_buffer_bytes,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let store = sidekey::tls::CertStore::open(cert, key).map_err(anyhow::Error::msg)?;
+            store.watch();
+            Some(sidekey::tls::server_config(store).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
     let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
     if vault_for_writes.is_none() && paths.state.is_none() {
         tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
@@ -236,8 +232,12 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot bind {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "sidekey is serving");
-    tokio::spawn(sidekey::admin::serve(admin, health.clone()));
+    tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, tls = tls.is_some(), "sidekey is serving");
+    tokio::spawn(sidekey::admin::serve(
+        admin,
+        health.clone(),
+        app.metrics.clone(),
+    ));
     health.set_ready(true);
     let shutdown = {
         let health = health.clone();
@@ -247,7 +247,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down: draining in-flight requests");
         }
     };
-    sidekey::server::serve(listener, app, shutdown, args.drain_timeout).await;
+    sidekey::server::serve(listener, app, tls, shutdown, args.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
 }

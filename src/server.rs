@@ -1,9 +1,10 @@
-//! Accept loops: the proxy listener (HTTP/1.1 and h2c prior knowledge on one port) and graceful
-//! drain.
+//! Accept loops: the proxy listener (HTTP/1.1 and h2c prior knowledge on one port, or TLS with
+//! ALPN `h2`/`http/1.1` when a certificate is given) and graceful drain.
 //!
 //! [`serve`] takes an already-bound listener, so tests bind `127.0.0.1:0`. When `shutdown`
-//! resolves, it stops accepting, lets in-flight connections finish their requests within the
-//! drain timeout, and returns.
+//! resolves, it closes the listener (new connections are refused), lets in-flight connections
+//! finish their requests within the drain timeout, and returns. Each open caller connection is
+//! counted in the `sidekey_client_connections` gauge.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,18 +17,24 @@ use tokio::net::TcpListener;
 
 use crate::proxy::App;
 
+/// How long a caller may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains for at most `drain`.
+/// With `tls`, every connection is a TLS connection.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -40,20 +47,53 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let open = app.metrics.client_connection();
         let app = app.clone();
         let svc = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, std::convert::Infallible>(crate::proxy::handle(&app, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let Some(acceptor) = acceptor.clone() else {
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                let _open = open;
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, so a slow client never holds up accept.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _open = open;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
         });
     }
     drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        ?drain,
+        "listener closed; draining open connections"
+    );
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

@@ -169,6 +169,8 @@ pub struct TokenManager {
     slots: Mutex<HashMap<String, HashMap<String, Arc<Slot>>>>,
     generation: AtomicU64,
     pub counters: Counters,
+    /// Where refresh outcomes are also counted for `/metrics`, once the app attaches it.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl TokenManager {
@@ -184,6 +186,19 @@ impl TokenManager {
             slots: Mutex::default(),
             generation: AtomicU64::new(1),
             counters: Counters::default(),
+            metrics: None,
+        }
+    }
+
+    /// Counts refresh outcomes in `metrics` too (`sidekey_token_refreshes_total{result}`).
+    pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    fn count(&self, counter: &AtomicU64, result: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.token_refresh(result);
         }
     }
 
@@ -219,7 +234,7 @@ impl TokenManager {
                 if let Some(t) = st.unexpired(now) {
                     return Ok(Some(t));
                 }
-                self.counters.fail_fast.fetch_add(1, Ordering::Relaxed);
+                self.count(&self.counters.fail_fast, "fail_fast");
                 return Err(refresh_failed(f.provider_error.clone()));
             }
         }
@@ -254,7 +269,7 @@ impl TokenManager {
                 return Ok(t.clone());
             }
             if let Some(f) = st.cooling_down() {
-                self.counters.fail_fast.fetch_add(1, Ordering::Relaxed);
+                self.count(&self.counters.fail_fast, "fail_fast");
                 return Err(refresh_failed(f.provider_error.clone()));
             }
         }
@@ -384,7 +399,7 @@ impl TokenManager {
         let grant = match result {
             Ok(g) => g,
             Err(f) => {
-                self.counters.refresh_error.fetch_add(1, Ordering::Relaxed);
+                self.count(&self.counters.refresh_error, "error");
                 tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
                     connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
                     result = "error", provider_error = f.provider_error.as_deref().unwrap_or(""),
@@ -464,7 +479,7 @@ impl TokenManager {
                 "memory"
             }
         };
-        self.counters.refresh_ok.fetch_add(1, Ordering::Relaxed);
+        self.count(&self.counters.refresh_ok, "ok");
         tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");

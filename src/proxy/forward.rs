@@ -29,6 +29,7 @@ use super::retry::{self, Plan, Policy};
 use super::{decompress, headers, ProxyOptions};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 
 /// The request line and headers to send, reused by every attempt.
 #[derive(Debug)]
@@ -162,6 +163,24 @@ fn judge(
     }
 }
 
+/// What the attempts of one request add up to, for the access log and the metrics.
+pub struct Tally<'a> {
+    metrics: &'a Metrics,
+    integration: &'a str,
+    /// Attempts made so far (across every `send` of one request).
+    pub attempts: u32,
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(metrics: &'a Metrics, integration: &'a str) -> Self {
+        Self {
+            metrics,
+            integration,
+            attempts: 0,
+        }
+    }
+}
+
 /// Sends the request, retrying as `policy` allows, and returns the final attempt's response.
 pub async fn send(
     client: &HttpClient,
@@ -169,6 +188,7 @@ pub async fn send(
     body: &Replay,
     policy: &Policy<'_>,
     opts: &ProxyOptions,
+    tally: &mut Tally<'_>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let events = Events {
         loud: policy.retries > 0,
@@ -187,7 +207,17 @@ pub async fn send(
         } else {
             out.headers.clone()
         };
+        tally.attempts += 1;
+        if retry > 0 {
+            tally.metrics.retry(tally.integration);
+        }
+        let started = std::time::Instant::now();
         let sent = attempt_once(client, req, &end, opts.response_timeout, opts.idle_timeout).await;
+        if sent.is_ok() {
+            tally
+                .metrics
+                .upstream_latency(tally.integration, started.elapsed());
+        }
         let wait = match sent {
             Ok(res) => match judge(&res, retry, last, body, policy, opts) {
                 Next::Stop(why, wait) => {

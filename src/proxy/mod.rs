@@ -25,16 +25,17 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::{BaseUrl, Connection, Snapshot};
 use crate::credstore::CredStore;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::netpolicy::OverridePolicy;
 use crate::oauth::endpoint::HttpTokenEndpoint;
 use crate::oauth::{AccessToken, OAuthOptions, TokenManager};
+use crate::telemetry::RequestLog;
 use client::UpstreamClient;
 use route::Route;
 
@@ -76,6 +77,8 @@ pub struct App {
     pub options: ProxyOptions,
     /// OAuth token state per connection; outlives snapshot swaps.
     pub oauth: TokenManager,
+    /// Served on the admin listener; other parts record through it (retries, refreshes, reloads).
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -88,16 +91,22 @@ impl App {
             Arc::new(CredStore::memory()),
             OAuthOptions::default(),
         );
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_generation(snapshot.generation);
+        let mut oauth = oauth;
+        oauth.set_metrics(metrics.clone());
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             client,
             options,
             oauth,
+            metrics,
         }
     }
 
     /// Replaces the token manager (with persistence and the command line's cool-down).
-    pub fn with_oauth(mut self, oauth: TokenManager) -> Self {
+    pub fn with_oauth(mut self, mut oauth: TokenManager) -> Self {
+        oauth.set_metrics(self.metrics.clone());
         self.oauth = oauth;
         self
     }
@@ -184,15 +193,19 @@ impl<'a> Controls<'a> {
     }
 }
 
-/// Handles one proxy request; errors become sidekey's JSON responses.
+/// Handles one proxy request; errors become sidekey's JSON responses. The request is counted
+/// in the metrics and written to the access log when its response body is done.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
-    match proxy(app, req).await {
+    let (req, mut log) = RequestLog::start(req, &app.metrics);
+    let res = match proxy(app, req, &mut log).await {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(code = e.code(), "request refused");
+            log.set_error(e.code());
             e.to_response()
         }
-    }
+    };
+    log.respond(res)
 }
 
 fn allowed_method(m: &Method) -> bool {
@@ -289,7 +302,11 @@ fn choose_base<'a>(
     }
 }
 
-async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+async fn proxy(
+    app: &App,
+    req: Request<ProxyBody>,
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let snapshot = app.snapshot.load_full();
     let (parts, body) = req.into_parts();
     let Some(route) = route::route(parts.uri.path()) else {
@@ -306,7 +323,11 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
     }
     crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
     let controls = Controls::parse(&parts.headers, matches!(route, Route::Proxy { .. }))?;
+    log.integration = controls
+        .provider_config_key
+        .and_then(|k| snapshot.integrations.get(k).cloned());
     let conn = find_connection(&snapshot, &route, &controls)?;
+    log.set_connection(&conn);
     let (mut base, client) = choose_base(app, &conn, &controls)?;
     let mut endpoint = match &route {
         Route::Proxy { endpoint } | Route::ConnectionProxy { endpoint, .. } => *endpoint,
@@ -352,10 +373,7 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
     } else {
         0
     };
-    let body = replay::Replay::new(
-        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-        cap,
-    );
+    let body = replay::Replay::new(body, cap);
     let head_request = parts.method == Method::HEAD;
     let provider = &conn.integration.provider;
     let policy = retry::Policy {
@@ -363,12 +381,16 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
         retry_on: &controls.retry_on,
         hints: &provider.retry,
     };
+    log.upstream = Some(uri.clone());
     let out = forward::Outbound {
         method: parts.method.clone(),
         uri,
         headers,
     };
-    let mut res = forward::send(client, out, &body, &policy, &app.options).await?;
+    let mut tally = forward::Tally::new(&app.metrics, &conn.provider_config_key);
+    let sent = forward::send(client, out, &body, &policy, &app.options, &mut tally).await;
+    log.attempts = tally.attempts;
+    let mut res = sent?;
     let unauthorized = res.status() == http::StatusCode::UNAUTHORIZED;
     if let Some(stale) = token.as_ref().filter(|_| unauthorized) {
         // The resend does not count against `Retries`; it needs the whole body again.
@@ -381,7 +403,10 @@ async fn proxy(app: &App, req: Request<Incoming>) -> Result<Response<ProxyBody>,
                         uri,
                         headers,
                     };
-                    res = forward::send(client, out, &body, &policy, &app.options).await?;
+                    let sent =
+                        forward::send(client, out, &body, &policy, &app.options, &mut tally).await;
+                    log.attempts = tally.attempts;
+                    res = sent?;
                 }
                 // The refresh failed: the upstream's own 401 goes back to the caller.
                 Err(e) => tracing::debug!(code = e.code(), "no resend after 401"),

@@ -40,6 +40,20 @@ impl TestCa {
         std::fs::write(path, self.pem()).expect("write ca pem");
     }
 
+    /// A rustls client config that trusts only this CA, offering `alpn` protocols.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).expect("add CA root");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
     /// A certificate for `names` (DNS names, or IP addresses written as such).
     pub fn server_cert(&self, names: &[&str]) -> ServerCert {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");

@@ -1,0 +1,302 @@
+//! Prometheus metrics: one registry per process, served as text on the admin listener.
+//!
+//! Every label value comes from a closed set: integration names from the loaded snapshot
+//! (anything a caller names that the snapshot does not know is `unknown`), HTTP methods the proxy
+//! accepts (others are `other`), status classes, and `&'static str` results chosen in code. A
+//! caller therefore cannot grow the number of series, and no label ever holds a credential, a
+//! path or a query.
+//!
+//! Other modules record through the small methods here ([`Metrics::retry`],
+//! [`Metrics::token_refresh`], [`Metrics::reload`], [`Metrics::set_generation`], ...), so the
+//! metric names and labels stay in this one file.
+
+use std::time::Duration;
+
+use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The integration label of a request that named no integration the snapshot knows.
+pub const UNKNOWN_INTEGRATION: &str = "unknown";
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    integration: String,
+    method: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IntegrationLabel {
+    integration: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+type LatencyFamily = Family<IntegrationLabel, Histogram, fn() -> Histogram>;
+
+/// All of sidekey's metrics. Cheap to share: every handle is an atomic behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    upstream_latency: LatencyFamily,
+    retries: Family<IntegrationLabel, Counter>,
+    token_refreshes: Family<ResultLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    generation: Gauge,
+    in_flight: Gauge,
+    client_connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms to ~41 s: covers a loopback echo as well as a slow report export.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sidekey");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Proxy requests answered, by integration, method and status class",
+            requests.clone(),
+        );
+        let upstream_latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "upstream_latency",
+            "Time from sending a request upstream to its response head, per attempt",
+            Unit::Seconds,
+            upstream_latency.clone(),
+        );
+        let retries = Family::<IntegrationLabel, Counter>::default();
+        registry.register(
+            "retries",
+            "Upstream requests sent again after a retryable failure",
+            retries.clone(),
+        );
+        let token_refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "token_refreshes",
+            "OAuth token refreshes, by result",
+            token_refreshes.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "snapshot_generation",
+            "Generation number of the configuration snapshot in use",
+            generation.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Proxy requests received whose response has not finished",
+            in_flight.clone(),
+        );
+        let client_connections = Gauge::default();
+        registry.register(
+            "client_connections",
+            "Open connections from callers to the proxy listener",
+            client_connections.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            upstream_latency,
+            retries,
+            token_refreshes,
+            reloads,
+            generation,
+            in_flight,
+            client_connections,
+        }
+    }
+
+    /// Counts one answered request. `integration` must come from the snapshot (or be
+    /// [`UNKNOWN_INTEGRATION`]), never straight from a request header.
+    pub fn request(&self, integration: &str, method: &Method, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                integration: integration.to_string(),
+                method: method_label(method),
+                status_class: status_class(status),
+            })
+            .inc();
+    }
+
+    /// Records the time to the response head of one upstream attempt.
+    pub fn upstream_latency(&self, integration: &str, elapsed: Duration) {
+        self.upstream_latency
+            .get_or_create(&IntegrationLabel {
+                integration: integration.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one retry (an attempt after the first) for `integration`.
+    pub fn retry(&self, integration: &str) {
+        self.retries
+            .get_or_create(&IntegrationLabel {
+                integration: integration.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one token refresh; `result` is a fixed word such as `success` or `failure`.
+    pub fn token_refresh(&self, result: &'static str) {
+        self.token_refreshes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts one configuration reload; `result` is a fixed word such as `success` or `failure`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Publishes the generation of the snapshot now in use.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        InFlight::new(&self.in_flight)
+    }
+
+    /// Marks a caller connection open until the guard drops.
+    pub fn client_connection(&self) -> InFlight {
+        InFlight::new(&self.client_connections)
+    }
+
+    /// The whole registry in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail; an encoder error would only cut the output short.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Holds a gauge one higher until dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A bounded method label.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// `2xx`, `4xx`, ...; anything outside 100..=599 is `other`.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(599), "5xx");
+        assert_eq!(status_class(42), "other");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let odd = Method::from_bytes(b"PROPFIND").expect("method");
+        assert_eq!(method_label(&odd), "other");
+    }
+
+    #[test]
+    fn encoding_shows_every_family_and_moves_with_use() {
+        let m = Metrics::new();
+        m.request("github", &Method::GET, 200);
+        m.request("github", &Method::GET, 201);
+        m.request(UNKNOWN_INTEGRATION, &Method::POST, 404);
+        m.upstream_latency("github", Duration::from_millis(30));
+        m.retry("github");
+        m.token_refresh("success");
+        m.reload("failure");
+        m.set_generation(7);
+        let guard = m.in_flight();
+        let conn = m.client_connection();
+        let text = m.encode();
+        for line in [
+            r#"sidekey_requests_total{integration="github",method="GET",status_class="2xx"} 2"#,
+            r#"sidekey_requests_total{integration="unknown",method="POST",status_class="4xx"} 1"#,
+            r#"sidekey_upstream_latency_seconds_count{integration="github"} 1"#,
+            r#"sidekey_retries_total{integration="github"} 1"#,
+            r#"sidekey_token_refreshes_total{result="success"} 1"#,
+            r#"sidekey_reloads_total{result="failure"} 1"#,
+            "sidekey_snapshot_generation 7",
+            "sidekey_requests_in_flight 1",
+            "sidekey_client_connections 1",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
+        }
+        drop((guard, conn));
+        let text = m.encode();
+        assert!(text.contains("sidekey_requests_in_flight 0"), "{text}");
+        assert!(text.contains("sidekey_client_connections 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
