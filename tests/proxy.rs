@@ -499,12 +499,13 @@ async fn every_error_code() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
-    // Bind then drop: nothing listens on this loopback port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    // A socket bound but never listening holds the port, so connections to it are refused and
+    // no other process can take it meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = reserved.local_addr().expect("addr").port();
     let sk = sidekey(&providers(&format!("http://127.0.0.1:{port}")), &vault()).start();
     let res = TestClient::default()
         .proxy(&sk.url(""), "/x", "c1", "hdr")
