@@ -136,6 +136,9 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
     #[arg(long, env = "SIDEKEY_DRAIN_TIMEOUT", value_parser = duration, default_value = "25s")]
     pub drain_timeout: Duration,
+    /// After a change in a watched directory, how long it must stay quiet before sidekey reloads
+    #[arg(long, env = "SIDEKEY_RELOAD_SETTLE", value_parser = duration, default_value = "200ms")]
+    pub reload_settle: Duration,
     /// Log format (level via RUST_LOG, default info)
     #[arg(long, env = "SIDEKEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -9,6 +9,7 @@
 //! file and the path inside it.
 
 pub mod providers;
+pub mod reload;
 pub mod snapshot;
 pub mod vault;
 
