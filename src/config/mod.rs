@@ -9,6 +9,7 @@
 //! file and the path inside it.
 //! [`reload`] watches the files and swaps a freshly built snapshot in when they change.
 
+pub mod diff;
 pub mod providers;
 pub mod reload;
 pub mod snapshot;

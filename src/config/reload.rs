@@ -14,7 +14,6 @@
 //! so a swap never fails a request in flight. Counters of reloads by result and the current
 //! generation are plain atomics, read by whoever exports metrics.
 
-use std::collections::HashSet;
 use std::ffi::OsString;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::PathBuf;
@@ -27,8 +26,9 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use super::snapshot::{self, BuildOptions, Integration, Snapshot};
-use super::{load_files, Connection, Diagnostic, Paths, Sources};
+use super::diff::{diff, Changes};
+use super::snapshot::{self, BuildOptions, Snapshot};
+use super::{load_files, Diagnostic, Paths, Sources};
 use crate::proxy::App;
 
 /// How long the watched directories must stay quiet before a reload, unless a flag says otherwise.
@@ -39,92 +39,6 @@ pub const MAX_SETTLE: Duration = Duration::from_secs(24 * 3600);
 
 /// A steady stream of events cannot postpone a reload longer than this many settle periods.
 const MAX_SETTLE_PERIODS: u32 = 10;
-
-/// Added, removed and changed entries of one kind.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub added: usize,
-    pub removed: usize,
-    pub changed: usize,
-}
-
-/// What differs between two snapshots, in counts only (never values).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Changes {
-    pub integrations: Counts,
-    pub connections: Counts,
-    pub caller_keys_added: usize,
-    pub caller_keys_removed: usize,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// Compares two snapshots entry by entry. An integration counts as changed when its provider,
-/// base URL, injections or OAuth client settings differ; a connection when its credential
-/// fingerprint, base URL, `connection_config` or `metadata` differ.
-pub fn diff(old: &Snapshot, new: &Snapshot) -> Changes {
-    let mut c = Changes::default();
-    for (key, int) in &new.integrations {
-        match old.integrations.get(key) {
-            None => c.integrations.added += 1,
-            Some(o) if !same_integration(o, int) => c.integrations.changed += 1,
-            Some(_) => {}
-        }
-    }
-    c.integrations.removed = old
-        .integrations
-        .keys()
-        .filter(|k| !new.integrations.contains_key(*k))
-        .count();
-    for (key, conns) in &new.connections {
-        let before = old.connections.get(key);
-        for (id, conn) in conns {
-            match before.and_then(|m| m.get(id)) {
-                None => c.connections.added += 1,
-                Some(o) if !same_connection(o, conn) => c.connections.changed += 1,
-                Some(_) => {}
-            }
-        }
-    }
-    for (key, conns) in &old.connections {
-        let after = new.connections.get(key);
-        c.connections.removed += conns
-            .keys()
-            .filter(|id| !after.is_some_and(|m| m.contains_key(*id)))
-            .count();
-    }
-    let old_keys: HashSet<&[u8; 32]> = old.secret_keys.iter().collect();
-    let new_keys: HashSet<&[u8; 32]> = new.secret_keys.iter().collect();
-    c.caller_keys_added = new_keys.difference(&old_keys).count();
-    c.caller_keys_removed = old_keys.difference(&new_keys).count();
-    c
-}
-
-fn same_integration(a: &Integration, b: &Integration) -> bool {
-    a.provider.name == b.provider.name
-        && a.provider.auth_mode == b.provider.auth_mode
-        && a.provider.token_url == b.provider.token_url
-        && a.base_url == b.base_url
-        && a.injections.len() == b.injections.len()
-        && a.injections
-            .iter()
-            .zip(&b.injections)
-            .all(|(x, y)| x.placement == y.placement && x.template == y.template)
-        && a.oauth_client_id == b.oauth_client_id
-        && a.oauth_client_secret == b.oauth_client_secret
-        && a.scopes == b.scopes
-}
-
-fn same_connection(a: &Connection, b: &Connection) -> bool {
-    a.fingerprint == b.fingerprint
-        && a.base_url == b.base_url
-        && a.connection_config == b.connection_config
-        && a.metadata == b.metadata
-}
 
 /// The directory watches and the SIGHUP handler, installed and waiting for the reload loop.
 pub struct Watch {
@@ -509,16 +423,6 @@ hdr: {auth_mode: API_KEY, proxy: {base_url: "https://h.example", headers: {x-key
 other: {auth_mode: API_KEY, proxy: {base_url: "https://o.example", headers: {x-other: "${apiKey}"}}}
 "#;
 
-    fn build(vault: &str) -> Snapshot {
-        let src = Sources {
-            providers_name: "providers.yaml".into(),
-            providers: PROVIDERS.into(),
-            vault_name: "vault.yaml".into(),
-            vault: vault.into(),
-        };
-        snapshot::build(&src, &BuildOptions::default()).expect("builds")
-    }
-
     const BEFORE: &str = r#"
 secret_keys: [{sha256: "0000000000000000000000000000000000000000000000000000000000000001"}]
 integrations: [{unique_key: a, provider: hdr}, {unique_key: b, provider: hdr}, {unique_key: gone, provider: hdr}]
@@ -540,49 +444,6 @@ connections:
   - {connection_id: added, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
   - {connection_id: c, provider_config_key: new, credentials: {type: API_KEY, apiKey: k}}
 "#;
-
-    #[test]
-    fn diff_counts_each_kind_of_change() {
-        let c = diff(&build(BEFORE), &build(AFTER));
-        assert_eq!(
-            c.integrations,
-            Counts {
-                added: 1,
-                removed: 1,
-                changed: 1
-            }
-        );
-        assert_eq!(
-            c.connections,
-            Counts {
-                added: 2,
-                removed: 2,
-                changed: 2
-            }
-        );
-        assert_eq!((c.caller_keys_added, c.caller_keys_removed), (1, 1));
-        let back = diff(&build(AFTER), &build(BEFORE));
-        assert_eq!(back.connections.added, 2);
-        assert_eq!(back.connections.removed, 2);
-    }
-
-    #[test]
-    fn diff_of_identical_files_is_empty() {
-        let c = diff(&build(BEFORE), &build(BEFORE));
-        assert!(c.is_empty(), "{c:?}");
-        assert!(diff(&Snapshot::default(), &Snapshot::default()).is_empty());
-    }
-
-    #[test]
-    fn diff_notices_a_new_injection_template() {
-        let with_key_name = BEFORE.replace(
-            "{unique_key: b, provider: hdr}",
-            "{unique_key: b, provider: hdr, integration_config: {keyName: x-custom}}",
-        );
-        let c = diff(&build(BEFORE), &build(&with_key_name));
-        assert_eq!(c.integrations.changed, 1);
-        assert_eq!(c.connections, Counts::default());
-    }
 
     fn event(kind: EventKind, path: &str) -> Event {
         Event::new(kind).add_path(PathBuf::from(path))
