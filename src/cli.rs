@@ -193,6 +193,9 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before sidekey exits
     #[arg(long, env = "SIDEKEY_DRAIN_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = duration, default_value = "25s", help_heading = "Operations")]
     pub drain_timeout: Duration,
+    /// After a change in a watched directory, how long it must stay quiet before sidekey reloads
+    #[arg(long, env = "SIDEKEY_RELOAD_SETTLE", hide_env_values = true, value_name = "DURATION", value_parser = duration, default_value = "200ms", help_heading = "Configuration files")]
+    pub reload_settle: Duration,
     /// Log format on stderr; the level comes from RUST_LOG (default info)
     #[arg(long, env = "SIDEKEY_LOG_FORMAT", hide_env_values = true, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Operations")]
     pub log_format: LogFormat,

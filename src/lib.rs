@@ -5,7 +5,8 @@
 //! URL, injects the credential, and streams the exchange through unchanged.
 //!
 //! # Modules
-//! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`].
+//! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`];
+//!   [`config::reload`] swaps in a new one when the files change.
 //! - [`template`]: `${...}` templates, compiled when a snapshot is built.
 //! - [`auth`]: the caller's `Authorization: Bearer` key, checked in constant time.
 //! - [`proxy`]: the request path — route, rewrite, headers, inject, forward (retry, replay,

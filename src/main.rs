@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, ServeArgs};
+use sidekey::config::reload::Reloader;
 use sidekey::config::{self, BuildOptions, Paths, Severity};
 use sidekey::credstore::CredStore;
 use sidekey::oauth::endpoint::HttpTokenEndpoint;
@@ -149,17 +150,17 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.files.vault.display()
         );
     }
-    let paths = paths(&args.files);
-    let opts = BuildOptions {
+    let reloader = Arc::new(Reloader::new(
+        paths(&args.files),
         env_keys,
-        generation: 1,
-    };
-    let snapshot = config::load_files(&paths)
-        .and_then(|src| config::snapshot::build(&src, &opts))
-        .map_err(|diags| {
-            let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("configuration refused:\n{}", lines.join("\n"))
-        })?;
+        args.reload_settle,
+    ));
+    let paths = reloader.paths();
+    let watch = reloader.watch();
+    let snapshot = reloader.load_initial().map_err(|diags| {
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("configuration refused:\n{}", lines.join("\n"))
+    })?;
     for w in &snapshot.warnings {
         tracing::debug!(warning = %w, "configuration warning");
     }
@@ -167,6 +168,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no caller key configured: every request will get 401 unknown_account; set SIDEKEY_SECRET_KEY or add secret_keys (see `sidekey key new`)");
     }
     tracing::info!(
+        generation = snapshot.generation,
         providers = %paths.providers_name(),
         vault = %paths.vault.display(),
         integrations = snapshot.integrations.len(),
@@ -225,6 +227,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     oauth.prune(&snapshot);
     let app = Arc::new(App::new(snapshot, client, options).with_oauth(oauth));
+    reloader.clone().spawn(app.clone(), watch);
     let health = Arc::new(sidekey::admin::Health::default());
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await

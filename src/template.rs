@@ -225,6 +225,11 @@ impl BaseUrlTemplate {
         Ok(Self { alternatives })
     }
 
+    /// The placeholders of every alternative.
+    pub fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
+        self.alternatives.iter().flat_map(Template::placeholders)
+    }
+
     /// The first alternative whose placeholders all resolve; `Err` names the first placeholder
     /// of the last alternative that failed.
     pub fn render(&self, values: &Values<'_>) -> Result<String, String> {

@@ -7,9 +7,13 @@
 //! URLs, lookups). Parsing works on `&str`; file I/O is kept in [`load_files`], so every
 //! rejection can be unit-tested with inline YAML. Every problem is a [`Diagnostic`] naming the
 //! file and the path inside it.
+//! [`reload`] watches the files and swaps a freshly built snapshot in when they change.
 
+pub mod diff;
 pub mod providers;
+pub mod reload;
 pub mod snapshot;
+mod split;
 pub mod vault;
 
 use std::fmt;

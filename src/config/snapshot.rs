@@ -272,14 +272,21 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         }
     }
     let mut connections: HashMap<String, HashMap<String, Arc<Connection>>> = HashMap::new();
-    let mut by_connection_id: HashMap<String, Vec<Arc<Connection>>> = HashMap::new();
+    let mut by_connection_id: HashMap<String, Vec<Arc<Connection>>> =
+        HashMap::with_capacity(raw.connections.len());
     let known: std::collections::HashSet<&str> = raw
         .integrations
         .iter()
         .map(|i| i.unique_key.as_str())
         .collect();
-    for (i, raw_conn) in raw.connections.iter().enumerate() {
-        let Some(int) = integrations.get(&raw_conn.provider_config_key) else {
+    let mut plans: HashMap<&str, Plan> = integrations
+        .iter()
+        .map(|(k, int)| (k.as_str(), Plan::new(int)))
+        .collect();
+    // Connections are moved out of the raw vault, not cloned: a large vault is built with
+    // one allocation fewer per field, and freed once.
+    for (i, raw_conn) in raw.connections.into_iter().enumerate() {
+        let Some(plan) = plans.get_mut(raw_conn.provider_config_key.as_str()) else {
             // An integration that failed to build has already reported its own error.
             if !known.contains(raw_conn.provider_config_key.as_str()) {
                 b.error(
@@ -289,12 +296,15 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             }
             continue;
         };
-        let Some(conn) = b.connection(i, raw_conn, int) else {
+        let Some(conn) = b.connection(i, raw_conn, plan) else {
             continue;
         };
-        let per_int = connections
-            .entry(conn.provider_config_key.clone())
-            .or_default();
+        if !connections.contains_key(&conn.provider_config_key) {
+            connections.insert(conn.provider_config_key.clone(), HashMap::new());
+        }
+        let Some(per_int) = connections.get_mut(&conn.provider_config_key) else {
+            continue; // inserted just above
+        };
         if per_int.contains_key(&conn.connection_id) {
             b.error(
                 format!("connections[{i}]"),
@@ -307,11 +317,14 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         }
         let conn = Arc::new(conn);
         per_int.insert(conn.connection_id.clone(), conn.clone());
-        by_connection_id
-            .entry(conn.connection_id.clone())
-            .or_default()
-            .push(conn);
+        match by_connection_id.get_mut(&conn.connection_id) {
+            Some(list) => list.push(conn),
+            None => {
+                by_connection_id.insert(conn.connection_id.clone(), vec![conn]);
+            }
+        }
     }
+    drop(plans);
     if !b.errors.is_empty() {
         return Err(b.errors);
     }
@@ -332,6 +345,57 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
 pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(s.trim()).ok()?;
     bytes.try_into().ok()
+}
+
+/// What every connection of one integration shares, worked out once per integration.
+struct Plan {
+    int: Arc<Integration>,
+    /// Whether a template reads `${credentials.x}`; only then is the credential map built.
+    uses_credentials: bool,
+    /// The injections rendered per request (those that need the access token).
+    dynamic: Vec<Injection>,
+    /// The last base URL string parsed for this integration and its result: connections of
+    /// an integration with a fixed base URL all render the same string, parsed once.
+    last_base: Option<(String, BaseUrl)>,
+}
+
+impl Plan {
+    fn new(int: &Arc<Integration>) -> Self {
+        let reads_credentials = |p: &crate::template::Placeholder| {
+            matches!(p, crate::template::Placeholder::Credentials(_))
+        };
+        let uses_credentials = int
+            .injections
+            .iter()
+            .any(|inj| inj.template.placeholders().any(reads_credentials))
+            || int
+                .base_url
+                .as_ref()
+                .is_some_and(|b| b.placeholders().any(reads_credentials));
+        Self {
+            int: int.clone(),
+            uses_credentials,
+            dynamic: int
+                .injections
+                .iter()
+                .filter(|inj| inj.template.uses_access_token())
+                .cloned()
+                .collect(),
+            last_base: None,
+        }
+    }
+
+    /// Parses a base URL, reusing the previous result when the string is the same.
+    fn base_url(&mut self, s: String) -> Result<BaseUrl, String> {
+        if let Some((prev, parsed)) = &self.last_base {
+            if *prev == s {
+                return Ok(parsed.clone());
+            }
+        }
+        let parsed = BaseUrl::parse(&s)?;
+        self.last_base = Some((s, parsed.clone()));
+        Ok(parsed)
+    }
 }
 
 struct Builder<'a> {
@@ -463,12 +527,8 @@ impl Builder<'_> {
         })
     }
 
-    fn connection(
-        &mut self,
-        i: usize,
-        raw: &RawConnection,
-        int: &Arc<Integration>,
-    ) -> Option<Connection> {
+    fn connection(&mut self, i: usize, raw: RawConnection, plan: &mut Plan) -> Option<Connection> {
+        let int = &plan.int.clone();
         let at = |f: &str| {
             if f.is_empty() {
                 format!("connections[{i}]")
@@ -510,21 +570,22 @@ impl Builder<'_> {
                     }
                 })
         };
-        let credential = match &raw.credentials {
+        let fingerprint = fingerprint(&raw.credentials);
+        let creds_map = plan
+            .uses_credentials
+            .then(|| credentials_map(&raw.credentials));
+        let credential = match raw.credentials {
             RawCredentials::ApiKey { api_key } => {
                 if api_key.is_empty() {
                     self.error(at("credentials.apiKey"), "must not be empty");
                 }
-                Credential::ApiKey(api_key.clone())
+                Credential::ApiKey(api_key)
             }
             RawCredentials::Basic { username, password } => {
                 if username.is_empty() {
                     self.error(at("credentials.username"), "must not be empty");
                 }
-                Credential::Basic {
-                    username: username.clone(),
-                    password: password.clone(),
-                }
+                Credential::Basic { username, password }
             }
             RawCredentials::OAuth2 {
                 access_token,
@@ -532,9 +593,9 @@ impl Builder<'_> {
                 expires_at,
                 ..
             } => Credential::OAuth2 {
-                access_token: access_token.clone(),
-                refresh_token: refresh_token.clone(),
-                expires_at: timestamp(self, expires_at),
+                access_token,
+                refresh_token,
+                expires_at: timestamp(self, &expires_at),
             },
             RawCredentials::OAuth2Cc {
                 client_id,
@@ -557,29 +618,28 @@ impl Builder<'_> {
                     );
                 }
                 Credential::OAuth2Cc {
-                    client_id: client_id.clone(),
-                    client_secret: client_secret.clone(),
-                    token: token.clone(),
-                    expires_at: timestamp(self, expires_at),
+                    client_id,
+                    client_secret,
+                    token,
+                    expires_at: timestamp(self, &expires_at),
                 }
             }
         };
         let mut conn = Connection {
-            connection_id: raw.connection_id.clone(),
-            provider_config_key: raw.provider_config_key.clone(),
+            connection_id: raw.connection_id,
+            provider_config_key: raw.provider_config_key,
             integration: int.clone(),
             credential,
             base_url: None,
             static_headers: Vec::new(),
             static_query: Vec::new(),
             dynamic: Vec::new(),
-            connection_config: raw.connection_config.clone(),
-            metadata: raw.metadata.clone(),
-            fingerprint: fingerprint(&raw.credentials),
+            connection_config: raw.connection_config,
+            metadata: raw.metadata,
+            fingerprint,
         };
-        let creds_map = credentials_map(&raw.credentials);
         let mut values = conn.values(None);
-        values.credentials = Some(&creds_map);
+        values.credentials = creds_map.as_ref();
         // Base URL: the connection's own `baseUrl`, else the integration's or provider's template.
         let base = match conn
             .connection_config
@@ -591,7 +651,7 @@ impl Builder<'_> {
         };
         let base_url = match base {
             None => None,
-            Some(Ok(s)) => match BaseUrl::parse(&s) {
+            Some(Ok(s)) => match plan.base_url(s) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     self.error(at("connection_config"), format!("base URL: {e}"));
@@ -608,11 +668,9 @@ impl Builder<'_> {
         };
         let mut static_headers = Vec::new();
         let mut static_query = Vec::new();
-        let mut dynamic = Vec::new();
         for inj in &int.injections {
             if inj.template.uses_access_token() {
-                dynamic.push(inj.clone());
-                continue;
+                continue; // rendered per request, from `plan.dynamic`
             }
             let Some(value) = inj.template.render(&values) else {
                 continue; // a header whose placeholders don't resolve is left out
@@ -655,7 +713,7 @@ impl Builder<'_> {
         conn.base_url = base_url;
         conn.static_headers = static_headers;
         conn.static_query = static_query;
-        conn.dynamic = dynamic;
+        conn.dynamic = plan.dynamic.clone();
         Some(conn)
     }
 }

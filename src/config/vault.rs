@@ -251,6 +251,15 @@ pub fn parse(file: &str, src: &str) -> Result<RawVault, Diagnostic> {
     if src.trim().is_empty() {
         return Ok(RawVault::default());
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if let Some(v) = super::split::parse(src, threads) {
+        return Ok(v);
+    }
+    // Tracking the path costs a tenth of the parse of a large vault, so it is paid only to
+    // explain a refusal: the same text is parsed again with it.
+    if let Ok(v) = serde_yaml_ng::from_str(src) {
+        return Ok(v);
+    }
     let de = serde_yaml_ng::Deserializer::from_str(src);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -1,0 +1,613 @@
+//! Live reload: watch providers.yaml and the vault, rebuild the snapshot off the request path,
+//! and swap it in whole — or keep the last good one and say why. The `--state` file is not
+//! watched: only sidekey writes it, and the token manager reads it itself.
+//!
+//! Files are watched through their parent directories, never the files themselves: an editor's
+//! rename-on-save replaces the file's inode, and Kubernetes updates a mounted Secret by renaming
+//! a new `..data` symlink over the old one, so neither touches the inode a file watch would
+//! hold. Any relevant event in those directories starts a settle period (`--reload-settle`,
+//! 200 ms by default) that ends once no event has arrived for that long, or after ten periods
+//! of constant events; then the files are re-read, and only when their content differs from
+//! the last attempt is a snapshot built. SIGHUP skips both the settle and the comparison and
+//! always rebuilds.
+//!
+//! The build runs on a blocking thread; requests keep the snapshot they loaded (`load_full`),
+//! so a swap never fails a request in flight. Counters of reloads by result and the current
+//! generation are plain atomics, read by whoever exports metrics.
+
+use std::ffi::OsString;
+use std::hash::{Hash as _, Hasher as _};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use super::diff::{diff, Changes};
+use super::snapshot::{self, BuildOptions, Snapshot};
+use super::{load_files, Diagnostic, Paths, Sources};
+use crate::proxy::App;
+
+/// How long the watched directories must stay quiet before a reload, unless a flag says otherwise.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(200);
+
+/// The longest settle period accepted; keeps deadline arithmetic far from overflow.
+pub const MAX_SETTLE: Duration = Duration::from_secs(24 * 3600);
+
+/// A steady stream of events cannot postpone a reload longer than this many settle periods.
+const MAX_SETTLE_PERIODS: u32 = 10;
+
+/// The directory watches and the SIGHUP handler, installed and waiting for the reload loop.
+pub struct Watch {
+    /// Dropping the watcher ends the watches (and closes `events`).
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::Receiver<()>,
+    hangup: Hangup,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("watching", &self._watcher.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a reload was attempted; logged with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// An event in a watched directory (after settling).
+    FileChange,
+    /// SIGHUP: rebuild even when the files look unchanged.
+    Signal,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::FileChange => "file change",
+            Self::Signal => "SIGHUP",
+        }
+    }
+}
+
+/// The result of one reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The files read the same as at the last attempt; nothing was built.
+    Unchanged,
+    /// A new snapshot is serving.
+    Reloaded { generation: u64, changes: Changes },
+    /// The files were refused; the previous snapshot keeps serving.
+    Failed { errors: Vec<Diagnostic> },
+}
+
+/// Owns where the files are and how to build them, and the counters of what happened.
+#[derive(Debug)]
+pub struct Reloader {
+    paths: Paths,
+    /// Caller keys from `SIDEKEY_SECRET_KEY`: read once at startup and kept across reloads.
+    env_keys: Vec<[u8; 32]>,
+    settle: Duration,
+    generation: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// The content hash of the last attempt (good or bad), so that the same broken file is not
+    /// reported again on every unrelated event. Held for a whole reload, so reloads never overlap.
+    last_seen: Mutex<Option<u64>>,
+}
+
+impl Reloader {
+    /// `settle` is capped at [`MAX_SETTLE`].
+    pub fn new(paths: Paths, env_keys: Vec<[u8; 32]>, settle: Duration) -> Self {
+        Self {
+            paths,
+            env_keys,
+            settle: settle.min(MAX_SETTLE),
+            generation: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_seen: Mutex::new(None),
+        }
+    }
+
+    /// The generation of the snapshot serving now (1 after the first load).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that swapped in a new snapshot (the first load is not counted).
+    pub fn reloads_ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Reloads refused because a file could not be read or validated.
+    pub fn reloads_failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    fn options(&self, generation: u64) -> BuildOptions {
+        BuildOptions {
+            env_keys: self.env_keys.clone(),
+            generation,
+        }
+    }
+
+    /// Builds the first snapshot (generation 1) and remembers what it read.
+    pub fn load_initial(&self) -> Result<Snapshot, Vec<Diagnostic>> {
+        let mut last = self.lock_last_seen();
+        let src = load_files(&self.paths)?;
+        *last = Some(self.content_hash(&src));
+        let snap = snapshot::build(&src, &self.options(1))?;
+        self.generation.store(1, Ordering::Relaxed);
+        Ok(snap)
+    }
+
+    fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        // A panic while holding the lock leaves only a stale hash behind: keep going.
+        self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fingerprint of everything a reload reads, to skip rebuilding identical files. Not a
+    /// security measure: whoever can write these files controls sidekey anyway.
+    fn content_hash(&self, src: &Sources) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        src.providers.hash(&mut h);
+        src.vault.hash(&mut h);
+        h.finish()
+    }
+
+    /// Re-reads the files and, if they changed (or on SIGHUP), builds and swaps a new snapshot
+    /// into `slot`. Blocking: parsing a large vault takes a while, so call it off the runtime's
+    /// worker threads (see [`Reloader::reload`]).
+    pub fn reload_blocking(&self, slot: &ArcSwap<Snapshot>, trigger: Trigger) -> Outcome {
+        let started = Instant::now();
+        let mut last = self.lock_last_seen();
+        let src = match load_files(&self.paths) {
+            Ok(src) => src,
+            Err(errors) => {
+                *last = None; // retry on the next event whatever it is
+                return self.refused(trigger, errors);
+            }
+        };
+        let hash = self.content_hash(&src);
+        if trigger == Trigger::FileChange && *last == Some(hash) {
+            tracing::debug!("configuration files unchanged");
+            return Outcome::Unchanged;
+        }
+        *last = Some(hash);
+        let generation = self.generation() + 1;
+        let new = match snapshot::build(&src, &self.options(generation)) {
+            Ok(s) => Arc::new(s),
+            Err(errors) => return self.refused(trigger, errors),
+        };
+        drop(src);
+        for w in &new.warnings {
+            tracing::debug!(warning = %w, "configuration warning");
+        }
+        let changes = diff(&slot.load(), &new);
+        let (integrations, connections) = (new.integrations.len(), new.connection_count());
+        let old = slot.swap(new);
+        self.generation.store(generation, Ordering::Relaxed);
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            generation,
+            trigger = trigger.as_str(),
+            integrations,
+            connections,
+            integrations_added = changes.integrations.added,
+            integrations_removed = changes.integrations.removed,
+            integrations_changed = changes.integrations.changed,
+            connections_added = changes.connections.added,
+            connections_removed = changes.connections.removed,
+            connections_changed = changes.connections.changed,
+            caller_keys_added = changes.caller_keys_added,
+            caller_keys_removed = changes.caller_keys_removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "configuration reloaded"
+        );
+        // Freeing a large snapshot takes time too; do it here rather than on a request thread
+        // (unless a request still holds it, in which case that request frees it when done).
+        drop(old);
+        Outcome::Reloaded {
+            generation,
+            changes,
+        }
+    }
+
+    fn refused(&self, trigger: Trigger, errors: Vec<Diagnostic>) -> Outcome {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let serving = self.generation();
+        for d in &errors {
+            // Diagnostics name file and path and never quote values, so they are safe to log.
+            tracing::error!(
+                file = %d.file,
+                path = %d.path,
+                reason = %d.message,
+                "configuration problem: {d}"
+            );
+        }
+        tracing::error!(
+            serving_generation = serving,
+            trigger = trigger.as_str(),
+            errors = errors.len(),
+            "configuration reload refused; the previous configuration keeps serving"
+        );
+        Outcome::Failed { errors }
+    }
+
+    /// [`Reloader::reload_blocking`] on a blocking thread.
+    pub async fn reload(self: &Arc<Self>, app: &Arc<App>, trigger: Trigger) -> Outcome {
+        let (this, worker) = (self.clone(), app.clone());
+        let outcome = match tokio::task::spawn_blocking(move || {
+            let outcome = this.reload_blocking(&worker.snapshot, trigger);
+            if matches!(outcome, Outcome::Reloaded { .. }) {
+                // Drop state-file entries that the new vault supersedes (file I/O: on this thread).
+                worker.oauth.prune(&worker.snapshot.load());
+            }
+            outcome
+        })
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "configuration reload crashed; the previous configuration keeps serving");
+                Outcome::Failed { errors: Vec::new() }
+            }
+        };
+        match &outcome {
+            Outcome::Reloaded { generation, .. } => {
+                app.metrics.reload("success");
+                app.metrics.set_generation(*generation);
+            }
+            Outcome::Failed { .. } => app.metrics.reload("failure"),
+            Outcome::Unchanged => {}
+        }
+        outcome
+    }
+
+    /// The directories to watch and the file names that matter in them.
+    pub fn watch_set(&self) -> (Vec<PathBuf>, Vec<OsString>) {
+        let files = [
+            self.paths.providers.as_deref(),
+            Some(self.paths.vault.as_path()),
+        ];
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut names: Vec<OsString> = Vec::new();
+        for f in files.into_iter().flatten() {
+            let dir = match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+            if let Some(n) = f.file_name() {
+                names.push(n.to_os_string());
+            }
+        }
+        (dirs, names)
+    }
+
+    /// Installs the directory watches and the SIGHUP handler. Call it before
+    /// [`Reloader::load_initial`], so that no change slips in between the first load and the
+    /// watch, and a SIGHUP sent once sidekey serves is never lost (nor fatal, its default).
+    pub fn watch(&self) -> Watch {
+        let (tx, events) = mpsc::channel(1);
+        Watch {
+            _watcher: self.start_watcher(tx),
+            events,
+            hangup: hangup_signal(),
+        }
+    }
+
+    /// Spawns the reload loop, which swaps new snapshots into `app`.
+    pub fn spawn(self: Arc<Self>, app: Arc<App>, watch: Watch) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run(app, watch))
+    }
+
+    fn start_watcher(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        let (dirs, names) = self.watch_set();
+        let handler = move |res: notify::Result<Event>| {
+            let relevant = match &res {
+                Ok(ev) => relevant(ev, &names),
+                Err(_) => true, // e.g. a queue overflow: look at the files to be sure
+            };
+            if relevant {
+                // A full channel already holds a wake-up; one is enough.
+                let _ = tx.try_send(());
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the configuration files; reload with SIGHUP");
+                return None;
+            }
+        };
+        for dir in &dirs {
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::debug!(dir = %dir.display(), "watching for configuration changes")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch this directory; changes in it need SIGHUP")
+                }
+            }
+        }
+        Some(watcher)
+    }
+
+    async fn run(self: Arc<Self>, app: Arc<App>, mut watch: Watch) {
+        use tokio::time::Instant;
+        // While settling: (quiet until, give up waiting for quiet at).
+        let mut pending: Option<(Instant, Instant)> = None;
+        loop {
+            let due = async {
+                match pending {
+                    Some((quiet, limit)) => tokio::time::sleep_until(quiet.min(limit)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(()) = watch.events.recv() => {
+                    let now = Instant::now();
+                    let limit = pending.map_or(now + self.settle * MAX_SETTLE_PERIODS, |p| p.1);
+                    pending = Some((now + self.settle, limit));
+                }
+                () = due => {
+                    pending = None;
+                    self.reload(&app, Trigger::FileChange).await;
+                }
+                Some(()) = next_hangup(&mut watch.hangup) => {
+                    // A forced reload reads everything, pending changes included.
+                    pending = None;
+                    self.reload(&app, Trigger::Signal).await;
+                }
+                else => break,
+            }
+        }
+    }
+}
+
+/// Whether an event can concern the watched files: it names one of them, or a Kubernetes
+/// atomic-writer entry (`..data`, `..2026_…`), or no path at all (a rescan). Reads — our own
+/// included — are ignored, except a close after writing.
+pub fn relevant(ev: &Event, names: &[OsString]) -> bool {
+    if let EventKind::Access(kind) = ev.kind {
+        if kind != AccessKind::Close(AccessMode::Write) {
+            return false;
+        }
+    }
+    ev.paths.is_empty()
+        || ev.paths.iter().any(|p| {
+            p.file_name().is_some_and(|n| {
+                names.iter().any(|w| w == n) || n.as_encoded_bytes().starts_with(b"..")
+            })
+        })
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<std::convert::Infallible>;
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    None
+}
+
+async fn next_hangup(s: &mut Hangup) -> Option<()> {
+    match s {
+        #[cfg(unix)]
+        Some(s) => s.recv().await,
+        _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROVIDERS: &str = r#"
+hdr: {auth_mode: API_KEY, proxy: {base_url: "https://h.example", headers: {x-key: "${apiKey}"}}}
+other: {auth_mode: API_KEY, proxy: {base_url: "https://o.example", headers: {x-other: "${apiKey}"}}}
+"#;
+
+    const BEFORE: &str = r#"
+secret_keys: [{sha256: "0000000000000000000000000000000000000000000000000000000000000001"}]
+integrations: [{unique_key: a, provider: hdr}, {unique_key: b, provider: hdr}, {unique_key: gone, provider: hdr}]
+connections:
+  - {connection_id: same, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
+  - {connection_id: key, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
+  - {connection_id: meta, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}, metadata: {m: 1}}
+  - {connection_id: dropped, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
+  - {connection_id: c, provider_config_key: gone, credentials: {type: API_KEY, apiKey: k}}
+"#;
+
+    const AFTER: &str = r#"
+secret_keys: [{sha256: "0000000000000000000000000000000000000000000000000000000000000002"}]
+integrations: [{unique_key: a, provider: hdr}, {unique_key: b, provider: other}, {unique_key: new, provider: hdr}]
+connections:
+  - {connection_id: same, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
+  - {connection_id: key, provider_config_key: a, credentials: {type: API_KEY, apiKey: rotated}}
+  - {connection_id: meta, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}, metadata: {m: 2}}
+  - {connection_id: added, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
+  - {connection_id: c, provider_config_key: new, credentials: {type: API_KEY, apiKey: k}}
+"#;
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn relevant_events() {
+        use notify::event::{CreateKind, ModifyKind, RenameMode};
+        let names = vec![
+            OsString::from("vault.yaml"),
+            OsString::from("providers.yaml"),
+        ];
+        let yes = [
+            event(EventKind::Modify(ModifyKind::Any), "/d/vault.yaml"),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                "./vault.yaml",
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "/d/providers.yaml",
+            ),
+            event(EventKind::Create(CreateKind::Any), "/d/..data"),
+            event(EventKind::Create(CreateKind::Any), "/d/..2026_11_22_a"),
+            Event::new(EventKind::Other),
+        ];
+        for e in &yes {
+            assert!(relevant(e, &names), "{e:?}");
+        }
+        let no = [
+            event(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                "/d/vault.yaml",
+            ),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "/d/vault.yaml",
+            ),
+            event(EventKind::Modify(ModifyKind::Any), "/d/app.log"),
+            event(EventKind::Create(CreateKind::Any), "/d/.vault.yaml.swp"),
+        ];
+        for e in &no {
+            assert!(!relevant(e, &names), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn watch_set_uses_parent_directories() {
+        let r = Reloader::new(
+            Paths {
+                providers: None,
+                vault: PathBuf::from("vault.yaml"),
+                state: Some(PathBuf::from("/var/lib/sidekey/state.json")),
+            },
+            Vec::new(),
+            DEFAULT_SETTLE,
+        );
+        let (dirs, names) = r.watch_set();
+        assert_eq!(
+            dirs,
+            [PathBuf::from(".")],
+            "the state file is sidekey's own"
+        );
+        assert_eq!(names, [OsString::from("vault.yaml")]);
+    }
+
+    #[test]
+    fn reload_swaps_only_good_changed_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let providers = dir.path().join("providers.yaml");
+        let vault = dir.path().join("vault.yaml");
+        std::fs::write(&providers, PROVIDERS).expect("write");
+        std::fs::write(&vault, BEFORE).expect("write");
+        let r = Reloader::new(
+            Paths {
+                providers: Some(providers),
+                vault: vault.clone(),
+                state: None,
+            },
+            vec![[7; 32]],
+            DEFAULT_SETTLE,
+        );
+        let slot = ArcSwap::from_pointee(r.load_initial().expect("loads"));
+        assert_eq!((r.generation(), slot.load().generation), (1, 1));
+
+        assert_eq!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Unchanged
+        );
+
+        std::fs::write(&vault, AFTER).expect("write");
+        let Outcome::Reloaded {
+            generation,
+            changes,
+        } = r.reload_blocking(&slot, Trigger::FileChange)
+        else {
+            panic!("expected a reload");
+        };
+        assert_eq!(generation, 2);
+        assert_eq!(changes.connections.changed, 2);
+        let s = slot.load_full();
+        assert_eq!(s.generation, 2);
+        assert!(
+            s.secret_keys.contains(&[7; 32]),
+            "environment keys survive a reload"
+        );
+        assert!(s.connection("a", "added").is_some());
+
+        std::fs::write(&vault, AFTER.replace("apiKey: rotated", "apiKey: \"\"")).expect("write");
+        let Outcome::Failed { errors } = r.reload_blocking(&slot, Trigger::FileChange) else {
+            panic!("expected a refusal");
+        };
+        assert_eq!(
+            errors[0].path, "connections[1].credentials.apiKey",
+            "{errors:?}"
+        );
+        assert_eq!(
+            slot.load().generation,
+            2,
+            "the last good snapshot keeps serving"
+        );
+        assert_eq!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Unchanged,
+            "the same broken file is not reported twice"
+        );
+        assert!(matches!(
+            r.reload_blocking(&slot, Trigger::Signal),
+            Outcome::Failed { .. }
+        ));
+
+        std::fs::write(&vault, AFTER).expect("write");
+        assert!(matches!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Reloaded { generation: 3, .. }
+        ));
+        let forced = r.reload_blocking(&slot, Trigger::Signal);
+        assert_eq!(
+            forced,
+            Outcome::Reloaded {
+                generation: 4,
+                changes: Changes::default()
+            },
+            "SIGHUP rebuilds even unchanged files"
+        );
+        assert_eq!((r.reloads_ok(), r.reloads_failed()), (3, 2));
+
+        std::fs::remove_file(&vault).expect("remove");
+        assert!(matches!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Failed { .. }
+        ));
+        assert_eq!(slot.load().generation, 4);
+    }
+}
