@@ -13,9 +13,16 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::netpolicy::OverridePolicy;
 use crate::proxy::client::ResolvePin;
 
+/// The longest duration any flag accepts; larger values would overflow deadline arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 250ms, 30s or 5m: {e}"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 250ms, 30s or 5m: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("`{s}` is longer than a year"));
+    }
+    Ok(d)
 }
 
 /// Shown after the flags of `sidekey --help` and `sidekey serve --help`.

@@ -15,6 +15,11 @@ use sidekey::oauth::{OAuthOptions, TokenManager};
 use sidekey::proxy::client::{ClientOptions, UpstreamClient};
 use sidekey::proxy::{App, ProxyOptions};
 
+/// mimalloc: a proxy allocates and frees many small, short-lived buffers per request, which
+/// mimalloc's thread-local free lists serve faster than glibc's malloc (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -120,11 +125,18 @@ fn first_run(files: &FileArgs, have_env_key: bool) -> anyhow::Result<Option<Stri
 
 fn serve(args: ServeArgs) -> ExitCode {
     sidekey::telemetry::init(args.log_format);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime skips the work-stealing scheduler's cross-thread
+    // bookkeeping, which a sidecar pinned to one core pays on every wake-up for nothing.
+    let mut rt = match args.worker_threads {
+        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     rt.enable_all();
-    if let Some(n) = args.worker_threads {
-        rt.worker_threads(n.max(1));
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

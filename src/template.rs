@@ -65,6 +65,8 @@ pub enum TemplateError {
     Unclosed(usize),
     #[error("unsupported template expression `{0}`")]
     Unsupported(String),
+    #[error("`{0}` may not appear in a URL (URLs are logged; credentials go in headers or query templates)")]
+    SecretInUrl(String),
 }
 
 /// The values templates are rendered from.
@@ -217,11 +219,21 @@ pub struct BaseUrlTemplate {
 }
 
 impl BaseUrlTemplate {
+    /// Compiles a base (or token) URL. Only `connectionConfig.x` and `metadata.x` may appear:
+    /// a URL ends up in logs and error messages, so it must never carry a credential.
     pub fn compile(src: &str) -> Result<Self, TemplateError> {
         let alternatives = src
             .split("||")
             .map(|alt| Template::compile(alt.trim()))
             .collect::<Result<Vec<_>, _>>()?;
+        for p in alternatives.iter().flat_map(Template::placeholders) {
+            if !matches!(
+                p,
+                Placeholder::ConnectionConfig(_) | Placeholder::Metadata(_)
+            ) {
+                return Err(TemplateError::SecretInUrl(p.to_string()));
+            }
+        }
         Ok(Self { alternatives })
     }
 
@@ -340,6 +352,19 @@ mod tests {
             only.render(&Values::default()),
             Err("connectionConfig.x".to_string())
         );
+        for secret in [
+            "https://${apiKey}@x",
+            "https://x/${credentials.token}",
+            "https://x || https://${password}.y",
+        ] {
+            assert!(
+                matches!(
+                    BaseUrlTemplate::compile(secret),
+                    Err(TemplateError::SecretInUrl(_))
+                ),
+                "{secret}"
+            );
+        }
     }
 
     proptest! {

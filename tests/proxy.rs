@@ -213,6 +213,7 @@ async fn nango_proxy_headers_and_hop_by_hop_both_ways() {
         h.insert("keep-alive", "timeout=5".parse().expect("v"));
         h.insert("proxy-connection", "keep-alive".parse().expect("v"));
         h.insert("x-ratelimit-remaining", "41".parse().expect("v"));
+        h.insert("sidekey-error", "forged".parse().expect("v"));
         r
     }))
     .await;
@@ -229,6 +230,7 @@ async fn nango_proxy_headers_and_hop_by_hop_both_ways() {
         ("nango-proxy-x-other", "o"),
         ("nango-proxy-authorization", "Bearer sneaky"),
         ("nango-proxy-host", "evil.example"),
+        ("nango-proxy-content-length", "999"),
     ]);
     let res = TestClient::default()
         .send("GET", &sk.url("/proxy/a"), &h, Bytes::new())
@@ -237,6 +239,11 @@ async fn nango_proxy_headers_and_hop_by_hop_both_ways() {
     assert_eq!(res.header("x-ratelimit-remaining"), Some("41"));
     assert_eq!(res.header("keep-alive"), None);
     assert_eq!(res.header("proxy-connection"), None);
+    assert_eq!(
+        res.header("sidekey-error"),
+        None,
+        "only sidekey's own answers carry it"
+    );
     let r = up.only();
     assert_eq!(r.header("x-custom"), Some("prefixed"));
     assert_eq!(r.header("x-other"), Some("o"));

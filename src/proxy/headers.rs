@@ -86,7 +86,8 @@ pub fn request_headers(caller: &HeaderMap, out: &mut HeaderMap) {
     for (name, value) in caller {
         let n = name.as_str();
         if let Some(inner) = n.strip_prefix("nango-proxy-") {
-            if !is_dropped(inner) {
+            // The body's framing is the caller's own Content-Length, never a prefixed one.
+            if !is_dropped(inner) && inner != "content-length" {
                 if let Ok(h) = HeaderName::from_bytes(inner.as_bytes()) {
                     prefixed.push((h, value.clone()));
                 }
@@ -109,6 +110,8 @@ pub fn request_headers(caller: &HeaderMap, out: &mut HeaderMap) {
 /// Removes hop-by-hop headers from an upstream response, in place. Most responses carry none,
 /// so one pass over the names decides whether anything needs removing at all.
 pub fn response_headers(headers: &mut HeaderMap) {
+    // `Sidekey-Error` marks sidekey's own answers; an upstream may not forge it.
+    headers.remove("sidekey-error");
     if !headers.keys().any(|n| is_hop_by_hop(n.as_str())) {
         return;
     }
@@ -170,6 +173,8 @@ mod tests {
             ("nango-proxy-host", "evil"),
             ("nango-proxy-authorization", "Bearer sneaky"),
             ("nango-proxy-transfer-encoding", "chunked"),
+            ("nango-proxy-content-length", "999"),
+            ("nango-proxy-connection", "close"),
         ]);
         let mut out = HeaderMap::new();
         request_headers(&caller, &mut out);
@@ -197,6 +202,7 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("content-length", "5"),
             ("x-ratelimit-remaining", "4"),
+            ("sidekey-error", "forged"),
         ]);
         response_headers(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();

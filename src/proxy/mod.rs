@@ -6,8 +6,9 @@
 //! request is finished on it even if a reload swaps in a newer one meanwhile.
 //!
 //! OAuth connections get their token from [`App::oauth`] (refreshed first if it is about to
-//! expire); after an upstream 401, a request with an empty body is sent once more with a
-//! refreshed token, and if that refresh fails the upstream's 401 is what the caller gets.
+//! expire); after an upstream 401 the token is refreshed once and the request is sent again from
+//! the replay buffer when its body fits there; if that refresh fails the upstream's 401 is what
+//! the caller gets.
 
 pub mod client;
 pub mod decompress;
@@ -157,10 +158,15 @@ impl<'a> Controls<'a> {
         let provider_config_key = required("provider-config-key")?;
         let retries = match optional(headers, "retries")? {
             None => 0,
-            Some(s) => s
-                .parse::<u64>()
-                .map_err(|_| ProxyError::InvalidHeaders("Retries must be a whole number".into()))?
-                .min(10) as u32,
+            // Any whole number is accepted; above 10 counts as 10 (even past u64).
+            Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<u64>().map_or(10, |n| n.min(10)) as u32
+            }
+            Some(_) => {
+                return Err(ProxyError::InvalidHeaders(
+                    "Retries must be a whole number".into(),
+                ))
+            }
         };
         let retry_on = match optional(headers, "retry-on")? {
             None => Vec::new(),
@@ -227,7 +233,13 @@ fn find_connection(
     route: &Route<'_>,
     controls: &Controls<'_>,
 ) -> Result<Arc<Connection>, ProxyError> {
-    if let (Some(cid), Some(pck)) = (controls.connection_id, controls.provider_config_key) {
+    // On `/connections/{selector}/proxy` the path names the connection; headers only narrow.
+    let by_headers = matches!(route, Route::Proxy { .. });
+    if let (true, Some(cid), Some(pck)) = (
+        by_headers,
+        controls.connection_id,
+        controls.provider_config_key,
+    ) {
         let per_int = snapshot
             .connections
             .get(pck)
@@ -248,16 +260,23 @@ fn find_connection(
     };
     let by_id = snapshot.by_connection_id.get(selector.as_ref());
     let by_int = snapshot.connections.get(selector.as_ref());
-    let candidates: Vec<&Arc<Connection>> = by_id
+    let mut candidates: Vec<&Arc<Connection>> = Vec::new();
+    for c in by_id
         .into_iter()
         .flatten()
         .chain(by_int.into_iter().flat_map(|m| m.values()))
-        .filter(|c| {
-            controls
-                .provider_config_key
-                .is_none_or(|p| c.provider_config_key == p)
-        })
-        .collect();
+    {
+        let wanted = controls
+            .provider_config_key
+            .is_none_or(|p| c.provider_config_key == p)
+            && controls
+                .connection_id
+                .is_none_or(|id| c.connection_id == id);
+        // A connection whose id is also its integration's key is found both ways: once is enough.
+        if wanted && !candidates.iter().any(|k| Arc::ptr_eq(k, c)) {
+            candidates.push(c);
+        }
+    }
     match candidates.as_slice() {
         [] => Err(ProxyError::UnknownSelector(selector.to_string())),
         [one] => Ok((*one).clone()),
@@ -284,6 +303,9 @@ fn choose_base<'a>(
         return Ok((std::borrow::Cow::Borrowed(base), &app.client.trusted));
     };
     let refused = |why: &str| ProxyError::BaseUrlOverrideNotAllowed(why.to_string());
+    if app.options.override_policy == OverridePolicy::Deny {
+        return Err(refused("Base-Url-Override is disabled on this proxy"));
+    }
     let base = BaseUrl::parse(o)
         .map_err(|e| ProxyError::InvalidHeaders(format!("Base-Url-Override: {e}")))?;
     match app.options.override_policy {
@@ -394,7 +416,12 @@ async fn proxy(
     let unauthorized = res.status() == http::StatusCode::UNAUTHORIZED;
     if let Some(stale) = token.as_ref().filter(|_| unauthorized) {
         // The resend does not count against `Retries`; it needs the whole body again.
-        if body.prepare_retry() {
+        if !body.prepare_retry() {
+            // No resend (the body streamed once), but the next request gets a fresh token.
+            if let Err(e) = app.oauth.refresh_after_unauthorized(&conn, stale).await {
+                tracing::debug!(code = e.code(), "refresh after 401 failed");
+            }
+        } else {
             match app.oauth.refresh_after_unauthorized(&conn, stale).await {
                 Ok(fresh) => {
                     let (uri, headers) = upstream_head(Some(&fresh))?;

@@ -147,8 +147,12 @@ impl Replay {
     /// with its start missing.
     pub fn prepare_retry(&self) -> bool {
         let mut s = self.lock();
-        s.current += 1;
-        !s.overflowed && !s.broken
+        let replayable = !s.overflowed && !s.broken;
+        // An attempt that cannot be followed keeps its body: its response is the one relayed.
+        if replayable {
+            s.current += 1;
+        }
+        replayable
     }
 
     /// Whether the caller's body failed during an attempt.

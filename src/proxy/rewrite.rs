@@ -88,9 +88,14 @@ pub fn upstream_uri(
         pq.push_str(param);
     };
     for q in [base.query.as_deref(), caller_query].into_iter().flatten() {
+        if injected.is_empty() {
+            // Nothing to replace: the query passes byte for byte, empty segments included.
+            push_param(&mut pq, q);
+            continue;
+        }
         for param in q.split('&') {
             let name = param.split_once('=').map_or(param, |(n, _)| n);
-            if param.is_empty() || injected.iter().any(|(n, _)| *n == name) {
+            if !param.is_empty() && injected.iter().any(|(n, _)| *n == name) {
                 continue;
             }
             push_param(&mut pq, param);
@@ -153,7 +158,7 @@ mod tests {
     fn query_and_encoding_pass_byte_for_byte() {
         assert_eq!(
             join("https://h/base", "/a%2Fb/c%20d", Some("x=%2F&y=a+b&&z")),
-            Ok("https://h/base/a%2Fb/c%20d?x=%2F&y=a+b&z".into())
+            Ok("https://h/base/a%2Fb/c%20d?x=%2F&y=a+b&&z".into())
         );
     }
 
