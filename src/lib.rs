@@ -5,6 +5,7 @@
 //! URL, injects the credential, and streams the exchange through unchanged.
 //!
 //! # Modules
+//! - [`cli`]: the command line; every flag also reads `SIDEKEY_<FLAG>`.
 //! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`];
 //!   [`config::reload`] swaps in a new one when the files change.
 //! - [`template`]: `${...}` templates, compiled when a snapshot is built.
