@@ -696,6 +696,18 @@ async fn override_policies_deny_any_and_pinned_names() {
 #[test]
 fn check_reports_every_problem_with_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let check = || {
+        run_cli(
+            &[
+                "check",
+                "--providers",
+                "providers.yaml",
+                "--vault",
+                "vault.yaml",
+            ],
+            dir.path(),
+        )
+    };
     std::fs::write(
         dir.path().join("providers.yaml"),
         providers("http://x.example"),
@@ -714,16 +726,7 @@ connections:
 "#,
     )
     .expect("write");
-    let (code, out, _) = run_cli(
-        &[
-            "check",
-            "--providers",
-            "providers.yaml",
-            "--vault",
-            "vault.yaml",
-        ],
-        dir.path(),
-    );
+    let (code, out, _) = check();
     assert_eq!(code, 1, "{out}");
     for line in [
         "vault.yaml: integrations[1].unique_key: duplicate unique_key `hdr`",
@@ -735,32 +738,14 @@ connections:
     }
     // Broken YAML names the path inside the file.
     std::fs::write(dir.path().join("vault.yaml"), "connections:\n  - connection_id: a\n    provider_config_key: b\n    credentials: {type: API_KEY, apiKey: k, oops: 1}\n").expect("write");
-    let (code, out, _) = run_cli(
-        &[
-            "check",
-            "--providers",
-            "providers.yaml",
-            "--vault",
-            "vault.yaml",
-        ],
-        dir.path(),
-    );
+    let (code, out, _) = check();
     assert_eq!(code, 1);
     assert!(
         out.contains("vault.yaml: connections[0].credentials.oops: unknown field `oops`"),
         "{out}"
     );
     std::fs::write(dir.path().join("providers.yaml"), "a: [").expect("write");
-    let (code, out, _) = run_cli(
-        &[
-            "check",
-            "--providers",
-            "providers.yaml",
-            "--vault",
-            "vault.yaml",
-        ],
-        dir.path(),
-    );
+    let (code, out, _) = check();
     assert_eq!(code, 1);
     assert!(out.contains("providers.yaml: not a YAML map"), "{out}");
 
@@ -774,16 +759,7 @@ connections:
     )
     .expect("write");
     std::fs::write(dir.path().join("vault.yaml"), vault()).expect("write");
-    let (code, out, _) = run_cli(
-        &[
-            "check",
-            "--providers",
-            "providers.yaml",
-            "--vault",
-            "vault.yaml",
-        ],
-        dir.path(),
-    );
+    let (code, out, _) = check();
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("providers.yaml: jwt: warning: auth mode `JWT` is not supported"),

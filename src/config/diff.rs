@@ -95,12 +95,12 @@ fn same_connection(a: &Connection, b: &Connection) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::snapshot::{self, BuildOptions};
     use crate::config::Sources;
 
-    const PROVIDERS: &str = r#"
+    pub(crate) const PROVIDERS: &str = r#"
 hdr: {auth_mode: API_KEY, proxy: {base_url: "https://h.example", headers: {x-key: "${apiKey}"}}}
 other: {auth_mode: API_KEY, proxy: {base_url: "https://o.example", headers: {x-other: "${apiKey}"}}}
 "#;
@@ -115,7 +115,7 @@ other: {auth_mode: API_KEY, proxy: {base_url: "https://o.example", headers: {x-o
         snapshot::build(&src, &BuildOptions::default()).expect("builds")
     }
 
-    const BEFORE: &str = r#"
+    pub(crate) const BEFORE: &str = r#"
 secret_keys: [{sha256: "0000000000000000000000000000000000000000000000000000000000000001"}]
 integrations: [{unique_key: a, provider: hdr}, {unique_key: b, provider: hdr}, {unique_key: gone, provider: hdr}]
 connections:
@@ -126,7 +126,7 @@ connections:
   - {connection_id: c, provider_config_key: gone, credentials: {type: API_KEY, apiKey: k}}
 "#;
 
-    const AFTER: &str = r#"
+    pub(crate) const AFTER: &str = r#"
 secret_keys: [{sha256: "0000000000000000000000000000000000000000000000000000000000000002"}]
 integrations: [{unique_key: a, provider: hdr}, {unique_key: b, provider: other}, {unique_key: new, provider: hdr}]
 connections:

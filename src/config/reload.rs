@@ -430,32 +430,8 @@ async fn next_hangup(s: &mut Hangup) -> Option<()> {
 mod tests {
     use super::*;
 
-    const PROVIDERS: &str = r#"
-hdr: {auth_mode: API_KEY, proxy: {base_url: "https://h.example", headers: {x-key: "${apiKey}"}}}
-other: {auth_mode: API_KEY, proxy: {base_url: "https://o.example", headers: {x-other: "${apiKey}"}}}
-"#;
-
-    const BEFORE: &str = r#"
-secret_keys: [{sha256: "0000000000000000000000000000000000000000000000000000000000000001"}]
-integrations: [{unique_key: a, provider: hdr}, {unique_key: b, provider: hdr}, {unique_key: gone, provider: hdr}]
-connections:
-  - {connection_id: same, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
-  - {connection_id: key, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
-  - {connection_id: meta, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}, metadata: {m: 1}}
-  - {connection_id: dropped, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
-  - {connection_id: c, provider_config_key: gone, credentials: {type: API_KEY, apiKey: k}}
-"#;
-
-    const AFTER: &str = r#"
-secret_keys: [{sha256: "0000000000000000000000000000000000000000000000000000000000000002"}]
-integrations: [{unique_key: a, provider: hdr}, {unique_key: b, provider: other}, {unique_key: new, provider: hdr}]
-connections:
-  - {connection_id: same, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
-  - {connection_id: key, provider_config_key: a, credentials: {type: API_KEY, apiKey: rotated}}
-  - {connection_id: meta, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}, metadata: {m: 2}}
-  - {connection_id: added, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}
-  - {connection_id: c, provider_config_key: new, credentials: {type: API_KEY, apiKey: k}}
-"#;
+    // The same before/after vaults as the diff tests, so both agree on what changed.
+    use crate::config::diff::tests::{AFTER, BEFORE, PROVIDERS};
 
     fn event(kind: EventKind, path: &str) -> Event {
         Event::new(kind).add_path(PathBuf::from(path))
