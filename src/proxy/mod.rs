@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, HeaderName, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
@@ -125,7 +125,19 @@ pub struct Controls<'a> {
     pub activity_log_id: Option<&'a str>,
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
+// Control header names, built once: looking up by `&str` would parse the name every time.
+const CONNECTION_ID: HeaderName = HeaderName::from_static("connection-id");
+const PROVIDER_CONFIG_KEY: HeaderName = HeaderName::from_static("provider-config-key");
+const RETRIES: HeaderName = HeaderName::from_static("retries");
+const RETRY_ON: HeaderName = HeaderName::from_static("retry-on");
+const DECOMPRESS: HeaderName = HeaderName::from_static("decompress");
+const BASE_URL_OVERRIDE: HeaderName = HeaderName::from_static("base-url-override");
+const ACTIVITY_LOG_ID: HeaderName = HeaderName::from_static("nango-activity-log-id");
+
+fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, ProxyError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -136,7 +148,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 }
 
 /// An optional header; empty or whitespace counts as absent.
-fn optional<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ProxyError> {
+fn optional<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ProxyError> {
     Ok(header_str(headers, name)?.filter(|s| !s.is_empty()))
 }
 
@@ -144,7 +156,7 @@ impl<'a> Controls<'a> {
     /// Parses the control headers; `need_ids` for the `/proxy` form, where the connection is
     /// named by headers.
     pub fn parse(headers: &'a HeaderMap, need_ids: bool) -> Result<Self, ProxyError> {
-        let required = |name: &str| -> Result<Option<&'a str>, ProxyError> {
+        let required = |name: &HeaderName| -> Result<Option<&'a str>, ProxyError> {
             match header_str(headers, name)? {
                 Some(s) if !s.is_empty() => Ok(Some(s)),
                 Some(_) => Err(ProxyError::InvalidHeaders(format!("{name} is empty"))),
@@ -154,9 +166,9 @@ impl<'a> Controls<'a> {
                 None => Ok(None),
             }
         };
-        let connection_id = required("connection-id")?;
-        let provider_config_key = required("provider-config-key")?;
-        let retries = match optional(headers, "retries")? {
+        let connection_id = required(&CONNECTION_ID)?;
+        let provider_config_key = required(&PROVIDER_CONFIG_KEY)?;
+        let retries = match optional(headers, &RETRIES)? {
             None => 0,
             // Any whole number is accepted; above 10 counts as 10 (even past u64).
             Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
@@ -168,7 +180,7 @@ impl<'a> Controls<'a> {
                 ))
             }
         };
-        let retry_on = match optional(headers, "retry-on")? {
+        let retry_on = match optional(headers, &RETRY_ON)? {
             None => Vec::new(),
             Some(s) => s
                 .split(',')
@@ -186,15 +198,15 @@ impl<'a> Controls<'a> {
                 })?,
         };
         let decompress =
-            optional(headers, "decompress")?.is_some_and(|s| s.eq_ignore_ascii_case("true"));
+            optional(headers, &DECOMPRESS)?.is_some_and(|s| s.eq_ignore_ascii_case("true"));
         Ok(Self {
             connection_id,
             provider_config_key,
-            base_url_override: optional(headers, "base-url-override")?,
+            base_url_override: optional(headers, &BASE_URL_OVERRIDE)?,
             retries,
             retry_on,
             decompress,
-            activity_log_id: optional(headers, "nango-activity-log-id")?,
+            activity_log_id: optional(headers, &ACTIVITY_LOG_ID)?,
         })
     }
 }
