@@ -164,8 +164,8 @@ pub struct Connection {
     pub static_headers: Vec<(HeaderName, HeaderValue)>,
     /// Injected query pairs known at load time, percent-encoded.
     pub static_query: Vec<(String, String)>,
-    /// Injections that need the current access token.
-    pub dynamic: Vec<Injection>,
+    /// Injections that need the current access token (shared by the integration's connections).
+    pub dynamic: Arc<[Injection]>,
     pub connection_config: Map<String, Value>,
     pub metadata: Map<String, Value>,
     /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one.
@@ -353,7 +353,7 @@ struct Plan {
     /// Whether a template reads `${credentials.x}`; only then is the credential map built.
     uses_credentials: bool,
     /// The injections rendered per request (those that need the access token).
-    dynamic: Vec<Injection>,
+    dynamic: Arc<[Injection]>,
     /// The last base URL string parsed for this integration and its result: connections of
     /// an integration with a fixed base URL all render the same string, parsed once.
     last_base: Option<(String, BaseUrl)>,
@@ -633,7 +633,7 @@ impl Builder<'_> {
             base_url: None,
             static_headers: Vec::new(),
             static_query: Vec::new(),
-            dynamic: Vec::new(),
+            dynamic: Arc::from([]),
             connection_config: raw.connection_config,
             metadata: raw.metadata,
             fingerprint,

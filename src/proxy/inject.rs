@@ -28,7 +28,7 @@ pub fn inject(
         return Ok(query);
     }
     let values = conn.values(access_token);
-    for inj in &conn.dynamic {
+    for inj in conn.dynamic.iter() {
         let Some(rendered) = inj.template.render(&values) else {
             continue;
         };

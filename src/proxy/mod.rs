@@ -252,18 +252,19 @@ fn find_connection(
         controls.connection_id,
         controls.provider_config_key,
     ) {
-        let per_int = snapshot
+        let found = snapshot
             .connections
             .get(pck)
-            .or_else(|| snapshot.integrations.contains_key(pck).then_some(&EMPTY))
-            .ok_or_else(|| ProxyError::UnknownProviderConfig(pck.to_string()))?;
-        return per_int
-            .get(cid)
-            .cloned()
-            .ok_or_else(|| ProxyError::UnknownConnection {
+            .and_then(|per_int| per_int.get(cid));
+        return match found {
+            Some(conn) => Ok(conn.clone()),
+            // An integration with no (such) connection is known; an unknown key is not.
+            None if snapshot.integrations.contains_key(pck) => Err(ProxyError::UnknownConnection {
                 connection_id: cid.to_string(),
                 provider_config_key: pck.to_string(),
-            });
+            }),
+            None => Err(ProxyError::UnknownProviderConfig(pck.to_string())),
+        };
     }
     let Route::ConnectionProxy { selector, .. } = route else {
         return Err(ProxyError::InvalidHeaders(
@@ -295,9 +296,6 @@ fn find_connection(
         _ => Err(ProxyError::AmbiguousConnection(selector.to_string())),
     }
 }
-
-static EMPTY: std::sync::LazyLock<std::collections::HashMap<String, Arc<Connection>>> =
-    std::sync::LazyLock::new(Default::default);
 
 /// Chooses the base URL and the pool: the caller's override (per policy) or the connection's.
 fn choose_base<'a>(
