@@ -575,20 +575,10 @@ async fn h2c_callers_are_served() {
 
 #[tokio::test]
 async fn https_upstream_with_test_ca_resolve_and_h2() {
-    let ca = support::ca::TestCa::new();
-    let cert = ca.server_cert(&["api.test"]);
-    let up = Upstream::start_tls(ok_json(), cert.server_config()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_path = dir.path().join("ca.pem");
-    ca.write_pem(&ca_path);
-    let resolve = format!("api.test:443:127.0.0.1:{}", up.port());
+    let (up, _dir, args) = support::tls_upstream(ok_json()).await;
+    let resolve = args[3].clone();
     let sk = sidekey(&providers("https://api.test"), &vault())
-        .args([
-            "--extra-ca",
-            ca_path.to_str().expect("utf8"),
-            "--resolve",
-            &resolve,
-        ])
+        .args(args)
         .start();
     let res = TestClient::default()
         .proxy(&sk.url(""), "/secure", "c1", "hdr")

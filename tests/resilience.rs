@@ -90,11 +90,21 @@ async fn scripted(script: Vec<(u16, Vec<(&'static str, String)>)>) -> Upstream {
     .await
 }
 
-fn log_lines_with(sk: &Sidekey, needles: &[&str]) -> usize {
-    sk.logs()
-        .lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .count()
+/// How many log lines hold all `needles`, once `want` of them have arrived or 5 s have passed
+/// (stderr is read by another thread, so a line may land just after the response).
+fn log_lines_with(sk: &Sidekey, needles: &[&str], want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = sk
+            .logs()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count();
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[tokio::test]
@@ -121,7 +131,8 @@ async fn a_flaky_upstream_succeeds_on_the_third_attempt() {
                 "\"status\":503",
                 "\"outcome\":\"retry\"",
                 "wait_ms"
-            ]
+            ],
+            2
         ),
         2,
         "{}",
@@ -135,7 +146,8 @@ async fn a_flaky_upstream_succeeds_on_the_third_attempt() {
                 "\"attempt\":3",
                 "\"status\":200",
                 "final"
-            ]
+            ],
+            1
         ),
         1,
         "{}",

@@ -10,14 +10,18 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::Uri;
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::client::legacy::connect::Connection as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
@@ -201,8 +205,331 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// The hyper client type used for upstream requests.
-pub type HttpClient = Client<HttpsConnector<Connector>, ProxyBody>;
+/// Where a pooled connection goes: scheme and authority of the upstream URL.
+type PoolKey = (http::uri::Scheme, http::uri::Authority);
+
+/// A connection's request handle. HTTP/1.1 handles carry one exchange at a time and leave the
+/// pool while they do; an HTTP/2 handle stays in the pool and is shared.
+enum Conn {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// At most this many idle connections are kept per upstream (scheme and authority).
+const MAX_IDLE_PER_HOST: usize = 1024;
+
+struct Pool {
+    connector: HttpsConnector<Connector>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    idle_timeout: Duration,
+    reaper: AtomicBool,
+}
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to the upstream failed")]
+    Connect(#[source] BoxError),
+    #[error("the upstream exchange failed")]
+    Http(#[source] hyper::Error),
+    #[error("invalid upstream URL")]
+    InvalidUri,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The pooled upstream client: connections by scheme and authority, HTTP/1.1 or HTTP/2 by
+/// ALPN. A request takes an idle connection (the newest first) or opens one; an HTTP/1.1
+/// connection comes back to the pool when its response body has been read to the end, and is
+/// closed instead when the body is dropped half-read.
+#[derive(Clone)]
+pub struct HttpClient {
+    pool: Arc<Pool>,
+}
+
+impl HttpClient {
+    fn new(connector: HttpsConnector<Connector>, idle_timeout: Duration) -> Self {
+        Self {
+            pool: Arc::new(Pool {
+                connector,
+                idle: Mutex::new(HashMap::new()),
+                idle_timeout,
+                reaper: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Sends `req` (an absolute URL) and returns the response head with its streaming body.
+    /// A request that a reused connection refused before sending a byte (it had just been
+    /// closed by the upstream) goes out again on another connection.
+    pub async fn request(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        let uri = req.uri();
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(ClientError::InvalidUri);
+        };
+        // HTTP/1.1 needs a Host header (HTTP/2 carries the authority in the URI instead).
+        let host = if req.headers().contains_key(http::header::HOST) {
+            None
+        } else {
+            Some(host_header(&scheme, &authority)?)
+        };
+        let key = (scheme, authority);
+        let full_uri = req.uri().clone();
+        let origin_form = http::uri::Uri::from(
+            full_uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        loop {
+            let (conn, reused) = match self.pool.checkout(&key) {
+                Some(conn) => (conn, true),
+                None => (self.connect(full_uri.clone()).await?, false),
+            };
+            match conn {
+                Conn::H1(mut tx) => {
+                    if reused && tx.ready().await.is_err() {
+                        continue;
+                    }
+                    *req.uri_mut() = origin_form.clone();
+                    if let Some(h) = &host {
+                        req.headers_mut().insert(http::header::HOST, h.clone());
+                    }
+                    match tx.try_send_request(req).await {
+                        Ok(res) => {
+                            let ticket = Ticket {
+                                tx,
+                                pool: Arc::clone(&self.pool),
+                                key,
+                            };
+                            return Ok(res.map(|body| UpstreamBody {
+                                inner: body,
+                                ended: false,
+                                ticket: Some(ticket),
+                            }));
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(back) if reused => req = back,
+                            _ => return Err(ClientError::Http(e.into_error())),
+                        },
+                    }
+                }
+                Conn::H2(mut tx) => {
+                    *req.uri_mut() = full_uri.clone();
+                    if host.is_some() {
+                        req.headers_mut().remove(http::header::HOST);
+                    }
+                    if !reused {
+                        self.pool.put(key.clone(), Conn::H2(tx.clone()));
+                    }
+                    match tx.try_send_request(req).await {
+                        Ok(res) => {
+                            return Ok(res.map(|body| UpstreamBody {
+                                inner: body,
+                                ended: false,
+                                ticket: None,
+                            }))
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(back) if reused => req = back,
+                            _ => return Err(ClientError::Http(e.into_error())),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a connection (TCP, then TLS for https) and starts its task.
+    async fn connect(&self, uri: Uri) -> Result<Conn, ClientError> {
+        let mut connector = self.pool.connector.clone();
+        std::future::poll_fn(|cx| tower_service::Service::<Uri>::poll_ready(&mut connector, cx))
+            .await
+            .map_err(ClientError::Connect)?;
+        let io = tower_service::Service::call(&mut connector, uri)
+            .await
+            .map_err(ClientError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(ClientError::Http)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            Ok(Conn::H2(tx))
+        } else {
+            let (tx, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(ClientError::Http)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Ok(Conn::H1(tx))
+        }
+    }
+}
+
+/// The Host header for an upstream authority: the port only when it is not the scheme's
+/// default, as a browser would send it.
+fn host_header(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+) -> Result<http::HeaderValue, ClientError> {
+    let default_port = if *scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let host = match authority.port_u16() {
+        Some(p) if p != default_port => {
+            if authority.as_str().contains('@') {
+                return http::HeaderValue::from_str(&format!("{}:{p}", authority.host()))
+                    .map_err(|_| ClientError::InvalidUri);
+            }
+            authority.as_str()
+        }
+        _ => authority.host(),
+    };
+    http::HeaderValue::from_str(host).map_err(|_| ClientError::InvalidUri)
+}
+
+impl Pool {
+    /// The newest live idle connection for `key`. Idle connections older than the idle
+    /// timeout are closed on the way.
+    fn checkout(&self, key: &PoolKey) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(key)?;
+        let now = Instant::now();
+        while let Some(entry) = list.pop() {
+            if now.saturating_duration_since(entry.since) > self.idle_timeout {
+                // Everything before it is older still.
+                list.clear();
+                break;
+            }
+            match entry.conn {
+                Conn::H1(tx) if !tx.is_closed() => return Some(Conn::H1(tx)),
+                Conn::H2(tx) if tx.is_ready() => {
+                    list.push(Idle {
+                        conn: Conn::H2(tx.clone()),
+                        since: now,
+                    });
+                    return Some(Conn::H2(tx));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn put(self: &Arc<Self>, key: PoolKey, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_HOST {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        drop(idle);
+        if !self.reaper.swap(true, Ordering::Relaxed) {
+            self.start_reaper();
+        }
+    }
+
+    /// Closes idle connections past the idle timeout, every idle timeout (at least a second),
+    /// for as long as the pool exists.
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let every = self.idle_timeout.max(Duration::from_secs(1));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = weak.upgrade() else { return };
+                let now = Instant::now();
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.retain(|_, list| {
+                    list.retain(|e| {
+                        now.saturating_duration_since(e.since) <= pool.idle_timeout
+                            && match &e.conn {
+                                Conn::H1(tx) => !tx.is_closed(),
+                                Conn::H2(tx) => !tx.is_closed(),
+                            }
+                    });
+                    !list.is_empty()
+                });
+            }
+        });
+    }
+}
+
+/// Brings an HTTP/1.1 connection back to its pool.
+struct Ticket {
+    tx: http1::SendRequest<ProxyBody>,
+    pool: Arc<Pool>,
+    key: PoolKey,
+}
+
+/// A response body from upstream. Dropped after its end, it returns its HTTP/1.1 connection
+/// to the pool; dropped before, it closes it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    ended: bool,
+    ticket: Option<Ticket>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.is_end_stream() {
+            if let Some(t) = self.ticket.take() {
+                t.pool.put(t.key, Conn::H1(t.tx));
+            }
+        }
+    }
+}
 
 /// The two upstream pools.
 #[derive(Clone)]
@@ -243,11 +570,7 @@ impl UpstreamClient {
                     public_only,
                     opts.connect_timeout,
                 ));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(opts.pool_idle_timeout)
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .build(connector)
+            HttpClient::new(connector, opts.pool_idle_timeout)
         };
         Ok(Self {
             trusted: make(false),

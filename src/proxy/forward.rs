@@ -9,7 +9,7 @@
 //! retried: the upstream may be working on the request. While the body is still being sent,
 //! the attempt is bounded by the idle timeout instead: it fails when sending stops moving.
 //!
-//! Errors from hyper-util's client arrive as a chain; [`classify`] walks it to tell a refused
+//! Errors from the pooled client arrive as a chain; [`classify`] walks it to tell a refused
 //! override, a connect timeout, a TLS failure and an unreachable host apart, each with its own
 //! error code.
 //!
@@ -20,9 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use super::client::{ConnectError, HttpClient};
+use super::client::{ClientError, ConnectError, HttpClient, UpstreamBody};
 use super::idle::IdleBody;
 use super::replay::{EndSignal, Replay};
 use super::retry::{self, Plan, Policy};
@@ -41,7 +40,7 @@ pub struct Outbound {
 
 /// How one attempt failed to produce a response.
 enum Failure {
-    Client(hyper_util::client::legacy::Error),
+    Client(ClientError),
     /// No response head within the response timeout after the body ended.
     HeadTimeout,
     /// Sending made no progress for the idle timeout (a stalled handshake, an upstream that
@@ -58,7 +57,7 @@ async fn attempt_once(
     end: &EndSignal,
     timeout: Duration,
     idle: Duration,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<UpstreamBody>, Failure> {
     let fut = client.request(req);
     tokio::pin!(fut);
     loop {
@@ -143,7 +142,7 @@ enum Next {
 
 /// Judges an answer: final, or retried after which wait.
 fn judge(
-    res: &Response<Incoming>,
+    res: &Response<UpstreamBody>,
     retry: u32,
     last: bool,
     body: &Replay,
@@ -189,7 +188,7 @@ pub async fn send(
     policy: &Policy<'_>,
     opts: &ProxyOptions,
     tally: &mut Tally<'_>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let events = Events {
         loud: policy.retries > 0,
         host: out.uri.host().unwrap_or_default(),
@@ -274,7 +273,7 @@ pub async fn send(
 /// Prepares the final response for the caller: hop-by-hop headers dropped, the idle timeout
 /// on the body, and the body decoded when `decompress` asks for it.
 pub async fn relay(
-    res: Response<Incoming>,
+    res: Response<UpstreamBody>,
     head_request: bool,
     decompress: bool,
     opts: &ProxyOptions,

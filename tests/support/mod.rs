@@ -15,3 +15,24 @@ pub mod upstream;
 
 /// The caller key every test sidekey accepts unless a test says otherwise.
 pub const CALLER_KEY: &str = "test-caller-key-0123456789";
+
+/// A TLS upstream for `api.test` signed by a CA made here, and the `--extra-ca` /
+/// `--resolve` arguments that make sidekey trust it and find it on loopback. The directory
+/// holding the CA file must outlive the sidekey started with those arguments.
+pub async fn tls_upstream(
+    handler: upstream::SyncHandler,
+) -> (upstream::Upstream, tempfile::TempDir, Vec<String>) {
+    let ca = ca::TestCa::new();
+    let cert = ca.server_cert(&["api.test"]);
+    let up = upstream::Upstream::start_tls(handler, cert.server_config()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = dir.path().join("ca.pem");
+    ca.write_pem(&ca_path);
+    let args = vec![
+        "--extra-ca".to_string(),
+        ca_path.to_str().expect("utf8").to_string(),
+        "--resolve".to_string(),
+        format!("api.test:443:127.0.0.1:{}", up.port()),
+    ];
+    (up, dir, args)
+}

@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -74,6 +75,7 @@ pub fn ok_json() -> SyncHandler {
 pub struct Upstream {
     pub addr: SocketAddr,
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -116,6 +118,11 @@ impl Upstream {
         self.recorded.lock().expect("lock").len()
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     /// The only request received; panics if there were several or none.
     pub fn only(&self) -> Recorded {
         let r = self.requests();
@@ -134,12 +141,15 @@ impl Upstream {
         let addr = listener.local_addr().expect("addr");
         let recorded: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let rec = recorded.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let mode = mode.clone();
                 let rec = rec.clone();
                 let acceptor = acceptor.clone();
@@ -166,6 +176,7 @@ impl Upstream {
         Self {
             addr,
             recorded,
+            connections,
             task,
         }
     }
