@@ -10,6 +10,8 @@
 //! [`Metrics::token_refresh`], [`Metrics::reload`], [`Metrics::set_generation`], ...), so the
 //! metric names and labels stay in this one file.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::Method;
@@ -47,6 +49,9 @@ type LatencyFamily = Family<IntegrationLabel, Histogram, fn() -> Histogram>;
 
 /// All of sidekey's metrics. Cheap to share: every handle is an atomic behind an `Arc`.
 pub struct Metrics {
+    /// Tells apart the registries of one process, so that handles cached on an integration
+    /// are only used with the registry that made them.
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_latency: LatencyFamily,
@@ -127,7 +132,9 @@ impl Metrics {
             "Open connections from callers to the proxy listener",
             client_connections.clone(),
         );
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             upstream_latency,
@@ -137,6 +144,71 @@ impl Metrics {
             generation,
             in_flight,
             client_connections,
+        }
+    }
+
+    /// The handles of `int`, made on first use and kept on the integration, so that the
+    /// request path counts without building labels or taking the family's lock.
+    fn handles<'a>(&self, int: &'a crate::config::Integration) -> Option<&'a IntegrationMetrics> {
+        let h = int.metrics.get_or_init(|| IntegrationMetrics {
+            owner: self.id,
+            latency: self
+                .upstream_latency
+                .get_or_create(&IntegrationLabel {
+                    integration: int.unique_key.clone(),
+                })
+                .clone(),
+            retries: self
+                .retries
+                .get_or_create(&IntegrationLabel {
+                    integration: int.unique_key.clone(),
+                })
+                .clone(),
+            requests: Default::default(),
+        });
+        (h.owner == self.id).then_some(h)
+    }
+
+    /// Counts one answered request of a known integration (or of none: `unknown`).
+    pub fn request_of(
+        &self,
+        int: Option<&crate::config::Integration>,
+        method: &Method,
+        status: u16,
+    ) {
+        let Some((int, h)) = int.and_then(|i| Some((i, self.handles(i)?))) else {
+            let label = int.map_or(UNKNOWN_INTEGRATION, |i| i.unique_key.as_str());
+            return self.request(label, method, status);
+        };
+        let (m, c) = (method_index(method), class_index(status));
+        h.requests[m][c]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        integration: int.unique_key.clone(),
+                        method: method_label(method),
+                        status_class: status_class(status),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// [`Metrics::upstream_latency`] through the integration's cached handle.
+    pub fn upstream_latency_of(&self, int: &crate::config::Integration, elapsed: Duration) {
+        match self.handles(int) {
+            Some(h) => h.latency.observe(elapsed.as_secs_f64()),
+            None => self.upstream_latency(&int.unique_key, elapsed),
+        }
+    }
+
+    /// [`Metrics::retry`] through the integration's cached handle.
+    pub fn retry_of(&self, int: &crate::config::Integration) {
+        match self.handles(int) {
+            Some(h) => {
+                h.retries.inc();
+            }
+            None => self.retry(&int.unique_key),
         }
     }
 
@@ -226,6 +298,44 @@ impl Drop for InFlight {
     }
 }
 
+/// One integration's series, resolved once per snapshot (see [`Metrics::request_of`]).
+pub struct IntegrationMetrics {
+    owner: u64,
+    latency: Histogram,
+    retries: Counter,
+    /// By [`method_index`], then [`class_index`]; made when first counted, so that `/metrics`
+    /// only shows series that happened.
+    requests: [[OnceLock<Counter>; 6]; 8],
+}
+
+impl std::fmt::Debug for IntegrationMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationMetrics").finish_non_exhaustive()
+    }
+}
+
+/// The position of [`method_label`]'s answer among the eight labels.
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// The position of [`status_class`]'s answer among the six classes.
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
 /// A bounded method label.
 pub fn method_label(m: &Method) -> &'static str {
     match *m {
@@ -298,5 +408,47 @@ mod tests {
         assert!(text.contains("sidekey_requests_in_flight 0"), "{text}");
         assert!(text.contains("sidekey_client_connections 0"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn cached_integration_handles_count_into_the_same_series() {
+        let src = crate::config::Sources {
+            providers_name: "providers.yaml".into(),
+            providers: "p: {auth_mode: API_KEY, proxy: {base_url: \"https://p.example\", headers: {x-key: \"${apiKey}\"}}}"
+                .into(),
+            vault_name: "vault.yaml".into(),
+            vault: "integrations: [{unique_key: gh, provider: p}]".into(),
+        };
+        let snap = crate::config::snapshot::build(&src, &Default::default()).expect("snapshot");
+        let gh = snap.integrations.get("gh").expect("gh");
+        let m = Metrics::new();
+        m.request_of(Some(gh), &Method::GET, 200);
+        m.request_of(Some(gh), &Method::GET, 204);
+        m.request("gh", &Method::GET, 200);
+        m.request_of(None, &Method::PUT, 503);
+        m.request_of(Some(gh), &Method::from_bytes(b"PROPFIND").expect("m"), 42);
+        m.retry_of(gh);
+        m.upstream_latency_of(gh, Duration::from_millis(3));
+        // A second registry in the same process must not use the first one's handles.
+        let other = Metrics::new();
+        other.request_of(Some(gh), &Method::GET, 200);
+        other.retry_of(gh);
+        let text = m.encode();
+        for line in [
+            r#"sidekey_requests_total{integration="gh",method="GET",status_class="2xx"} 3"#,
+            r#"sidekey_requests_total{integration="unknown",method="PUT",status_class="5xx"} 1"#,
+            r#"sidekey_requests_total{integration="gh",method="other",status_class="other"} 1"#,
+            r#"sidekey_retries_total{integration="gh"} 1"#,
+            r#"sidekey_upstream_latency_seconds_count{integration="gh"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
+        }
+        let text = other.encode();
+        for line in [
+            r#"sidekey_requests_total{integration="gh",method="GET",status_class="2xx"} 1"#,
+            r#"sidekey_retries_total{integration="gh"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
+        }
     }
 }

@@ -24,7 +24,7 @@ use http_body_util::BodyExt as _;
 use crate::body::{BoxError, ProxyBody};
 use crate::cli::LogFormat;
 use crate::config::{Connection, Integration, Placement};
-use crate::metrics::{InFlight, Metrics, UNKNOWN_INTEGRATION};
+use crate::metrics::{InFlight, Metrics};
 
 /// The tracing target of access log events.
 pub const ACCESS_TARGET: &str = "sidekey::access";
@@ -79,7 +79,7 @@ impl RequestLog {
     ) -> (Request<ProxyBody>, Self) {
         let activity_log_id = req
             .headers()
-            .get("nango-activity-log-id")
+            .get(crate::proxy::ACTIVITY_LOG_ID)
             .filter(|v| !v.as_bytes().trim_ascii().is_empty())
             .cloned();
         let bytes_in = Arc::new(AtomicU64::new(0));
@@ -120,19 +120,12 @@ impl RequestLog {
         self.connection = Some(conn.clone());
     }
 
-    /// The integration label for metrics: a snapshot name, or `unknown`.
-    pub fn integration_label(&self) -> &str {
-        self.integration
-            .as_deref()
-            .map_or(UNKNOWN_INTEGRATION, |i| i.unique_key.as_str())
-    }
-
     /// Counts the response and hands back one whose body carries this log to its end.
     pub fn respond(mut self, res: Response<ProxyBody>) -> Response<ProxyBody> {
         let status = res.status().as_u16();
         self.status = Some(status);
         self.metrics
-            .request(self.integration_label(), &self.method, status);
+            .request_of(self.integration.as_deref(), &self.method, status);
         res.map(|inner| AccessBody { inner, log: self }.boxed_unsync())
     }
 

@@ -70,6 +70,8 @@ pub struct BaseUrl {
     pub path: String,
     /// The base URL's own query, if any (without `?`).
     pub query: Option<String>,
+    /// The Host header for this authority: the port only when it is not the scheme's default.
+    pub host_header: http::HeaderValue,
 }
 
 impl BaseUrl {
@@ -106,9 +108,18 @@ impl BaseUrl {
             return Err(format!("`{s}` has no host"));
         }
         let path = uri.path().trim_end_matches('/').to_string();
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host_header = if port == default_port {
+            authority.host()
+        } else {
+            authority.as_str()
+        };
+        let host_header = http::HeaderValue::from_str(host_header)
+            .map_err(|_| format!("`{s}` has a host that cannot be sent in a header"))?;
         Ok(Self {
             scheme,
-            port: authority.port_u16().unwrap_or(default_port),
+            host_header,
+            port,
             authority,
             host,
             path,
@@ -128,6 +139,8 @@ pub struct Integration {
     pub oauth_client_id: Option<Secret>,
     pub oauth_client_secret: Option<Secret>,
     pub scopes: Option<String>,
+    /// This integration's metric handles, made on first use (see [`crate::metrics`]).
+    pub metrics: std::sync::OnceLock<crate::metrics::IntegrationMetrics>,
 }
 
 /// A connection's stored credential.
@@ -193,17 +206,22 @@ impl Connection {
     }
 }
 
+/// The snapshot's lookup tables: looked up on every request with keys the caller sends, so
+/// they hash with foldhash (fast, seeded per process) rather than SipHash. Only the operator's
+/// files insert keys.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One consistent view of all configuration, swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub generation: u64,
     /// SHA-256 digests of the accepted caller keys (environment and vault).
     pub secret_keys: Vec<[u8; 32]>,
-    pub integrations: HashMap<String, Arc<Integration>>,
+    pub integrations: FastMap<String, Arc<Integration>>,
     /// Connections by integration key, then connection id.
-    pub connections: HashMap<String, HashMap<String, Arc<Connection>>>,
+    pub connections: FastMap<String, FastMap<String, Arc<Connection>>>,
     /// Connections by connection id alone, for integration.app-style selectors.
-    pub by_connection_id: HashMap<String, Vec<Arc<Connection>>>,
+    pub by_connection_id: FastMap<String, Vec<Arc<Connection>>>,
     pub catalog: Arc<Catalog>,
     /// Problems that don't stop the load (unusable providers nobody uses, …).
     pub warnings: Vec<Diagnostic>,
@@ -221,7 +239,7 @@ impl Snapshot {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.connections.values().map(HashMap::len).sum()
+        self.connections.values().map(FastMap::len).sum()
     }
 }
 
@@ -258,7 +276,7 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             ),
         }
     }
-    let mut integrations: HashMap<String, Arc<Integration>> = HashMap::new();
+    let mut integrations: FastMap<String, Arc<Integration>> = FastMap::default();
     for (i, raw_int) in raw.integrations.iter().enumerate() {
         if let Some(int) = b.integration(i, raw_int) {
             if integrations.contains_key(&int.unique_key) {
@@ -271,9 +289,9 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             }
         }
     }
-    let mut connections: HashMap<String, HashMap<String, Arc<Connection>>> = HashMap::new();
-    let mut by_connection_id: HashMap<String, Vec<Arc<Connection>>> =
-        HashMap::with_capacity(raw.connections.len());
+    let mut connections: FastMap<String, FastMap<String, Arc<Connection>>> = FastMap::default();
+    let mut by_connection_id: FastMap<String, Vec<Arc<Connection>>> =
+        FastMap::with_capacity_and_hasher(raw.connections.len(), Default::default());
     let known: std::collections::HashSet<&str> = raw
         .integrations
         .iter()
@@ -300,7 +318,7 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             continue;
         };
         if !connections.contains_key(&conn.provider_config_key) {
-            connections.insert(conn.provider_config_key.clone(), HashMap::new());
+            connections.insert(conn.provider_config_key.clone(), FastMap::default());
         }
         let Some(per_int) = connections.get_mut(&conn.provider_config_key) else {
             continue; // inserted just above
@@ -524,6 +542,7 @@ impl Builder<'_> {
             oauth_client_id: creds.and_then(|c| c.oauth_client_id.clone()),
             oauth_client_secret: creds.and_then(|c| c.oauth_client_secret.clone()),
             scopes: creds.and_then(|c| c.scopes.clone()),
+            metrics: std::sync::OnceLock::new(),
         })
     }
 

@@ -225,7 +225,7 @@ const MAX_IDLE_PER_HOST: usize = 1024;
 
 struct Pool {
     connector: HttpsConnector<Connector>,
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
     idle_timeout: Duration,
     reaper: AtomicBool,
 }
@@ -257,7 +257,7 @@ impl HttpClient {
         Self {
             pool: Arc::new(Pool {
                 connector,
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::default()),
                 idle_timeout,
                 reaper: AtomicBool::new(false),
             }),
@@ -325,9 +325,8 @@ impl HttpClient {
                 }
                 Conn::H2(mut tx) => {
                     *req.uri_mut() = full_uri.clone();
-                    if host.is_some() {
-                        req.headers_mut().remove(http::header::HOST);
-                    }
+                    // The authority travels as `:authority`.
+                    req.headers_mut().remove(http::header::HOST);
                     if !reused {
                         self.pool.put(key.clone(), Conn::H2(tx.clone()));
                     }

@@ -27,6 +27,7 @@ use super::replay::{EndSignal, Replay};
 use super::retry::{self, Plan, Policy};
 use super::{decompress, headers, ProxyOptions};
 use crate::body::ProxyBody;
+use crate::config::Integration;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -50,7 +51,8 @@ enum Failure {
 
 /// Sends one attempt. Until the request body has ended, the attempt lives as long as the body
 /// keeps moving (at most `idle` between two chunks); after that, the response head must come
-/// within `timeout`.
+/// within `timeout` of the body's end. One timer serves both: when it fires, the deadline that
+/// applies now is worked out from the body's state and the timer is set again if it lies ahead.
 async fn attempt_once(
     client: &HttpClient,
     req: Request<ProxyBody>,
@@ -60,22 +62,24 @@ async fn attempt_once(
 ) -> Result<Response<UpstreamBody>, Failure> {
     let fut = client.request(req);
     tokio::pin!(fut);
+    let sleep = tokio::time::sleep_until(end.last_progress() + idle.min(timeout));
+    tokio::pin!(sleep);
     loop {
-        let stalled_at = end.last_progress() + idle;
         tokio::select! {
             biased;
             res = &mut fut => return res.map_err(Failure::Client),
-            () = end.ended() => break,
-            () = tokio::time::sleep_until(stalled_at) => {
-                if end.last_progress() + idle <= tokio::time::Instant::now() {
-                    return Err(Failure::SendStalled);
+            () = &mut sleep => {
+                let (deadline, failure) = if end.has_ended() {
+                    (end.last_progress() + timeout, Failure::HeadTimeout)
+                } else {
+                    (end.last_progress() + idle, Failure::SendStalled)
+                };
+                if deadline <= tokio::time::Instant::now() {
+                    return Err(failure);
                 }
+                sleep.as_mut().reset(deadline);
             }
         }
-    }
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(res) => res.map_err(Failure::Client),
-        Err(_) => Err(Failure::HeadTimeout),
     }
 }
 
@@ -165,13 +169,13 @@ fn judge(
 /// What the attempts of one request add up to, for the access log and the metrics.
 pub struct Tally<'a> {
     metrics: &'a Metrics,
-    integration: &'a str,
+    integration: &'a Integration,
     /// Attempts made so far (across every `send` of one request).
     pub attempts: u32,
 }
 
 impl<'a> Tally<'a> {
-    pub fn new(metrics: &'a Metrics, integration: &'a str) -> Self {
+    pub fn new(metrics: &'a Metrics, integration: &'a Integration) -> Self {
         Self {
             metrics,
             integration,
@@ -208,14 +212,14 @@ pub async fn send(
         };
         tally.attempts += 1;
         if retry > 0 {
-            tally.metrics.retry(tally.integration);
+            tally.metrics.retry_of(tally.integration);
         }
         let started = std::time::Instant::now();
         let sent = attempt_once(client, req, &end, opts.response_timeout, opts.idle_timeout).await;
         if sent.is_ok() {
             tally
                 .metrics
-                .upstream_latency(tally.integration, started.elapsed());
+                .upstream_latency_of(tally.integration, started.elapsed());
         }
         let wait = match sent {
             Ok(res) => match judge(&res, retry, last, body, policy, opts) {

@@ -28,8 +28,8 @@ pin_project_lite::pin_project! {
     pub struct IdleBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
+        // Made on the first stall only: most bodies never wait.
+        sleep: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
         waiting: bool,
     }
@@ -39,7 +39,7 @@ impl<B> IdleBody<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
         Self {
             inner,
-            sleep: tokio::time::sleep(timeout),
+            sleep: None,
             timeout,
             waiting: false,
         }
@@ -58,7 +58,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.waiting = false;
@@ -67,9 +67,16 @@ where
             Poll::Pending => {
                 if !*this.waiting {
                     *this.waiting = true;
-                    this.sleep.as_mut().reset(Instant::now() + *this.timeout);
+                    let deadline = Instant::now() + *this.timeout;
+                    match this.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => *this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
-                match this.sleep.poll(cx) {
+                let Some(sleep) = this.sleep.as_mut() else {
+                    return Poll::Pending;
+                };
+                match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         tracing::warn!(
                             idle_timeout_ms = this.timeout.as_millis() as u64,

@@ -132,7 +132,7 @@ const RETRIES: HeaderName = HeaderName::from_static("retries");
 const RETRY_ON: HeaderName = HeaderName::from_static("retry-on");
 const DECOMPRESS: HeaderName = HeaderName::from_static("decompress");
 const BASE_URL_OVERRIDE: HeaderName = HeaderName::from_static("base-url-override");
-const ACTIVITY_LOG_ID: HeaderName = HeaderName::from_static("nango-activity-log-id");
+pub(crate) const ACTIVITY_LOG_ID: HeaderName = HeaderName::from_static("nango-activity-log-id");
 
 fn header_str<'a>(
     headers: &'a HeaderMap,
@@ -386,6 +386,7 @@ async fn proxy(
             let mut headers =
                 HeaderMap::with_capacity(parts.headers.len() + conn.static_headers.len());
             headers::request_headers(&parts.headers, &mut headers);
+            headers.insert(http::header::HOST, base.host_header.clone());
             let dynamic_query =
                 inject::inject(&conn, token.map(AccessToken::expose), &mut headers)?;
             let injected: Vec<(&str, &str)> = conn
@@ -419,7 +420,7 @@ async fn proxy(
         uri,
         headers,
     };
-    let mut tally = forward::Tally::new(&app.metrics, &conn.provider_config_key);
+    let mut tally = forward::Tally::new(&app.metrics, &conn.integration);
     let sent = forward::send(client, out, &body, &policy, &app.options, &mut tally).await;
     log.attempts = tally.attempts;
     let mut res = sent?;

@@ -35,7 +35,6 @@ use crate::body::{BoxError, ProxyBody};
 #[derive(Debug)]
 pub struct EndSignal {
     fired: AtomicBool,
-    notify: tokio::sync::Notify,
     start: Instant,
     /// Nanoseconds after `start` of the last progress (the attempt starting counts).
     last_progress: AtomicU64,
@@ -45,7 +44,6 @@ impl Default for EndSignal {
     fn default() -> Self {
         Self {
             fired: AtomicBool::new(false),
-            notify: tokio::sync::Notify::new(),
             start: Instant::now(),
             last_progress: AtomicU64::new(0),
         }
@@ -54,10 +52,10 @@ impl Default for EndSignal {
 
 impl EndSignal {
     fn fire(&self) {
-        self.progress();
-        if !self.fired.swap(true, Ordering::AcqRel) {
-            // `notify_one` keeps a permit when nobody waits yet, so the signal is never lost.
-            self.notify.notify_one();
+        if !self.fired.load(Ordering::Acquire) {
+            // The last progress is the end: the response timeout counts from here.
+            self.progress();
+            self.fired.store(true, Ordering::Release);
         }
     }
 
@@ -71,12 +69,9 @@ impl EndSignal {
         self.start + Duration::from_nanos(self.last_progress.load(Ordering::Relaxed))
     }
 
-    /// Resolves once the body has ended (at once if it already has).
-    pub async fn ended(&self) {
-        if self.fired.load(Ordering::Acquire) {
-            return;
-        }
-        self.notify.notified().await;
+    /// Whether the body has ended; [`EndSignal::last_progress`] is then when it did.
+    pub fn has_ended(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
     }
 }
 
@@ -349,7 +344,7 @@ mod tests {
             assert!(r.replayable());
             let (b, end) = r.attempt();
             assert_eq!(read_all(b).await.expect("body"), "hello world");
-            end.ended().await;
+            assert!(end.has_ended());
         }
     }
 
@@ -371,7 +366,7 @@ mod tests {
         let r = Replay::new(chunked(&[b"1234", b"5678", b"9"]), 6);
         let (b, end) = r.attempt();
         assert_eq!(read_all(b).await.expect("body"), "123456789");
-        end.ended().await;
+        assert!(end.has_ended());
         assert!(!r.replayable());
     }
 
@@ -406,7 +401,7 @@ mod tests {
         for _ in 0..2 {
             let (b, end) = r.attempt();
             assert!(b.is_end_stream());
-            end.ended().await;
+            assert!(end.has_ended());
             assert_eq!(b.size_hint().exact(), Some(0));
         }
         assert!(r.replayable());

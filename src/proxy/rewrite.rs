@@ -14,6 +14,11 @@ use crate::error::ProxyError;
 /// percent-decoded, and a decoded segment is split again on `/` and `\`, since some servers
 /// decode `%2F` before routing.
 pub fn check_dot_segments(endpoint: &str) -> Result<(), ProxyError> {
+    // A dot segment needs a `.`, or a `%` when encoded: an endpoint with neither (the common
+    // case) is fine without decoding anything.
+    if !endpoint.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(());
+    }
     let mut depth: i64 = 0;
     for raw in endpoint.split('/') {
         let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
