@@ -13,12 +13,60 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy::App;
 
-/// How long a caller may take to complete its TLS handshake.
+/// How long a caller may take to complete its TLS handshake, or to send its first byte.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection preface every HTTP/2 client sends first; no HTTP/1 request starts with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one cleartext connection. The first bytes are peeked, not read: a connection that
+/// does not open with the HTTP/2 preface goes straight to hyper's HTTP/1 server, without the
+/// version-sniffing wrapper around every read that the auto server needs. Only a connection
+/// whose first bytes are a partial preface is left to the auto server to sort out.
+async fn serve_plain<S>(
+    stream: TcpStream,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    svc: S,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::body::ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut first = [0u8; H2_PREFACE.len()];
+    // A caller that sends nothing is let go after the handshake timeout, as a TLS caller
+    // would be, or at once when the listener closes: nothing is in flight on it yet.
+    let n = tokio::select! {
+        peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)) => match peeked {
+            Ok(Ok(0) | Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => n,
+        },
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let ended = if !H2_PREFACE.starts_with(&first[..n]) {
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        watcher.watch(conn).await.map_err(Into::into)
+    } else {
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        watcher.watch(conn).await
+    };
+    if let Err::<(), Box<dyn std::error::Error + Send + Sync>>(e) = ended {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains for at most `drain`.
 /// With `tls`, every connection is a TLS connection.
@@ -32,6 +80,7 @@ pub async fn serve(
     let builder = auto::Builder::new(TokioExecutor::new());
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -54,13 +103,12 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(crate::proxy::handle(&app, req).await) }
         });
         let Some(acceptor) = acceptor.clone() else {
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let conn = graceful.watch(conn.into_owned());
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let stopping = stopping.clone();
             tokio::spawn(async move {
                 let _open = open;
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "client connection ended with an error");
-                }
+                serve_plain(stream, builder, watcher, stopping, svc).await;
             });
             continue;
         };
@@ -89,6 +137,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let _ = stop.send(true);
     tracing::info!(
         connections = graceful.count(),
         ?drain,

@@ -556,6 +556,27 @@ connections:
     }
 }
 
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_up_the_drain() {
+    let up = Upstream::start(ok_json()).await;
+    let mut sk = sidekey(&providers(&up.url("")), &vault())
+        .args(["--drain-timeout", "60s"])
+        .start();
+    // Connected, never sends a byte: nothing is in flight on it. sidekey would drop it after
+    // 10 s anyway; it must not wait that long (or the 60 s drain) to exit.
+    let silent = std::net::TcpStream::connect(sk.addr).expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sk.signal("TERM");
+    assert_eq!(
+        sk.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        sk.logs()
+    );
+    assert!(!sk.logs().contains("drain timeout reached"));
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let (gate, slow) = gated_upstream_handler();

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderName, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
@@ -134,41 +134,69 @@ const DECOMPRESS: HeaderName = HeaderName::from_static("decompress");
 const BASE_URL_OVERRIDE: HeaderName = HeaderName::from_static("base-url-override");
 pub(crate) const ACTIVITY_LOG_ID: HeaderName = HeaderName::from_static("nango-activity-log-id");
 
-fn header_str<'a>(
-    headers: &'a HeaderMap,
-    name: &HeaderName,
-) -> Result<Option<&'a str>, ProxyError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.trim()))
-            .map_err(|_| ProxyError::InvalidHeaders(format!("{name} is not valid ASCII"))),
-    }
+/// A header's value as trimmed text; anything but visible ASCII is refused.
+fn header_text<'a>(name: &HeaderName, v: &'a HeaderValue) -> Result<&'a str, ProxyError> {
+    v.to_str()
+        .map(str::trim)
+        .map_err(|_| ProxyError::InvalidHeaders(format!("{name} is not valid ASCII")))
 }
 
-/// An optional header; empty or whitespace counts as absent.
-fn optional<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ProxyError> {
-    Ok(header_str(headers, name)?.filter(|s| !s.is_empty()))
+/// The raw control header values: the first of each name, as hyper's `get` would return.
+#[derive(Default)]
+struct RawControls<'a> {
+    connection_id: Option<&'a HeaderValue>,
+    provider_config_key: Option<&'a HeaderValue>,
+    retries: Option<&'a HeaderValue>,
+    retry_on: Option<&'a HeaderValue>,
+    decompress: Option<&'a HeaderValue>,
+    base_url_override: Option<&'a HeaderValue>,
+    activity_log_id: Option<&'a HeaderValue>,
+}
+
+impl<'a> RawControls<'a> {
+    /// One pass over the headers instead of a hashed lookup per control header.
+    fn collect(headers: &'a HeaderMap) -> Self {
+        let mut c = Self::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "connection-id" => &mut c.connection_id,
+                "provider-config-key" => &mut c.provider_config_key,
+                "retries" => &mut c.retries,
+                "retry-on" => &mut c.retry_on,
+                "decompress" => &mut c.decompress,
+                "base-url-override" => &mut c.base_url_override,
+                "nango-activity-log-id" => &mut c.activity_log_id,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        c
+    }
 }
 
 impl<'a> Controls<'a> {
     /// Parses the control headers; `need_ids` for the `/proxy` form, where the connection is
     /// named by headers.
     pub fn parse(headers: &'a HeaderMap, need_ids: bool) -> Result<Self, ProxyError> {
-        let required = |name: &HeaderName| -> Result<Option<&'a str>, ProxyError> {
-            match header_str(headers, name)? {
-                Some(s) if !s.is_empty() => Ok(Some(s)),
-                Some(_) => Err(ProxyError::InvalidHeaders(format!("{name} is empty"))),
-                None if need_ids => Err(ProxyError::InvalidHeaders(format!(
-                    "the {name} header is required"
-                ))),
-                None => Ok(None),
-            }
+        let raw = RawControls::collect(headers);
+        // Present and not blank, or absent; a blank value counts as absent.
+        let optional = |name: &HeaderName, v: Option<&'a HeaderValue>| match v {
+            None => Ok(None),
+            Some(v) => header_text(name, v).map(|s| Some(s).filter(|s| !s.is_empty())),
         };
-        let connection_id = required(&CONNECTION_ID)?;
-        let provider_config_key = required(&PROVIDER_CONFIG_KEY)?;
-        let retries = match optional(headers, &RETRIES)? {
+        let required = |name: &HeaderName, v: Option<&'a HeaderValue>| match v {
+            Some(v) => match header_text(name, v)? {
+                "" => Err(ProxyError::InvalidHeaders(format!("{name} is empty"))),
+                s => Ok(Some(s)),
+            },
+            None if need_ids => Err(ProxyError::InvalidHeaders(format!(
+                "the {name} header is required"
+            ))),
+            None => Ok(None),
+        };
+        let connection_id = required(&CONNECTION_ID, raw.connection_id)?;
+        let provider_config_key = required(&PROVIDER_CONFIG_KEY, raw.provider_config_key)?;
+        let retries = match optional(&RETRIES, raw.retries)? {
             None => 0,
             // Any whole number is accepted; above 10 counts as 10 (even past u64).
             Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
@@ -180,7 +208,7 @@ impl<'a> Controls<'a> {
                 ))
             }
         };
-        let retry_on = match optional(headers, &RETRY_ON)? {
+        let retry_on = match optional(&RETRY_ON, raw.retry_on)? {
             None => Vec::new(),
             Some(s) => s
                 .split(',')
@@ -198,15 +226,15 @@ impl<'a> Controls<'a> {
                 })?,
         };
         let decompress =
-            optional(headers, &DECOMPRESS)?.is_some_and(|s| s.eq_ignore_ascii_case("true"));
+            optional(&DECOMPRESS, raw.decompress)?.is_some_and(|s| s.eq_ignore_ascii_case("true"));
         Ok(Self {
             connection_id,
             provider_config_key,
-            base_url_override: optional(headers, &BASE_URL_OVERRIDE)?,
+            base_url_override: optional(&BASE_URL_OVERRIDE, raw.base_url_override)?,
             retries,
             retry_on,
             decompress,
-            activity_log_id: optional(headers, &ACTIVITY_LOG_ID)?,
+            activity_log_id: optional(&ACTIVITY_LOG_ID, raw.activity_log_id)?,
         })
     }
 }
