@@ -13,7 +13,11 @@
 #                              1 because the load generator gets one core
 #   STREAM_BYTES=1073741824    bytes streamed down and up per layout
 #   STREAM_REPEAT=3            transfers per direction (median is reported)
-#   LAYOUTS="direct nginx sidekey"
+#   LAYOUTS="direct nginx floor sidekey"
+#                              floor = benches/load/floor.rs, a bare hyper
+#                              proxy doing nginx's job: what hyper itself costs
+#   PERF_STAT=auto             auto|0: count instructions per request with
+#                              `perf stat` when it works here
 #   CPU_LOADGEN=1 CPU_PROXY=0 CPU_UPSTREAM=0   taskset CPU lists (see below)
 #   OUT=/tmp/sidekey-load-results.md           markdown results file
 #   UPSTREAM_BIN=path          use this upstream binary, skip building it
@@ -61,7 +65,9 @@ else
 fi
 CONNS=${CONNS:-"1 32"}
 WRK_THREADS=${WRK_THREADS:-1}
-LAYOUTS=${LAYOUTS:-"direct nginx sidekey"}
+LAYOUTS=${LAYOUTS:-"direct nginx floor sidekey"}
+PERF_STAT=${PERF_STAT:-auto}
+FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/bench-floor}
 CPU_LOADGEN=${CPU_LOADGEN:-1}
 CPU_PROXY=${CPU_PROXY:-0}
 CPU_UPSTREAM=${CPU_UPSTREAM:-0}
@@ -259,6 +265,25 @@ if [[ -z "$UPSTREAM_BIN" ]]; then
 fi
 [[ -x "$UPSTREAM_BIN" ]] || die "upstream binary not found: $UPSTREAM_BIN (set UPSTREAM_BIN)"
 
+FLOOR_STATUS=""
+if [[ " $LAYOUTS " == *" floor "* ]]; then
+    if [[ "$SKIP_BUILD" != 1 ]]; then
+        log "cargo build --release --example bench-floor"
+        (cd "$ROOT" && timeout 1800 cargo build --release --example bench-floor >"$TMP/build-floor.log" 2>&1) \
+            || FLOOR_STATUS="cargo build --example bench-floor failed (see build log)"
+    fi
+    [[ -n "$FLOOR_STATUS" || -x "$FLOOR_BIN" ]] || FLOOR_STATUS="binary not found: $FLOOR_BIN"
+fi
+
+# perf stat counts instructions, which do not depend on how busy the machine is.
+if [[ "$PERF_STAT" == auto ]]; then
+    if command -v perf >/dev/null && perf stat -x, -e instructions:u true >/dev/null 2>&1; then
+        PERF_STAT=1
+    else
+        PERF_STAT=0
+    fi
+fi
+
 if [[ -z "$SIDEKEY_STATUS" ]]; then
     if [[ ! -x "$SIDEKEY_BIN" ]]; then
         SIDEKEY_STATUS="binary not found: $SIDEKEY_BIN"
@@ -326,6 +351,16 @@ setup_nginx() {
     LAYOUT_BASE="http://$HOST:$nport/proxy"
     LAYOUT_HDRS=("${CALLER_HDRS[@]}"); LAYOUT_BAD_HDRS=("${BAD_CALLER_HDRS[@]}")
     log "nginx master $LAYOUT_PID worker $w on $HOST:$nport (cpu $CPU_PROXY)"
+}
+
+setup_floor() {
+    pick_port; local fport=$PORT
+    start_bg floor "$CPU_PROXY" "$FLOOR_BIN" --listen "$HOST:$fport" --upstream "$HOST:$UPORT"
+    LAYOUT_PID=$BG_PID; LAYOUT_RSS_PID=$BG_PID
+    wait_port "$fport" "$LAYOUT_PID" 15 || { SETUP_ERR="did not start"; return 1; }
+    LAYOUT_BASE="http://$HOST:$fport/proxy"
+    LAYOUT_HDRS=("${CALLER_HDRS[@]}"); LAYOUT_BAD_HDRS=("${BAD_CALLER_HDRS[@]}")
+    log "floor pid $LAYOUT_PID on $HOST:$fport (cpu $CPU_PROXY)"
 }
 
 setup_sidekey() {
@@ -474,6 +509,38 @@ cpu_busy_pct() { # cpu_busy_pct [SECONDS=2]
         for(i=2;i<=9;i++) t+=y[i]-x[i]; idle=(y[5]-x[5])+(y[6]-x[6]);
         if (t<=0) print "?"; else printf "%.0f", 100*(t-idle)/t }'
 }
+# CPU cost per request of one process over the measured run: user and system
+# time from /proc (always), instructions from `perf stat` (when PERF_STAT=1).
+declare -A CPU_US INS_U INS_K
+CPU_T0=""; PERF_PID=""; PERF_OUT="$TMP/perf-stat.csv"
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || true; }
+cpu_begin() {
+    CPU_T0=$(proc_ticks "$1"); PERF_PID=""
+    if [[ "$PERF_STAT" == 1 ]]; then
+        rm -f "$PERF_OUT"
+        perf stat -x, -e instructions:u,instructions:k -p "$1" -o "$PERF_OUT" >/dev/null 2>&1 &
+        PERF_PID=$!; PIDS+=("$PERF_PID")
+    fi
+}
+cpu_end() { # cpu_end KEY PID REQUESTS
+    local key=$1 pid=$2 n=${3:-0} t1 hz
+    t1=$(proc_ticks "$pid"); hz=$(getconf CLK_TCK)
+    if [[ -n "$CPU_T0" && -n "$t1" && "$n" -gt 0 ]]; then
+        CPU_US[$key]=$(awk -v a="$CPU_T0" -v b="$t1" -v hz="$hz" -v n="$n" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/n}')
+    fi
+    if [[ -n "$PERF_PID" ]]; then
+        kill -INT "$PERF_PID" 2>/dev/null || true
+        wait "$PERF_PID" 2>/dev/null || true
+        local keep=() p
+        for p in "${PIDS[@]}"; do [[ "$p" == "$PERF_PID" ]] || keep+=("$p"); done
+        PIDS=("${keep[@]+"${keep[@]}"}")
+        if [[ -s "$PERF_OUT" && "$n" -gt 0 ]]; then
+            INS_U[$key]=$(awk -F, -v n="$n" '$3 ~ /instructions:u/ && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
+            INS_K[$key]=$(awk -F, -v n="$n" '$3 ~ /instructions:k/ && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
+        fi
+    fi
+}
+
 NOISY=""
 BUSY_START=$(cpu_busy_pct 2>/dev/null || echo "?")
 [[ "$BUSY_START" =~ ^[0-9]+$ ]] && (( BUSY_START > 10 )) && \
@@ -483,6 +550,9 @@ RAN=()
 for layout in $LAYOUTS; do
     if [[ "$layout" == sidekey && -n "$SIDEKEY_STATUS" ]]; then
         STATUS[$layout]="skipped: $SIDEKEY_STATUS"; log "sidekey ${STATUS[$layout]}"; continue
+    fi
+    if [[ "$layout" == floor && -n "$FLOOR_STATUS" ]]; then
+        STATUS[$layout]="skipped: $FLOOR_STATUS"; log "floor ${STATUS[$layout]}"; continue
     fi
     log "=== layout: $layout"
     SETUP_ERR="did not start"; LAYOUT_PID=""; LAYOUT_RSS_PID=""; NGINX_WORKER=""
@@ -513,11 +583,16 @@ for layout in $LAYOUTS; do
             NOISY+="$layout/c$c:${busy}% "
         fi
         log "$layout c=$c: measure $DURATION"
+        # The server under test: the proxy, or the upstream itself for direct.
+        cpu_pid=${LAYOUT_RSS_PID:-$UP_PID}
+        cpu_begin "$cpu_pid"
         if run_wrk "$layout" "$c" "$DURATION"; then
+            cpu_end "$layout:$c" "$cpu_pid" "$W_REQS"
             RPS[$layout:$c]=$W_RPS; P50[$layout:$c]=$W_P50; P99[$layout:$c]=$W_P99
             NON2XX[$layout:$c]=$W_STATUS; SOCKERR[$layout:$c]=$W_SOCK; REQS[$layout:$c]=$W_REQS
             log "$layout c=$c: rps=$W_RPS p50=${W_P50}us p99=${W_P99}us non2xx=$W_STATUS sockerr=$W_SOCK"
         else
+            cpu_end "$layout:$c" "$cpu_pid" 0
             log "$layout c=$c: wrk failed"
         fi
     done
@@ -580,13 +655,29 @@ done
 echo
 echo "### Ratios"
 echo
-echo "| conns | sidekey/nginx req/s | sidekey/direct req/s | sidekey/nginx p99 | sidekey/direct p99 | nginx/direct req/s | nginx/direct p99 |"
-echo "|---:|---:|---:|---:|---:|---:|---:|"
+echo "| conns | sidekey/nginx req/s | sidekey/direct req/s | sidekey/nginx p99 | sidekey/direct p99 | nginx/direct req/s | nginx/direct p99 | floor/nginx req/s | sidekey/floor req/s |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in $CONNS; do
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$c" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$c" \
         "$(ratio "${RPS[sidekey:$c]:-}" "${RPS[nginx:$c]:-}")" "$(ratio "${RPS[sidekey:$c]:-}" "${RPS[direct:$c]:-}")" \
         "$(ratio "${P99[sidekey:$c]:-}" "${P99[nginx:$c]:-}")" "$(ratio "${P99[sidekey:$c]:-}" "${P99[direct:$c]:-}")" \
-        "$(ratio "${RPS[nginx:$c]:-}" "${RPS[direct:$c]:-}")" "$(ratio "${P99[nginx:$c]:-}" "${P99[direct:$c]:-}")"
+        "$(ratio "${RPS[nginx:$c]:-}" "${RPS[direct:$c]:-}")" "$(ratio "${P99[nginx:$c]:-}" "${P99[direct:$c]:-}")" \
+        "$(ratio "${RPS[floor:$c]:-}" "${RPS[nginx:$c]:-}")" "$(ratio "${RPS[sidekey:$c]:-}" "${RPS[floor:$c]:-}")"
+done
+echo
+echo "### CPU per request (the proxy process; for direct, the upstream)"
+echo
+echo "User + system CPU time from /proc over the measured run, divided by the requests served."
+[[ "$PERF_STAT" == 1 ]] && echo "Instructions from \`perf stat -p\` over the same run: they do not depend on how busy the machine is."
+echo
+echo "| layout | conns | CPU µs/req | user instr/req | kernel instr/req | user instr vs nginx |"
+echo "|---|---:|---:|---:|---:|---:|"
+for layout in "${RAN[@]}"; do
+    for c in $CONNS; do
+        k="$layout:$c"
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$layout" "$c" "${CPU_US[$k]:-n/a}" \
+            "${INS_U[$k]:-n/a}" "${INS_K[$k]:-n/a}" "$(ratio "${INS_U[$k]:-}" "${INS_U[nginx:$c]:-}")"
+    done
 done
 c1=$(awk '{print $1}' <<<"$CONNS")
 echo
