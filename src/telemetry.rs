@@ -110,6 +110,11 @@ impl RequestLog {
     }
 
     /// Records that sidekey answered with its own error `code`.
+    /// Whether the access log is on: fields only it reads need not be filled in otherwise.
+    pub fn enabled(&self) -> bool {
+        tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
+    }
+
     pub fn set_error(&mut self, code: &'static str) {
         self.error = Some(code);
     }
@@ -130,7 +135,7 @@ impl RequestLog {
     }
 
     fn emit(&self) {
-        if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        if !self.enabled() {
             return;
         }
         let conn = self.connection.as_deref();

@@ -1,6 +1,13 @@
 //! The pooled upstream client: TCP with `--resolve` pins and the override policy, rustls with
 //! the web PKI roots plus `--extra-ca`, HTTP/1.1 or HTTP/2 by ALPN.
 //!
+//! The pool is sidekey's own, on hyper's `client::conn` senders: a request takes the newest
+//! idle connection for its scheme and authority or opens one; an HTTP/1.1 connection comes back
+//! when its response body has been read to the end ([`UpstreamBody`]'s drop), HTTP/2 handles
+//! are shared. This is hyper-util's legacy client without what the proxy does not need (a task
+//! spawned per exchange to return the connection, per-request extras), and it was the largest
+//! single cost on the request path before (BENCHMARKS.md).
+//!
 //! Two pools exist: one for URLs the operator configured (trusted) and one for caller
 //! overrides (checked against [`crate::netpolicy`] on every resolved address before a packet
 //! is sent). Keeping them apart means a connection opened for a trusted URL is never reused by

@@ -442,7 +442,9 @@ async fn proxy(
         retry_on: &controls.retry_on,
         hints: &provider.retry,
     };
-    log.upstream = Some(uri.clone());
+    if log.enabled() {
+        log.upstream = Some(uri.clone());
+    }
     let out = forward::Outbound {
         method: parts.method.clone(),
         uri,
