@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Load harness: direct-to-upstream vs nginx vs sidekey, on 127.0.0.1 only.
 #
-#   benches/load/run.sh                 # full run (DURATION=10s per point)
+#   benches/load/run.sh                 # full run (3 rounds of 5 s per point)
 #   BENCH_QUICK=1 benches/load/run.sh   # ~3 s smoke run
 #
 # See benches/load/README.md for what is measured and how to read it.
 #
 # Environment knobs (all optional):
-#   DURATION=10s WARMUP=2s     wrk measured / warm-up time per point
+#   DURATION=5s WARMUP=2s      wrk measured / warm-up time per point and round
+#   ROUNDS=3                   rounds; layouts take turns within each round and
+#                              every figure is the median over the rounds
 #   CONNS="1 32"               connection counts (wrk -c)
 #   WRK_THREADS=1              wrk threads (capped at the connection count);
 #                              1 because the load generator gets one core
@@ -57,13 +59,15 @@ if [[ "$BENCH_QUICK" == 1 ]]; then
     WARMUP=${WARMUP:-1s}
     STREAM_BYTES=${STREAM_BYTES:-268435456}
     STREAM_REPEAT=${STREAM_REPEAT:-1}
+    ROUNDS=${ROUNDS:-1}
 else
-    DURATION=${DURATION:-10s}
+    DURATION=${DURATION:-5s}
     WARMUP=${WARMUP:-2s}
     STREAM_BYTES=${STREAM_BYTES:-1073741824}
     STREAM_REPEAT=${STREAM_REPEAT:-3}
 fi
 CONNS=${CONNS:-"1 32"}
+ROUNDS=${ROUNDS:-3}
 WRK_THREADS=${WRK_THREADS:-1}
 LAYOUTS=${LAYOUTS:-"direct nginx floor sidekey"}
 PERF_STAT=${PERF_STAT:-auto}
@@ -547,6 +551,19 @@ BUSY_START=$(cpu_busy_pct 2>/dev/null || echo "?")
     log "WARNING: CPUs were ${BUSY_START}% busy before starting (other work running?); numbers will be noisy"
 start_upstream
 RAN=()
+# Every layout is started first and stays up, so that the measured points can rotate
+# between layouts (round 1: direct nginx floor sidekey; round 2: nginx floor sidekey
+# direct; ...). The machine's speed drifts over minutes on a shared host; interleaving
+# spreads that drift over all layouts instead of charging it to whichever ran last.
+declare -A L_BASE L_PID L_RSS L_WORKER RPS_L P50_L P99_L CPU_L INSU_L INSK_L
+use_layout() { # restores LAYOUT_* for layout $1
+    LAYOUT_BASE=${L_BASE[$1]}; LAYOUT_PID=${L_PID[$1]}; LAYOUT_RSS_PID=${L_RSS[$1]}
+    if [[ $1 == direct ]]; then
+        LAYOUT_HDRS=(-H "Authorization: Bearer $UPSTREAM_TOKEN")
+    else
+        LAYOUT_HDRS=("${CALLER_HDRS[@]}")
+    fi
+}
 for layout in $LAYOUTS; do
     if [[ "$layout" == sidekey && -n "$SIDEKEY_STATUS" ]]; then
         STATUS[$layout]="skipped: $SIDEKEY_STATUS"; log "sidekey ${STATUS[$layout]}"; continue
@@ -572,40 +589,75 @@ for layout in $LAYOUTS; do
     STATUS[$layout]="ok"
     [[ "$bad" == 401 ]] || STATUS[$layout]="ok (WARNING: wrong caller key got HTTP $bad, expected 401)"
     [[ -n "$LAYOUT_RSS_PID" ]] && RSS_IDLE[$layout]=$(vm_kib "$LAYOUT_RSS_PID" VmRSS)
-    u0=$(upstream_unauthorized)
-    for c in $CONNS; do
+    L_BASE[$layout]=$LAYOUT_BASE; L_PID[$layout]=$LAYOUT_PID; L_RSS[$layout]=$LAYOUT_RSS_PID
+    L_WORKER[$layout]=$NGINX_WORKER; UP401[$layout]=0
+    RAN+=("$layout")
+done
+
+for c in $CONNS; do
+    for layout in "${RAN[@]}"; do
+        use_layout "$layout"
         log "$layout c=$c: warm-up $WARMUP"
         run_wrk "$layout" "$c" "$WARMUP" || log "$layout c=$c warm-up failed"
-        # Nothing of ours runs between points: any CPU use now is someone else's.
-        busy=$(cpu_busy_pct 1 2>/dev/null || echo "?")
-        if [[ "$busy" =~ ^[0-9]+$ ]] && (( busy > 10 )); then
-            log "WARNING: CPUs ${busy}% busy before $layout c=$c (other work running?)"
-            NOISY+="$layout/c$c:${busy}% "
-        fi
-        log "$layout c=$c: measure $DURATION"
-        # The server under test: the proxy, or the upstream itself for direct.
-        cpu_pid=${LAYOUT_RSS_PID:-$UP_PID}
-        cpu_begin "$cpu_pid"
-        if run_wrk "$layout" "$c" "$DURATION"; then
-            cpu_end "$layout:$c" "$cpu_pid" "$W_REQS"
-            RPS[$layout:$c]=$W_RPS; P50[$layout:$c]=$W_P50; P99[$layout:$c]=$W_P99
-            NON2XX[$layout:$c]=$W_STATUS; SOCKERR[$layout:$c]=$W_SOCK; REQS[$layout:$c]=$W_REQS
-            log "$layout c=$c: rps=$W_RPS p50=${W_P50}us p99=${W_P99}us non2xx=$W_STATUS sockerr=$W_SOCK"
-        else
-            cpu_end "$layout:$c" "$cpu_pid" 0
-            log "$layout c=$c: wrk failed"
-        fi
     done
-    u1=$(upstream_unauthorized)
-    UP401[$layout]=$(( ${u1:-0} - ${u0:-0} ))
+done
+for round in $(seq "$ROUNDS"); do
+    n=${#RAN[@]}
+    for c in $CONNS; do
+        for (( i=0; i<n; i++ )); do
+            layout=${RAN[$(( (i + round - 1) % n ))]}
+            use_layout "$layout"
+            # Nothing of ours runs between points: any CPU use now is someone else's.
+            busy=$(cpu_busy_pct 1 2>/dev/null || echo "?")
+            if [[ "$busy" =~ ^[0-9]+$ ]] && (( busy > 10 )); then
+                log "WARNING: CPUs ${busy}% busy before $layout c=$c (other work running?)"
+                NOISY+="$layout/c$c/r$round:${busy}% "
+            fi
+            log "round $round/$ROUNDS $layout c=$c: measure $DURATION"
+            # The server under test: the proxy, or the upstream itself for direct.
+            cpu_pid=${LAYOUT_RSS_PID:-$UP_PID}
+            u0=$(upstream_unauthorized)
+            cpu_begin "$cpu_pid"
+            k="$layout:$c"
+            if run_wrk "$layout" "$c" "$DURATION"; then
+                cpu_end "$k" "$cpu_pid" "$W_REQS"
+                RPS_L[$k]+="$W_RPS "; P50_L[$k]+="$W_P50 "; P99_L[$k]+="$W_P99 "
+                CPU_L[$k]+="${CPU_US[$k]:-} "; INSU_L[$k]+="${INS_U[$k]:-} "; INSK_L[$k]+="${INS_K[$k]:-} "
+                NON2XX[$k]=$(( ${NON2XX[$k]:-0} + ${W_STATUS:-0} ))
+                SOCKERR[$k]=$(( ${SOCKERR[$k]:-0} + ${W_SOCK:-0} ))
+                REQS[$k]=$(( ${REQS[$k]:-0} + ${W_REQS:-0} ))
+                log "$layout c=$c: rps=$W_RPS p50=${W_P50}us p99=${W_P99}us non2xx=$W_STATUS sockerr=$W_SOCK"
+            else
+                cpu_end "$k" "$cpu_pid" 0
+                log "$layout c=$c: wrk failed"
+            fi
+            u1=$(upstream_unauthorized)
+            UP401[$layout]=$(( ${UP401[$layout]:-0} + ${u1:-0} - ${u0:-0} ))
+        done
+    done
+done
+# Each figure is the median of the rounds.
+for layout in "${RAN[@]}"; do
+    for c in $CONNS; do
+        k="$layout:$c"
+        RPS[$k]=$(median <<<"${RPS_L[$k]:-}"); P50[$k]=$(median <<<"${P50_L[$k]:-}")
+        P99[$k]=$(median <<<"${P99_L[$k]:-}")
+        CPU_US[$k]=$(median <<<"${CPU_L[$k]:-}" | awk 'NF{printf "%.1f", $1}')
+        INS_U[$k]=$(median <<<"${INSU_L[$k]:-}" | awk 'NF{printf "%.0f", $1}')
+        INS_K[$k]=$(median <<<"${INSK_L[$k]:-}" | awk 'NF{printf "%.0f", $1}')
+    done
+done
+
+for layout in "${RAN[@]}"; do
+    use_layout "$layout"
     [[ -n "$LAYOUT_RSS_PID" ]] && HWM_LOAD[$layout]=$(vm_kib "$LAYOUT_RSS_PID" VmHWM)
     [[ "$SKIP_STREAM" == 1 ]] || stream_layout "$layout"
     [[ -n "$LAYOUT_PID" ]] && stop_bg "$LAYOUT_PID"
     # The master stops its worker; make sure (the worker is ours too).
-    if [[ -n "$NGINX_WORKER" ]] && [[ "$(cat /proc/"$NGINX_WORKER"/comm 2>/dev/null)" == nginx ]]; then
-        kill_pid "$NGINX_WORKER"
+    w=${L_WORKER[$layout]:-}
+    if [[ -n "$w" ]] && [[ "$(cat /proc/"$w"/comm 2>/dev/null)" == nginx ]]; then
+        kill_pid "$w"
     fi
-    RAN+=("$layout")
 done
 
 # ---------------------------------------------------------------- report
@@ -628,7 +680,7 @@ echo "- wrk: $(first_line wrk -v | awk '{print $1, $2}')"
 echo "- curl: $(first_line curl --version | awk '{print $1, $2}')"
 echo "- rustc: $(first_line rustc --version)"
 echo "- sidekey: git $GITREV"
-echo "- duration ${DURATION} per point (warm-up ${WARMUP}), wrk threads ≤ $WRK_THREADS, stream size $STREAM_BYTES bytes"
+echo "- ${ROUNDS} rounds of ${DURATION} per point (warm-up ${WARMUP}), layouts interleaved within each round, medians reported; wrk threads ≤ $WRK_THREADS, stream size $STREAM_BYTES bytes"
 echo "- CPU busy in the 2 s before the run (other work on the machine): ${BUSY_START}% (should be ≈ 0)"
 [[ -n "$NOISY" ]] && echo "- **WARNING: other work was using the CPUs before these points (1 s sample): ${NOISY}— rerun on a quiet machine**"
 echo "- pinning: load generator cpu $CPU_LOADGEN; proxy cpu $CPU_PROXY (nginx 1 worker / sidekey $PROXY_THREADS worker thread(s)); upstream cpu $CPU_UPSTREAM (tokio current-thread)"
