@@ -227,6 +227,11 @@ struct Idle {
     since: Instant,
 }
 
+/// The most an upstream HTTP/1.1 connection reads at once (hyper's default grows to about
+/// 400 KiB). Streamed bodies then travel in chunks that the allocator keeps reusing, instead
+/// of ever larger buffers that raise the peak RSS while a download streams.
+const MAX_READ_BUF: usize = 128 * 1024;
+
 /// At most this many idle connections are kept per upstream (scheme and authority).
 const MAX_IDLE_PER_HOST: usize = 1024;
 
@@ -378,6 +383,7 @@ impl HttpClient {
             Ok(Conn::H2(tx))
         } else {
             let (tx, conn) = http1::Builder::new()
+                .max_buf_size(MAX_READ_BUF)
                 .handshake(io)
                 .await
                 .map_err(ClientError::Http)?;
