@@ -603,13 +603,21 @@ async fn a_missing_response_head_is_504_and_not_retried() {
     assert_eq!(up.count(), 1, "the upstream may be working on it: no retry");
 }
 
-#[tokio::test]
-async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
-    // The caller takes about a second to send its body; the upstream answers as soon as it
-    // has it. A clock started at the request head would have run out.
-    let up = Upstream::start(Arc::new(|r: &Recorded| reply(200, r.body.clone()))).await;
-    let sk = start(&up.url(""), &["--response-timeout=300ms"]);
-    let slow = futures_util::stream::unfold(0u8, |i| async move {
+/// POSTs `abcde` through `sk`, one byte every 200 ms.
+async fn post_slowly(sk: &Sidekey) -> support::client::TestResponse {
+    TestClient::default()
+        .send_body(
+            "POST",
+            &sk.url("/proxy/x"),
+            &headers("plain", &[]),
+            slow_body(),
+        )
+        .await
+}
+
+/// A request body of five bytes, `abcde`, one every 200 ms.
+fn slow_body() -> support::upstream::TestBody {
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
         if i == 5 {
             return None;
         }
@@ -619,16 +627,33 @@ async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
             i + 1,
         ))
     });
-    let res = TestClient::default()
-        .send_body(
-            "POST",
-            &sk.url("/proxy/x"),
-            &headers("plain", &[]),
-            StreamBody::new(slow).boxed(),
-        )
-        .await;
+    StreamBody::new(chunks).boxed()
+}
+
+#[tokio::test]
+async fn the_response_timeout_counts_from_the_end_of_the_request_body() {
+    // The caller takes about a second to send its body; the upstream answers as soon as it
+    // has it. A clock started at the request head would have run out.
+    let up = Upstream::start(Arc::new(|r: &Recorded| reply(200, r.body.clone()))).await;
+    let sk = start(&up.url(""), &["--response-timeout=300ms"]);
+    let res = post_slowly(&sk).await;
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(res.text(), "abcde");
+}
+
+#[tokio::test]
+async fn a_long_idle_timeout_does_not_delay_the_response_timeout() {
+    // The body takes about a second, longer than the response timeout; the upstream would
+    // answer after 10 s. The response timeout must still run from the body's end, not from
+    // whenever the 30 s idle timer would next look.
+    let up = slow_head(Duration::from_secs(10)).await;
+    let sk = start(
+        &up.url(""),
+        &["--response-timeout=300ms", "--idle-timeout=30s"],
+    );
+    let res = post_slowly(&sk).await;
+    assert_eq!(res.status, 504, "{}", res.text());
+    assert_eq!(res.error_code(), "upstream_timeout");
 }
 
 /// An upstream that sends its head and `first` bytes of body, then stalls for a minute.

@@ -69,15 +69,22 @@ async fn attempt_once(
             biased;
             res = &mut fut => return res.map_err(Failure::Client),
             () = &mut sleep => {
-                let (deadline, failure) = if end.has_ended() {
-                    (end.last_progress() + timeout, Failure::HeadTimeout)
+                let now = tokio::time::Instant::now();
+                if end.has_ended() {
+                    let deadline = end.last_progress() + timeout;
+                    if deadline <= now {
+                        return Err(Failure::HeadTimeout);
+                    }
+                    sleep.as_mut().reset(deadline);
                 } else {
-                    (end.last_progress() + idle, Failure::SendStalled)
-                };
-                if deadline <= tokio::time::Instant::now() {
-                    return Err(failure);
+                    let deadline = end.last_progress() + idle;
+                    if deadline <= now {
+                        return Err(Failure::SendStalled);
+                    }
+                    // The body may end any moment; wake by then plus the response timeout
+                    // at the latest, so that a long idle timeout never delays that one.
+                    sleep.as_mut().reset(deadline.min(now + timeout));
                 }
-                sleep.as_mut().reset(deadline);
             }
         }
     }
