@@ -25,8 +25,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one cleartext connection. The first bytes are peeked, not read: a connection that
 /// does not open with the HTTP/2 preface goes straight to hyper's HTTP/1 server, without the
-/// version-sniffing wrapper around every read that the auto server needs. Only a connection
-/// whose first bytes are a partial preface is left to the auto server to sort out.
+/// version-sniffing wrapper around every read that the auto server needs. h2c connections,
+/// and any whose first bytes are only the start of the preface (a lone `P` of `POST`), go to
+/// the auto server, which reads on until it can tell.
 async fn serve_plain<S>(
     stream: TcpStream,
     builder: auto::Builder<TokioExecutor>,
