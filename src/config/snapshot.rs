@@ -74,6 +74,20 @@ pub struct BaseUrl {
     pub host_header: http::HeaderValue,
 }
 
+/// The Host header for an authority: without user info, and with the port only when it is
+/// not the scheme's default, as a browser sends it. `None` if it cannot be a header value.
+pub fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(p) if p != default_port => authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, host_port)| host_port),
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(host).ok()
+}
+
 impl BaseUrl {
     /// Parses an absolute `http` or `https` URL.
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -109,13 +123,8 @@ impl BaseUrl {
         }
         let path = uri.path().trim_end_matches('/').to_string();
         let port = authority.port_u16().unwrap_or(default_port);
-        let host_header = if port == default_port {
-            authority.host()
-        } else {
-            authority.as_str()
-        };
-        let host_header = http::HeaderValue::from_str(host_header)
-            .map_err(|_| format!("`{s}` has a host that cannot be sent in a header"))?;
+        let host_header = host_header(&scheme, &authority)
+            .ok_or_else(|| format!("`{s}` has a host that cannot be sent in a header"))?;
         Ok(Self {
             scheme,
             host_header,
@@ -825,6 +834,29 @@ plain: {auth_mode: API_KEY, proxy: {base_url: "https://p.example", headers: {aut
 
     fn messages(errs: &[Diagnostic]) -> Vec<String> {
         errs.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn host_header_drops_user_info_and_default_ports() {
+        let h = |s: &str, a: &str| {
+            let scheme: Scheme = s.parse().expect("scheme");
+            let authority: Authority = a.parse().expect("authority");
+            host_header(&scheme, &authority).map(|v| v.to_str().expect("ascii").to_string())
+        };
+        assert_eq!(
+            h("https", "api.example.com:443").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            h("http", "api.example.com").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            h("http", "127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(h("https", "u:p@[::1]:8443").as_deref(), Some("[::1]:8443"));
+        assert_eq!(h("https", "u@host").as_deref(), Some("host"));
     }
 
     #[test]

@@ -292,7 +292,10 @@ impl HttpClient {
         let host = if req.headers().contains_key(http::header::HOST) {
             None
         } else {
-            Some(host_header(&scheme, &authority)?)
+            Some(
+                crate::config::snapshot::host_header(&scheme, &authority)
+                    .ok_or(ClientError::InvalidUri)?,
+            )
         };
         let key = (scheme, authority);
         let full_uri = req.uri().clone();
@@ -395,30 +398,6 @@ impl HttpClient {
             Ok(Conn::H1(tx))
         }
     }
-}
-
-/// The Host header for an upstream authority: the port only when it is not the scheme's
-/// default, as a browser would send it.
-fn host_header(
-    scheme: &http::uri::Scheme,
-    authority: &http::uri::Authority,
-) -> Result<http::HeaderValue, ClientError> {
-    let default_port = if *scheme == http::uri::Scheme::HTTPS {
-        443
-    } else {
-        80
-    };
-    let host = match authority.port_u16() {
-        Some(p) if p != default_port => {
-            if authority.as_str().contains('@') {
-                return http::HeaderValue::from_str(&format!("{}:{p}", authority.host()))
-                    .map_err(|_| ClientError::InvalidUri);
-            }
-            authority.as_str()
-        }
-        _ => authority.host(),
-    };
-    http::HeaderValue::from_str(host).map_err(|_| ClientError::InvalidUri)
 }
 
 impl Pool {
