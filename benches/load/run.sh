@@ -15,9 +15,14 @@
 #                              1 because the load generator gets one core
 #   STREAM_BYTES=1073741824    bytes streamed down and up per layout
 #   STREAM_REPEAT=3            transfers per direction (median is reported)
-#   LAYOUTS="direct nginx floor sidekey"
+#   LAYOUTS="direct nginx floor sidekey sidekey-pgo"
 #                              floor = benches/load/floor.rs, a bare hyper
-#                              proxy doing nginx's job: what hyper itself costs
+#                              proxy doing nginx's job: what hyper itself costs;
+#                              sidekey-pgo = sidekey built by scripts/pgo-build.sh
+#   PGO=auto                   auto|0: build sidekey-pgo (two more release
+#                              builds, ~10 min); auto drops the layout with a
+#                              note when no matching llvm-profdata is found
+#   SIDEKEY_PGO_BIN=path       use this PGO binary, skip its build
 #   PERF_STAT=auto             auto|0: count instructions per request with
 #                              `perf stat` when it works here
 #   CPU_LOADGEN=1 CPU_PROXY=0 CPU_UPSTREAM=0   taskset CPU lists (see below)
@@ -69,7 +74,9 @@ fi
 CONNS=${CONNS:-"1 32"}
 ROUNDS=${ROUNDS:-3}
 WRK_THREADS=${WRK_THREADS:-1}
-LAYOUTS=${LAYOUTS:-"direct nginx floor sidekey"}
+LAYOUTS=${LAYOUTS:-"direct nginx floor sidekey sidekey-pgo"}
+PGO=${PGO:-auto}
+SIDEKEY_PGO_BIN=${SIDEKEY_PGO_BIN:-}
 PERF_STAT=${PERF_STAT:-auto}
 FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/bench-floor}
 CPU_LOADGEN=${CPU_LOADGEN:-1}
@@ -279,6 +286,21 @@ if [[ " $LAYOUTS " == *" floor "* ]]; then
     [[ -n "$FLOOR_STATUS" || -x "$FLOOR_BIN" ]] || FLOOR_STATUS="binary not found: $FLOOR_BIN"
 fi
 
+PGO_STATUS=""
+if [[ " $LAYOUTS " == *" sidekey-pgo "* ]]; then
+    if [[ "$PGO" == 0 ]]; then
+        PGO_STATUS="PGO=0"
+    elif [[ -z "$SIDEKEY_PGO_BIN" ]]; then
+        SIDEKEY_PGO_BIN="$ROOT/target/pgo/release/sidekey"
+        if [[ "$SKIP_BUILD" != 1 ]]; then
+            log "scripts/pgo-build.sh (profile-guided sidekey)"
+            timeout 2400 "$ROOT/scripts/pgo-build.sh" >"$TMP/build-pgo.log" 2>&1 \
+                || { PGO_STATUS="scripts/pgo-build.sh failed: $(grep ERROR "$TMP/build-pgo.log" | tail -n1)"; tail -n 5 "$TMP/build-pgo.log" >&2; }
+        fi
+    fi
+    [[ -n "$PGO_STATUS" || -x "$SIDEKEY_PGO_BIN" ]] || PGO_STATUS="binary not found: $SIDEKEY_PGO_BIN"
+fi
+
 # perf stat counts instructions, which do not depend on how busy the machine is.
 if [[ "$PERF_STAT" == auto ]]; then
     if command -v perf >/dev/null && perf stat -x, -e instructions:u true >/dev/null 2>&1; then
@@ -367,8 +389,11 @@ setup_floor() {
     log "floor pid $LAYOUT_PID on $HOST:$fport (cpu $CPU_PROXY)"
 }
 
-setup_sidekey() {
-    local d="$TMP/sidekey"
+setup_sidekey() { start_sidekey sidekey "$SIDEKEY_BIN"; }
+setup_sidekey-pgo() { start_sidekey sidekey-pgo "$SIDEKEY_PGO_BIN"; }
+start_sidekey() { # start_sidekey NAME BINARY
+    local name=$1 bin=$2
+    local d="$TMP/$name"
     mkdir -p "$d"
     cat >"$d/providers.yaml" <<EOF
 bench-api:
@@ -390,9 +415,9 @@ EOF
     pick_port; local sport=$PORT
     pick_port; local aport=$PORT
     # Same placement as nginx: CPU_PROXY, one tokio worker per pinned CPU.
-    start_bg sidekey "$CPU_PROXY" env SIDEKEY_SECRET_KEY="$CALLER_KEY" \
+    start_bg "$name" "$CPU_PROXY" env SIDEKEY_SECRET_KEY="$CALLER_KEY" \
         SIDEKEY_WORKER_THREADS="$PROXY_THREADS" RUST_LOG="$SIDEKEY_RUST_LOG" \
-        "$SIDEKEY_BIN" serve --listen "$HOST:$sport" --admin-listen "$HOST:$aport" \
+        "$bin" serve --listen "$HOST:$sport" --admin-listen "$HOST:$aport" \
         --providers "$d/providers.yaml" --vault "$d/vault.yaml"
     LAYOUT_PID=$BG_PID; LAYOUT_RSS_PID=$BG_PID
     # Ready when the admin /live answers 200, or failing that the proxy port
@@ -405,13 +430,13 @@ EOF
         sleep 0.1
     done
     if [[ $ok != 1 ]]; then
-        tail -n 20 "$TMP/sidekey.log" >&2 || true
+        tail -n 20 "$TMP/$name.log" >&2 || true
         kill -0 "$LAYOUT_PID" 2>/dev/null && SETUP_ERR="not ready within 30 s" || SETUP_ERR="exited during start-up"
         return 1
     fi
     LAYOUT_BASE="http://$HOST:$sport/proxy"
     LAYOUT_HDRS=("${CALLER_HDRS[@]}"); LAYOUT_BAD_HDRS=("${BAD_CALLER_HDRS[@]}")
-    log "sidekey pid $LAYOUT_PID on $HOST:$sport admin $aport (cpu $CPU_PROXY, $PROXY_THREADS worker thread(s))"
+    log "$name pid $LAYOUT_PID on $HOST:$sport admin $aport (cpu $CPU_PROXY, $PROXY_THREADS worker thread(s))"
 }
 
 # ---------------------------------------------------------------- wrk
@@ -568,6 +593,9 @@ for layout in $LAYOUTS; do
     if [[ "$layout" == sidekey && -n "$SIDEKEY_STATUS" ]]; then
         STATUS[$layout]="skipped: $SIDEKEY_STATUS"; log "sidekey ${STATUS[$layout]}"; continue
     fi
+    if [[ "$layout" == sidekey-pgo && -n "$PGO_STATUS" ]]; then
+        STATUS[$layout]="skipped: $PGO_STATUS"; log "sidekey-pgo ${STATUS[$layout]}"; continue
+    fi
     if [[ "$layout" == floor && -n "$FLOOR_STATUS" ]]; then
         STATUS[$layout]="skipped: $FLOOR_STATUS"; log "floor ${STATUS[$layout]}"; continue
     fi
@@ -707,14 +735,18 @@ done
 echo
 echo "### Ratios"
 echo
-echo "| conns | sidekey/nginx req/s | sidekey/direct req/s | sidekey/nginx p99 | sidekey/direct p99 | nginx/direct req/s | nginx/direct p99 | floor/nginx req/s | sidekey/floor req/s |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-for c in $CONNS; do
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$c" \
-        "$(ratio "${RPS[sidekey:$c]:-}" "${RPS[nginx:$c]:-}")" "$(ratio "${RPS[sidekey:$c]:-}" "${RPS[direct:$c]:-}")" \
-        "$(ratio "${P99[sidekey:$c]:-}" "${P99[nginx:$c]:-}")" "$(ratio "${P99[sidekey:$c]:-}" "${P99[direct:$c]:-}")" \
-        "$(ratio "${RPS[nginx:$c]:-}" "${RPS[direct:$c]:-}")" "$(ratio "${P99[nginx:$c]:-}" "${P99[direct:$c]:-}")" \
-        "$(ratio "${RPS[floor:$c]:-}" "${RPS[nginx:$c]:-}")" "$(ratio "${RPS[sidekey:$c]:-}" "${RPS[floor:$c]:-}")"
+echo "Each proxy against nginx and against direct, in the same run."
+echo
+echo "| proxy | conns | req/s vs nginx | req/s vs direct | p99 vs nginx | p99 vs direct | req/s vs floor |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for layout in nginx floor sidekey sidekey-pgo; do
+    [[ " ${RAN[*]} " == *" $layout "* ]] || continue
+    for c in $CONNS; do
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$layout" "$c" \
+            "$(ratio "${RPS[$layout:$c]:-}" "${RPS[nginx:$c]:-}")" "$(ratio "${RPS[$layout:$c]:-}" "${RPS[direct:$c]:-}")" \
+            "$(ratio "${P99[$layout:$c]:-}" "${P99[nginx:$c]:-}")" "$(ratio "${P99[$layout:$c]:-}" "${P99[direct:$c]:-}")" \
+            "$(ratio "${RPS[$layout:$c]:-}" "${RPS[floor:$c]:-}")"
+    done
 done
 echo
 echo "### CPU per request (the proxy process; for direct, the upstream)"
@@ -733,7 +765,12 @@ for layout in "${RAN[@]}"; do
 done
 c1=$(awk '{print $1}' <<<"$CONNS")
 echo
-echo "Added p50 latency at $c1 connection(s): sidekey $(diffms "${P50[sidekey:$c1]:-}" "${P50[direct:$c1]:-}") ms, nginx $(diffms "${P50[nginx:$c1]:-}" "${P50[direct:$c1]:-}") ms (vs direct)."
+added=""
+for layout in nginx floor sidekey sidekey-pgo; do
+    [[ " ${RAN[*]} " == *" $layout "* ]] || continue
+    added+="${added:+, }$layout $(diffms "${P50[$layout:$c1]:-}" "${P50[direct:$c1]:-}") ms"
+done
+echo "Added p50 latency at $c1 connection(s), against direct: $added."
 if [[ "$SKIP_STREAM" != 1 ]]; then
     echo
     echo "### Streaming ($(awk -v b="$STREAM_BYTES" 'BEGIN{printf "%.0f MiB", b/1048576}') each way, curl, one connection, median of $STREAM_REPEAT)"
