@@ -23,6 +23,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HOST=127.0.0.1
+# shellcheck source=benches/load/sidekey-config.sh
+source "$ROOT/benches/load/sidekey-config.sh"
 TRAIN_SECONDS=${TRAIN_SECONDS:-4}
 KEEP_TMP=${KEEP_TMP:-0}
 GEN_DIR="$ROOT/target/pgo-gen"
@@ -122,34 +124,18 @@ pick_port; UPORT=$PORT
 UP_PID=$!; PIDS+=("$UP_PID")
 wait_port "$UPORT" "$UP_PID" || die "upstream did not start"
 
-cat >"$TMP/providers.yaml" <<EOF
-pgo-api:
-  auth_mode: API_KEY
-  proxy:
-    base_url: http://$HOST:$UPORT/api
-    headers:
-      authorization: Bearer \${apiKey}
-EOF
-cat >"$TMP/vault.yaml" <<EOF
-integrations:
-  - unique_key: pgo
-    provider: pgo-api
-connections:
-  - connection_id: c1
-    provider_config_key: pgo
-    credentials: {type: API_KEY, apiKey: bench-upstream-token}
-EOF
+write_sidekey_config "$TMP" "$UPORT"
 pick_port; SPORT=$PORT
 pick_port; APORT=$PORT
 # One worker thread, as a sidecar on one CPU runs it.
-env SIDEKEY_SECRET_KEY=pgo-caller-key SIDEKEY_WORKER_THREADS=1 RUST_LOG=warn \
+env SIDEKEY_SECRET_KEY=bench-caller-key SIDEKEY_WORKER_THREADS=1 RUST_LOG=warn \
     LLVM_PROFILE_FILE="$RAW/sidekey-%p-%m.profraw" \
     "$GEN_DIR/release/sidekey" serve --listen "$HOST:$SPORT" --admin-listen "$HOST:$APORT" \
     --providers "$TMP/providers.yaml" --vault "$TMP/vault.yaml" >"$TMP/sidekey.log" 2>&1 &
 SK_PID=$!; PIDS+=("$SK_PID")
 wait_port "$SPORT" "$SK_PID" || { cat "$TMP/sidekey.log" >&2; die "instrumented sidekey did not start"; }
 
-HDRS=(-H "Authorization: Bearer pgo-caller-key" -H "Connection-Id: c1" -H "Provider-Config-Key: pgo")
+HDRS=(-H "Authorization: Bearer bench-caller-key" -H "Connection-Id: c1" -H "Provider-Config-Key: bench")
 BASE="http://$HOST:$SPORT/proxy"
 code=$(curl -s -o /dev/null -w '%{http_code}' "${HDRS[@]}" "$BASE/items" || true)
 [[ "$code" == 200 ]] || die "training request got HTTP $code, expected 200"

@@ -94,6 +94,8 @@ KEEP_TMP=${KEEP_TMP:-0}
 CALLER_KEY=bench-caller-key
 UPSTREAM_TOKEN=bench-upstream-token
 HOST=127.0.0.1   # the only address this script ever talks to
+# shellcheck source=benches/load/sidekey-config.sh
+source "$HERE/sidekey-config.sh"
 
 log() { printf '[load %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -394,24 +396,7 @@ setup_sidekey-pgo() { start_sidekey sidekey-pgo "$SIDEKEY_PGO_BIN"; }
 start_sidekey() { # start_sidekey NAME BINARY
     local name=$1 bin=$2
     local d="$TMP/$name"
-    mkdir -p "$d"
-    cat >"$d/providers.yaml" <<EOF
-bench-api:
-  auth_mode: API_KEY
-  proxy:
-    base_url: http://$HOST:$UPORT/api
-    headers:
-      authorization: Bearer \${apiKey}
-EOF
-    cat >"$d/vault.yaml" <<EOF
-integrations:
-  - unique_key: bench
-    provider: bench-api
-connections:
-  - connection_id: c1
-    provider_config_key: bench
-    credentials: {type: API_KEY, apiKey: $UPSTREAM_TOKEN}
-EOF
+    write_sidekey_config "$d" "$UPORT"
     pick_port; local sport=$PORT
     pick_port; local aport=$PORT
     # Same placement as nginx: CPU_PROXY, one tokio worker per pinned CPU.
