@@ -5,7 +5,8 @@
 #
 # 1. builds an instrumented sidekey (-Cprofile-generate) and the repo's bench upstream;
 # 2. trains it: proxies GETs at 1 and 32 connections, request bodies and a streamed download
-#    through the instrumented binary to the bench upstream, with wrk;
+#    through the instrumented binary to the bench upstream, with wrk, once on tokio's
+#    current-thread runtime and once on the multi-thread one;
 # 3. merges the profile with the llvm-profdata that matches rustc's LLVM, and builds again
 #    with -Cprofile-use.
 #
@@ -17,7 +18,7 @@
 # component, or `llvm-profdata-<major>` (installed from Debian's llvm-<major> when missing and
 # apt-get is usable). wrk is installed the same way. Every process it starts is stopped on exit.
 #
-# Environment: LLVM_PROFDATA=path, TRAIN_SECONDS=4 (per workload), KEEP_TMP=1.
+# Environment: LLVM_PROFDATA=path, TRAIN_SECONDS=4 (per workload and runtime), KEEP_TMP=1.
 
 set -euo pipefail
 
@@ -125,47 +126,51 @@ UP_PID=$!; PIDS+=("$UP_PID")
 wait_port "$UPORT" "$UP_PID" || die "upstream did not start"
 
 write_sidekey_config "$TMP" "$UPORT"
-pick_port; SPORT=$PORT
-pick_port; APORT=$PORT
-# One worker thread, as a sidecar on one CPU runs it.
-env SIDEKEY_SECRET_KEY=bench-caller-key SIDEKEY_WORKER_THREADS=1 RUST_LOG=warn \
-    LLVM_PROFILE_FILE="$RAW/sidekey-%p-%m.profraw" \
-    "$GEN_DIR/release/sidekey" serve --listen "$HOST:$SPORT" --admin-listen "$HOST:$APORT" \
-    --providers "$TMP/providers.yaml" --vault "$TMP/vault.yaml" >"$TMP/sidekey.log" 2>&1 &
-SK_PID=$!; PIDS+=("$SK_PID")
-wait_port "$SPORT" "$SK_PID" || { cat "$TMP/sidekey.log" >&2; die "instrumented sidekey did not start"; }
-
-HDRS=(-H "Authorization: Bearer bench-caller-key" -H "Connection-Id: c1" -H "Provider-Config-Key: bench")
-BASE="http://$HOST:$SPORT/proxy"
-code=$(curl -s -o /dev/null -w '%{http_code}' "${HDRS[@]}" "$BASE/items" || true)
-[[ "$code" == 200 ]] || die "training request got HTTP $code, expected 200"
-
-cat >"$TMP/post.lua" <<'EOF'
+cat >"$TMP/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = string.rep("x", 4096)
 wrk.headers["Content-Type"] = "application/octet-stream"
-EOF
+LUA
+HDRS=(-H "Authorization: Bearer bench-caller-key" -H "Connection-Id: c1" -H "Provider-Config-Key: bench")
+
 train() { # train CONNS PATH [wrk args...]
     local c=$1 path=$2; shift 2
-    log "training: $c connection(s), $path, ${TRAIN_SECONDS}s"
+    log "training ($THREADS worker thread(s)): $c connection(s), $path, ${TRAIN_SECONDS}s"
     timeout $((TRAIN_SECONDS + 30)) wrk -t1 -c"$c" -d"${TRAIN_SECONDS}s" "${HDRS[@]}" "$@" "$BASE$path" \
         >>"$TMP/wrk.log" 2>&1 || die "wrk failed (see $TMP/wrk.log)"
 }
-train 32 /items
-train 1 /items
-train 8 /sink -s "$TMP/post.lua"
-train 2 /stream/1048576
 
-# The profile is written when the process exits; SIGTERM is a graceful stop.
-kill -TERM "$SK_PID"
-for _ in $(seq 300); do kill -0 "$SK_PID" 2>/dev/null || break; sleep 0.1; done
-wait "$SK_PID" 2>/dev/null || true
+# One instrumented sidekey per runtime: one worker thread is tokio's current-thread runtime
+# (a sidecar on one CPU), more is the multi-thread one (the default on a bigger host); both
+# schedulers' code should count as hot.
+for THREADS in 1 2; do
+    pick_port; SPORT=$PORT
+    pick_port; APORT=$PORT
+    env SIDEKEY_SECRET_KEY=bench-caller-key SIDEKEY_WORKER_THREADS="$THREADS" RUST_LOG=warn \
+        LLVM_PROFILE_FILE="$RAW/sidekey-%p-%m.profraw" \
+        "$GEN_DIR/release/sidekey" serve --listen "$HOST:$SPORT" --admin-listen "$HOST:$APORT" \
+        --providers "$TMP/providers.yaml" --vault "$TMP/vault.yaml" >"$TMP/sidekey-$THREADS.log" 2>&1 &
+    SK_PID=$!; PIDS+=("$SK_PID")
+    wait_port "$SPORT" "$SK_PID" || { cat "$TMP/sidekey-$THREADS.log" >&2; die "instrumented sidekey did not start"; }
+    BASE="http://$HOST:$SPORT/proxy"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${HDRS[@]}" "$BASE/items" || true)
+    [[ "$code" == 200 ]] || die "training request got HTTP $code, expected 200"
+    train 32 /items
+    train 1 /items
+    train 8 /sink -s "$TMP/post.lua"
+    train 2 /stream/1048576
+    # The profile is written when the process exits; SIGTERM is a graceful stop.
+    kill -TERM "$SK_PID"
+    for _ in $(seq 300); do kill -0 "$SK_PID" 2>/dev/null || break; sleep 0.1; done
+    wait "$SK_PID" 2>/dev/null || true
+done
 compgen -G "$RAW/*.profraw" >/dev/null || die "the instrumented sidekey wrote no profile"
 
 "$PROFDATA" merge -o "$TMP/sidekey.profdata" "$RAW"/*.profraw
 # Named by its content: cargo does not watch the file, but it does rebuild when RUSTFLAGS
 # change, so a new profile means a new build and an unchanged one reuses the last.
 mkdir -p "$USE_DIR"
+rm -f "$USE_DIR"/sidekey-*.profdata
 PROFILE="$USE_DIR/sidekey-$(sha256sum "$TMP/sidekey.profdata" | cut -c1-12).profdata"
 mv "$TMP/sidekey.profdata" "$PROFILE"
 log "profile: $PROFILE ($(du -h "$PROFILE" | cut -f1))"

@@ -25,6 +25,9 @@
 #   SIDEKEY_PGO_BIN=path       use this PGO binary, skip its build
 #   PERF_STAT=auto             auto|0: count instructions per request with
 #                              `perf stat` when it works here
+#   PERF_EXTRA=                more perf events counted per request, comma-
+#                              separated, each reported in a column of its own
+#                              (e.g. cycles:u,L1-icache-load-misses:u)
 #   CPU_LOADGEN=1 CPU_PROXY=0 CPU_UPSTREAM=0   taskset CPU lists (see below)
 #   OUT=/tmp/sidekey-load-results.md           markdown results file
 #   UPSTREAM_BIN=path          use this upstream binary, skip building it
@@ -78,6 +81,7 @@ LAYOUTS=${LAYOUTS:-"direct nginx floor sidekey sidekey-pgo"}
 PGO=${PGO:-auto}
 SIDEKEY_PGO_BIN=${SIDEKEY_PGO_BIN:-}
 PERF_STAT=${PERF_STAT:-auto}
+PERF_EXTRA=${PERF_EXTRA:-}
 FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/bench-floor}
 CPU_LOADGEN=${CPU_LOADGEN:-1}
 CPU_PROXY=${CPU_PROXY:-0}
@@ -525,14 +529,15 @@ cpu_busy_pct() { # cpu_busy_pct [SECONDS=2]
 }
 # CPU cost per request of one process over the measured run: user and system
 # time from /proc (always), instructions from `perf stat` (when PERF_STAT=1).
-declare -A CPU_US INS_U INS_K
+declare -A CPU_US INS_U INS_K EXTRA EXTRA_L
+PERF_EVENTS="instructions:u,instructions:k${PERF_EXTRA:+,$PERF_EXTRA}"
 CPU_T0=""; PERF_PID=""; PERF_OUT="$TMP/perf-stat.csv"
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || true; }
 cpu_begin() {
     CPU_T0=$(proc_ticks "$1"); PERF_PID=""
     if [[ "$PERF_STAT" == 1 ]]; then
         rm -f "$PERF_OUT"
-        perf stat -x, -e instructions:u,instructions:k -p "$1" -o "$PERF_OUT" >/dev/null 2>&1 &
+        perf stat -x, -e "$PERF_EVENTS" -p "$1" -o "$PERF_OUT" >/dev/null 2>&1 &
         PERF_PID=$!; PIDS+=("$PERF_PID")
     fi
 }
@@ -551,6 +556,10 @@ cpu_end() { # cpu_end KEY PID REQUESTS
         if [[ -s "$PERF_OUT" && "$n" -gt 0 ]]; then
             INS_U[$key]=$(awk -F, -v n="$n" '$3 ~ /instructions:u/ && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
             INS_K[$key]=$(awk -F, -v n="$n" '$3 ~ /instructions:k/ && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
+            local ev
+            for ev in ${PERF_EXTRA//,/ }; do
+                EXTRA[$key/$ev]=$(awk -F, -v n="$n" -v e="$ev" '$3 == e && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
+            done
         fi
     fi
 }
@@ -636,6 +645,7 @@ for round in $(seq "$ROUNDS"); do
                 cpu_end "$k" "$cpu_pid" "$W_REQS"
                 RPS_L[$k]+="$W_RPS "; P50_L[$k]+="$W_P50 "; P99_L[$k]+="$W_P99 "
                 CPU_L[$k]+="${CPU_US[$k]:-} "; INSU_L[$k]+="${INS_U[$k]:-} "; INSK_L[$k]+="${INS_K[$k]:-} "
+                for ev in ${PERF_EXTRA//,/ }; do EXTRA_L[$k/$ev]+="${EXTRA[$k/$ev]:-} "; done
                 NON2XX[$k]=$(( ${NON2XX[$k]:-0} + ${W_STATUS:-0} ))
                 SOCKERR[$k]=$(( ${SOCKERR[$k]:-0} + ${W_SOCK:-0} ))
                 REQS[$k]=$(( ${REQS[$k]:-0} + ${W_REQS:-0} ))
@@ -658,6 +668,9 @@ for layout in "${RAN[@]}"; do
         CPU_US[$k]=$(median <<<"${CPU_L[$k]:-}" | awk 'NF{printf "%.1f", $1}')
         INS_U[$k]=$(median <<<"${INSU_L[$k]:-}" | awk 'NF{printf "%.0f", $1}')
         INS_K[$k]=$(median <<<"${INSK_L[$k]:-}" | awk 'NF{printf "%.0f", $1}')
+        for ev in ${PERF_EXTRA//,/ }; do
+            EXTRA[$k/$ev]=$(median <<<"${EXTRA_L[$k/$ev]:-}" | awk 'NF{printf "%.0f", $1}')
+        done
     done
 done
 
@@ -739,13 +752,16 @@ echo
 echo "User + system CPU time from /proc over the measured run, divided by the requests served."
 [[ "$PERF_STAT" == 1 ]] && echo "Instructions from \`perf stat -p\` over the same run: they do not depend on how busy the machine is."
 echo
-echo "| layout | conns | CPU µs/req | user instr/req | kernel instr/req | user instr vs nginx |"
-echo "|---|---:|---:|---:|---:|---:|"
+hdr="| layout | conns | CPU µs/req | user instr/req | kernel instr/req | user instr vs nginx |"; sep="|---|---:|---:|---:|---:|---:|"
+for ev in ${PERF_EXTRA//,/ }; do hdr+=" $ev/req |"; sep+="---:|"; done
+echo "$hdr"; echo "$sep"
 for layout in "${RAN[@]}"; do
     for c in $CONNS; do
         k="$layout:$c"
-        printf '| %s | %s | %s | %s | %s | %s |\n' "$layout" "$c" "${CPU_US[$k]:-n/a}" \
-            "${INS_U[$k]:-n/a}" "${INS_K[$k]:-n/a}" "$(ratio "${INS_U[$k]:-}" "${INS_U[nginx:$c]:-}")"
+        row=$(printf '| %s | %s | %s | %s | %s | %s |' "$layout" "$c" "${CPU_US[$k]:-n/a}" \
+            "${INS_U[$k]:-n/a}" "${INS_K[$k]:-n/a}" "$(ratio "${INS_U[$k]:-}" "${INS_U[nginx:$c]:-}")")
+        for ev in ${PERF_EXTRA//,/ }; do row+=" ${EXTRA[$k/$ev]:-n/a} |"; done
+        echo "$row"
     done
 done
 c1=$(awk '{print $1}' <<<"$CONNS")
