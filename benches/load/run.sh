@@ -27,7 +27,9 @@
 #                              `perf stat` when it works here
 #   PERF_EXTRA=                more perf events counted per request, comma-
 #                              separated, each reported in a column of its own
-#                              (e.g. cycles:u,L1-icache-load-misses:u)
+#                              (e.g. cycles:u,L1-icache-load-misses:u; perf
+#                              prints some names without the :u, which is
+#                              matched too)
 #   CPU_LOADGEN=1 CPU_PROXY=0 CPU_UPSTREAM=0   taskset CPU lists (see below)
 #   OUT=/tmp/sidekey-load-results.md           markdown results file
 #   UPSTREAM_BIN=path          use this upstream binary, skip building it
@@ -466,7 +468,7 @@ run_wrk() {
 }
 
 # ---------------------------------------------------------------- streaming
-median() { tr ' ' '\n' | grep -E '^[0-9.]+$' | sort -g | awk '{a[NR]=$1} END{ if(NR==0) print ""; else if(NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+median() { tr ' ' '\n' | { grep -E '^[0-9.]+$' || true; } | sort -g | awk '{a[NR]=$1} END{ if(NR==0) print ""; else if(NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 
 # stream_once down|up LAYOUT -> sets SPEED (bytes/s), or returns 1 (reason in SERR)
 stream_once() {
@@ -558,7 +560,7 @@ cpu_end() { # cpu_end KEY PID REQUESTS
             INS_K[$key]=$(awk -F, -v n="$n" '$3 ~ /instructions:k/ && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
             local ev
             for ev in ${PERF_EXTRA//,/ }; do
-                EXTRA[$key/$ev]=$(awk -F, -v n="$n" -v e="$ev" '$3 == e && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
+                EXTRA[$key/$ev]=$(awk -F, -v n="$n" -v e="$ev" 'BEGIN{b=e; sub(/:.*/, "", b)} ($3 == e || $3 == b) && $1+0 > 0 {printf "%.0f", $1/n}' "$PERF_OUT")
             done
         fi
     fi
