@@ -61,6 +61,7 @@ pub struct Metrics {
     generation: Gauge,
     in_flight: Gauge,
     client_connections: Gauge,
+    oauth_connections: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +133,12 @@ impl Metrics {
             "Open connections from callers to the proxy listener",
             client_connections.clone(),
         );
+        let oauth_connections = Gauge::default();
+        registry.register(
+            "oauth_connections",
+            "OAuth connections whose token state is held in memory",
+            oauth_connections.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -144,6 +151,7 @@ impl Metrics {
             generation,
             in_flight,
             client_connections,
+            oauth_connections,
         }
     }
 
@@ -258,6 +266,12 @@ impl Metrics {
     pub fn set_generation(&self, generation: u64) {
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes how many OAuth connections have token state in memory.
+    pub fn set_oauth_connections(&self, n: usize) {
+        self.oauth_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Marks a request in flight until the guard drops.

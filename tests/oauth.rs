@@ -728,3 +728,55 @@ async fn sigkill_in_the_middle_of_vault_writes_leaves_a_valid_vault() {
     }
     assert!(token.count() >= 100, "{} refreshes", token.count());
 }
+
+/// The `sidekey_oauth_connections` gauge from the admin listener.
+async fn oauth_connections(c: &TestClient, sk: &Sidekey) -> u64 {
+    let text = c
+        .send("GET", &sk.admin_url("/metrics"), &[], "")
+        .await
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sidekey_oauth_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sidekey_oauth_connections gauge in:\n{text}"))
+}
+
+#[tokio::test]
+async fn a_connection_removed_from_the_vault_has_its_token_state_freed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = TokenServer::start(grants(Duration::ZERO), false, dir.path()).await;
+    let up = Upstream::start(api(Arc::default())).await;
+    let keep = oauth_conn("keep", "at-keep", "rt-keep", Some(&ts(3600)));
+    let gone = oauth_conn("gone", "at-gone", "rt-gone", Some(&ts(3600)));
+    let mut args = token.args.clone();
+    args.push("--reload-settle=50ms".into());
+    let v = vault("oa", &[keep.clone(), gone]);
+    let sk = start(&providers(&token.base, &up.url("")), &v, dir, &args);
+    let c = TestClient::default();
+    assert_eq!(oauth_connections(&c, &sk).await, 0, "state is made on use");
+    for id in ["keep", "gone"] {
+        assert_eq!(c.proxy(&sk.url(""), "/x", id, "i").await.status, 200);
+    }
+    assert_eq!(oauth_connections(&c, &sk).await, 2);
+
+    // An editor's rename-on-save drops `gone`.
+    let path = sk.path("vault.yaml");
+    let tmp = path.with_file_name(".vault.yaml.tmp");
+    std::fs::write(&tmp, vault("oa", &[keep])).expect("write temp");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while oauth_connections(&c, &sk).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed connection's state was kept:\n{}",
+            sk.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.proxy(&sk.url(""), "/x", "gone", "i").await.status, 404);
+    assert_eq!(c.proxy(&sk.url(""), "/x", "keep", "i").await.status, 200);
+    assert_eq!(oauth_connections(&c, &sk).await, 1);
+    assert_eq!(token.count(), 0, "no token call was needed");
+    let seen: Vec<String> = up.requests().iter().map(bearer).collect();
+    assert_eq!(seen, ["at-keep", "at-gone", "at-keep"]);
+}

@@ -20,7 +20,7 @@
 pub mod endpoint;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -167,6 +167,8 @@ pub struct TokenManager {
     store: Arc<CredStore>,
     options: OAuthOptions,
     slots: Mutex<HashMap<String, HashMap<String, Arc<Slot>>>>,
+    /// How many slots `slots` holds, kept as they are added and recounted by `prune`.
+    tracked: AtomicUsize,
     generation: AtomicU64,
     pub counters: Counters,
     /// Where refresh outcomes are also counted for `/metrics`, once the app attaches it.
@@ -184,6 +186,7 @@ impl TokenManager {
             store,
             options,
             slots: Mutex::default(),
+            tracked: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
             counters: Counters::default(),
             metrics: None,
@@ -202,10 +205,37 @@ impl TokenManager {
         }
     }
 
-    /// Drops state-file entries the snapshot's vault has superseded (blocking file I/O: call at
-    /// startup, or from `spawn_blocking` after a reload).
+    /// Forgets the token state of connections the snapshot no longer has, and drops state-file
+    /// entries its vault has superseded (blocking file I/O: call at startup, or from
+    /// `spawn_blocking` after a reload). A request still finishing on an older snapshot keeps
+    /// its own handle on the forgotten state; a connection added back later starts afresh
+    /// from the vault.
     pub fn prune(&self, snapshot: &Snapshot) {
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots.retain(|integration, per_connection| {
+                let Some(live) = snapshot.connections.get(integration) else {
+                    return false;
+                };
+                per_connection.retain(|id, _| live.contains_key(id));
+                !per_connection.is_empty()
+            });
+            let n = slots.values().map(HashMap::len).sum();
+            self.tracked.store(n, Ordering::Relaxed);
+            self.publish_tracked(n);
+        }
         self.store.prune(snapshot);
+    }
+
+    /// How many connections have token state in memory (the `sidekey_oauth_connections` gauge).
+    pub fn tracked(&self) -> usize {
+        self.tracked.load(Ordering::Relaxed)
+    }
+
+    fn publish_tracked(&self, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.set_oauth_connections(n);
+        }
     }
 
     /// The token to inject for this connection, refreshed first if it expires within the
@@ -301,17 +331,25 @@ impl TokenManager {
             Some(s) => s,
             None => {
                 let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-                slots
+                let entry = slots
                     .entry(conn.provider_config_key.clone())
                     .or_default()
-                    .entry(conn.connection_id.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Slot {
-                            state: Mutex::new(self.initial(conn, true, 0)),
-                            refresh: tokio::sync::Mutex::new(()),
-                        })
-                    })
-                    .clone()
+                    .entry(conn.connection_id.clone());
+                match entry {
+                    std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let slot = e
+                            .insert(Arc::new(Slot {
+                                state: Mutex::new(self.initial(conn, true, 0)),
+                                refresh: tokio::sync::Mutex::new(()),
+                            }))
+                            .clone();
+                        // Counted under the lock, so that `prune`'s recount cannot interleave.
+                        let n = self.tracked.fetch_add(1, Ordering::Relaxed) + 1;
+                        self.publish_tracked(n);
+                        slot
+                    }
+                }
             }
         };
         let mut st = slot.lock();

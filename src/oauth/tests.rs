@@ -427,3 +427,25 @@ async fn rotated_credentials_reach_the_vault_and_a_reload_of_them_is_not_a_hand_
     let t = m.access_token(&c).await.expect("ok").expect("t");
     assert_eq!((t.expose(), fake.calls()), ("at-1", 1));
 }
+
+#[tokio::test]
+async fn a_reload_that_deletes_a_connection_frees_its_token_state() {
+    let fake = Arc::new(Fake::default());
+    let m = manager(fake.clone(), Duration::from_secs(30));
+    let s1 = snapshot(&oauth_vault("old", Some(&ts(3600))));
+    m.access_token(&conn(&s1)).await.expect("token");
+    assert_eq!(m.tracked(), 1);
+    // Still in the vault: kept, with its state.
+    m.prune(&s1);
+    assert_eq!(m.tracked(), 1);
+    // The connection is gone, then its whole integration.
+    let no_connection = snapshot(
+        "integrations: [{unique_key: i, provider: o, credentials: {oauth_client_id: cid, oauth_client_secret: csecret}}]\n",
+    );
+    m.prune(&no_connection);
+    assert_eq!(m.tracked(), 0);
+    m.access_token(&conn(&s1)).await.expect("token");
+    m.prune(&snapshot("integrations: []\n"));
+    assert_eq!(m.tracked(), 0);
+    assert_eq!(fake.calls(), 0, "no refresh was needed");
+}
