@@ -50,11 +50,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
 apt_install() {
     command -v apt-get >/dev/null || return 1
-    timeout 300 as_root apt-get update -qq >&2 || true
-    DEBIAN_FRONTEND=noninteractive timeout 900 as_root apt-get install -y -qq --no-install-recommends "$@" >&2
+    as_root timeout 300 apt-get update -qq >&2 || true
+    as_root env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends "$@" >&2
 }
 
 # ---------------------------------------------------------------- tools
@@ -101,11 +101,13 @@ log "instrumented build -> $GEN_DIR"
 
 # ---------------------------------------------------------------- training
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-pick_port() {
+USED_PORTS=" "
+pick_port() { # sets PORT to a free port on 127.0.0.1, never one picked before
     local p i
     for i in $(seq 200); do
         p=$(( (RANDOM * 32768 + RANDOM) % 30000 + 20000 ))
-        port_open "$p" || { PORT=$p; return 0; }
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        port_open "$p" || { USED_PORTS+="$p "; PORT=$p; return 0; }
     done
     die "no free port found"
 }
@@ -136,8 +138,30 @@ HDRS=(-H "Authorization: Bearer bench-caller-key" -H "Connection-Id: c1" -H "Pro
 train() { # train CONNS PATH [wrk args...]
     local c=$1 path=$2; shift 2
     log "training ($THREADS worker thread(s)): $c connection(s), $path, ${TRAIN_SECONDS}s"
-    timeout $((TRAIN_SECONDS + 30)) wrk -t1 -c"$c" -d"${TRAIN_SECONDS}s" "${HDRS[@]}" "$@" "$BASE$path" \
-        >>"$TMP/wrk.log" 2>&1 || die "wrk failed (see $TMP/wrk.log)"
+    local out
+    out=$(timeout $((TRAIN_SECONDS + 30)) wrk -t1 -c"$c" -d"${TRAIN_SECONDS}s" "${HDRS[@]}" "$@" "$BASE$path" 2>&1) \
+        || { printf '%s\n' "$out" >&2; die "wrk failed"; }
+    # A profile trained on error answers would make the error path hot: refuse it.
+    if grep -q -e 'Non-2xx' -e 'Socket errors' <<<"$out"; then
+        printf '%s\n' "$out" >&2; die "training requests failed"
+    fi
+}
+
+# Stops the instrumented sidekey gracefully, so that it writes its profile, within 30 s.
+stop_trained() {
+    local pid=$1 p keep=()
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        die "the instrumented sidekey did not stop within 30 s; no profile"
+    fi
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+    compgen -G "$RAW/sidekey-$pid-*.profraw" >/dev/null \
+        || { tail -n 20 "$TMP/sidekey-$THREADS.log" >&2; die "the instrumented sidekey ($THREADS worker thread(s)) wrote no profile"; }
 }
 
 # One instrumented sidekey per runtime: one worker thread is tokio's current-thread runtime
@@ -153,20 +177,16 @@ for THREADS in 1 2; do
     SK_PID=$!; PIDS+=("$SK_PID")
     wait_port "$SPORT" "$SK_PID" || { cat "$TMP/sidekey-$THREADS.log" >&2; die "instrumented sidekey did not start"; }
     BASE="http://$HOST:$SPORT/proxy"
-    code=$(curl -s -o /dev/null -w '%{http_code}' "${HDRS[@]}" "$BASE/items" || true)
+    code=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "${HDRS[@]}" "$BASE/items" || true)
     [[ "$code" == 200 ]] || die "training request got HTTP $code, expected 200"
     train 32 /items
     train 1 /items
     train 8 /sink -s "$TMP/post.lua"
     train 2 /stream/1048576
-    # The profile is written when the process exits; SIGTERM is a graceful stop.
-    kill -TERM "$SK_PID"
-    for _ in $(seq 300); do kill -0 "$SK_PID" 2>/dev/null || break; sleep 0.1; done
-    wait "$SK_PID" 2>/dev/null || true
+    stop_trained "$SK_PID"
 done
-compgen -G "$RAW/*.profraw" >/dev/null || die "the instrumented sidekey wrote no profile"
 
-"$PROFDATA" merge -o "$TMP/sidekey.profdata" "$RAW"/*.profraw
+"$PROFDATA" merge -o "$TMP/sidekey.profdata" "$RAW"/*.profraw || die "llvm-profdata merge failed"
 # Named by its content: cargo does not watch the file, but it does rebuild when RUSTFLAGS
 # change, so a new profile means a new build and an unchanged one reuses the last.
 mkdir -p "$USE_DIR"

@@ -198,14 +198,14 @@ reset_hwm() { # Linux >= 4.0: writing 5 to clear_refs resets VmHWM
 mib() { awk -v k="${1:-}" 'BEGIN{ if(k=="") print "n/a"; else printf "%.1f", k/1024 }'; }
 
 # ---------------------------------------------------------------- tools
-as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
 APT_UPDATED=0
 apt_install() {
     command -v apt-get >/dev/null || return 1
     if [[ $APT_UPDATED == 0 ]]; then
-        timeout 300 as_root apt-get update -qq >&2 || true; APT_UPDATED=1
+        as_root timeout 300 apt-get update -qq >&2 || true; APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive timeout 600 as_root apt-get install -y -qq "$@" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "$@" >&2
 }
 ensure_tool() { # ensure_tool CMD PKG...
     local cmd=$1; shift
@@ -302,8 +302,9 @@ if [[ " $LAYOUTS " == *" sidekey-pgo "* ]]; then
         SIDEKEY_PGO_BIN="$ROOT/target/pgo/release/sidekey"
         if [[ "$SKIP_BUILD" != 1 ]]; then
             log "scripts/pgo-build.sh (profile-guided sidekey)"
-            timeout 2400 "$ROOT/scripts/pgo-build.sh" >"$TMP/build-pgo.log" 2>&1 \
-                || { PGO_STATUS="scripts/pgo-build.sh failed: $(grep ERROR "$TMP/build-pgo.log" | tail -n1)"; tail -n 5 "$TMP/build-pgo.log" >&2; }
+            timeout -k 30 2400 "$ROOT/scripts/pgo-build.sh" >"$TMP/build-pgo.log" 2>&1 \
+                || { PGO_STATUS="scripts/pgo-build.sh failed: $({ grep ERROR "$TMP/build-pgo.log" || true; } | tail -n1) (log: build-pgo.log)"
+                     tail -n 5 "$TMP/build-pgo.log" >&2 || true; }
         fi
     fi
     [[ -n "$PGO_STATUS" || -x "$SIDEKEY_PGO_BIN" ]] || PGO_STATUS="binary not found: $SIDEKEY_PGO_BIN"

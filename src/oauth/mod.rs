@@ -207,9 +207,10 @@ impl TokenManager {
 
     /// Forgets the token state of connections the snapshot no longer has, and drops state-file
     /// entries its vault has superseded (blocking file I/O: call at startup, or from
-    /// `spawn_blocking` after a reload). A request still finishing on an older snapshot keeps
-    /// its own handle on the forgotten state; a connection added back later starts afresh
-    /// from the vault.
+    /// `spawn_blocking` after a reload). A connection added back later starts afresh from the
+    /// vault (and the state file). A request still finishing on an older snapshot may create
+    /// the state of a removed connection again (to refresh after a 401, say); that state is
+    /// dropped at the next reload.
     pub fn prune(&self, snapshot: &Snapshot) {
         {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);

@@ -445,6 +445,7 @@ async fn a_reload_that_deletes_a_connection_frees_its_token_state() {
     m.prune(&no_connection);
     assert_eq!(m.tracked(), 0);
     m.access_token(&conn(&s1)).await.expect("token");
+    assert_eq!(m.tracked(), 1, "made again on use");
     m.prune(&snapshot("integrations: []\n"));
     assert_eq!(m.tracked(), 0);
     assert_eq!(fake.calls(), 0, "no refresh was needed");
