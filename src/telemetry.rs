@@ -109,12 +109,12 @@ impl RequestLog {
         (req, log)
     }
 
-    /// Records that sidekey answered with its own error `code`.
     /// Whether the access log is on: fields only it reads need not be filled in otherwise.
     pub fn enabled(&self) -> bool {
         tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
     }
 
+    /// Records that sidekey answered with its own error `code`.
     pub fn set_error(&mut self, code: &'static str) {
         self.error = Some(code);
     }

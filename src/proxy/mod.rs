@@ -125,14 +125,26 @@ pub struct Controls<'a> {
     pub activity_log_id: Option<&'a str>,
 }
 
+/// The control header names as text, each written once: [`RawControls::collect`] matches on
+/// them and the `HeaderName`s below are built from them.
+mod control {
+    pub const CONNECTION_ID: &str = "connection-id";
+    pub const PROVIDER_CONFIG_KEY: &str = "provider-config-key";
+    pub const RETRIES: &str = "retries";
+    pub const RETRY_ON: &str = "retry-on";
+    pub const DECOMPRESS: &str = "decompress";
+    pub const BASE_URL_OVERRIDE: &str = "base-url-override";
+    pub const ACTIVITY_LOG_ID: &str = "nango-activity-log-id";
+}
+
 // Control header names, built once: looking up by `&str` would parse the name every time.
-const CONNECTION_ID: HeaderName = HeaderName::from_static("connection-id");
-const PROVIDER_CONFIG_KEY: HeaderName = HeaderName::from_static("provider-config-key");
-const RETRIES: HeaderName = HeaderName::from_static("retries");
-const RETRY_ON: HeaderName = HeaderName::from_static("retry-on");
-const DECOMPRESS: HeaderName = HeaderName::from_static("decompress");
-const BASE_URL_OVERRIDE: HeaderName = HeaderName::from_static("base-url-override");
-pub(crate) const ACTIVITY_LOG_ID: HeaderName = HeaderName::from_static("nango-activity-log-id");
+const CONNECTION_ID: HeaderName = HeaderName::from_static(control::CONNECTION_ID);
+const PROVIDER_CONFIG_KEY: HeaderName = HeaderName::from_static(control::PROVIDER_CONFIG_KEY);
+const RETRIES: HeaderName = HeaderName::from_static(control::RETRIES);
+const RETRY_ON: HeaderName = HeaderName::from_static(control::RETRY_ON);
+const DECOMPRESS: HeaderName = HeaderName::from_static(control::DECOMPRESS);
+const BASE_URL_OVERRIDE: HeaderName = HeaderName::from_static(control::BASE_URL_OVERRIDE);
+pub(crate) const ACTIVITY_LOG_ID: HeaderName = HeaderName::from_static(control::ACTIVITY_LOG_ID);
 
 /// A header's value as trimmed text; anything but visible ASCII is refused.
 fn header_text<'a>(name: &HeaderName, v: &'a HeaderValue) -> Result<&'a str, ProxyError> {
@@ -159,13 +171,13 @@ impl<'a> RawControls<'a> {
         let mut c = Self::default();
         for (name, value) in headers {
             let slot = match name.as_str() {
-                "connection-id" => &mut c.connection_id,
-                "provider-config-key" => &mut c.provider_config_key,
-                "retries" => &mut c.retries,
-                "retry-on" => &mut c.retry_on,
-                "decompress" => &mut c.decompress,
-                "base-url-override" => &mut c.base_url_override,
-                "nango-activity-log-id" => &mut c.activity_log_id,
+                control::CONNECTION_ID => &mut c.connection_id,
+                control::PROVIDER_CONFIG_KEY => &mut c.provider_config_key,
+                control::RETRIES => &mut c.retries,
+                control::RETRY_ON => &mut c.retry_on,
+                control::DECOMPRESS => &mut c.decompress,
+                control::BASE_URL_OVERRIDE => &mut c.base_url_override,
+                control::ACTIVITY_LOG_ID => &mut c.activity_log_id,
                 _ => continue,
             };
             slot.get_or_insert(value);
