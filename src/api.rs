@@ -136,7 +136,7 @@ pub fn respond(
             let key = decode(key);
             let i = snapshot
                 .integrations
-                .get(&key)
+                .get(key.as_str())
                 .ok_or(ProxyError::UnknownProviderConfig(key))?;
             Ok(ok(json!({ "data": integration_json(i) })))
         }
@@ -150,7 +150,7 @@ pub fn respond(
             let mut list: Vec<&Connection> = snapshot
                 .connections
                 .iter()
-                .filter(|(k, _)| filter.as_deref().is_none_or(|f| f == k.as_str()))
+                .filter(|(k, _)| filter.as_deref().is_none_or(|f| *f == ***k))
                 .flat_map(|(_, m)| m.values().map(AsRef::as_ref))
                 .filter(|c| want_id.as_deref().is_none_or(|w| w == c.connection_id))
                 .collect();
@@ -172,7 +172,7 @@ pub fn respond(
                     "the provider_config_key query parameter is required".into(),
                 )
             })?;
-            if !snapshot.integrations.contains_key(&key) {
+            if !snapshot.integrations.contains_key(key.as_str()) {
                 return Err(ProxyError::UnknownProviderConfig(key));
             }
             let c = snapshot

@@ -63,7 +63,7 @@ fn check(files: &FileArgs) -> ExitCode {
     let result = config::load_files(&paths).and_then(|src| config::snapshot::build(&src, &opts));
     match result {
         Ok(snapshot) => {
-            for w in &snapshot.warnings {
+            for w in snapshot.warnings.iter() {
                 println!("{w}");
             }
             println!(
@@ -173,7 +173,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("configuration refused:\n{}", lines.join("\n"))
     })?;
-    for w in &snapshot.warnings {
+    for w in snapshot.warnings.iter() {
         tracing::debug!(warning = %w, "configuration warning");
     }
     if snapshot.secret_keys.is_empty() {

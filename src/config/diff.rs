@@ -65,8 +65,8 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Changes {
             .filter(|id| !after.is_some_and(|m| m.contains_key(*id)))
             .count();
     }
-    let old_keys: HashSet<&[u8; 32]> = old.secret_keys.iter().collect();
-    let new_keys: HashSet<&[u8; 32]> = new.secret_keys.iter().collect();
+    let old_keys: HashSet<&[u8; 32]> = old.secret_keys.iter().map(|k| &k.digest).collect();
+    let new_keys: HashSet<&[u8; 32]> = new.secret_keys.iter().map(|k| &k.digest).collect();
     c.caller_keys_added = new_keys.difference(&old_keys).count();
     c.caller_keys_removed = old_keys.difference(&new_keys).count();
     c

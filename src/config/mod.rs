@@ -20,7 +20,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use snapshot::{
-    BaseUrl, BuildOptions, Connection, Credential, Injection, Integration, Placement, Snapshot,
+    BaseUrl, BuildOptions, CallerKey, Change, Connection, Credential, Injection, Integration,
+    Placement, Snapshot, Table,
 };
 
 /// The providers.yaml compiled into the binary, used when none is given or found.

@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::providers::{AuthMode, Catalog, Provider};
-use super::vault::{self, KeyPlacement, RawConnection, RawCredentials, RawIntegration};
+use super::vault::{
+    self, KeyPlacement, RawConnection, RawCredentials, RawIntegration, RawSecretKey, RawVault,
+};
 use super::{Diagnostic, Sources};
 use crate::secret::Secret;
 use crate::template::{BaseUrlTemplate, Template, Values};
@@ -148,12 +150,19 @@ pub struct Integration {
     pub oauth_client_id: Option<Secret>,
     pub oauth_client_secret: Option<Secret>,
     pub scopes: Option<String>,
+    /// Whether a template reads `${credentials.x}`; only then is a credential map built.
+    uses_credentials: bool,
+    /// The injections rendered per request (those that need the access token), shared by
+    /// every connection of this integration.
+    dynamic: Arc<[Injection]>,
+    /// The record this was compiled from, for the API and for recompiling its connections.
+    pub record: RawIntegration,
     /// This integration's metric handles, made on first use (see [`crate::metrics`]).
     pub metrics: std::sync::OnceLock<crate::metrics::IntegrationMetrics>,
 }
 
 /// A connection's stored credential.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
     ApiKey(Secret),
     Basic {
@@ -173,6 +182,40 @@ pub enum Credential {
     },
 }
 
+impl Credential {
+    /// The record form, as the vault and the API write it.
+    pub fn to_raw(&self) -> RawCredentials {
+        let ts = |t: &Option<jiff::Timestamp>| t.map(|t| t.to_string());
+        match self {
+            Self::ApiKey(k) => RawCredentials::ApiKey { api_key: k.clone() },
+            Self::Basic { username, password } => RawCredentials::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            Self::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+            } => RawCredentials::OAuth2 {
+                access_token: access_token.clone(),
+                refresh_token: refresh_token.clone(),
+                expires_at: ts(expires_at),
+            },
+            Self::OAuth2Cc {
+                client_id,
+                client_secret,
+                token,
+                expires_at,
+            } => RawCredentials::OAuth2Cc {
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+                token: token.clone(),
+                expires_at: ts(expires_at),
+            },
+        }
+    }
+}
+
 /// A connection with everything precomputed for the request path.
 #[derive(Debug)]
 pub struct Connection {
@@ -181,7 +224,8 @@ pub struct Connection {
     pub integration: Arc<Integration>,
     pub credential: Credential,
     /// `None` when no base URL is configured anywhere: requests need `Base-Url-Override`.
-    pub base_url: Option<BaseUrl>,
+    /// Shared by the connections of an integration whose base URL is the same string.
+    pub base_url: Option<Arc<BaseUrl>>,
     /// Injected headers whose values are known at load time (sensitive).
     pub static_headers: Vec<(HeaderName, HeaderValue)>,
     /// Injected query pairs known at load time, percent-encoded.
@@ -190,6 +234,13 @@ pub struct Connection {
     pub dynamic: Arc<[Injection]>,
     pub connection_config: Map<String, Value>,
     pub metadata: Map<String, Value>,
+    pub end_user: Option<Value>,
+    pub tags: Map<String, Value>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    /// The store's version of this record: it changes whenever the record does (an API write,
+    /// a refreshed token, a hand edit the file store noticed).
+    pub version: u64,
     /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one.
     pub fingerprint: [u8; 32],
 }
@@ -213,27 +264,76 @@ impl Connection {
         }
         v
     }
+
+    /// The record this connection was compiled from.
+    pub fn record(&self) -> RawConnection {
+        RawConnection {
+            connection_id: self.connection_id.clone(),
+            provider_config_key: self.provider_config_key.clone(),
+            credentials: self.credential.to_raw(),
+            connection_config: self.connection_config.clone(),
+            metadata: self.metadata.clone(),
+            end_user: self.end_user.clone(),
+            tags: self.tags.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+        }
+    }
 }
 
-/// The snapshot's lookup tables: looked up on every request with keys the caller sends, so
-/// they hash with foldhash (fast, seeded per process) rather than SipHash. Only the operator's
-/// files insert keys.
-pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// The snapshot's lookup tables: persistent hash maps (a put or delete shares every untouched
+/// node with the previous snapshot) keyed by `Arc<str>`, hashed with foldhash (fast, seeded
+/// per process) rather than SipHash. Only the operator's records insert keys.
+pub type Table<V> = imbl::GenericHashMap<
+    Arc<str>,
+    V,
+    foldhash::fast::RandomState,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
 
-/// One consistent view of all configuration, swapped whole on reload.
-#[derive(Debug, Default)]
+/// One accepted caller key: its digest and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerKey {
+    pub digest: [u8; 32],
+    pub scopes: crate::auth::Scopes,
+    /// From `SIDEKEY_SECRET_KEY` (kept for the life of the process) rather than the vault.
+    pub from_env: bool,
+}
+
+/// One consistent view of all configuration, swapped whole on reload or write.
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub generation: u64,
-    /// SHA-256 digests of the accepted caller keys (environment and vault).
-    pub secret_keys: Vec<[u8; 32]>,
-    pub integrations: FastMap<String, Arc<Integration>>,
+    /// The accepted caller keys (environment and vault).
+    pub secret_keys: Arc<[CallerKey]>,
+    pub integrations: Table<Arc<Integration>>,
     /// Connections by integration key, then connection id.
-    pub connections: FastMap<String, FastMap<String, Arc<Connection>>>,
+    pub connections: Table<Table<Arc<Connection>>>,
     /// Connections by connection id alone, for integration.app-style selectors.
-    pub by_connection_id: FastMap<String, Vec<Arc<Connection>>>,
+    pub by_connection_id: Table<Arc<[Arc<Connection>]>>,
     pub catalog: Arc<Catalog>,
     /// Problems that don't stop the load (unusable providers nobody uses, …).
-    pub warnings: Vec<Diagnostic>,
+    pub warnings: Arc<[Diagnostic]>,
+}
+
+/// One change to the state: what an API write, a refreshed token or a database notification
+/// applies to a snapshot.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Insert or replace an integration; its connections are recompiled against it.
+    PutIntegration(RawIntegration),
+    /// Remove an integration and every connection of it.
+    DeleteIntegration(String),
+    /// Insert or replace a connection, with the store's version for it.
+    PutConnection(RawConnection, u64),
+    DeleteConnection {
+        provider_config_key: String,
+        connection_id: String,
+    },
+    /// Insert or replace a vault caller key (by digest).
+    PutKey(RawSecretKey),
+    /// Remove a vault caller key by its hex digest.
+    DeleteKey(String),
 }
 
 impl Snapshot {
@@ -248,7 +348,169 @@ impl Snapshot {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.connections.values().map(FastMap::len).sum()
+        self.connections.values().map(Table::len).sum()
+    }
+
+    /// This snapshot with one change applied, or the problems that refuse it (paths relative
+    /// to the record, file name empty). Costs O(log n) for a connection or key; an
+    /// integration recompiles its own connections and nothing else.
+    pub fn with(&self, change: Change) -> Result<Snapshot, Vec<Diagnostic>> {
+        let mut next = self.clone();
+        let mut b = Builder::new("", &self.catalog);
+        match change {
+            Change::PutConnection(raw, version) => {
+                let Some(int) = next.integrations.get(raw.provider_config_key.as_str()).cloned()
+                else {
+                    b.error(
+                        "provider_config_key",
+                        format!("no integration `{}`", raw.provider_config_key),
+                    );
+                    return Err(b.errors);
+                };
+                match b.connection("", raw, &int, version) {
+                    Some(conn) => next.insert_connection(Arc::new(conn)),
+                    None => return Err(b.errors),
+                }
+            }
+            Change::DeleteConnection {
+                provider_config_key,
+                connection_id,
+            } => next.remove_connection(&provider_config_key, &connection_id),
+            Change::PutIntegration(raw) => {
+                let Some(int) = b.integration("", &raw) else {
+                    return Err(b.errors);
+                };
+                let int = Arc::new(int);
+                let key: Arc<str> = Arc::from(int.unique_key.as_str());
+                let old = next.connections.get(&*key).cloned().unwrap_or_default();
+                let mut table = Table::default();
+                for conn in old.values() {
+                    let at = format!("connections[{}]", conn.connection_id);
+                    if let Some(c) = b.connection(&at, conn.record(), &int, conn.version) {
+                        table.insert(Arc::from(c.connection_id.as_str()), Arc::new(c));
+                    }
+                }
+                if !b.errors.is_empty() {
+                    return Err(b.errors);
+                }
+                next.integrations.insert(key.clone(), int);
+                for conn in table.values() {
+                    next.index_by_id(conn.clone());
+                }
+                if !table.is_empty() {
+                    next.connections.insert(key, table);
+                }
+            }
+            Change::DeleteIntegration(key) => {
+                if let Some(table) = next.connections.remove(key.as_str()) {
+                    for conn in table.values() {
+                        next.unindex_by_id(&conn.provider_config_key, &conn.connection_id);
+                    }
+                }
+                next.integrations.remove(key.as_str());
+            }
+            Change::PutKey(raw) => {
+                let key = b.caller_key("", &raw).ok_or_else(|| b.errors.clone())?;
+                let mut keys: Vec<CallerKey> = next
+                    .secret_keys
+                    .iter()
+                    .filter(|k| k.from_env || k.digest != key.digest)
+                    .cloned()
+                    .collect();
+                keys.push(key);
+                next.secret_keys = keys.into();
+            }
+            Change::DeleteKey(hex) => {
+                let digest = parse_sha256(&hex);
+                next.secret_keys = next
+                    .secret_keys
+                    .iter()
+                    .filter(|k| k.from_env || Some(k.digest) != digest)
+                    .cloned()
+                    .collect();
+            }
+        }
+        Ok(next)
+    }
+
+    /// Adds (or replaces) a connection in both lookups.
+    fn insert_connection(&mut self, conn: Arc<Connection>) {
+        let pck: Arc<str> = Arc::from(conn.provider_config_key.as_str());
+        let mut table = self.connections.get(&*pck).cloned().unwrap_or_default();
+        table.insert(Arc::from(conn.connection_id.as_str()), conn.clone());
+        self.connections.insert(pck, table);
+        self.index_by_id(conn);
+    }
+
+    fn remove_connection(&mut self, pck: &str, cid: &str) {
+        let Some(mut table) = self.connections.get(pck).cloned() else {
+            return;
+        };
+        if table.remove(cid).is_none() {
+            return;
+        }
+        if table.is_empty() {
+            self.connections.remove(pck);
+        } else {
+            self.connections.insert(Arc::from(pck), table);
+        }
+        self.unindex_by_id(pck, cid);
+    }
+
+    fn index_by_id(&mut self, conn: Arc<Connection>) {
+        let cid = conn.connection_id.as_str();
+        let list: Vec<Arc<Connection>> = self
+            .by_connection_id
+            .get(cid)
+            .into_iter()
+            .flat_map(|l| l.iter())
+            .filter(|c| c.provider_config_key != conn.provider_config_key)
+            .cloned()
+            .chain(std::iter::once(conn.clone()))
+            .collect();
+        self.by_connection_id.insert(Arc::from(cid), list.into());
+    }
+
+    fn unindex_by_id(&mut self, pck: &str, cid: &str) {
+        let Some(list) = self.by_connection_id.get(cid) else {
+            return;
+        };
+        let rest: Vec<Arc<Connection>> = list
+            .iter()
+            .filter(|c| c.provider_config_key != pck)
+            .cloned()
+            .collect();
+        if rest.is_empty() {
+            self.by_connection_id.remove(cid);
+        } else {
+            self.by_connection_id.insert(Arc::from(cid), rest.into());
+        }
+    }
+
+    /// Every record in this snapshot (vault keys only, not the environment's), in a stable
+    /// order: what the file store writes and the property test compares.
+    pub fn records(&self) -> RawVault {
+        let mut integrations: Vec<RawIntegration> = self
+            .integrations
+            .values()
+            .map(|i| i.record.clone())
+            .collect();
+        integrations.sort_by(|a, b| a.unique_key.cmp(&b.unique_key));
+        let mut connections: Vec<RawConnection> = self
+            .connections
+            .values()
+            .flat_map(|t| t.values())
+            .map(|c| c.record())
+            .collect();
+        connections.sort_by(|a, b| {
+            (&a.provider_config_key, &a.connection_id)
+                .cmp(&(&b.provider_config_key, &b.connection_id))
+        });
+        RawVault {
+            secret_keys: Vec::new(),
+            integrations,
+            connections,
+        }
     }
 }
 
@@ -269,72 +531,92 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             return Err(errors);
         }
     };
-    let mut b = Builder {
-        file: &src.vault_name,
-        catalog: &catalog,
-        errors,
-        warnings: Vec::new(),
-    };
-    let mut secret_keys = opts.env_keys.clone();
+    let catalog = Arc::new(catalog);
+    let mut snapshot = build_records(&src.vault_name, catalog.clone(), raw, opts)
+        .map_err(|mut e| {
+            errors.append(&mut e);
+            errors.clone()
+        })?;
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut warnings = snapshot.warnings.to_vec();
+    warnings.extend(catalog.warnings(&src.providers_name));
+    snapshot.warnings = warnings.into();
+    Ok(snapshot)
+}
+
+/// Builds a snapshot from parsed records, naming problems by their place in `file`. Every
+/// record goes through the same compile step as [`Snapshot::with`], so building from scratch
+/// and applying the same records one by one give the same snapshot.
+pub fn build_records(
+    file: &str,
+    catalog: Arc<Catalog>,
+    raw: RawVault,
+    opts: &BuildOptions,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let cat = catalog.clone();
+    let mut b = Builder::new(file, &cat);
+    let mut secret_keys: Vec<CallerKey> = opts
+        .env_keys
+        .iter()
+        .map(|d| CallerKey {
+            digest: *d,
+            scopes: crate::auth::Scopes::ALL,
+            from_env: true,
+        })
+        .collect();
     for (i, k) in raw.secret_keys.iter().enumerate() {
-        match parse_sha256(&k.sha256) {
-            Some(d) => secret_keys.push(d),
-            None => b.error(
-                format!("secret_keys[{i}].sha256"),
-                "must be 64 hexadecimal digits (the SHA-256 of the key)",
-            ),
+        if let Some(key) = b.caller_key(&format!("secret_keys[{i}]"), k) {
+            secret_keys.push(key);
         }
     }
-    let mut integrations: FastMap<String, Arc<Integration>> = FastMap::default();
+    let mut integrations: Table<Arc<Integration>> = Table::default();
     for (i, raw_int) in raw.integrations.iter().enumerate() {
-        if let Some(int) = b.integration(i, raw_int) {
-            if integrations.contains_key(&int.unique_key) {
+        let at = format!("integrations[{i}]");
+        if let Some(int) = b.integration(&at, raw_int) {
+            if integrations.contains_key(int.unique_key.as_str()) {
                 b.error(
-                    format!("integrations[{i}].unique_key"),
+                    format!("{at}.unique_key"),
                     format!("duplicate unique_key `{}`", int.unique_key),
                 );
             } else {
-                integrations.insert(int.unique_key.clone(), Arc::new(int));
+                integrations.insert(Arc::from(int.unique_key.as_str()), Arc::new(int));
             }
         }
     }
-    let mut connections: FastMap<String, FastMap<String, Arc<Connection>>> = FastMap::default();
-    let mut by_connection_id: FastMap<String, Vec<Arc<Connection>>> =
-        FastMap::with_capacity_and_hasher(raw.connections.len(), Default::default());
     let known: std::collections::HashSet<&str> = raw
         .integrations
         .iter()
         .map(|i| i.unique_key.as_str())
         .collect();
-    let mut plans: HashMap<&str, Plan> = integrations
-        .iter()
-        .map(|(k, int)| (k.as_str(), Plan::new(int)))
-        .collect();
-    // Connections are moved out of the raw vault, not cloned: a large vault is built with
-    // one allocation fewer per field, and freed once.
+    let mut connections: HashMap<Arc<str>, Table<Arc<Connection>>> = HashMap::new();
+    let mut by_connection_id: HashMap<Arc<str>, Vec<Arc<Connection>>> = HashMap::new();
+    // Connections are moved out of the records, not cloned: a large vault is built with one
+    // allocation fewer per field, and freed once.
+    let mut failed_known = false;
     for (i, raw_conn) in raw.connections.into_iter().enumerate() {
-        let Some(plan) = plans.get_mut(raw_conn.provider_config_key.as_str()) else {
+        let at = format!("connections[{i}]");
+        let Some(int) = integrations.get(raw_conn.provider_config_key.as_str()).cloned() else {
             // An integration that failed to build has already reported its own error.
             if !known.contains(raw_conn.provider_config_key.as_str()) {
                 b.error(
-                    format!("connections[{i}].provider_config_key"),
+                    format!("{at}.provider_config_key"),
                     format!("no integration `{}`", raw_conn.provider_config_key),
                 );
             }
+            failed_known = true;
             continue;
         };
-        let Some(conn) = b.connection(i, raw_conn, plan) else {
+        let Some(conn) = b.connection(&at, raw_conn, &int, 0) else {
             continue;
         };
-        if !connections.contains_key(&conn.provider_config_key) {
-            connections.insert(conn.provider_config_key.clone(), FastMap::default());
-        }
-        let Some(per_int) = connections.get_mut(&conn.provider_config_key) else {
-            continue; // inserted just above
-        };
-        if per_int.contains_key(&conn.connection_id) {
+        let table = connections
+            .entry(Arc::from(conn.provider_config_key.as_str()))
+            .or_default();
+        if table.contains_key(conn.connection_id.as_str()) {
             b.error(
-                format!("connections[{i}]"),
+                at,
                 format!(
                     "duplicate connection `{}` for integration `{}`",
                     conn.connection_id, conn.provider_config_key
@@ -343,28 +625,25 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             continue;
         }
         let conn = Arc::new(conn);
-        per_int.insert(conn.connection_id.clone(), conn.clone());
-        match by_connection_id.get_mut(&conn.connection_id) {
-            Some(list) => list.push(conn),
-            None => {
-                by_connection_id.insert(conn.connection_id.clone(), vec![conn]);
-            }
-        }
+        let cid: Arc<str> = Arc::from(conn.connection_id.as_str());
+        table.insert(cid.clone(), conn.clone());
+        by_connection_id.entry(cid).or_default().push(conn);
     }
-    drop(plans);
+    let _ = failed_known;
     if !b.errors.is_empty() {
         return Err(b.errors);
     }
-    let mut warnings = b.warnings;
-    warnings.extend(catalog.warnings(&src.providers_name));
     Ok(Snapshot {
         generation: opts.generation,
-        secret_keys,
+        secret_keys: secret_keys.into(),
         integrations,
-        connections,
-        by_connection_id,
-        catalog: Arc::new(catalog),
-        warnings,
+        connections: connections.into_iter().collect(),
+        by_connection_id: by_connection_id
+            .into_iter()
+            .map(|(k, v)| (k, Arc::from(v)))
+            .collect(),
+        catalog,
+        warnings: b.warnings.into(),
     })
 }
 
@@ -374,71 +653,87 @@ pub fn parse_sha256(s: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-/// What every connection of one integration shares, worked out once per integration.
-struct Plan {
-    int: Arc<Integration>,
-    /// Whether a template reads `${credentials.x}`; only then is the credential map built.
-    uses_credentials: bool,
-    /// The injections rendered per request (those that need the access token).
-    dynamic: Arc<[Injection]>,
-    /// The last base URL string parsed for this integration and its result: connections of
-    /// an integration with a fixed base URL all render the same string, parsed once.
-    last_base: Option<(String, BaseUrl)>,
-}
-
-impl Plan {
-    fn new(int: &Arc<Integration>) -> Self {
-        let reads_credentials = |p: &crate::template::Placeholder| {
-            matches!(p, crate::template::Placeholder::Credentials(_))
-        };
-        let uses_credentials = int
-            .injections
-            .iter()
-            .any(|inj| inj.template.placeholders().any(reads_credentials))
-            || int
-                .base_url
-                .as_ref()
-                .is_some_and(|b| b.placeholders().any(reads_credentials));
-        Self {
-            int: int.clone(),
-            uses_credentials,
-            dynamic: int
-                .injections
-                .iter()
-                .filter(|inj| inj.template.uses_access_token())
-                .cloned()
-                .collect(),
-            last_base: None,
-        }
-    }
-
-    /// Parses a base URL, reusing the previous result when the string is the same.
-    fn base_url(&mut self, s: String) -> Result<BaseUrl, String> {
-        if let Some((prev, parsed)) = &self.last_base {
-            if *prev == s {
-                return Ok(parsed.clone());
-            }
-        }
-        let parsed = BaseUrl::parse(&s)?;
-        self.last_base = Some((s, parsed.clone()));
-        Ok(parsed)
-    }
-}
-
+/// Compiles records into the model, collecting problems. Paths are `base.field`, where `base`
+/// names the record in its file (`connections[3]`), or is empty for an API write.
 struct Builder<'a> {
     file: &'a str,
     catalog: &'a Catalog,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
+    /// The last base URL string parsed per integration and its result: connections of an
+    /// integration with a fixed base URL all render the same string, parsed (and stored) once.
+    last_base: HashMap<String, (String, Arc<BaseUrl>)>,
 }
 
-impl Builder<'_> {
+fn join(base: &str, field: &str) -> String {
+    match (base.is_empty(), field.is_empty()) {
+        (true, _) => field.to_string(),
+        (false, true) => base.to_string(),
+        (false, false) => format!("{base}.{field}"),
+    }
+}
+
+impl<'a> Builder<'a> {
+    fn new(file: &'a str, catalog: &'a Catalog) -> Self {
+        Self {
+            file,
+            catalog,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            last_base: HashMap::new(),
+        }
+    }
+
     fn error(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push(Diagnostic::error(self.file, path, msg));
     }
 
-    fn integration(&mut self, i: usize, raw: &RawIntegration) -> Option<Integration> {
-        let at = |f: &str| format!("integrations[{i}].{f}");
+    fn caller_key(&mut self, base: &str, raw: &RawSecretKey) -> Option<CallerKey> {
+        let Some(digest) = parse_sha256(&raw.sha256) else {
+            self.error(
+                join(base, "sha256"),
+                "must be 64 hexadecimal digits (the SHA-256 of the key)",
+            );
+            return None;
+        };
+        let scopes = match &raw.scopes {
+            None => crate::auth::Scopes::ALL,
+            Some(names) => match crate::auth::Scopes::parse(names) {
+                Ok(s) => s,
+                Err(unknown) => {
+                    self.error(
+                        join(base, "scopes"),
+                        format!(
+                            "unknown scope `{unknown}` (known: {})",
+                            crate::auth::Scope::NAMES.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(CallerKey {
+            digest,
+            scopes,
+            from_env: false,
+        })
+    }
+
+    /// Parses a base URL, reusing the integration's previous result when the string is the same.
+    fn base_url(&mut self, int: &str, s: String) -> Result<Arc<BaseUrl>, String> {
+        if let Some((prev, parsed)) = self.last_base.get(int) {
+            if *prev == s {
+                return Ok(parsed.clone());
+            }
+        }
+        let parsed = Arc::new(BaseUrl::parse(&s)?);
+        self.last_base
+            .insert(int.to_string(), (s, parsed.clone()));
+        Ok(parsed)
+    }
+
+    fn integration(&mut self, base: &str, raw: &RawIntegration) -> Option<Integration> {
+        let at = |f: &str| join(base, f);
         if raw.unique_key.trim().is_empty() {
             self.error(at("unique_key"), "must not be empty");
             return None;
@@ -542,6 +837,20 @@ impl Builder<'_> {
             ));
         }
         let creds = raw.credentials.as_ref();
+        let reads_credentials = |p: &crate::template::Placeholder| {
+            matches!(p, crate::template::Placeholder::Credentials(_))
+        };
+        let uses_credentials = injections
+            .iter()
+            .any(|inj| inj.template.placeholders().any(reads_credentials))
+            || base_url
+                .as_ref()
+                .is_some_and(|b| b.placeholders().any(reads_credentials));
+        let dynamic: Arc<[Injection]> = injections
+            .iter()
+            .filter(|inj| inj.template.uses_access_token())
+            .cloned()
+            .collect();
         Some(Integration {
             unique_key: raw.unique_key.clone(),
             display_name: raw.display_name.clone(),
@@ -551,19 +860,21 @@ impl Builder<'_> {
             oauth_client_id: creds.and_then(|c| c.oauth_client_id.clone()),
             oauth_client_secret: creds.and_then(|c| c.oauth_client_secret.clone()),
             scopes: creds.and_then(|c| c.scopes.clone()),
+            uses_credentials,
+            dynamic,
+            record: raw.clone(),
             metrics: std::sync::OnceLock::new(),
         })
     }
 
-    fn connection(&mut self, i: usize, raw: RawConnection, plan: &mut Plan) -> Option<Connection> {
-        let int = &plan.int.clone();
-        let at = |f: &str| {
-            if f.is_empty() {
-                format!("connections[{i}]")
-            } else {
-                format!("connections[{i}].{f}")
-            }
-        };
+    fn connection(
+        &mut self,
+        base: &str,
+        raw: RawConnection,
+        int: &Arc<Integration>,
+        version: u64,
+    ) -> Option<Connection> {
+        let at = |f: &str| join(base, f);
         let errors_before = self.errors.len();
         if raw.connection_id.trim().is_empty() {
             self.error(at("connection_id"), "must not be empty");
@@ -599,7 +910,7 @@ impl Builder<'_> {
                 })
         };
         let fingerprint = fingerprint(&raw.credentials);
-        let creds_map = plan
+        let creds_map = int
             .uses_credentials
             .then(|| credentials_map(&raw.credentials));
         let credential = match raw.credentials {
@@ -664,6 +975,11 @@ impl Builder<'_> {
             dynamic: Arc::from([]),
             connection_config: raw.connection_config,
             metadata: raw.metadata,
+            end_user: raw.end_user,
+            tags: raw.tags,
+            created_at: raw.created_at,
+            updated_at: raw.updated_at,
+            version,
             fingerprint,
         };
         let mut values = conn.values(None);
@@ -679,7 +995,7 @@ impl Builder<'_> {
         };
         let base_url = match base {
             None => None,
-            Some(Ok(s)) => match plan.base_url(s) {
+            Some(Ok(s)) => match self.base_url(&int.unique_key, s) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     self.error(at("connection_config"), format!("base URL: {e}"));
@@ -741,7 +1057,7 @@ impl Builder<'_> {
         conn.base_url = base_url;
         conn.static_headers = static_headers;
         conn.static_query = static_query;
-        conn.dynamic = plan.dynamic.clone();
+        conn.dynamic = int.dynamic.clone();
         Some(conn)
     }
 }
@@ -977,6 +1293,239 @@ connections:
         .expect_err("refused");
         for e in messages(&errs) {
             assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    /// Everything the request path and the API read from a snapshot, in a stable order.
+    fn canon(s: &Snapshot) -> String {
+        let mut out = String::new();
+        let mut keys: Vec<String> = s
+            .secret_keys
+            .iter()
+            .map(|k| format!("{}:{:?}:{}", hex::encode(k.digest), k.scopes, k.from_env))
+            .collect();
+        keys.sort();
+        out.push_str(&format!("keys {keys:?}\n"));
+        let mut ints: Vec<_> = s.integrations.values().collect();
+        ints.sort_by(|a, b| a.unique_key.cmp(&b.unique_key));
+        for i in ints {
+            out.push_str(&format!(
+                "int {} {} {:?} {}\n",
+                i.unique_key,
+                i.provider.name,
+                i.record,
+                i.injections.len()
+            ));
+        }
+        let mut conns: Vec<_> = s.connections.values().flat_map(|t| t.values()).collect();
+        conns.sort_by(|a, b| {
+            (&a.provider_config_key, &a.connection_id)
+                .cmp(&(&b.provider_config_key, &b.connection_id))
+        });
+        for c in conns {
+            let headers: Vec<_> = c
+                .static_headers
+                .iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
+                .collect();
+            out.push_str(&format!(
+                "conn {}/{} v{} {:?} {:?} {:?} {:?} {:?} int={}\n",
+                c.provider_config_key,
+                c.connection_id,
+                c.version,
+                c.record(),
+                c.base_url.as_ref().map(|b| (&b.host, &b.path)),
+                headers,
+                c.static_query,
+                c.dynamic.len(),
+                Arc::as_ptr(&c.integration) == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
+            ));
+        }
+        let mut ids: Vec<String> = s
+            .by_connection_id
+            .iter()
+            .map(|(id, list)| {
+                let mut l: Vec<&str> = list.iter().map(|c| c.provider_config_key.as_str()).collect();
+                l.sort();
+                format!("{id}:{l:?}")
+            })
+            .collect();
+        ids.sort();
+        out.push_str(&format!("ids {ids:?}\n"));
+        out
+    }
+
+    fn catalog() -> Arc<Catalog> {
+        Arc::new(Catalog::parse("providers.yaml", PROVIDERS).expect("providers"))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        PutInt(u8, u8),
+        DelInt(u8),
+        PutConn(u8, u8, u8, bool),
+        DelConn(u8, u8),
+        PutKey(u8, bool),
+        DelKey(u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..3u8, 0..4u8).prop_map(|(i, p)| Op::PutInt(i, p)),
+            (0..3u8).prop_map(Op::DelInt),
+            (0..3u8, 0..4u8, 0..3u8, any::<bool>()).prop_map(|(i, c, k, s)| Op::PutConn(i, c, k, s)),
+            (0..3u8, 0..4u8).prop_map(|(i, c)| Op::DelConn(i, c)),
+            (0..3u8, any::<bool>()).prop_map(|(k, s)| Op::PutKey(k, s)),
+            (0..3u8).prop_map(Op::DelKey),
+        ]
+    }
+
+    fn change(op: &Op) -> Change {
+        let ik = |i: u8| format!("int{i}");
+        match op {
+            Op::PutInt(i, p) => {
+                let (provider, cfg) = match p {
+                    0 => ("plain", None),
+                    1 => ("api", None),
+                    2 => ("basic", None),
+                    _ => (
+                        "generic",
+                        Some(RawIntegrationConfigForTest::generic()),
+                    ),
+                };
+                Change::PutIntegration(RawIntegration {
+                    unique_key: ik(*i),
+                    provider: provider.into(),
+                    display_name: None,
+                    credentials: None,
+                    integration_config: cfg,
+                    created_at: None,
+                    updated_at: None,
+                })
+            }
+            Op::DelInt(i) => Change::DeleteIntegration(ik(*i)),
+            Op::PutConn(i, c, k, sub) => {
+                let mut connection_config = Map::new();
+                if *sub {
+                    connection_config.insert("sub".into(), Value::String(format!("s{k}")));
+                }
+                Change::PutConnection(
+                    RawConnection {
+                        connection_id: format!("c{c}"),
+                        provider_config_key: ik(*i),
+                        credentials: if *k == 2 {
+                            RawCredentials::Basic {
+                                username: Secret::new("u"),
+                                password: Secret::new(format!("p{c}")),
+                            }
+                        } else {
+                            RawCredentials::ApiKey {
+                                api_key: Secret::new(format!("key{k}")),
+                            }
+                        },
+                        connection_config,
+                        metadata: Map::new(),
+                        end_user: None,
+                        tags: Map::new(),
+                        created_at: None,
+                        updated_at: None,
+                    },
+                    u64::from(*k),
+                )
+            }
+            Op::DelConn(i, c) => Change::DeleteConnection {
+                provider_config_key: ik(*i),
+                connection_id: format!("c{c}"),
+            },
+            Op::PutKey(k, proxy_only) => Change::PutKey(RawSecretKey {
+                sha256: hex::encode([*k; 32]),
+                label: None,
+                scopes: proxy_only.then(|| vec!["proxy".to_string()]),
+            }),
+            Op::DelKey(k) => Change::DeleteKey(hex::encode([*k; 32])),
+        }
+    }
+
+    struct RawIntegrationConfigForTest;
+    impl RawIntegrationConfigForTest {
+        fn generic() -> super::super::vault::RawIntegrationConfig {
+            super::super::vault::RawIntegrationConfig {
+                base_url: Some("https://g.example/api".into()),
+                key_placement: None,
+                key_name: Some("x-key".into()),
+                value_template: None,
+                key_label: None,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Invariant: applying any sequence of changes one at a time gives the same snapshot
+        /// as building from scratch from the records that result (refused changes change
+        /// nothing), with the environment's keys kept throughout.
+        #[test]
+        fn incremental_apply_equals_build_from_scratch(ops in proptest::collection::vec(op(), 0..40)) {
+            let catalog = catalog();
+            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0 };
+            let mut snap = build_records("v", catalog.clone(), RawVault::default(), &opts).expect("empty");
+            let mut keys: std::collections::BTreeMap<String, RawSecretKey> = Default::default();
+            let mut versions: HashMap<(String, String), u64> = HashMap::new();
+            for op in &ops {
+                let ch = change(op);
+                let before = canon(&snap);
+                match snap.with(ch.clone()) {
+                    Ok(next) => {
+                        snap = next;
+                        match ch {
+                            Change::PutKey(k) => { keys.insert(k.sha256.clone(), k); }
+                            Change::DeleteKey(h) => { keys.remove(&h); }
+                            Change::PutConnection(c, v) => { versions.insert((c.provider_config_key, c.connection_id), v); }
+                            _ => {}
+                        }
+                    }
+                    Err(e) => {
+                        proptest::prop_assert!(!e.is_empty());
+                        proptest::prop_assert_eq!(before, canon(&snap), "a refused change changed nothing");
+                    }
+                }
+            }
+            let mut records = snap.records();
+            records.secret_keys = keys.into_values().collect();
+            let mut scratch = build_records("v", catalog, records, &opts).expect("the records of a valid snapshot build");
+            // Versions come from the store, not the records: carry them over to compare.
+            for (pck, table) in scratch.connections.clone().iter() {
+                let mut t = table.clone();
+                for (cid, c) in table.iter() {
+                    let v = versions.get(&(pck.to_string(), cid.to_string())).copied().unwrap_or(0);
+                    let mut c2 = Connection { version: v, ..clone_conn(c) };
+                    c2.integration = c.integration.clone();
+                    t.insert(cid.clone(), Arc::new(c2));
+                }
+                scratch.connections.insert(pck.clone(), t);
+            }
+            proptest::prop_assert_eq!(canon(&scratch), canon(&snap));
+        }
+    }
+
+    fn clone_conn(c: &Connection) -> Connection {
+        Connection {
+            connection_id: c.connection_id.clone(),
+            provider_config_key: c.provider_config_key.clone(),
+            integration: c.integration.clone(),
+            credential: c.credential.clone(),
+            base_url: c.base_url.clone(),
+            static_headers: c.static_headers.clone(),
+            static_query: c.static_query.clone(),
+            dynamic: c.dynamic.clone(),
+            connection_config: c.connection_config.clone(),
+            metadata: c.metadata.clone(),
+            end_user: c.end_user.clone(),
+            tags: c.tags.clone(),
+            created_at: c.created_at.clone(),
+            updated_at: c.updated_at.clone(),
+            version: c.version,
+            fingerprint: c.fingerprint,
         }
     }
 

@@ -4,13 +4,13 @@
 //! Unknown fields and repeated keys are refused, with the path of the offending field, so a typo
 //! never silently drops a credential.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Diagnostic;
 use crate::secret::Secret;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawVault {
     #[serde(default)]
@@ -21,78 +21,108 @@ pub struct RawVault {
     pub connections: Vec<RawConnection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawSecretKey {
     pub sha256: String,
     /// A free-form label for the operator (which app holds this key).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// What the key may do (see [`crate::auth::Scope`]); absent means every scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawIntegration {
     pub unique_key: String,
     pub provider: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<RawIntegrationCredentials>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integration_config: Option<RawIntegrationConfig>,
+    /// RFC 3339; set by sidekey on API writes, optional in a hand-written vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawIntegrationCredentials {
-    #[serde(default, rename = "type")]
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth_client_id: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth_client_secret: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawIntegrationConfig {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_placement: Option<KeyPlacement>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_template: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_label: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyPlacement {
     Header,
     Query,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawConnection {
     pub connection_id: String,
     pub provider_config_key: String,
     pub credentials: RawCredentials,
-    #[serde(default, deserialize_with = "unique_map")]
+    #[serde(
+        default,
+        deserialize_with = "unique_map",
+        skip_serializing_if = "Map::is_empty"
+    )]
     pub connection_config: Map<String, Value>,
-    #[serde(default, deserialize_with = "unique_map")]
+    #[serde(
+        default,
+        deserialize_with = "unique_map",
+        skip_serializing_if = "Map::is_empty"
+    )]
     pub metadata: Map<String, Value>,
+    /// Nango's end user object (`id`, `email`, `display_name`, `organization`, `tags`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<Value>,
+    #[serde(
+        default,
+        deserialize_with = "unique_map",
+        skip_serializing_if = "Map::is_empty"
+    )]
+    pub tags: Map<String, Value>,
+    /// RFC 3339; set by sidekey on API writes, optional in a hand-written vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 /// A connection credential, checked for the fields its `type` needs.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(try_from = "CredentialFields")]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(try_from = "CredentialFields", into = "CredentialFields")]
 pub enum RawCredentials {
     ApiKey {
         api_key: Secret,
@@ -114,7 +144,7 @@ pub enum RawCredentials {
     },
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy)]
 enum CredentialType {
     #[serde(rename = "API_KEY")]
     ApiKey,
@@ -128,24 +158,81 @@ enum CredentialType {
 
 /// Every credential field of every type; [`RawCredentials`] is built from it so that a field
 /// of another type is refused by name.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct CredentialFields {
     #[serde(rename = "type")]
     kind: CredentialType,
-    #[serde(rename = "apiKey")]
+    #[serde(rename = "apiKey", skip_serializing_if = "Option::is_none")]
     api_key: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     access_token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
-    /// Nango keeps the token endpoint's raw answer here; accepted and unused.
-    #[allow(dead_code)]
+    /// Nango keeps the token endpoint's raw answer here; accepted, never written back.
+    #[serde(skip_serializing)]
     raw: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     client_id: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     client_secret: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<Secret>,
+}
+
+impl From<RawCredentials> for CredentialFields {
+    fn from(c: RawCredentials) -> Self {
+        let mut f = Self {
+            kind: CredentialType::ApiKey,
+            api_key: None,
+            username: None,
+            password: None,
+            access_token: None,
+            refresh_token: None,
+            expires_at: None,
+            raw: None,
+            client_id: None,
+            client_secret: None,
+            token: None,
+        };
+        match c {
+            RawCredentials::ApiKey { api_key } => f.api_key = Some(api_key),
+            RawCredentials::Basic { username, password } => {
+                f.kind = CredentialType::Basic;
+                f.username = Some(username);
+                f.password = Some(password);
+            }
+            RawCredentials::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+            } => {
+                f.kind = CredentialType::OAuth2;
+                f.access_token = Some(access_token);
+                f.refresh_token = refresh_token;
+                f.expires_at = expires_at;
+            }
+            RawCredentials::OAuth2Cc {
+                client_id,
+                client_secret,
+                token,
+                expires_at,
+            } => {
+                f.kind = CredentialType::OAuth2Cc;
+                f.client_id = client_id;
+                f.client_secret = client_secret;
+                f.token = token;
+                f.expires_at = expires_at;
+            }
+        }
+        f
+    }
 }
 
 impl TryFrom<CredentialFields> for RawCredentials {

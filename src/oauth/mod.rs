@@ -215,10 +215,10 @@ impl TokenManager {
         {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots.retain(|integration, per_connection| {
-                let Some(live) = snapshot.connections.get(integration) else {
+                let Some(live) = snapshot.connections.get(integration.as_str()) else {
                     return false;
                 };
-                per_connection.retain(|id, _| live.contains_key(id));
+                per_connection.retain(|id, _| live.contains_key(id.as_str()));
                 !per_connection.is_empty()
             });
             let n = slots.values().map(HashMap::len).sum();

@@ -316,7 +316,7 @@ fn find_connection(
     let mut candidates: Vec<&Arc<Connection>> = Vec::new();
     for c in by_id
         .into_iter()
-        .flatten()
+        .flat_map(|l| l.iter())
         .chain(by_int.into_iter().flat_map(|m| m.values()))
     {
         let wanted = controls
