@@ -161,6 +161,7 @@ mod tests {
                 digest: digest(n),
                 scopes: Scopes::ALL,
                 from_env: true,
+                record: None,
             })
             .collect()
     }
@@ -200,6 +201,7 @@ mod tests {
             digest: digest("app"),
             scopes: Scopes::parse(&["proxy"]).expect("known"),
             from_env: false,
+            record: None,
         });
         let mut h = HeaderMap::new();
         h.insert(

@@ -50,6 +50,8 @@ pub enum ProxyError {
     BaseUrlOverrideNotAllowed(String),
     #[error("no route for {0}")]
     NotFound(String),
+    #[error("Insufficient scope. Required: {0}")]
+    Forbidden(&'static str),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     #[error("protocol upgrades (WebSocket) are not supported by the proxy")]
@@ -82,6 +84,7 @@ impl ProxyError {
             Self::InvalidEndpoint(_) => "invalid_endpoint",
             Self::BaseUrlOverrideNotAllowed(_) => "base_url_override_not_allowed",
             Self::NotFound(_) => "not_found",
+            Self::Forbidden(_) => "forbidden",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::UpgradeNotSupported => "upgrade_not_supported",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
@@ -109,6 +112,7 @@ impl ProxyError {
             | Self::UnknownSelector(_)
             | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UpgradeNotSupported => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable(_) | Self::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

@@ -239,6 +239,9 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     oauth.prune(&snapshot);
     let app = Arc::new(App::new(snapshot, client, options).with_oauth(oauth));
+    let backend = sidekey::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
+    let writer = sidekey::store::writer::Writer::spawn(app.clone(), Arc::new(backend));
+    let _ = app.writer.set(writer);
     reloader.clone().spawn(app.clone(), watch);
     let health = Arc::new(sidekey::admin::Health::default());
     let admin = tokio::net::TcpListener::bind(args.admin_listen)

@@ -101,7 +101,7 @@ pub async fn serve(
         let app = app.clone();
         let svc = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::proxy::handle(&app, req).await) }
+            async move { Ok::<_, std::convert::Infallible>(crate::router::handle(&app, req).await) }
         });
         let Some(acceptor) = acceptor.clone() else {
             let watcher = graceful.watcher();

@@ -120,6 +120,11 @@ impl Reloader {
         self.generation.load(Ordering::Relaxed)
     }
 
+    /// Records the generation a writer published, so the next reload counts on from it.
+    pub(crate) fn set_generation(&self, generation: u64) {
+        self.generation.fetch_max(generation, Ordering::Relaxed);
+    }
+
     /// Reloads that swapped in a new snapshot (the first load is not counted).
     pub fn reloads_ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
@@ -134,7 +139,7 @@ impl Reloader {
         &self.paths
     }
 
-    fn options(&self, generation: u64) -> BuildOptions {
+    pub(crate) fn options(&self, generation: u64) -> BuildOptions {
         BuildOptions {
             env_keys: self.env_keys.clone(),
             generation,
@@ -151,14 +156,14 @@ impl Reloader {
         Ok(snap)
     }
 
-    fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+    pub(crate) fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
         // A panic while holding the lock leaves only a stale hash behind: keep going.
         self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A fingerprint of everything a reload reads, to skip rebuilding identical files. Not a
     /// security measure: whoever can write these files controls sidekey anyway.
-    fn content_hash(&self, src: &Sources) -> u64 {
+    pub(crate) fn content_hash(&self, src: &Sources) -> u64 {
         let mut h = std::hash::DefaultHasher::new();
         src.providers.hash(&mut h);
         src.vault.hash(&mut h);

@@ -292,12 +292,14 @@ pub type Table<V> = imbl::GenericHashMap<
 >;
 
 /// One accepted caller key: its digest and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallerKey {
     pub digest: [u8; 32],
     pub scopes: crate::auth::Scopes,
     /// From `SIDEKEY_SECRET_KEY` (kept for the life of the process) rather than the vault.
     pub from_env: bool,
+    /// The vault record (none for environment keys), written back as it was.
+    pub record: Option<RawSecretKey>,
 }
 
 /// One consistent view of all configuration, swapped whole on reload or write.
@@ -359,7 +361,10 @@ impl Snapshot {
         let mut b = Builder::new("", &self.catalog);
         match change {
             Change::PutConnection(raw, version) => {
-                let Some(int) = next.integrations.get(raw.provider_config_key.as_str()).cloned()
+                let Some(int) = next
+                    .integrations
+                    .get(raw.provider_config_key.as_str())
+                    .cloned()
                 else {
                     b.error(
                         "provider_config_key",
@@ -532,8 +537,8 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         }
     };
     let catalog = Arc::new(catalog);
-    let mut snapshot = build_records(&src.vault_name, catalog.clone(), raw, opts)
-        .map_err(|mut e| {
+    let mut snapshot =
+        build_records(&src.vault_name, catalog.clone(), raw, opts).map_err(|mut e| {
             errors.append(&mut e);
             errors.clone()
         })?;
@@ -564,6 +569,7 @@ pub fn build_records(
             digest: *d,
             scopes: crate::auth::Scopes::ALL,
             from_env: true,
+            record: None,
         })
         .collect();
     for (i, k) in raw.secret_keys.iter().enumerate() {
@@ -597,7 +603,10 @@ pub fn build_records(
     let mut failed_known = false;
     for (i, raw_conn) in raw.connections.into_iter().enumerate() {
         let at = format!("connections[{i}]");
-        let Some(int) = integrations.get(raw_conn.provider_config_key.as_str()).cloned() else {
+        let Some(int) = integrations
+            .get(raw_conn.provider_config_key.as_str())
+            .cloned()
+        else {
             // An integration that failed to build has already reported its own error.
             if !known.contains(raw_conn.provider_config_key.as_str()) {
                 b.error(
@@ -716,6 +725,7 @@ impl<'a> Builder<'a> {
             digest,
             scopes,
             from_env: false,
+            record: Some(raw.clone()),
         })
     }
 
@@ -727,8 +737,7 @@ impl<'a> Builder<'a> {
             }
         }
         let parsed = Arc::new(BaseUrl::parse(&s)?);
-        self.last_base
-            .insert(int.to_string(), (s, parsed.clone()));
+        self.last_base.insert(int.to_string(), (s, parsed.clone()));
         Ok(parsed)
     }
 
@@ -1338,14 +1347,18 @@ connections:
                 headers,
                 c.static_query,
                 c.dynamic.len(),
-                Arc::as_ptr(&c.integration) == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
+                Arc::as_ptr(&c.integration)
+                    == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
             ));
         }
         let mut ids: Vec<String> = s
             .by_connection_id
             .iter()
             .map(|(id, list)| {
-                let mut l: Vec<&str> = list.iter().map(|c| c.provider_config_key.as_str()).collect();
+                let mut l: Vec<&str> = list
+                    .iter()
+                    .map(|c| c.provider_config_key.as_str())
+                    .collect();
                 l.sort();
                 format!("{id}:{l:?}")
             })
@@ -1374,7 +1387,8 @@ connections:
         prop_oneof![
             (0..3u8, 0..4u8).prop_map(|(i, p)| Op::PutInt(i, p)),
             (0..3u8).prop_map(Op::DelInt),
-            (0..3u8, 0..4u8, 0..3u8, any::<bool>()).prop_map(|(i, c, k, s)| Op::PutConn(i, c, k, s)),
+            (0..3u8, 0..4u8, 0..3u8, any::<bool>())
+                .prop_map(|(i, c, k, s)| Op::PutConn(i, c, k, s)),
             (0..3u8, 0..4u8).prop_map(|(i, c)| Op::DelConn(i, c)),
             (0..3u8, any::<bool>()).prop_map(|(k, s)| Op::PutKey(k, s)),
             (0..3u8).prop_map(Op::DelKey),
@@ -1389,10 +1403,7 @@ connections:
                     0 => ("plain", None),
                     1 => ("api", None),
                     2 => ("basic", None),
-                    _ => (
-                        "generic",
-                        Some(RawIntegrationConfigForTest::generic()),
-                    ),
+                    _ => ("generic", Some(RawIntegrationConfigForTest::generic())),
                 };
                 Change::PutIntegration(RawIntegration {
                     unique_key: ik(*i),

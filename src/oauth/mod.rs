@@ -212,6 +212,13 @@ impl TokenManager {
     /// the state of a removed connection again (to refresh after a 401, say); that state is
     /// dropped at the next reload.
     pub fn prune(&self, snapshot: &Snapshot) {
+        self.prune_memory(snapshot);
+        self.store.prune(snapshot);
+    }
+
+    /// The in-memory half of [`TokenManager::prune`]: no file I/O, cheap enough for the
+    /// writer task.
+    pub fn prune_memory(&self, snapshot: &Snapshot) {
         {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots.retain(|integration, per_connection| {
@@ -225,7 +232,6 @@ impl TokenManager {
             self.tracked.store(n, Ordering::Relaxed);
             self.publish_tracked(n);
         }
-        self.store.prune(snapshot);
     }
 
     /// How many connections have token state in memory (the `sidekey_oauth_connections` gauge).
@@ -237,6 +243,25 @@ impl TokenManager {
         if let Some(m) = &self.metrics {
             m.set_oauth_connections(n);
         }
+    }
+
+    /// The token state the manager holds for an OAuth connection (access token, refresh token,
+    /// expiry), for `GET /connections/{id}` with credentials. `None` for other connections.
+    pub fn current(
+        &self,
+        conn: &Connection,
+    ) -> Option<(Secret, Option<Secret>, Option<Timestamp>)> {
+        if !is_oauth(conn) {
+            return None;
+        }
+        let slot = self.slot(conn);
+        let st = slot.lock();
+        let token = st.token.as_ref()?;
+        Some((
+            Secret::new(token.expose()),
+            st.refresh_token.clone(),
+            st.expires_at,
+        ))
     }
 
     /// The token to inject for this connection, refreshed first if it expires within the

@@ -80,6 +80,8 @@ pub struct App {
     pub oauth: TokenManager,
     /// Served on the admin listener; other parts record through it (retries, refreshes, reloads).
     pub metrics: Arc<Metrics>,
+    /// The store's writer, once one is started (API writes go through it).
+    pub writer: std::sync::OnceLock<crate::store::writer::Writer>,
 }
 
 impl App {
@@ -102,6 +104,7 @@ impl App {
             options,
             oauth,
             metrics,
+            writer: std::sync::OnceLock::new(),
         }
     }
 
@@ -382,10 +385,7 @@ async fn proxy(
     let snapshot = app.snapshot.load_full();
     let (parts, body) = req.into_parts();
     let Some(route) = route::route(parts.uri.path()) else {
-        let api = crate::api::route(parts.uri.path())
-            .ok_or_else(|| ProxyError::NotFound(parts.uri.path().to_string()))?;
-        crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
-        return crate::api::respond(&snapshot, &api, &parts.method, parts.uri.query());
+        return Err(ProxyError::NotFound(parts.uri.path().to_string()));
     };
     if parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE) {
         return Err(ProxyError::UpgradeNotSupported);
@@ -393,7 +393,10 @@ async fn proxy(
     if !allowed_method(&parts.method) {
         return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
     }
-    crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
+    let scopes = crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
+    if !scopes.contains(crate::auth::Scope::Proxy) {
+        return Err(ProxyError::Forbidden(crate::auth::Scope::Proxy.name()));
+    }
     let controls = Controls::parse(&parts.headers, matches!(route, Route::Proxy { .. }))?;
     log.integration = controls
         .provider_config_key

@@ -1,0 +1,423 @@
+//! The read side: providers, integrations and connections, answered from the snapshot.
+//!
+//! Credentials leave sidekey here only on `GET /connections/{id}`, and only to a key with the
+//! `connections:read_credentials` scope; the refresh token only with `refresh_token=true`.
+//! OAuth credentials are the token manager's current ones (refreshed first if they are about
+//! to expire, or at once with `force_refresh=true`). Every other read shows at most the
+//! credential's `type`.
+
+use http::{Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::{decode, ok, query_pairs, query_param, strict_query, ApiError, ApiRequest, ApiRoute};
+use crate::auth::Scope;
+use crate::body::ProxyBody;
+use crate::config::{Connection, Credential, Integration, Snapshot};
+use crate::proxy::App;
+
+pub(crate) fn integration_json(i: &Integration) -> Value {
+    json!({
+        "unique_key": i.unique_key,
+        "provider": i.provider.name,
+        "display_name": i.display_name.clone().unwrap_or_else(|| i.provider.name.clone()),
+        "auth_mode": i.provider.auth_mode.as_str(),
+        "logo": Value::Null,
+        "forward_webhooks": true,
+        "created_at": i.record.created_at,
+        "updated_at": i.record.updated_at,
+    })
+}
+
+fn credential_type(c: &Credential) -> &'static str {
+    match c {
+        Credential::ApiKey(_) => "API_KEY",
+        Credential::Basic { .. } => "BASIC",
+        Credential::OAuth2 { .. } => "OAUTH2",
+        Credential::OAuth2Cc { .. } => "OAUTH2_CC",
+    }
+}
+
+/// A connection as Nango's list shows it.
+fn list_json(c: &Connection) -> Value {
+    json!({
+        "id": c.connection_id,
+        "connection_id": c.connection_id,
+        "provider_config_key": c.provider_config_key,
+        "provider": c.integration.provider.name,
+        "errors": [],
+        "end_user": c.end_user,
+        "tags": c.tags,
+        "metadata": c.metadata,
+        "created": c.created_at,
+    })
+}
+
+/// The full public connection (`POST /connections`, `GET /connections/{id}`), with the given
+/// credentials object.
+pub(crate) fn connection_json(c: &Connection, credentials: Value) -> Value {
+    json!({
+        "id": c.connection_id,
+        "connection_id": c.connection_id,
+        "provider_config_key": c.provider_config_key,
+        "provider": c.integration.provider.name,
+        "errors": [],
+        "end_user": c.end_user,
+        "tags": c.tags,
+        "metadata": c.metadata,
+        "connection_config": c.connection_config,
+        "webhook_url_override": Value::Null,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "last_fetched_at": Value::Null,
+        "credentials": credentials,
+    })
+}
+
+/// A credential's fields as Nango returns them; OAuth tokens from `current` when the token
+/// manager holds newer ones than the record.
+pub(crate) fn credentials_json(
+    c: &Connection,
+    current: Option<(
+        crate::secret::Secret,
+        Option<crate::secret::Secret>,
+        Option<jiff::Timestamp>,
+    )>,
+    with_refresh_token: bool,
+) -> Value {
+    let s = |v: &crate::secret::Secret| Value::String(v.expose().to_string());
+    let mut m = Map::new();
+    m.insert("type".into(), credential_type(&c.credential).into());
+    match &c.credential {
+        Credential::ApiKey(k) => {
+            m.insert("apiKey".into(), s(k));
+        }
+        Credential::Basic { username, password } => {
+            m.insert("username".into(), s(username));
+            m.insert("password".into(), s(password));
+        }
+        Credential::OAuth2 {
+            access_token,
+            refresh_token,
+            expires_at,
+        } => {
+            let (token, refresh, expires) = match &current {
+                Some((t, r, e)) => (t.clone(), r.clone(), *e),
+                None => (access_token.clone(), refresh_token.clone(), *expires_at),
+            };
+            m.insert("access_token".into(), s(&token));
+            m.insert(
+                "expires_at".into(),
+                expires.map_or(Value::Null, |e| Value::String(format!("{e:.3}"))),
+            );
+            if with_refresh_token {
+                if let Some(r) = &refresh {
+                    m.insert("refresh_token".into(), s(r));
+                }
+            }
+            let mut raw = Map::new();
+            raw.insert("access_token".into(), s(&token));
+            raw.insert("type".into(), "OAUTH2".into());
+            m.insert("raw".into(), Value::Object(raw));
+        }
+        Credential::OAuth2Cc {
+            client_id,
+            client_secret,
+            token,
+            expires_at,
+        } => {
+            let (token, expires) = match &current {
+                Some((t, _, e)) => (Some(t.clone()), *e),
+                None => (token.clone(), *expires_at),
+            };
+            let int = &c.integration;
+            let opt = |v: Option<&crate::secret::Secret>| v.map_or(Value::Null, s);
+            m.insert("token".into(), opt(token.as_ref()));
+            m.insert(
+                "client_id".into(),
+                opt(client_id.as_ref().or(int.oauth_client_id.as_ref())),
+            );
+            m.insert(
+                "client_secret".into(),
+                opt(client_secret.as_ref().or(int.oauth_client_secret.as_ref())),
+            );
+            m.insert(
+                "expires_at".into(),
+                expires.map_or(Value::Null, |e| Value::String(format!("{e:.3}"))),
+            );
+        }
+    }
+    Value::Object(m)
+}
+
+/// zod's `stringbool`: true/false/1/0/yes/no/on/off/y/n/enabled/disabled.
+fn stringbool(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    match query_param(query, name) {
+        None => Ok(false),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" | "y" | "enabled" => Ok(true),
+            "false" | "0" | "no" | "off" | "n" | "disabled" | "" => Ok(false),
+            _ => Err(ApiError::field(
+                "invalid_query_params",
+                &[name],
+                "Invalid input: expected a boolean string",
+            )),
+        },
+    }
+}
+
+pub(crate) async fn respond(
+    app: &App,
+    route: &ApiRoute<'_>,
+    req: &ApiRequest<'_>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let snapshot = app.snapshot.load_full();
+    let query = req.query;
+    match route {
+        ApiRoute::Providers => {
+            strict_query(query, &["search"])?;
+            let search = query_param(query, "search").map(|s| s.to_ascii_lowercase());
+            let mut names: Vec<Value> = snapshot
+                .catalog
+                .providers
+                .iter()
+                .filter(|(name, _)| {
+                    search
+                        .as_deref()
+                        .is_none_or(|s| name.to_ascii_lowercase().contains(s))
+                })
+                .filter_map(|(name, p)| p.as_ref().ok().map(|p| provider_json(name, p)))
+                .collect();
+            names.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            Ok(ok(json!({ "data": names })))
+        }
+        ApiRoute::Provider(name) => {
+            strict_query(query, &[])?;
+            let name = decode(name);
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ApiError::field(
+                    "invalid_uri_params",
+                    &["provider"],
+                    "Invalid provider name",
+                ));
+            }
+            match snapshot.catalog.providers.get(&name) {
+                Some(Ok(p)) => Ok(ok(json!({ "data": provider_json(&name, p) }))),
+                _ => Err(ApiError::not_found(format!("Unknown provider {name}"))),
+            }
+        }
+        ApiRoute::Integrations => {
+            let mut list: Vec<&Integration> =
+                snapshot.integrations.values().map(AsRef::as_ref).collect();
+            list.sort_by(|a, b| a.unique_key.cmp(&b.unique_key));
+            let data: Vec<Value> = list.into_iter().map(integration_json).collect();
+            Ok(ok(json!({ "data": data })))
+        }
+        ApiRoute::Integration(key) => {
+            let key = decode(key);
+            let i = snapshot.integrations.get(key.as_str()).ok_or_else(|| {
+                ApiError::not_found(format!("Integration \"{key}\" does not exist"))
+            })?;
+            Ok(ok(json!({ "data": integration_json(i) })))
+        }
+        ApiRoute::Connections => list(&snapshot, query),
+        ApiRoute::Connection(id) => {
+            let id = decode(id);
+            strict_query(
+                query,
+                &[
+                    "provider_config_key",
+                    "force_refresh",
+                    "refresh_token",
+                    "refresh_github_app_jwt_token",
+                ],
+            )?;
+            let force = stringbool(query, "force_refresh")?;
+            let with_refresh = stringbool(query, "refresh_token")?;
+            let key = query_param(query, "provider_config_key").ok_or_else(|| {
+                ApiError::field(
+                    "invalid_query_params",
+                    &["provider_config_key"],
+                    "Invalid input: expected string, received undefined",
+                )
+            })?;
+            if !snapshot.integrations.contains_key(key.as_str()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_provider_config",
+                    "Provider does not exists",
+                ));
+            }
+            let c = snapshot
+                .connection(&key, &id)
+                .ok_or_else(|| ApiError::not_found("Failed to find connection"))?
+                .clone();
+            let may_read = req.scopes.contains(Scope::ConnectionsReadCredentials);
+            if !may_read {
+                if force || with_refresh {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "Credential and refresh options require the connections:read_credentials scope",
+                    ));
+                }
+                let creds = json!({ "type": credential_type(&c.credential) });
+                return Ok(ok(connection_json(&c, creds)));
+            }
+            let token = app.oauth.access_token(&c).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::FAILED_DEPENDENCY,
+                    "invalid_credentials",
+                    e.to_string(),
+                )
+            })?;
+            if let (true, Some(t)) = (force, token.as_ref()) {
+                app.oauth
+                    .refresh_after_unauthorized(&c, t)
+                    .await
+                    .map_err(|e| {
+                        ApiError::new(
+                            StatusCode::FAILED_DEPENDENCY,
+                            "invalid_credentials",
+                            e.to_string(),
+                        )
+                    })?;
+            }
+            let creds = credentials_json(&c, app.oauth.current(&c), with_refresh);
+            Ok(ok(connection_json(&c, creds)))
+        }
+        ApiRoute::Metadata => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST or PATCH",
+        )),
+    }
+}
+
+fn provider_json(name: &str, p: &crate::config::providers::Provider) -> Value {
+    json!({
+        "name": name,
+        "auth_mode": p.auth_mode.as_str(),
+        "display_name": name,
+        "logo_url": Value::Null,
+    })
+}
+
+/// `GET /connections`, with Nango's filters.
+fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>, ApiError> {
+    strict_query(
+        query,
+        &[
+            "connectionId",
+            "search",
+            "endUserId",
+            "endUserOrganizationId",
+            "integrationId",
+            "tags",
+            "limit",
+            "page",
+            "provider_config_key",
+        ],
+    )?;
+    let integrations: Option<Vec<String>> = query_param(query, "integrationId")
+        .or_else(|| query_param(query, "provider_config_key"))
+        .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
+    let want_id = query_param(query, "connectionId");
+    let search = query_param(query, "search").map(|s| s.to_ascii_lowercase());
+    let end_user = query_param(query, "endUserId");
+    let org = query_param(query, "endUserOrganizationId");
+    let tags: Vec<(String, String)> = query_pairs(query)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let t = k.strip_prefix("tags[")?.strip_suffix(']')?;
+            Some((t.to_ascii_lowercase(), v))
+        })
+        .collect();
+    let limit = match query_param(query, "limit") {
+        None => 10_000,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=2000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "invalid_query_params",
+                    &["limit"],
+                    "limit must be a number from 1 to 2000",
+                ))
+            }
+        },
+    };
+    let page = match query_param(query, "page") {
+        None => 0,
+        Some(p) => p.parse::<usize>().map_err(|_| {
+            ApiError::field(
+                "invalid_query_params",
+                &["page"],
+                "page must be a number ≥ 0",
+            )
+        })?,
+    };
+    let eu_field = |c: &Connection, f: &str| {
+        c.end_user
+            .as_ref()
+            .and_then(|e| e.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let mut list: Vec<&Connection> = snapshot
+        .connections
+        .iter()
+        .filter(|(k, _)| {
+            integrations
+                .as_ref()
+                .is_none_or(|l| l.iter().any(|i| **i == ***k))
+        })
+        .flat_map(|(_, m)| m.values().map(AsRef::as_ref))
+        .filter(|c| want_id.as_deref().is_none_or(|w| w == c.connection_id))
+        .filter(|c| {
+            end_user
+                .as_deref()
+                .is_none_or(|w| eu_field(c, "id").as_deref() == Some(w))
+        })
+        .filter(|c| {
+            org.as_deref().is_none_or(|w| {
+                c.end_user
+                    .as_ref()
+                    .and_then(|e| e.get("organization"))
+                    .and_then(|o| o.get("id"))
+                    .and_then(Value::as_str)
+                    == Some(w)
+            })
+        })
+        .filter(|c| {
+            search.as_deref().is_none_or(|s| {
+                c.connection_id.to_ascii_lowercase().contains(s)
+                    || ["display_name", "email"]
+                        .iter()
+                        .any(|f| eu_field(c, f).is_some_and(|v| v.to_ascii_lowercase().contains(s)))
+            })
+        })
+        .filter(|c| {
+            tags.iter().all(|(k, v)| {
+                c.tags
+                    .iter()
+                    .any(|(tk, tv)| tk.to_ascii_lowercase() == *k && tv.as_str() == Some(v))
+            })
+        })
+        .collect();
+    // Newest first, as Nango orders; records without a creation time last, by key.
+    list.sort_by(|a, b| {
+        b.created_at.cmp(&a.created_at).then_with(|| {
+            (a.provider_config_key.as_str(), a.connection_id.as_str())
+                .cmp(&(b.provider_config_key.as_str(), b.connection_id.as_str()))
+        })
+    });
+    let data: Vec<Value> = list
+        .into_iter()
+        .skip(page.saturating_mul(limit))
+        .take(limit)
+        .map(list_json)
+        .collect();
+    Ok(ok(json!({ "connections": data })))
+}

@@ -1,0 +1,883 @@
+//! The write side: JSON bodies → records → the store's writer → the new snapshot.
+//!
+//! Each handler parses its body strictly (unknown fields are refused with their path), checks
+//! what Nango checks in the order Nango does, and sends one [`Write`] whose preconditions are
+//! checked again when it commits — a duplicate key created by a concurrent request, or a
+//! connection deleted meanwhile, is caught there, not overwritten. Compile problems (a
+//! credential that does not fit the provider, a base URL that needs a `connection_config`
+//! value) come back with the same messages `sidekey check` prints, as `errors[].path`.
+
+use http::{Method, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::read::{connection_json, credentials_json, integration_json};
+use super::{
+    decode, ok, query_param, reply, strict_query, ApiError, ApiRequest, ApiRoute, FieldError,
+};
+use crate::body::ProxyBody;
+use crate::config::providers::AuthMode;
+use crate::config::vault::{
+    RawConnection, RawCredentials, RawIntegration, RawIntegrationConfig, RawIntegrationCredentials,
+};
+use crate::config::{Change, Snapshot};
+use crate::proxy::App;
+use crate::secret::Secret;
+use crate::store::{Expect, StoreError, Write};
+
+pub(crate) async fn respond(
+    app: &App,
+    route: &ApiRoute<'_>,
+    req: ApiRequest<'_>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let m = req.method.clone();
+    match (route, m) {
+        (ApiRoute::Integrations, Method::POST) => post_integration(app, req).await,
+        (ApiRoute::Integration(key), Method::PATCH) => {
+            patch_integration(app, &decode(key), req).await
+        }
+        (ApiRoute::Integration(key), Method::DELETE) => {
+            delete_integration(app, &decode(key), req).await
+        }
+        (ApiRoute::Connections, Method::POST) => post_connection(app, req).await,
+        (ApiRoute::Connection(id), Method::PATCH) => patch_connection(app, &decode(id), req).await,
+        (ApiRoute::Connection(id), Method::DELETE) => {
+            delete_connection(app, &decode(id), req).await
+        }
+        (ApiRoute::Metadata, m @ (Method::POST | Method::PATCH)) => {
+            metadata(app, m == Method::PATCH, req).await
+        }
+        (_, m) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("method {m} is not allowed here"),
+        )),
+    }
+}
+
+/// Parses a body into `T`, naming the path of the first problem (an unknown field, a wrong
+/// type) in Nango's `errors` list.
+fn parse<T: DeserializeOwned>(body: Option<Value>) -> Result<T, ApiError> {
+    let body = body.unwrap_or(Value::Object(Map::new()));
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let inner = e.into_inner().to_string();
+        // A secret may be quoted in a serde message ("invalid type: string \"sk…\"").
+        let message = scrub(&inner);
+        let mut path = path;
+        if let Some(field) = unknown_field(&inner) {
+            if path.last() != Some(&field) {
+                path.push(field);
+            }
+        }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_body",
+            message: Some(message.clone()),
+            errors: vec![FieldError {
+                code: "invalid",
+                message,
+                path,
+            }],
+        }
+    })
+}
+
+/// The field named by serde's "unknown field `x`" message.
+fn unknown_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// Cuts quoted values out of a message (they may be secrets).
+fn scrub(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut quoted = false;
+    for c in msg.chars() {
+        if c == '"' {
+            quoted = !quoted;
+            if quoted {
+                out.push_str("\"…\"");
+            }
+            continue;
+        }
+        if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn write_error(e: StoreError, on_precondition: impl FnOnce(&Expect) -> ApiError) -> ApiError {
+    match e {
+        StoreError::Precondition(p) => on_precondition(&p),
+        other => other.into(),
+    }
+}
+
+async fn commit(app: &App, w: Write) -> Result<std::sync::Arc<Snapshot>, StoreError> {
+    match app.writer.get() {
+        Some(writer) => writer.write(w).await,
+        None => Err(StoreError::ReadOnly(
+            "this sidekey has no store to write to".into(),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------- integrations
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationCredentialsBody {
+    #[serde(rename = "type")]
+    kind: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scopes: Option<String>,
+    #[allow(dead_code)]
+    webhook_secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostIntegration {
+    provider: String,
+    unique_key: String,
+    display_name: Option<String>,
+    #[allow(dead_code)]
+    forward_webhooks: Option<bool>,
+    credentials: Option<IntegrationCredentialsBody>,
+    integration_config: Option<Map<String, Value>>,
+    custom: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchIntegration {
+    unique_key: Option<String>,
+    display_name: Option<String>,
+    #[allow(dead_code)]
+    forward_webhooks: Option<bool>,
+    credentials: Option<IntegrationCredentialsBody>,
+    integration_config: Option<Map<String, Value>>,
+    custom: Option<Map<String, Value>>,
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 255
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~' | b' '))
+}
+
+/// The integration's credentials as a record, checked against the provider's auth mode.
+fn integration_credentials(
+    mode: AuthMode,
+    body: Option<IntegrationCredentialsBody>,
+    old: Option<RawIntegrationCredentials>,
+) -> Result<Option<RawIntegrationCredentials>, ApiError> {
+    match (mode, body) {
+        (AuthMode::OAuth2, Some(c)) => {
+            if c.kind != "OAUTH2" {
+                return Err(ApiError::invalid_body(
+                    "incompatible credentials auth type and provider auth",
+                ));
+            }
+            let need = |v: Option<String>, f: &str| {
+                v.filter(|s| !s.is_empty()).ok_or_else(|| {
+                    ApiError::field(
+                        "invalid_body",
+                        &["credentials", f],
+                        "Invalid input: expected a non-empty string",
+                    )
+                })
+            };
+            if let Some(s) = &c.scopes {
+                let ok = s.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b':' | b'/' | b'_' | b'.' | b'*' | b'-' | b',')
+                });
+                if !ok {
+                    return Err(ApiError::field(
+                        "invalid_body",
+                        &["credentials", "scopes"],
+                        "scopes are comma-separated, without spaces",
+                    ));
+                }
+            }
+            Ok(Some(RawIntegrationCredentials {
+                kind: Some("OAUTH2".into()),
+                oauth_client_id: Some(Secret::new(need(c.client_id, "client_id")?)),
+                oauth_client_secret: Some(Secret::new(need(c.client_secret, "client_secret")?)),
+                scopes: c.scopes.filter(|s| !s.is_empty()),
+            }))
+        }
+        (AuthMode::OAuth2, None) => match old {
+            Some(o) => Ok(Some(o)),
+            None => Err(ApiError::invalid_body("Missing credentials")),
+        },
+        (_, Some(_)) => Err(ApiError::invalid_body(
+            "incompatible credentials auth type and provider auth",
+        )),
+        (_, None) => Ok(old),
+    }
+}
+
+/// `integration_config` (a map of strings) as the record's typed config, merged over `old`.
+fn integration_config(
+    body: Map<String, Value>,
+    old: Option<RawIntegrationConfig>,
+) -> Result<RawIntegrationConfig, ApiError> {
+    let mut merged = match old {
+        Some(o) => match serde_json::to_value(o) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        },
+        None => Map::new(),
+    };
+    for (k, v) in body {
+        if !v.is_string() {
+            return Err(ApiError::field(
+                "invalid_body",
+                &["integration_config", &k],
+                "Invalid input: expected string",
+            ));
+        }
+        merged.insert(k, v);
+    }
+    let v = Value::Object(merged);
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let mut segs = vec!["integration_config".to_string()];
+        if path != "." {
+            segs.extend(path.split('.').map(str::to_string));
+        }
+        if let Some(f) = unknown_field(&inner) {
+            if segs.last() != Some(&f) {
+                segs.push(f);
+            }
+        }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_body",
+            message: Some(scrub(&inner)),
+            errors: vec![FieldError {
+                code: "invalid",
+                message: scrub(&inner),
+                path: segs,
+            }],
+        }
+    })
+}
+
+async fn post_integration(app: &App, req: ApiRequest<'_>) -> Result<Response<ProxyBody>, ApiError> {
+    strict_query(req.query, &[])?;
+    let body: PostIntegration = parse(req.body)?;
+    let snapshot = app.snapshot.load_full();
+    let provider = match snapshot.catalog.providers.get(&body.provider) {
+        Some(Ok(p)) => p.clone(),
+        _ => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_body",
+                message: Some(format!(
+                    "Invalid provider: `{}` is not in providers.yaml",
+                    body.provider
+                )),
+                errors: vec![FieldError {
+                    code: "invalid_string",
+                    message: format!("Invalid provider `{}`", body.provider),
+                    path: vec!["provider".into()],
+                }],
+            })
+        }
+    };
+    if !valid_key(&body.unique_key) {
+        return Err(ApiError::field(
+            "invalid_body",
+            &["unique_key"],
+            "Invalid unique key",
+        ));
+    }
+    if body.custom.is_some() {
+        return Err(ApiError::field(
+            "invalid_body",
+            &["custom"],
+            "custom is not supported; use integration_config",
+        ));
+    }
+    let duplicate = || ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_body",
+        message: Some("Unique key already exists".into()),
+        errors: vec![FieldError {
+            code: "invalid_string",
+            message: "Unique key already exists".into(),
+            path: vec!["uniqueKey".into()],
+        }],
+    };
+    if snapshot.integrations.contains_key(body.unique_key.as_str()) {
+        return Err(duplicate());
+    }
+    let credentials = integration_credentials(provider.auth_mode, body.credentials, None)?;
+    let integration_config = body
+        .integration_config
+        .map(|c| integration_config(c, None))
+        .transpose()?;
+    let now = super::now();
+    let record = RawIntegration {
+        unique_key: body.unique_key.clone(),
+        provider: body.provider,
+        display_name: body.display_name,
+        credentials,
+        integration_config,
+        created_at: Some(now.clone()),
+        updated_at: Some(now),
+    };
+    let key = record.unique_key.clone();
+    let w = Write::new(vec![Change::PutIntegration(record)])
+        .expecting(Expect::IntegrationAbsent(key.clone()));
+    let snap = commit(app, w)
+        .await
+        .map_err(|e| write_error(e, |_| duplicate()))?;
+    let int = snap
+        .integrations
+        .get(key.as_str())
+        .ok_or_else(|| ApiError::not_found("the integration is gone"))?;
+    Ok(ok(json!({ "data": integration_json(int) })))
+}
+
+async fn patch_integration(
+    app: &App,
+    key: &str,
+    req: ApiRequest<'_>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    strict_query(req.query, &[])?;
+    let body: PatchIntegration = parse(req.body)?;
+    let snapshot = app.snapshot.load_full();
+    let missing = || ApiError::not_found(format!("Integration \"{key}\" does not exist"));
+    let int = snapshot.integrations.get(key).ok_or_else(missing)?.clone();
+    if body.custom.is_some() {
+        return Err(ApiError::field(
+            "invalid_body",
+            &["custom"],
+            "custom is not supported; use integration_config",
+        ));
+    }
+    let mut record = int.record.clone();
+    let mut changes = Vec::new();
+    let mut expect = vec![Expect::IntegrationExists(key.to_string())];
+    if let Some(new_key) = body.unique_key.filter(|k| k != key) {
+        if !valid_key(&new_key) {
+            return Err(ApiError::field(
+                "invalid_body",
+                &["unique_key"],
+                "Invalid unique key",
+            ));
+        }
+        if snapshot.integrations.contains_key(new_key.as_str()) {
+            return Err(ApiError::invalid_body(
+                "uniqueKey is already used by another integration",
+            ));
+        }
+        if snapshot.connections.get(key).is_some_and(|t| !t.is_empty()) {
+            return Err(ApiError::invalid_body(
+                "Can't rename an integration with active connections",
+            ));
+        }
+        changes.push(Change::DeleteIntegration(key.to_string()));
+        expect.push(Expect::IntegrationAbsent(new_key.clone()));
+        record.unique_key = new_key;
+    }
+    if let Some(d) = body.display_name {
+        record.display_name = Some(d);
+    }
+    record.credentials =
+        integration_credentials(int.provider.auth_mode, body.credentials, record.credentials)?;
+    if let Some(c) = body.integration_config {
+        record.integration_config = Some(integration_config(c, record.integration_config)?);
+    }
+    record.updated_at = Some(super::now());
+    let new_key = record.unique_key.clone();
+    changes.push(Change::PutIntegration(record));
+    let w = Write { expect, changes };
+    let snap = commit(app, w).await.map_err(|e| {
+        write_error(e, |p| match p {
+            Expect::IntegrationExists(_) => missing(),
+            _ => ApiError::invalid_body("uniqueKey is already used by another integration"),
+        })
+    })?;
+    let int = snap
+        .integrations
+        .get(new_key.as_str())
+        .ok_or_else(missing)?;
+    Ok(ok(json!({ "data": integration_json(int) })))
+}
+
+async fn delete_integration(
+    app: &App,
+    key: &str,
+    req: ApiRequest<'_>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    strict_query(req.query, &[])?;
+    let missing = || ApiError::not_found("Integration does not exist");
+    if !app.snapshot.load().integrations.contains_key(key) {
+        return Err(missing());
+    }
+    let w = Write::new(vec![Change::DeleteIntegration(key.to_string())])
+        .expecting(Expect::IntegrationExists(key.to_string()));
+    commit(app, w)
+        .await
+        .map_err(|e| write_error(e, |_| missing()))?;
+    Ok(ok(json!({ "success": true })))
+}
+
+// ---------------------------------------------------------------- connections
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostConnection {
+    provider_config_key: String,
+    connection_id: Option<String>,
+    metadata: Option<Map<String, Value>>,
+    connection_config: Option<Map<String, Value>>,
+    #[allow(dead_code)]
+    webhook_url_override: Option<String>,
+    end_user: Option<EndUser>,
+    tags: Option<Map<String, Value>>,
+    credentials: Value,
+}
+
+#[derive(Deserialize, serde::Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct EndUser {
+    id: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    organization: Option<Organization>,
+    #[serde(default)]
+    tags: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize, serde::Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Organization {
+    id: String,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+impl EndUser {
+    fn to_value(&self) -> Value {
+        json!({
+            "id": self.id,
+            "email": self.email,
+            "display_name": self.display_name,
+            "organization": self.organization.as_ref().map(|o| json!({"id": o.id, "display_name": o.display_name})),
+            "tags": self.tags,
+        })
+    }
+
+    /// Nango's tags made from an end user: `end_user_*` keys and its own tags, lower-cased.
+    fn tags(&self) -> Map<String, Value> {
+        let mut t = Map::new();
+        t.insert("end_user_id".into(), Value::String(self.id.clone()));
+        if let Some(e) = &self.email {
+            t.insert("end_user_email".into(), Value::String(e.clone()));
+        }
+        if let Some(d) = &self.display_name {
+            t.insert("end_user_display_name".into(), Value::String(d.clone()));
+        }
+        if let Some(o) = &self.organization {
+            t.insert("organization_id".into(), Value::String(o.id.clone()));
+        }
+        for (k, v) in self.tags.iter().flatten() {
+            t.insert(k.to_ascii_lowercase(), v.clone());
+        }
+        t
+    }
+}
+
+fn check_tags(tags: &Map<String, Value>) -> Result<(), ApiError> {
+    for (k, v) in tags {
+        if !v.is_string() {
+            return Err(ApiError::field(
+                "invalid_body",
+                &["tags", k],
+                "Invalid input: expected string",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The credentials of an import as a record; `expires_at` may be RFC 3339 or epoch milliseconds.
+fn import_credentials(mut v: Value) -> Result<RawCredentials, ApiError> {
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(ms) = obj.get("expires_at").and_then(Value::as_i64) {
+            let ts = jiff::Timestamp::from_millisecond(ms).map_err(|_| {
+                ApiError::field(
+                    "invalid_body",
+                    &["credentials", "expires_at"],
+                    "not a valid date",
+                )
+            })?;
+            obj.insert("expires_at".into(), Value::String(ts.to_string()));
+        }
+        if let Some(s) = obj.get("expires_at").and_then(Value::as_str) {
+            if s.parse::<jiff::Timestamp>().is_err() {
+                return Err(ApiError::field(
+                    "invalid_body",
+                    &["credentials", "expires_at"],
+                    "not an RFC 3339 date",
+                ));
+            }
+        }
+        // Nango's OAUTH2 import may carry a per-connection client override; sidekey takes
+        // client settings from the integration.
+        obj.remove("config_override");
+    }
+    let wrapped = json!({ "credentials": v });
+    #[derive(Deserialize)]
+    struct W {
+        credentials: RawCredentials,
+    }
+    let w: W = parse(Some(wrapped))?;
+    Ok(w.credentials)
+}
+
+async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<ProxyBody>, ApiError> {
+    strict_query(req.query, &[])?;
+    let body: PostConnection = parse(req.body)?;
+    let snapshot = app.snapshot.load_full();
+    let Some(int) = snapshot
+        .integrations
+        .get(body.provider_config_key.as_str())
+        .cloned()
+    else {
+        return Err(ApiError::not_found("Integration does not exist"));
+    };
+    let credentials = import_credentials(body.credentials)?;
+    let mode = int.provider.auth_mode;
+    if credentials.type_name() != mode.as_str() {
+        return Err(ApiError::invalid_body(format!(
+            "Provider {} does not support {} auth",
+            mode.as_str(),
+            credentials.type_name()
+        )));
+    }
+    let connection_id = match body.connection_id {
+        Some(id) if !id.trim().is_empty() => id,
+        Some(_) => {
+            return Err(ApiError::field(
+                "invalid_body",
+                &["connection_id"],
+                "must not be empty",
+            ))
+        }
+        None => new_id(),
+    };
+    let mut tags = body
+        .end_user
+        .as_ref()
+        .map(EndUser::tags)
+        .unwrap_or_default();
+    if let Some(t) = &body.tags {
+        check_tags(t)?;
+        tags.extend(t.clone());
+    }
+    let existing = snapshot.connection(&body.provider_config_key, &connection_id);
+    let now = super::now();
+    let created_at = existing
+        .and_then(|c| c.created_at.clone())
+        .unwrap_or_else(|| now.clone());
+    let record = RawConnection {
+        connection_id: connection_id.clone(),
+        provider_config_key: body.provider_config_key.clone(),
+        credentials,
+        connection_config: body.connection_config.unwrap_or_default(),
+        metadata: body.metadata.unwrap_or_default(),
+        end_user: body.end_user.as_ref().map(EndUser::to_value),
+        tags,
+        created_at: Some(created_at),
+        updated_at: Some(now),
+    };
+    let pck = record.provider_config_key.clone();
+    let w = Write::new(vec![Change::PutConnection(record, 0)])
+        .expecting(Expect::IntegrationExists(pck.clone()));
+    let snap = commit(app, w)
+        .await
+        .map_err(|e| write_error(e, |_| ApiError::not_found("Integration does not exist")))?;
+    let conn = snap
+        .connection(&pck, &connection_id)
+        .ok_or_else(|| ApiError::not_found("the connection is gone"))?;
+    let creds = credentials_json(conn, None, true);
+    Ok(reply(StatusCode::CREATED, connection_json(conn, creds)))
+}
+
+/// A random UUID v4, as Nango gives a connection imported without an id.
+fn new_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchConnection {
+    end_user: Option<EndUser>,
+    tags: Option<Map<String, Value>>,
+    #[allow(dead_code)]
+    webhook_url_override: Option<String>,
+}
+
+/// The `provider_config_key` query parameter and the connection it names, with Nango's codes.
+fn named_connection(
+    snapshot: &Snapshot,
+    id: &str,
+    query: Option<&str>,
+    unknown_connection: ApiError,
+) -> Result<std::sync::Arc<crate::config::Connection>, ApiError> {
+    strict_query(query, &["provider_config_key"])?;
+    let key = query_param(query, "provider_config_key").ok_or_else(|| {
+        ApiError::field(
+            "invalid_query_params",
+            &["provider_config_key"],
+            "Invalid input: expected string, received undefined",
+        )
+    })?;
+    if !snapshot.integrations.contains_key(key.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_provider_config",
+            "Provider does not exists",
+        ));
+    }
+    snapshot
+        .connection(&key, id)
+        .cloned()
+        .ok_or(unknown_connection)
+}
+
+async fn patch_connection(
+    app: &App,
+    id: &str,
+    req: ApiRequest<'_>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let snapshot = app.snapshot.load_full();
+    let missing = || ApiError::not_found("Failed to find connection");
+    let conn = named_connection(&snapshot, id, req.query, missing())?;
+    let body: PatchConnection = parse(req.body)?;
+    let mut record = conn.record();
+    if body.end_user.is_some() || body.tags.is_some() {
+        let mut tags = body
+            .end_user
+            .as_ref()
+            .map(EndUser::tags)
+            .unwrap_or_default();
+        if let Some(t) = &body.tags {
+            check_tags(t)?;
+            tags.extend(t.clone());
+        }
+        record.tags = tags;
+    }
+    if let Some(eu) = &body.end_user {
+        record.end_user = Some(eu.to_value());
+    }
+    record.updated_at = Some(super::now());
+    let w =
+        Write::new(vec![Change::PutConnection(record, 0)]).expecting(Expect::ConnectionVersion {
+            provider_config_key: conn.provider_config_key.clone(),
+            connection_id: conn.connection_id.clone(),
+            version: conn.version,
+        });
+    commit(app, w).await.map_err(|e| {
+        write_error(e, |_| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the connection changed while this write was made; read it again and retry",
+            )
+        })
+    })?;
+    Ok(ok(json!({ "success": true })))
+}
+
+async fn delete_connection(
+    app: &App,
+    id: &str,
+    req: ApiRequest<'_>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let snapshot = app.snapshot.load_full();
+    let unknown = || ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "unknown_connection",
+        message: None,
+        errors: Vec::new(),
+    };
+    let conn = named_connection(&snapshot, id, req.query, unknown())?;
+    let key = (conn.provider_config_key.clone(), conn.connection_id.clone());
+    let w = Write::new(vec![Change::DeleteConnection {
+        provider_config_key: key.0.clone(),
+        connection_id: key.1.clone(),
+    }])
+    .expecting(Expect::ConnectionExists {
+        provider_config_key: key.0,
+        connection_id: key.1,
+    });
+    commit(app, w)
+        .await
+        .map_err(|e| write_error(e, |_| unknown()))?;
+    Ok(ok(json!({ "success": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetadataBody {
+    connection_id: OneOrMany,
+    provider_config_key: String,
+    metadata: Map<String, Value>,
+}
+
+/// `POST` (replace) and `PATCH` (shallow merge) `/connections/metadata`: every named
+/// connection or none.
+async fn metadata(
+    app: &App,
+    merge: bool,
+    req: ApiRequest<'_>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    strict_query(req.query, &[])?;
+    let echo = req.body.clone().unwrap_or(Value::Null);
+    let body: MetadataBody = parse(req.body)?;
+    let (ids, many) = match body.connection_id {
+        OneOrMany::One(id) => (vec![id], false),
+        OneOrMany::Many(ids) => (ids, true),
+    };
+    let pck = body.provider_config_key;
+    let not_found = |id: &str| {
+        let mut m = format!(
+            "Connection with connection id {id} and provider config key {pck} not found. Please make sure the connection exists in the Nango dashboard"
+        );
+        if many {
+            m.push_str(
+                ". No actions were taken on any of the connections as a result of this failure.",
+            );
+        }
+        ApiError::new(StatusCode::NOT_FOUND, "unknown_connection", m)
+    };
+    let snapshot = app.snapshot.load_full();
+    let mut w = Write::default();
+    let now = super::now();
+    for id in &ids {
+        let conn = snapshot.connection(&pck, id).ok_or_else(|| not_found(id))?;
+        let mut record = conn.record();
+        if merge {
+            for (k, v) in &body.metadata {
+                record.metadata.insert(k.clone(), v.clone());
+            }
+        } else {
+            record.metadata = body.metadata.clone();
+        }
+        record.updated_at = Some(now.clone());
+        w.expect.push(Expect::ConnectionVersion {
+            provider_config_key: pck.clone(),
+            connection_id: id.clone(),
+            version: conn.version,
+        });
+        w.changes.push(Change::PutConnection(record, 0));
+    }
+    commit(app, w).await.map_err(|e| {
+        write_error(e, |p| match p {
+            Expect::ConnectionVersion { connection_id, .. } => {
+                match app.snapshot.load().connection(&pck, connection_id) {
+                    None => not_found(connection_id),
+                    Some(_) => ApiError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "a connection changed while this write was made; retry",
+                    ),
+                }
+            }
+            _ => not_found(""),
+        })
+    })?;
+    let status = if merge {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(reply(status, echo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_name_their_path() {
+        let e = parse::<PostConnection>(Some(json!({
+            "provider_config_key": "p", "credentials": {}, "nope": 1
+        })))
+        .err()
+        .expect("refused");
+        assert_eq!(e.code, "invalid_body");
+        assert_eq!(e.errors[0].path, ["nope"]);
+    }
+
+    #[test]
+    fn credential_values_never_appear_in_messages() {
+        let e = import_credentials(json!({"type": "API_KEY", "apiKey": ["sk_live_secret"]}))
+            .err()
+            .expect("refused");
+        assert!(!format!("{e:?}").contains("sk_live_secret"), "{e:?}");
+        let c = import_credentials(
+            json!({"type": "OAUTH2", "access_token": "t", "expires_at": 1_900_000_000_000i64}),
+        )
+        .expect("epoch millis");
+        assert!(matches!(
+            c,
+            RawCredentials::OAuth2 {
+                expires_at: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ids_are_uuid_v4() {
+        let id = new_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_id());
+    }
+}

@@ -1,0 +1,81 @@
+//! The router: which handler answers a request, and what the caller must be allowed to do.
+//!
+//! `/proxy/…` and `/connections/{selector}/proxy/…` go to the request path ([`crate::proxy`]),
+//! which checks the caller's key for the `proxy` scope itself (it loads the snapshot once for
+//! the whole request). Management routes ([`crate::api`]) are authenticated here and checked
+//! for the scope their method needs before their handler runs: a key without it gets 403
+//! `forbidden` naming the scope. Nango routes sidekey does not serve answer 501
+//! `not_supported`; anything else is the proxy's 404 `not_found`.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::api::{self, ApiError, ApiRequest};
+use crate::body::ProxyBody;
+use crate::proxy::App;
+use crate::telemetry::RequestLog;
+
+/// Answers one request on the main listener.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if crate::proxy::route::route(path).is_some() {
+        return crate::proxy::handle(app, req).await;
+    }
+    let unsupported = api::not_supported(path);
+    if api::route(path).is_none() && !unsupported {
+        return crate::proxy::handle(app, req).await;
+    }
+    let (req, mut log) = RequestLog::start(req, &app.metrics);
+    let res = match management(app, req, unsupported).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::debug!(code = e.code, "management request refused");
+            log.set_error(e.code);
+            e.to_response()
+        }
+    };
+    log.respond(res)
+}
+
+async fn management(
+    app: &App,
+    req: Request<ProxyBody>,
+    unsupported: bool,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let snapshot = app.snapshot.load_full();
+    let scopes = crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
+    drop(snapshot);
+    if unsupported {
+        return Err(api::not_supported_error(path));
+    }
+    let Some(route) = api::route(path) else {
+        return Err(crate::error::ProxyError::NotFound(path.to_string()).into());
+    };
+    let Some(scope) = api::scope(&route, &parts.method) else {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("method {} is not allowed on {path}", parts.method),
+        ));
+    };
+    if !scopes.contains(scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("Insufficient scope. Required: {}", scope.name()),
+        ));
+    }
+    let body = match parts.method {
+        Method::POST | Method::PATCH | Method::PUT => api::read_json(&parts.headers, body).await?,
+        _ => None,
+    };
+    let req = ApiRequest {
+        method: &parts.method,
+        query: parts.uri.query(),
+        scopes,
+        body,
+    };
+    api::respond(app, &route, req).await
+}

@@ -1,0 +1,84 @@
+//! The apply path: how a new snapshot becomes the one serving.
+//!
+//! Every source of change ends here — a file reload, an API write, later a database
+//! notification: swap the snapshot in one step, log what changed (counts, never values),
+//! forget the token state of connections that are gone, and move the generation gauge.
+//! Requests that loaded the previous snapshot finish on it.
+
+use std::sync::Arc;
+
+use crate::config::diff::{diff, Changes, Counts};
+use crate::config::{Change, Snapshot};
+use crate::proxy::App;
+
+/// Publishes a snapshot built from scratch (a reload, a hand edit seen by the writer): the
+/// changes are worked out by comparing the two snapshots.
+pub fn publish(app: &App, new: Arc<Snapshot>, source: &str) -> Changes {
+    let old = app.snapshot.swap(new.clone());
+    let changes = diff(&old, &new);
+    log(&new, &changes, source);
+    app.oauth.prune_memory(&new);
+    app.metrics.set_generation(new.generation);
+    changes
+}
+
+/// Publishes a snapshot made by applying `applied` to the serving one: the log counts come
+/// from the changes themselves, so the cost does not grow with the number of connections.
+pub fn publish_changes(app: &App, new: Arc<Snapshot>, applied: &[Change]) -> Changes {
+    let old = app.snapshot.swap(new.clone());
+    let mut c = Changes::default();
+    let count = |counts: &mut Counts, existed: bool| {
+        if existed {
+            counts.changed += 1
+        } else {
+            counts.added += 1
+        }
+    };
+    let mut removed_any = false;
+    for ch in applied {
+        match ch {
+            Change::PutIntegration(r) => count(
+                &mut c.integrations,
+                old.integrations.contains_key(r.unique_key.as_str()),
+            ),
+            Change::DeleteIntegration(k) => {
+                c.integrations.removed += 1;
+                c.connections.removed += old.connections.get(k.as_str()).map_or(0, |t| t.len());
+                removed_any = true;
+            }
+            Change::PutConnection(r, _) => count(
+                &mut c.connections,
+                old.connection(&r.provider_config_key, &r.connection_id)
+                    .is_some(),
+            ),
+            Change::DeleteConnection { .. } => {
+                c.connections.removed += 1;
+                removed_any = true;
+            }
+            Change::PutKey(_) => c.caller_keys_added += 1,
+            Change::DeleteKey(_) => c.caller_keys_removed += 1,
+        }
+    }
+    log(&new, &c, "api write");
+    if removed_any {
+        app.oauth.prune_memory(&new);
+    }
+    app.metrics.set_generation(new.generation);
+    c
+}
+
+fn log(new: &Snapshot, changes: &Changes, source: &str) {
+    tracing::info!(
+        generation = new.generation,
+        source,
+        integrations_added = changes.integrations.added,
+        integrations_removed = changes.integrations.removed,
+        integrations_changed = changes.integrations.changed,
+        connections_added = changes.connections.added,
+        connections_removed = changes.connections.removed,
+        connections_changed = changes.connections.changed,
+        caller_keys_added = changes.caller_keys_added,
+        caller_keys_removed = changes.caller_keys_removed,
+        "state updated"
+    );
+}

@@ -1,0 +1,167 @@
+//! The one writer: serialises every write, commits waiting writes together, publishes.
+//!
+//! Writes queue on a channel. The task takes all that are waiting (up to [`MAX_GROUP`]),
+//! first publishes whatever the backend says changed behind its back, then applies each
+//! write to the snapshot in order — a write whose precondition fails, or whose records do not
+//! compile, is refused alone and the others go on — and commits the survivors with one
+//! backend call. Only after that commit is the new snapshot published and each writer
+//! answered, so an `Ok` means durable and visible. If the commit finds the stored data
+//! changed meanwhile (a hand edit racing the write), the group is tried once more on top of
+//! it; after that the writers get the conflict.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Backend, Expect, StoreError, Write};
+use crate::config::{Change, Snapshot};
+use crate::proxy::App;
+
+/// The most writes committed together.
+const MAX_GROUP: usize = 256;
+
+struct Pending {
+    write: Write,
+    reply: oneshot::Sender<Result<Arc<Snapshot>, StoreError>>,
+}
+
+/// The handle API routes and the token manager write through.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts the writer task for `app`'s snapshot over `backend`.
+    pub fn spawn(app: Arc<App>, backend: Arc<dyn Backend>) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(run(app, backend, rx));
+        Self { tx }
+    }
+
+    /// Commits one write; the snapshot that includes it, once it is durable and published.
+    pub async fn write(&self, write: Write) -> Result<Arc<Snapshot>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the writer has stopped".into());
+        self.tx
+            .send(Pending { write, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+async fn run(app: Arc<App>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        commit_group(&app, backend.as_ref(), batch).await;
+    }
+}
+
+async fn commit_group(app: &App, backend: &dyn Backend, batch: Vec<Pending>) {
+    let mut last_conflict = None;
+    for _attempt in 0..2 {
+        match backend.refresh(app.snapshot.load_full()).await {
+            Ok(Some(fresh)) => {
+                crate::state::publish(app, Arc::new(fresh), "vault edited on disk");
+            }
+            Ok(None) => {}
+            Err(e) => return answer_all(batch, Err(e)),
+        }
+        let base = app.snapshot.load_full();
+        let mut cur: Snapshot = (*base).clone();
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
+        let mut all = Vec::new();
+        for p in &batch {
+            match apply(&cur, &p.write, backend) {
+                Ok((next, changes)) => {
+                    cur = next;
+                    all.extend(changes);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if all.is_empty() {
+            return answer(batch, results, &base);
+        }
+        cur.generation = base.generation + 1;
+        let next = Arc::new(cur);
+        match backend.commit(next.clone(), all.clone()).await {
+            Ok(()) => {
+                crate::state::publish_changes(app, next.clone(), &all);
+                return answer(batch, results, &next);
+            }
+            Err(StoreError::Conflict(why)) => last_conflict = Some(why),
+            Err(e) => return answer_all(batch, Err(e)),
+        }
+    }
+    let why = last_conflict.unwrap_or_default();
+    answer_all(batch, Err(StoreError::Conflict(why)))
+}
+
+/// One write applied to `cur`: the new snapshot and the changes as committed (versions set).
+fn apply(
+    cur: &Snapshot,
+    write: &Write,
+    backend: &dyn Backend,
+) -> Result<(Snapshot, Vec<Change>), StoreError> {
+    for e in &write.expect {
+        if !holds(cur, e) {
+            return Err(StoreError::Precondition(e.clone()));
+        }
+    }
+    let mut next = cur.clone();
+    let mut changes = Vec::with_capacity(write.changes.len());
+    for ch in &write.changes {
+        let ch = match ch.clone() {
+            Change::PutConnection(raw, _) => Change::PutConnection(raw, backend.next_version()),
+            other => other,
+        };
+        next = next.with(ch.clone()).map_err(StoreError::Invalid)?;
+        changes.push(ch);
+    }
+    Ok((next, changes))
+}
+
+fn holds(s: &Snapshot, e: &Expect) -> bool {
+    match e {
+        Expect::IntegrationExists(k) => s.integrations.contains_key(k.as_str()),
+        Expect::IntegrationAbsent(k) => !s.integrations.contains_key(k.as_str()),
+        Expect::ConnectionExists {
+            provider_config_key,
+            connection_id,
+        } => s.connection(provider_config_key, connection_id).is_some(),
+        Expect::ConnectionVersion {
+            provider_config_key,
+            connection_id,
+            version,
+        } => s
+            .connection(provider_config_key, connection_id)
+            .is_some_and(|c| c.version == *version),
+    }
+}
+
+fn answer(batch: Vec<Pending>, results: Vec<Result<(), StoreError>>, snap: &Arc<Snapshot>) {
+    for (p, r) in batch.into_iter().zip(results) {
+        let _ = p.reply.send(r.map(|()| snap.clone()));
+    }
+}
+
+fn answer_all(batch: Vec<Pending>, r: Result<Arc<Snapshot>, StoreError>) {
+    for p in batch {
+        let _ = p.reply.send(r.clone());
+    }
+}
