@@ -73,7 +73,14 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Print a fresh random caller key and the `sha256` line to put in the vault
-    New,
+    New {
+        /// What the key may do (comma-separated): proxy, connections:read, connections:write,
+        /// connections:read_credentials, integrations:read, integrations:write,
+        /// connect_sessions:write. Without it, every scope. An application pod needs only
+        /// `proxy`.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

@@ -24,10 +24,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check(files)) => check(&files),
-        Some(Command::Key(KeyCommand::New)) => {
+        Some(Command::Key(KeyCommand::New { scopes })) => {
+            if let Err(unknown) = sidekey::auth::Scopes::parse(&scopes) {
+                eprintln!(
+                    "sidekey: unknown scope `{unknown}` (known: {})",
+                    sidekey::auth::Scope::NAMES.join(", ")
+                );
+                return ExitCode::from(2);
+            }
             let key = sidekey::auth::new_key();
             println!("{key}");
             println!("sha256: {}", hex::encode(sidekey::auth::digest(&key)));
+            if !scopes.is_empty() {
+                println!("scopes: [{}]", scopes.join(", "));
+            }
             ExitCode::SUCCESS
         }
         Some(Command::Serve(args)) => serve(*args),

@@ -845,11 +845,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_name_their_path() {
-        let e = parse::<PostConnection>(Some(json!({
+        let Err(e) = parse::<PostConnection>(Some(json!({
             "provider_config_key": "p", "credentials": {}, "nope": 1
-        })))
-        .err()
-        .expect("refused");
+        }))) else {
+            panic!("refused")
+        };
         assert_eq!(e.code, "invalid_body");
         assert_eq!(e.errors[0].path, ["nope"]);
     }
@@ -857,8 +857,7 @@ mod tests {
     #[test]
     fn credential_values_never_appear_in_messages() {
         let e = import_credentials(json!({"type": "API_KEY", "apiKey": ["sk_live_secret"]}))
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(!format!("{e:?}").contains("sk_live_secret"), "{e:?}");
         let c = import_credentials(
             json!({"type": "OAUTH2", "access_token": "t", "expires_at": 1_900_000_000_000i64}),

@@ -119,6 +119,34 @@ impl TestClient {
         self.inner.request(req).await.expect("request to sidekey")
     }
 
+    /// Sends a request and returns only its status, or `None` if the connection failed (the
+    /// server went away): for tests that kill the server mid-stream.
+    pub async fn send_result(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Option<u16> {
+        let mut req = Request::new(
+            Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *req.method_mut() = Method::from_bytes(method.as_bytes()).ok()?;
+        *req.uri_mut() = url.parse().ok()?;
+        for (k, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                http::HeaderValue::from_str(v).ok()?,
+            );
+        }
+        let res = self.inner.request(req).await.ok()?;
+        let status = res.status().as_u16();
+        res.into_body().collect().await.ok()?;
+        Some(status)
+    }
+
     /// A GET through sidekey's `/proxy` with the standard caller key and connection headers.
     pub async fn proxy(
         &self,

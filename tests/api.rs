@@ -1,0 +1,831 @@
+//! Nango's management API through the real binary: every write route with its error cases,
+//! the scope matrix, strict inputs, read-only vaults, a hand edit racing a write, concurrent
+//! writers, and kill -9 in the middle of a stream of writes.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use support::client::{TestClient, AUTH};
+use support::sidekey::{run_cli, sidekey, Sidekey};
+use support::upstream::{ok_json, Upstream};
+use support::CALLER_KEY;
+
+const SECRET: &str = "sk_live_imported_secret_value";
+
+fn providers(base: &str) -> String {
+    format!(
+        r#"
+hdr:
+  auth_mode: API_KEY
+  proxy:
+    base_url: {base}/api
+    headers: {{authorization: "Bearer ${{apiKey}}"}}
+tenant:
+  auth_mode: API_KEY
+  proxy:
+    base_url: {base}/${{connectionConfig.tenant}}
+    headers: {{x-key: "${{apiKey}}"}}
+basic: {{auth_mode: BASIC, proxy: {{base_url: "{base}"}}}}
+oauth: {{auth_mode: OAUTH2, token_url: "{base}/token", proxy: {{base_url: "{base}"}}}}
+private-api-generic: {{auth_mode: API_KEY}}
+"#
+    )
+}
+
+const EMPTY_VAULT: &str = "# my vault\nintegrations: []\nconnections: []\n";
+
+fn json_headers() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("authorization", AUTH),
+        ("content-type", "application/json"),
+    ]
+}
+
+async fn call(
+    c: &TestClient,
+    sk: &Sidekey,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> support::client::TestResponse {
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    c.send(method, &sk.url(path), &json_headers(), body).await
+}
+
+async fn setup(vault: &str, args: &[&str]) -> (Upstream, Sidekey) {
+    let up = Upstream::start(ok_json()).await;
+    let sk = sidekey(&providers(&up.url("")), vault)
+        .args(args.iter().copied())
+        .start();
+    (up, sk)
+}
+
+/// Restarts a sidekey on the files it left in `dir`.
+fn restart(dir: tempfile::TempDir) -> Sidekey {
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--listen=127.0.0.1:0".into(),
+        "--admin-listen=127.0.0.1:0".into(),
+        "--log-format=json".into(),
+        format!(
+            "--providers={}",
+            dir.path().join("providers.yaml").display()
+        ),
+        format!("--vault={}", dir.path().join("vault.yaml").display()),
+    ];
+    Sidekey::spawn(
+        dir,
+        &args,
+        &[("SIDEKEY_SECRET_KEY".to_string(), CALLER_KEY.to_string())],
+    )
+}
+
+#[tokio::test]
+async fn integrations_and_connections_lifecycle() {
+    let (up, mut sk) = setup(EMPTY_VAULT, &[]).await;
+    let c = TestClient::default();
+
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh", "display_name": "GitHub"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["data"]["unique_key"], "gh");
+    assert_eq!(res.json()["data"]["display_name"], "GitHub");
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.error_code(), "invalid_body");
+    assert_eq!(
+        res.json()["error"]["errors"][0]["path"],
+        json!(["uniqueKey"])
+    );
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "nope-provider", "unique_key": "x"}),
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(
+        res.json()["error"]["errors"][0]["path"],
+        json!(["provider"])
+    );
+    assert!(res.text().contains("nope-provider"), "{}", res.text());
+
+    // Import: 201 with the full connection; the proxy uses it before the response was sent.
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/connections",
+        json!({
+            "provider_config_key": "gh", "connection_id": "u1",
+            "credentials": {"type": "API_KEY", "apiKey": SECRET},
+            "metadata": {"plan": "pro"},
+            "end_user": {"id": "eu-1", "display_name": "Ada"},
+            "tags": {"team": "core"}
+        }),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["connection_id"], "u1");
+    assert_eq!(v["credentials"]["apiKey"], SECRET);
+    assert_eq!(v["tags"]["end_user_id"], "eu-1");
+    assert_eq!(v["tags"]["team"], "core");
+    assert!(v["created_at"].as_str().is_some_and(|s| s.ends_with('Z')));
+    let res = c.proxy(&sk.url(""), "/user", "u1", "gh").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        up.requests()
+            .last()
+            .expect("request")
+            .header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+
+    // Re-import is an upsert, keeping created_at.
+    let created = v["created_at"].clone();
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/connections",
+        json!({
+            "provider_config_key": "gh", "connection_id": "u1",
+            "credentials": {"type": "API_KEY", "apiKey": "rotated"}
+        }),
+    )
+    .await;
+    assert_eq!(res.status, 201);
+    assert_eq!(res.json()["created_at"], created);
+    let res = c.proxy(&sk.url(""), "/user", "u1", "gh").await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        up.requests()
+            .last()
+            .expect("request")
+            .header("authorization"),
+        Some("Bearer rotated")
+    );
+
+    // Type mismatch and a base URL that needs connection_config: refused with a path.
+    let res = call(&c, &sk, "POST", "/connections", json!({
+        "provider_config_key": "gh", "credentials": {"type": "BASIC", "username": "u", "password": "p"}
+    })).await;
+    assert_eq!(res.status, 400);
+    assert!(
+        res.text()
+            .contains("Provider API_KEY does not support BASIC auth"),
+        "{}",
+        res.text()
+    );
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "tenant", "unique_key": "t"}),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/connections",
+        json!({
+            "provider_config_key": "t", "credentials": {"type": "API_KEY", "apiKey": "k"}
+        }),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert_eq!(
+        res.json()["error"]["errors"][0]["path"],
+        json!(["connection_config"])
+    );
+    assert!(
+        res.text().contains("connectionConfig.tenant"),
+        "{}",
+        res.text()
+    );
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/connections",
+        json!({
+            "provider_config_key": "missing", "credentials": {"type": "API_KEY", "apiKey": "k"}
+        }),
+    )
+    .await;
+    assert_eq!(res.status, 404);
+    assert_eq!(res.error_code(), "not_found");
+
+    // Metadata: replace (201) then shallow merge (200), all or nothing.
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/connections/metadata",
+        json!({"connection_id": "u1", "provider_config_key": "gh", "metadata": {"a": 1}}),
+    )
+    .await;
+    assert_eq!(res.status, 201);
+    let res = call(
+        &c,
+        &sk,
+        "PATCH",
+        "/connections/metadata",
+        json!({"connection_id": ["u1"], "provider_config_key": "gh", "metadata": {"b": 2}}),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let res = call(&c, &sk, "PATCH", "/connections/metadata", json!({"connection_id": ["u1", "ghost"], "provider_config_key": "gh", "metadata": {"c": 3}})).await;
+    assert_eq!(res.status, 404);
+    assert_eq!(res.error_code(), "unknown_connection");
+    assert!(
+        res.text().contains("No actions were taken"),
+        "{}",
+        res.text()
+    );
+    let res = call(
+        &c,
+        &sk,
+        "GET",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.json()["metadata"], json!({"a": 1, "b": 2}));
+
+    // PATCH end_user / tags; the list shows Nango's fields.
+    let res = call(
+        &c,
+        &sk,
+        "PATCH",
+        "/connections/u1?provider_config_key=gh",
+        json!({"tags": {"stage": "beta"}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json(), json!({"success": true}));
+    let res = call(&c, &sk, "GET", "/connections?tags[stage]=beta", Value::Null).await;
+    let list = res.json()["connections"].as_array().expect("list").clone();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["connection_id"], "u1");
+    assert!(list[0]["created"].is_string());
+    assert!(
+        !res.text().contains("rotated"),
+        "the list never shows credentials"
+    );
+
+    // Restart: every write is in the vault, which still parses and keeps its header comment.
+    let vault = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    assert!(vault.starts_with("# my vault\n"), "{vault}");
+    let dir = sk.take_dir();
+    drop(sk);
+    let sk2 = restart(dir);
+    let res = call(
+        &c,
+        &sk2,
+        "GET",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["metadata"], json!({"a": 1, "b": 2}));
+    assert_eq!(res.json()["tags"], json!({"stage": "beta"}));
+    sk = sk2;
+
+    // Delete the connection, then the integration (its connections go with it).
+    let res = call(
+        &c,
+        &sk,
+        "DELETE",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let res = c.proxy(&sk.url(""), "/user", "u1", "gh").await;
+    assert_eq!(res.error_code(), "unknown_connection");
+    let res = call(
+        &c,
+        &sk,
+        "DELETE",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.error_code(), "unknown_connection");
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u2", "credentials": {"type": "API_KEY", "apiKey": "k2"}})).await;
+    assert_eq!(res.status, 201);
+    let res = call(&c, &sk, "DELETE", "/integrations/gh", Value::Null).await;
+    assert_eq!(res.json(), json!({"success": true}));
+    let res = c.proxy(&sk.url(""), "/user", "u2", "gh").await;
+    assert_eq!(res.error_code(), "unknown_provider_config");
+    let res = call(&c, &sk, "DELETE", "/integrations/gh", Value::Null).await;
+    assert_eq!(res.status, 404);
+    let vault = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    assert!(!vault.contains("u2"), "{vault}");
+    assert!(!sk.logs().contains(SECRET), "no secret in the logs");
+}
+
+#[tokio::test]
+async fn integration_validation_and_patch() {
+    let (_up, sk) = setup(EMPTY_VAULT, &[]).await;
+    let c = TestClient::default();
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "oauth", "unique_key": "o"}),
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    assert!(res.text().contains("Missing credentials"), "{}", res.text());
+    let res = call(&c, &sk, "POST", "/integrations", json!({"provider": "hdr", "unique_key": "h", "credentials": {"type": "OAUTH2", "client_id": "a", "client_secret": "b"}})).await;
+    assert!(
+        res.text().contains("incompatible credentials"),
+        "{}",
+        res.text()
+    );
+    let res = call(&c, &sk, "POST", "/integrations", json!({"provider": "oauth", "unique_key": "o", "credentials": {"type": "OAUTH2", "client_id": "cid", "client_secret": "csecret", "scopes": "read,write"}})).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(!res.text().contains("csecret"));
+    let res = call(&c, &sk, "POST", "/integrations", json!({"provider": "private-api-generic", "unique_key": "p", "integration_config": {"baseUrl": "http://127.0.0.1:1/api", "keyName": "x-api-key", "nope": "1"}})).await;
+    assert_eq!(res.status, 400);
+    assert_eq!(
+        res.json()["error"]["errors"][0]["path"],
+        json!(["integration_config", "nope"])
+    );
+    let res = call(&c, &sk, "POST", "/integrations", json!({"provider": "private-api-generic", "unique_key": "p", "integration_config": {"baseUrl": "http://127.0.0.1:1/api", "keyName": "x-api-key", "valueTemplate": "Key ${apiKey}"}})).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // Rename, display name; rename refused once it has connections.
+    let res = call(
+        &c,
+        &sk,
+        "PATCH",
+        "/integrations/p",
+        json!({"unique_key": "p2", "display_name": "Internal"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["data"]["unique_key"], "p2");
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "p2", "connection_id": "c", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = call(
+        &c,
+        &sk,
+        "PATCH",
+        "/integrations/p2",
+        json!({"unique_key": "p3"}),
+    )
+    .await;
+    assert!(res.text().contains("active connections"), "{}", res.text());
+    let res = call(
+        &c,
+        &sk,
+        "PATCH",
+        "/integrations/zzz",
+        json!({"display_name": "x"}),
+    )
+    .await;
+    assert_eq!(res.status, 404);
+    // A config change recompiles the integration's connections.
+    let res = call(
+        &c,
+        &sk,
+        "PATCH",
+        "/integrations/p2",
+        json!({"integration_config": {"keyName": "x-other"}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+#[tokio::test]
+async fn strict_inputs_and_unserved_routes() {
+    let (_up, sk) = setup(EMPTY_VAULT, &[]).await;
+    let c = TestClient::default();
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "h", "extra": true}),
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.error_code(), "invalid_body");
+    assert_eq!(res.json()["error"]["errors"][0]["path"], json!(["extra"]));
+    assert_eq!(res.header("sidekey-error"), Some("invalid_body"));
+    let res = c
+        .send(
+            "POST",
+            &sk.url("/integrations"),
+            &[
+                ("authorization", AUTH),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Bytes::from_static(b"provider=hdr"),
+        )
+        .await;
+    assert_eq!(res.status, 415);
+    assert_eq!(res.error_code(), "invalid_content_type");
+    let big = Bytes::from(vec![b' '; 1024 * 1024 + 10]);
+    let res = c
+        .send("POST", &sk.url("/connections"), &json_headers(), big)
+        .await;
+    assert_eq!(res.status, 413);
+    assert_eq!(res.error_code(), "payload_too_large");
+    let res = c
+        .send(
+            "POST",
+            &sk.url("/connections"),
+            &json_headers(),
+            Bytes::from_static(b"{not json"),
+        )
+        .await;
+    assert_eq!(res.error_code(), "invalid_body");
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations?x=1",
+        json!({"provider": "hdr", "unique_key": "h"}),
+    )
+    .await;
+    assert_eq!(res.error_code(), "invalid_query_params");
+    for path in [
+        "/records",
+        "/sync/trigger",
+        "/action/trigger",
+        "/scripts/config",
+        "/webhook/x",
+        "/environment",
+    ] {
+        let res = call(&c, &sk, "GET", path, Value::Null).await;
+        assert_eq!(res.status, 501, "{path}");
+        assert_eq!(res.error_code(), "not_supported");
+        assert!(res.text().contains("runs no syncs"), "{}", res.text());
+    }
+    let res = call(&c, &sk, "GET", "/nope", Value::Null).await;
+    assert_eq!(res.error_code(), "not_found");
+    let res = c
+        .send("POST", &sk.url("/integrations"), &[], Bytes::new())
+        .await;
+    assert_eq!(res.error_code(), "missing_auth_header");
+    let res = call(&c, &sk, "GET", "/providers?search=HD", Value::Null).await;
+    let names: Vec<&str> = res.json()["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|s| if s == "hdr" { "hdr" } else { "other" })
+        .collect();
+    assert_eq!(names, ["hdr"]);
+    let res = call(&c, &sk, "GET", "/providers/hdr", Value::Null).await;
+    assert_eq!(res.json()["data"]["name"], "hdr");
+    let res = call(&c, &sk, "GET", "/providers/none-such", Value::Null).await;
+    assert_eq!(res.status, 404);
+}
+
+/// A vault with keys of several scopes (digests of the names below).
+fn scoped_vault() -> String {
+    let d = |k: &str| hex::encode(sha2_digest(k));
+    format!(
+        r#"
+secret_keys:
+  - {{sha256: "{}", scopes: [proxy]}}
+  - {{sha256: "{}", scopes: [connections:read, integrations:read]}}
+  - {{sha256: "{}", scopes: [environment:connections:read, connections:read_credentials]}}
+  - {{sha256: "{}", scopes: [connections:write, integrations:read]}}
+integrations:
+  - {{unique_key: gh, provider: hdr}}
+  - {{unique_key: o, provider: oauth}}
+connections:
+  - {{connection_id: u1, provider_config_key: gh, credentials: {{type: API_KEY, apiKey: "{SECRET}"}}}}
+  - {{connection_id: o1, provider_config_key: o, credentials: {{type: OAUTH2, access_token: at, refresh_token: "rt-secret"}}}}
+"#,
+        d("key-proxy"),
+        d("key-read"),
+        d("key-creds"),
+        d("key-write")
+    )
+}
+
+fn sha2_digest(k: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(k.as_bytes()).into()
+}
+
+#[tokio::test]
+async fn scope_matrix() {
+    let (_up, sk) = setup(&scoped_vault(), &[]).await;
+    let c = TestClient::default();
+    let send = |key: &'static str, method: &'static str, path: &'static str, body: Value| {
+        let c = &c;
+        let sk = &sk;
+        async move {
+            let auth = format!("Bearer {key}");
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("connection-id", "u1"),
+                ("provider-config-key", "gh"),
+            ];
+            let body = if body.is_null() {
+                Bytes::new()
+            } else {
+                Bytes::from(body.to_string())
+            };
+            c.send(method, &sk.url(path), &headers, body).await
+        }
+    };
+    // proxy-only: proxies, reads nothing.
+    assert_eq!(
+        send("key-proxy", "GET", "/proxy/x", Value::Null)
+            .await
+            .status,
+        200
+    );
+    let res = send("key-proxy", "GET", "/integrations", Value::Null).await;
+    assert_eq!(res.status, 403);
+    assert_eq!(res.error_code(), "forbidden");
+    assert!(res.text().contains("integrations:read"), "{}", res.text());
+    // read: lists, sees a connection without its credential, may not refresh or write.
+    let res = send("key-read", "GET", "/proxy/x", Value::Null).await;
+    assert_eq!(res.status, 403);
+    assert!(res.text().contains("proxy"));
+    let res = send(
+        "key-read",
+        "GET",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["credentials"], json!({"type": "API_KEY"}));
+    assert!(!res.text().contains(SECRET));
+    let res = send(
+        "key-read",
+        "GET",
+        "/connections/u1?provider_config_key=gh&force_refresh=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 403);
+    let res = send(
+        "key-read",
+        "DELETE",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 403);
+    assert!(res.text().contains("connections:write"));
+    // read_credentials: the credential, and the refresh token only when asked.
+    let res = send(
+        "key-creds",
+        "GET",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.json()["credentials"]["apiKey"], SECRET);
+    let res = send(
+        "key-creds",
+        "GET",
+        "/connections/o1?provider_config_key=o",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.json()["credentials"]["access_token"], "at");
+    assert!(!res.text().contains("rt-secret"), "{}", res.text());
+    let res = send(
+        "key-creds",
+        "GET",
+        "/connections/o1?provider_config_key=o&refresh_token=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.json()["credentials"]["refresh_token"], "rt-secret");
+    let res = send("key-creds", "GET", "/integrations", Value::Null).await;
+    assert_eq!(res.status, 403);
+    // write: imports, but may not create integrations.
+    let res = send("key-write", "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u9", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = send(
+        "key-write",
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "z"}),
+    )
+    .await;
+    assert_eq!(res.status, 403);
+    assert!(res.text().contains("integrations:write"));
+}
+
+#[test]
+fn key_new_with_scopes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out, _) = run_cli(&["key", "new", "--scopes", "proxy"], dir.path());
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("sk_"));
+    assert!(lines[1].starts_with("sha256: "));
+    assert_eq!(lines[2], "scopes: [proxy]");
+    let (code, _, err) = run_cli(&["key", "new", "--scopes", "proxy,everything"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("everything"), "{err}");
+}
+
+#[tokio::test]
+async fn read_only_vault_refuses_writes_and_keeps_serving() {
+    let vault = format!("integrations: [{{unique_key: gh, provider: hdr}}]\nconnections:\n  - {{connection_id: u1, provider_config_key: gh, credentials: {{type: API_KEY, apiKey: \"{SECRET}\"}}}}\n");
+    let (_up, sk) = setup(&vault, &["--vault-read-only"]).await;
+    let c = TestClient::default();
+    let before = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u2", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
+    assert_eq!(res.status, 409);
+    assert_eq!(res.error_code(), "store_read_only");
+    assert!(res.text().contains("read-only"));
+    assert_eq!(
+        std::fs::read_to_string(sk.path("vault.yaml")).expect("vault"),
+        before
+    );
+    assert_eq!(c.proxy(&sk.url(""), "/x", "u1", "gh").await.status, 200);
+    assert_eq!(
+        c.proxy(&sk.url(""), "/x", "u2", "gh").await.error_code(),
+        "unknown_connection"
+    );
+}
+
+#[tokio::test]
+async fn a_hand_edit_racing_a_write_is_kept() {
+    let vault = "integrations: [{unique_key: gh, provider: hdr}]\nconnections: []\n";
+    // A long settle: the watcher must not be what picks the edit up.
+    let (_up, sk) = setup(vault, &["--reload-settle", "1h"]).await;
+    let c = TestClient::default();
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-1", "credentials": {"type": "API_KEY", "apiKey": "k1"}})).await;
+    assert_eq!(res.status, 201);
+    // The operator appends a connection by hand; the next API write happens before any reload.
+    let path = sk.path("vault.yaml");
+    let mut text = std::fs::read_to_string(&path).expect("vault");
+    text.push_str("- connection_id: by-hand\n  provider_config_key: gh\n  credentials: {type: API_KEY, apiKey: hand}\n");
+    std::fs::write(&path, &text).expect("hand edit");
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-2", "credentials": {"type": "API_KEY", "apiKey": "k2"}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let after = std::fs::read_to_string(&path).expect("vault");
+    for id in ["api-1", "by-hand", "api-2"] {
+        assert!(after.contains(id), "{id} missing:\n{after}");
+        assert_eq!(
+            c.proxy(&sk.url(""), "/x", id, "gh").await.status,
+            200,
+            "{id}"
+        );
+    }
+    // A hand edit that breaks the vault stops writes with a conflict; serving goes on.
+    std::fs::write(&path, "integrations: [oops\n").expect("broken edit");
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-3", "credentials": {"type": "API_KEY", "apiKey": "k3"}})).await;
+    assert_eq!(res.status, 409, "{}", res.text());
+    assert_eq!(res.error_code(), "conflict");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("vault"),
+        "integrations: [oops\n"
+    );
+    assert_eq!(c.proxy(&sk.url(""), "/x", "api-2", "gh").await.status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_writers_all_land() {
+    let vault = "integrations: [{unique_key: gh, provider: hdr}]\nconnections: []\n";
+    let (_up, sk) = setup(vault, &[]).await;
+    let c = Arc::new(TestClient::default());
+    let url = sk.url("/connections");
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (c, url) = (c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let body = json!({"provider_config_key": "gh", "connection_id": format!("w{w}-{i}"), "credentials": {"type": "API_KEY", "apiKey": "k"}});
+                let res = c.send("POST", &url, &json_headers(), Bytes::from(body.to_string())).await;
+                assert_eq!(res.status, 201, "{}", res.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let res = call(&c, &sk, "GET", "/connections", Value::Null).await;
+    assert_eq!(
+        res.json()["connections"].as_array().expect("list").len(),
+        160
+    );
+    let (code, out, _) = run_cli(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        sk.dir(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("160 connections"), "{out}");
+}
+
+#[tokio::test]
+async fn kill_9_mid_writes_loses_no_answered_write() {
+    let vault = "integrations: [{unique_key: gh, provider: hdr}]\nconnections: []\n";
+    let (_up, mut sk) = setup(vault, &[]).await;
+    let c = Arc::new(TestClient::default());
+    let url = sk.url("/connections");
+    let answered = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (c, url, answered) = (c.clone(), url.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("w{w}-{i}");
+                let body = json!({"provider_config_key": "gh", "connection_id": id, "credentials": {"type": "API_KEY", "apiKey": "k"}});
+                let headers = json_headers();
+                let req = c.send_result("POST", &url, &headers, Bytes::from(body.to_string()));
+                match req.await {
+                    Some(201) => {
+                        answered.lock().expect("lock").insert(id);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Let a stream of writes run, then kill -9 while they are in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while answered.lock().expect("lock").len() < 100 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sk.signal("KILL");
+    for t in tasks {
+        let _ = t.await;
+    }
+    let answered = answered.lock().expect("lock").clone();
+    assert!(
+        answered.len() >= 100,
+        "only {} writes answered",
+        answered.len()
+    );
+    let dir = sk.take_dir();
+    drop(sk);
+    let (code, out, _) = run_cli(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "the vault parses after kill -9: {out}");
+    let sk = restart(dir);
+    let res = call(&c, &sk, "GET", "/connections", Value::Null).await;
+    let present: HashSet<String> = res.json()["connections"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["connection_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let lost: Vec<&String> = answered.difference(&present).collect();
+    assert!(lost.is_empty(), "answered 201 but lost: {lost:?}");
+}
