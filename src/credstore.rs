@@ -106,6 +106,9 @@ pub struct CredStore {
     state: Option<PathBuf>,
     entries: Mutex<HashMap<Key, StateEntry>>,
     write_lock: Mutex<()>,
+    /// The vault store's lock, held while the vault is patched, so a token write and an API
+    /// write never read-modify-write the file at the same time.
+    vault_lock: Option<std::sync::Arc<crate::config::reload::Reloader>>,
 }
 
 impl CredStore {
@@ -134,7 +137,17 @@ impl CredStore {
             state,
             entries: Mutex::new(entries),
             write_lock: Mutex::new(()),
+            vault_lock: None,
         })
+    }
+
+    /// Serialises vault patches with the vault store's writes and reloads.
+    pub fn with_vault_lock(
+        mut self,
+        reloader: std::sync::Arc<crate::config::reload::Reloader>,
+    ) -> Self {
+        self.vault_lock = Some(reloader);
+        self
     }
 
     pub fn vault_writable(&self) -> bool {
@@ -193,7 +206,10 @@ impl CredStore {
     ) -> Persisted {
         let _w = self.write_lock.lock();
         if let Some(vault) = &self.vault {
-            match patch_vault_file(vault, key, cred, known) {
+            let guard = self.vault_lock.as_ref().map(|r| r.lock_last_seen());
+            let patched = patch_vault_file(vault, key, cred, known);
+            drop(guard);
+            match patched {
                 Ok(fp) => {
                     self.forget_locked(key);
                     return Persisted::Vault(fp);

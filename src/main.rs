@@ -235,8 +235,9 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if vault_for_writes.is_none() && paths.state.is_none() {
         tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
     }
-    let store =
-        CredStore::open(vault_for_writes, paths.state.clone()).map_err(anyhow::Error::msg)?;
+    let store = CredStore::open(vault_for_writes, paths.state.clone())
+        .map_err(anyhow::Error::msg)?
+        .with_vault_lock(reloader.clone());
     let oauth = TokenManager::new(
         Arc::new(HttpTokenEndpoint::new(
             client.trusted.clone(),
