@@ -471,16 +471,24 @@ async fn keep_alive_upstream(hint: Option<&'static str>) -> (SocketAddr, Arc<Ato
 
 #[tokio::test]
 async fn an_upstream_keep_alive_timeout_limits_reuse() {
-    for (hint, want) in [(None, 1), (Some("timeout=1, max=100"), 2)] {
+    for (hint, args, want) in [
+        (None, vec![], 1),
+        (Some("timeout=1, max=100"), vec![], 2),
+        (None, vec!["--pool-idle-timeout=300ms"], 2),
+    ] {
         let (addr, accepted) = keep_alive_upstream(hint).await;
         let (p, v) = config(&format!("http://{addr}"));
-        let sk = sidekey(&p, &v).start();
+        let sk = sidekey(&p, &v).args(args.clone()).start();
         let c = TestClient::default();
         assert_eq!(c.proxy(&sk.url(""), "/a", "c1", "plain").await.status, 200);
         // Past half of the upstream's 1 s, well within sidekey's own idle default.
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert_eq!(c.proxy(&sk.url(""), "/b", "c1", "plain").await.status, 200);
-        assert_eq!(accepted.load(Ordering::SeqCst), want, "hint {hint:?}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            want,
+            "hint {hint:?}, {args:?}"
+        );
     }
 }
 
