@@ -554,3 +554,49 @@ async fn a_caller_that_stops_reading_releases_both_connections() {
     assert!(got < SIZE, "cut short: {got} bytes");
     assert!(sk.wait_for_log("stalled", SOON), "{}", sk.logs());
 }
+
+#[tokio::test]
+async fn a_resend_after_a_stale_connection_leaves_the_retry_count_alone() {
+    // The first request of each connection is answered from this script; a second request on
+    // a connection is read and the connection closed, as above.
+    let script: Arc<Mutex<Vec<u16>>> = Arc::new(Mutex::new(vec![200, 503, 200]));
+    let (addr, accepted) = raw_upstream(move |mut w, _| {
+        let script = script.clone();
+        async move {
+            if w.request().await.is_none() {
+                return;
+            }
+            let status = {
+                let mut s = script.lock().expect("lock");
+                if s.len() > 1 {
+                    s.remove(0)
+                } else {
+                    s[0]
+                }
+            };
+            let res = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+            w.send(res.as_bytes()).await;
+            let _ = w.request().await;
+        }
+    })
+    .await;
+    let (p, v) = config(&format!("http://{addr}"));
+    let sk = sidekey(&p, &v)
+        .arg("--retry-backoff-base=1ms")
+        .arg("--retry-backoff-max=5ms")
+        .start();
+    let c = TestClient::default();
+    assert_eq!(
+        c.proxy(&sk.url(""), "/warm", "c1", "plain").await.status,
+        200
+    );
+    let mut h = proxy_headers("c1", "plain");
+    h.push(("retries", "1"));
+    let res = c
+        .send("GET", &sk.url("/proxy/x"), &h, bytes::Bytes::new())
+        .await;
+    // Stale connection → resend (not counted) → 503 → one retry (counted) → 200.
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert!(sk.wait_for_log("\"attempts\":2", SOON), "{}", sk.logs());
+}

@@ -250,10 +250,11 @@ pub async fn send(
     };
     let safe_to_repeat = idempotent(&out.method, &out.headers);
     let mut retry: u32 = 0;
-    // This attempt is the resend on a fresh connection after a stale one.
-    let mut fresh = false;
+    // The next attempt is the resend on a fresh connection after a stale one.
+    let mut resend = false;
     let mut headers_taken = false;
     loop {
+        let fresh = std::mem::take(&mut resend);
         let attempt = retry + 1;
         let last = retry >= policy.retries;
         let (req_body, end) = body.attempt();
@@ -342,10 +343,9 @@ pub async fn send(
                 let stale = matches!(e, ClientError::Stale(_));
                 if stale && !fresh && safe_to_repeat && body.prepare_retry() {
                     events.stale(attempt);
-                    fresh = true;
+                    resend = true;
                     continue;
                 }
-                fresh = false;
                 let err = classify(&e);
                 // Connect errors (timeouts included) and resets; not TLS or policy refusals.
                 let transient = matches!(
