@@ -600,3 +600,48 @@ async fn a_resend_after_a_stale_connection_leaves_the_retry_count_alone() {
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
     assert!(sk.wait_for_log("\"attempts\":2", SOON), "{}", sk.logs());
 }
+
+#[tokio::test]
+async fn a_token_call_on_a_connection_the_endpoint_dropped_goes_out_again() {
+    // Each connection answers its first token call and drops the next one unanswered.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    let (addr, accepted) = raw_upstream(move |mut w, _| {
+        let count = count.clone();
+        async move {
+            if w.request().await.is_none() {
+                return;
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            // Expires at once (inside the refresh buffer), so every request refreshes.
+            let body = format!(r#"{{"access_token":"at-{n}","expires_in":1}}"#);
+            let res = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            w.send(res.as_bytes()).await;
+            let _ = w.request().await;
+        }
+    })
+    .await;
+    let api = Upstream::start(support::upstream::ok_json()).await;
+    let providers = format!(
+        "cc: {{auth_mode: OAUTH2_CC, token_url: \"http://{addr}/token\", proxy: {{base_url: \"{}\"}}}}\n",
+        api.url("")
+    );
+    let vault = "integrations:\n  - {unique_key: cc, provider: cc, credentials: {oauth_client_id: id, oauth_client_secret: sec}}\nconnections:\n  - {connection_id: c1, provider_config_key: cc, credentials: {type: OAUTH2_CC}}\n";
+    let sk = sidekey(&providers, vault).start();
+    let c = TestClient::default();
+    for i in 0..2 {
+        let res = c.proxy(&sk.url(""), "/me", "c1", "cc").await;
+        assert_eq!(res.status, 200, "request {i}: {}", res.text());
+    }
+    let seen: Vec<_> = api
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(seen, ["Bearer at-1", "Bearer at-2"], "{}", sk.logs());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert!(!sk.logs().contains("token refresh failed"), "{}", sk.logs());
+}

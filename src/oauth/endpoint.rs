@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::body::full;
 use crate::config::snapshot::encode_query_component;
-use crate::proxy::client::HttpClient;
+use crate::proxy::client::{ClientError, HttpClient};
 use crate::secret::Secret;
 
 /// The largest token response read; real ones are a few hundred bytes.
@@ -124,7 +124,8 @@ impl HttpTokenEndpoint {
             .url
             .parse()
             .map_err(|_| TokenFailure::local("the token URL is not a valid URL"))?;
-        let mut http_req = Request::new(full(Bytes::from(req.encoded_form())));
+        let form = Bytes::from(req.encoded_form());
+        let mut http_req = Request::new(full(form.clone()));
         *http_req.method_mut() = Method::POST;
         *http_req.uri_mut() = uri;
         let h = http_req.headers_mut();
@@ -141,7 +142,22 @@ impl HttpTokenEndpoint {
             v.set_sensitive(true);
             h.insert(header::AUTHORIZATION, v);
         }
-        let res = self.client.request(http_req).await.map_err(|e| {
+        // Kept for one resend: a pooled connection the endpoint closed as idle just as the
+        // request went out. Repeating a token request is no worse than losing it: a rotated
+        // refresh token is gone either way, and client credentials can always be asked again.
+        let (parts, _) = http_req.into_parts();
+        let again = || {
+            let mut r = Request::new(full(form.clone()));
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        let sent = match self.client.request(again()).await {
+            Err(ClientError::Stale(_)) => self.client.request_fresh(again()).await,
+            other => other,
+        };
+        let res = sent.map_err(|e| {
             TokenFailure::local(format!("token endpoint unreachable: {}", chain(&e)))
         })?;
         let status = res.status();
