@@ -177,9 +177,14 @@ pub struct ServeArgs {
     /// Limit from the end of the request body to the upstream's response head
     #[arg(long, env = "SIDEKEY_RESPONSE_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = duration, default_value = "60s", help_heading = "Upstreams")]
     pub response_timeout: Duration,
-    /// Limit on the time between two chunks of an upstream response body
+    /// Limit on the time between two chunks of an upstream response body, and on a write to a
+    /// caller that stopped reading
     #[arg(long, env = "SIDEKEY_IDLE_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = duration, default_value = "60s", help_heading = "Upstreams")]
     pub idle_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse (less when the upstream's
+    /// Keep-Alive: timeout= says so); keep it below the upstreams' own keep-alive timeouts
+    #[arg(long, env = "SIDEKEY_POOL_IDLE_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = duration, default_value = "4s", help_heading = "Upstreams")]
+    pub pool_idle_timeout: Duration,
     /// Base of the exponential retry backoff (full jitter)
     #[arg(long, env = "SIDEKEY_RETRY_BACKOFF_BASE", hide_env_values = true, value_name = "DURATION", value_parser = duration, default_value = "200ms", help_heading = "Retries and token refresh")]
     pub retry_backoff_base: Duration,

@@ -62,6 +62,9 @@ pub enum ProxyError {
     UpstreamTls(String),
     #[error("the upstream did not answer in time: {0}")]
     UpstreamTimeout(String),
+    /// The upstream answered something sidekey cannot relay (a protocol switch).
+    #[error("the upstream's answer cannot be relayed: {0}")]
+    UpstreamProtocol(String),
     #[error("refreshing the connection's credentials failed{}", provider_error.as_ref().map(|c| format!(" (provider error `{c}`)")).unwrap_or_default())]
     CredentialsRefreshFailed { provider_error: Option<String> },
     #[error("the request body could not be read: {0}")]
@@ -90,6 +93,7 @@ impl ProxyError {
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTls(_) => "upstream_tls_error",
             Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::UpstreamProtocol(_) => "upstream_protocol_error",
             Self::CredentialsRefreshFailed { .. } => "credentials_refresh_failed",
             Self::BadRequestBody(_) => "invalid_body",
             Self::Internal(_) => "internal_error",
@@ -114,7 +118,9 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UpgradeNotSupported => StatusCode::NOT_IMPLEMENTED,
-            Self::UpstreamUnreachable(_) | Self::UpstreamTls(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable(_) | Self::UpstreamTls(_) | Self::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,6 +131,7 @@ impl ProxyError {
             Self::UpstreamUnreachable(_)
             | Self::UpstreamTls(_)
             | Self::UpstreamTimeout(_)
+            | Self::UpstreamProtocol(_)
             | Self::CredentialsRefreshFailed { .. } => Origin::Upstream,
             Self::Internal(_) => Origin::Internal,
             _ => Origin::Caller,
@@ -202,6 +209,11 @@ mod tests {
                 ProxyError::UpstreamTls("x".into()),
                 502,
                 "upstream_tls_error",
+            ),
+            (
+                ProxyError::UpstreamProtocol("x".into()),
+                502,
+                "upstream_protocol_error",
             ),
         ];
         for (err, status, code) in cases {

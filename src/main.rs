@@ -206,6 +206,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut client_opts = ClientOptions {
         connect_timeout: args.connect_timeout,
+        pool_idle_timeout: args.pool_idle_timeout,
         resolve: args.resolve.clone(),
         ..ClientOptions::default()
     };

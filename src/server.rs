@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::proxy::idle::WriteStall;
 use crate::proxy::App;
 
 /// How long a caller may take to complete its TLS handshake, or to send its first byte.
@@ -34,6 +35,7 @@ async fn serve_plain<S>(
     watcher: hyper_util::server::graceful::Watcher,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     svc: S,
+    write_idle: Duration,
 ) where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
@@ -54,6 +56,8 @@ async fn serve_plain<S>(
         },
         _ = stopping.wait_for(|stop| *stop) => return,
     };
+    // A caller that stops reading is let go after the idle timeout (`proxy::idle`).
+    let stream = WriteStall::new(stream, write_idle);
     let ended = if !H2_PREFACE.starts_with(&first[..n]) {
         let conn =
             hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
@@ -97,6 +101,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let write_idle = app.options.idle_timeout;
         let open = app.metrics.client_connection();
         let app = app.clone();
         let svc = service_fn(move |req| {
@@ -109,7 +114,7 @@ pub async fn serve(
             let stopping = stopping.clone();
             tokio::spawn(async move {
                 let _open = open;
-                serve_plain(stream, builder, watcher, stopping, svc).await;
+                serve_plain(stream, builder, watcher, stopping, svc, write_idle).await;
             });
             continue;
         };
@@ -118,7 +123,12 @@ pub async fn serve(
         let builder = builder.clone();
         tokio::spawn(async move {
             let _open = open;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                acceptor.accept(WriteStall::new(stream, write_idle)),
+            )
+            .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

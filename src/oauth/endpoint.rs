@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::body::full;
 use crate::config::snapshot::encode_query_component;
-use crate::proxy::client::HttpClient;
+use crate::proxy::client::{ClientError, HttpClient};
 use crate::secret::Secret;
 
 /// The largest token response read; real ones are a few hundred bytes.
@@ -124,7 +124,8 @@ impl HttpTokenEndpoint {
             .url
             .parse()
             .map_err(|_| TokenFailure::local("the token URL is not a valid URL"))?;
-        let mut http_req = Request::new(full(Bytes::from(req.encoded_form())));
+        let form = Bytes::from(req.encoded_form());
+        let mut http_req = Request::new(full(form.clone()));
         *http_req.method_mut() = Method::POST;
         *http_req.uri_mut() = uri;
         let h = http_req.headers_mut();
@@ -141,7 +142,22 @@ impl HttpTokenEndpoint {
             v.set_sensitive(true);
             h.insert(header::AUTHORIZATION, v);
         }
-        let res = self.client.request(http_req).await.map_err(|e| {
+        // Kept for one resend: a pooled connection the endpoint closed as idle just as the
+        // request went out. Repeating a token request is no worse than losing it: a rotated
+        // refresh token is gone either way, and client credentials can always be asked again.
+        let (parts, _) = http_req.into_parts();
+        let again = || {
+            let mut r = Request::new(full(form.clone()));
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        let sent = match self.client.request(again()).await {
+            Err(ClientError::Stale(_)) => self.client.request_fresh(again()).await,
+            other => other,
+        };
+        let res = sent.map_err(|e| {
             TokenFailure::local(format!("token endpoint unreachable: {}", chain(&e)))
         })?;
         let status = res.status();
@@ -180,8 +196,20 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Reads a token response: a 2xx JSON object with `access_token` is a grant; anything else is a
-/// failure carrying the endpoint's `error` code when there is one.
+/// Whether an access token can be sent as it is: RFC 6749 (appendix A.12) allows only visible
+/// ASCII and space (`VSCHAR`), and that is also what every header value and template accepts.
+/// Anything else (CR, LF, NUL, non-ASCII) would make each later request fail, or split a
+/// header, so such a token is refused before it replaces the old one. A leading or trailing
+/// space would be trimmed by the upstream's parser, so it is refused too.
+fn usable_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
+}
+
+/// Reads a token response: a 2xx JSON object with a usable `access_token` is a grant; anything
+/// else is a failure carrying the endpoint's `error` code when there is one.
 pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenGrant, TokenFailure> {
     let json: Option<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(body).ok();
@@ -197,6 +225,9 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenGrant, TokenFailu
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty());
     match (ok, access_token, &provider_error) {
+        (true, Some(at), None) if !usable_token(at) => Err(TokenFailure::local(format!(
+            "the token endpoint answered {status} with an access_token that cannot be sent in a header"
+        ))),
         (true, Some(at), None) => {
             let j = json.as_ref();
             let refresh_token = j
@@ -268,6 +299,40 @@ mod tests {
         assert_eq!(f.provider_error, None);
         let f = parse_response(200, br#"{"token":"x"}"#).expect_err("failure");
         assert_eq!(f.provider_error, None);
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_value_is_refused() {
+        for bad in [
+            "tok-1\r\nx-injected: 1",
+            "tok-2\nx",
+            "tok-3\u{0}",
+            "tok-4\u{7f}",
+            "tok-caf\u{e9}",
+            "tok-5\tx",
+            " tok-6",
+            "tok-7 ",
+        ] {
+            let body = serde_json::json!({"access_token": bad, "refresh_token": "r"}).to_string();
+            let f = parse_response(200, body.as_bytes()).expect_err(bad);
+            assert_eq!(f.provider_error, None);
+            assert!(
+                f.detail.contains("cannot be sent in a header"),
+                "{}",
+                f.detail
+            );
+            assert!(!f.detail.contains("tok-"), "no token in the detail");
+        }
+        // RFC 6749 VSCHAR: visible ASCII and inner spaces are fine.
+        for good in [
+            "a.b-c_d~e+f/g=",
+            "x!\"#$%&'()*,:;<>?@[\\]^`{|}",
+            "two words",
+        ] {
+            let body = serde_json::json!({"access_token": good}).to_string();
+            let g = parse_response(200, body.as_bytes()).expect(good);
+            assert_eq!(g.access_token.expose(), good);
+        }
     }
 
     #[test]

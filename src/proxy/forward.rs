@@ -9,6 +9,19 @@
 //! retried: the upstream may be working on the request. While the body is still being sent,
 //! the attempt is bounded by the idle timeout instead: it fails when sending stops moving.
 //!
+//! A request that a reused connection lost before any byte of an answer
+//! ([`ClientError::Stale`]: the upstream closed it as idle just as the request went out) is
+//! sent again at once on a fresh connection, once, without counting as a `Retries` attempt
+//! and without a backoff, when that is safe: the method is idempotent (RFC 9110 §9.2.2: GET,
+//! HEAD, OPTIONS, TRACE, PUT, DELETE) or the request carries an `Idempotency-Key`, and the
+//! body can be sent again from its first byte (no body, or one still in the replay buffer).
+//! Anything else fails as before (`upstream_unreachable`, retried only under `Retries`), so a
+//! POST is never sent twice behind the caller's back.
+//!
+//! An answer with a 1xx status as its final head (hyper surfaces only `101 Switching
+//! Protocols`) is refused as 502 `upstream_protocol_error`: sidekey relays no protocol
+//! switches, and the connection is closed, never pooled.
+//!
 //! Errors from the pooled client arrive as a chain; [`classify`] walks it to tell a refused
 //! override, a connect timeout, a TLS failure and an unreachable host apart, each with its own
 //! error code.
@@ -32,12 +45,27 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
 /// The request line and headers to send, reused by every attempt.
-#[derive(Debug)]
-pub struct Outbound {
+pub struct Outbound<'a> {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
+    /// Builds the headers again. The last attempt hands its headers to the connection
+    /// instead of a copy (no allocation on the common path); the rare resend after a stale
+    /// connection needs them once more.
+    pub rebuild: &'a (dyn Fn() -> Option<HeaderMap> + Sync),
 }
+
+/// Whether a request that may have reached the upstream can be sent again without asking:
+/// an idempotent method (RFC 9110 §9.2.2), or an `Idempotency-Key` saying the caller made it
+/// safe to repeat.
+fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || headers.contains_key(IDEMPOTENCY_KEY)
+}
+
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// How one attempt failed to produce a response.
 enum Failure {
@@ -56,11 +84,18 @@ enum Failure {
 async fn attempt_once(
     client: &HttpClient,
     req: Request<ProxyBody>,
+    fresh: bool,
     end: &EndSignal,
     timeout: Duration,
     idle: Duration,
 ) -> Result<Response<UpstreamBody>, Failure> {
-    let fut = client.request(req);
+    let fut = async {
+        if fresh {
+            client.request_fresh(req).await
+        } else {
+            client.request(req).await
+        }
+    };
     tokio::pin!(fut);
     let sleep = tokio::time::sleep_until(end.last_progress() + idle.min(timeout));
     tokio::pin!(sleep);
@@ -98,6 +133,15 @@ struct Events<'a> {
 }
 
 impl Events<'_> {
+    /// A reused connection died under the request; it goes out again on a fresh one.
+    fn stale(&self, attempt: u32) {
+        tracing::debug!(
+            host = self.host,
+            attempt,
+            "reused upstream connection closed before answering; sending again on a fresh one"
+        );
+    }
+
     fn attempt(
         &self,
         attempt: u32,
@@ -194,7 +238,7 @@ impl<'a> Tally<'a> {
 /// Sends the request, retrying as `policy` allows, and returns the final attempt's response.
 pub async fn send(
     client: &HttpClient,
-    mut out: Outbound,
+    mut out: Outbound<'_>,
     body: &Replay,
     policy: &Policy<'_>,
     opts: &ProxyOptions,
@@ -204,31 +248,66 @@ pub async fn send(
         loud: policy.retries > 0,
         host: out.uri.host().unwrap_or_default(),
     };
+    let safe_to_repeat = idempotent(&out.method, &out.headers);
     let mut retry: u32 = 0;
+    // The next attempt is the resend on a fresh connection after a stale one.
+    let mut resend = false;
+    let mut headers_taken = false;
     loop {
+        let fresh = std::mem::take(&mut resend);
         let attempt = retry + 1;
         let last = retry >= policy.retries;
         let (req_body, end) = body.attempt();
         let mut req = Request::new(req_body.boxed_unsync());
         *req.method_mut() = out.method.clone();
         *req.uri_mut() = out.uri.clone();
+        if headers_taken {
+            match (out.rebuild)() {
+                Some(h) => out.headers = h,
+                None => {
+                    return Err(ProxyError::Internal(
+                        "the request headers could not be built again".into(),
+                    ))
+                }
+            }
+        }
+        headers_taken = last;
         *req.headers_mut() = if last {
             std::mem::take(&mut out.headers)
         } else {
             out.headers.clone()
         };
-        tally.attempts += 1;
-        if retry > 0 {
-            tally.metrics.retry_of(tally.integration);
+        if !fresh {
+            tally.attempts += 1;
+            if retry > 0 {
+                tally.metrics.retry_of(tally.integration);
+            }
         }
         let started = std::time::Instant::now();
-        let sent = attempt_once(client, req, &end, opts.response_timeout, opts.idle_timeout).await;
+        let sent = attempt_once(
+            client,
+            req,
+            fresh,
+            &end,
+            opts.response_timeout,
+            opts.idle_timeout,
+        )
+        .await;
         if sent.is_ok() {
             tally
                 .metrics
                 .upstream_latency_of(tally.integration, started.elapsed());
         }
         let wait = match sent {
+            Ok(res) if res.status().is_informational() => {
+                // Dropping the response closes its connection (it never joined the pool).
+                let err = ProxyError::UpstreamProtocol(format!(
+                    "the upstream answered {}, and sidekey does not relay protocol switches",
+                    res.status()
+                ));
+                events.attempt(attempt, Some(res.status()), Some(err.code()), None, "final");
+                return Err(err);
+            }
             Ok(res) => match judge(&res, retry, last, body, policy, opts) {
                 Next::Stop(why, wait) => {
                     events.attempt(attempt, Some(res.status()), None, wait, why);
@@ -260,6 +339,12 @@ pub async fn send(
                     return Err(ProxyError::BadRequestBody(
                         "the request body ended with an error".into(),
                     ));
+                }
+                let stale = matches!(e, ClientError::Stale(_));
+                if stale && !fresh && safe_to_repeat && body.prepare_retry() {
+                    events.stale(attempt);
+                    resend = true;
+                    continue;
                 }
                 let err = classify(&e);
                 // Connect errors (timeouts included) and resets; not TLS or policy refusals.

@@ -4,11 +4,14 @@
 //! `Connection` header names), the infrastructure headers of integration.app's list, the
 //! caller's own `Authorization`, and sidekey's control headers. `Nango-Proxy-X: v` is sent as
 //! `X: v` after the same drop list is applied to `X`, and replaces a plain `X`. To the caller:
-//! everything the upstream sent except hop-by-hop headers.
+//! everything the upstream sent except hop-by-hop headers, and Content-Length when the
+//! upstream's message was framed by Transfer-Encoding.
 //!
 //! The drop decision is a `match` on the lowercase name: no allocation, no set lookup.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
+};
 
 /// sidekey's control headers: read by sidekey, never forwarded.
 pub fn is_control(name: &str) -> bool {
@@ -109,11 +112,20 @@ pub fn request_headers(caller: &HeaderMap, out: &mut HeaderMap) {
 
 /// Removes hop-by-hop headers from an upstream response, in place. Most responses carry none,
 /// so one pass over the names decides whether anything needs removing at all.
+///
+/// Framing: the body reaches the caller de-chunked and framed again by sidekey's own server,
+/// by Content-Length when there is one. An upstream message with Transfer-Encoding is framed
+/// by that (RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an intermediary
+/// must drop the latter), so its Content-Length is not the body's length and must not pass:
+/// a caller would read that many bytes and take the rest for the next response.
 pub fn response_headers(headers: &mut HeaderMap) {
     // `Sidekey-Error` marks sidekey's own answers; an upstream may not forge it.
     headers.remove("sidekey-error");
     if !headers.keys().any(|n| is_hop_by_hop(n.as_str())) {
         return;
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
     }
     let mut named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -206,6 +218,39 @@ mod tests {
         ]);
         response_headers(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-length", "x-ratelimit-remaining"]);
+        assert_eq!(names, ["x-ratelimit-remaining"]);
+    }
+
+    #[test]
+    fn content_length_goes_only_with_transfer_encoding() {
+        // Chunked (or any transfer coding): the length is not the body's, it goes.
+        for te in ["chunked", "gzip, chunked", "identity"] {
+            let mut h = map(&[("content-length", "5"), ("transfer-encoding", te)]);
+            response_headers(&mut h);
+            assert!(h.is_empty(), "{te}: {h:?}");
+        }
+        // A plain length passes, as does a length beside other hop-by-hop headers.
+        let mut h = map(&[("content-length", "5")]);
+        response_headers(&mut h);
+        assert_eq!(h["content-length"], "5");
+        let mut h = map(&[("content-length", "5"), ("keep-alive", "timeout=5")]);
+        response_headers(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length"]
+        );
+        // Every framing and connection-scoped header the relay could copy is dropped.
+        let mut h = map(&[
+            ("connection", "x-a, x-b"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("trailer", "x-sum"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("x-kept", "3"),
+        ]);
+        response_headers(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 }

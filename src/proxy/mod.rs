@@ -460,10 +460,12 @@ async fn proxy(
     if log.enabled() {
         log.upstream = Some(uri.clone());
     }
+    let rebuild = || upstream_head(token.as_ref()).ok().map(|(_, h)| h);
     let out = forward::Outbound {
         method: parts.method.clone(),
         uri,
         headers,
+        rebuild: &rebuild,
     };
     let mut tally = forward::Tally::new(&app.metrics, &conn.integration);
     let sent = forward::send(client, out, &body, &policy, &app.options, &mut tally).await;
@@ -481,10 +483,12 @@ async fn proxy(
             match app.oauth.refresh_after_unauthorized(&conn, stale).await {
                 Ok(fresh) => {
                     let (uri, headers) = upstream_head(Some(&fresh))?;
+                    let rebuild = || upstream_head(Some(&fresh)).ok().map(|(_, h)| h);
                     let out = forward::Outbound {
                         method: parts.method.clone(),
                         uri,
                         headers,
+                        rebuild: &rebuild,
                     };
                     let sent =
                         forward::send(client, out, &body, &policy, &app.options, &mut tally).await;
