@@ -240,6 +240,22 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     oauth.prune(&snapshot);
     let app = Arc::new(App::new(snapshot, client, options).with_oauth(oauth));
     reloader.clone().spawn(app.clone(), watch);
+    let nofile = sidekey::server::raise_nofile_limit();
+    let (mut limits, admin_limits) = args.listener_limits();
+    let fitted = sidekey::server::fit_max_connections(
+        limits.max_connections,
+        admin_limits.max_connections,
+        nofile,
+    );
+    if fitted < limits.max_connections {
+        tracing::warn!(
+            wanted = limits.max_connections,
+            max_connections = fitted,
+            open_file_limit = nofile,
+            "--max-connections lowered to fit the open-file limit (half of it is kept for upstream connections)"
+        );
+        limits.max_connections = fitted;
+    }
     let health = Arc::new(sidekey::admin::Health::default());
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -252,6 +268,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin,
         health.clone(),
         app.metrics.clone(),
+        admin_limits,
     ));
     health.set_ready(true);
     let shutdown = {
@@ -262,7 +279,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down: draining in-flight requests");
         }
     };
-    sidekey::server::serve(listener, app, tls, shutdown, args.drain_timeout).await;
+    sidekey::server::serve(listener, app, tls, limits, shutdown, args.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
 }
