@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::conn::Limits;
+use crate::conn::{Limits, DEFAULT_MAX_CONNECTIONS};
 use crate::netpolicy::OverridePolicy;
 use crate::proxy::client::ResolvePin;
 
@@ -258,10 +258,11 @@ pub struct ServeArgs {
     )]
     pub tls_key: Option<PathBuf>,
     /// Open caller connections the proxy listener holds at most; beyond it new connections are
-    /// closed at once (a 503 too_many_connections on cleartext). Lowered to fit half the
-    /// open-file limit, the other half being left for upstream connections
-    #[arg(long, env = "SIDEKEY_MAX_CONNECTIONS", hide_env_values = true, value_name = "N", value_parser = at_least_one, default_value = "16384", help_heading = "Listener limits")]
-    pub max_connections: usize,
+    /// closed at once (a 503 too_many_connections on cleartext) [default: 16384, lowered to
+    /// half the open-file limit, the other half being left for upstream connections; a value
+    /// given here is kept, with a warning if it does not fit]
+    #[arg(long, env = "SIDEKEY_MAX_CONNECTIONS", hide_env_values = true, value_name = "N", value_parser = at_least_one, help_heading = "Listener limits")]
+    pub max_connections: Option<usize>,
     /// Open connections the admin listener holds at most (its own budget, so probes are
     /// answered while the proxy listener is flooded)
     #[arg(long, env = "SIDEKEY_ADMIN_MAX_CONNECTIONS", hide_env_values = true, value_name = "N", value_parser = at_least_one, default_value = "64", help_heading = "Listener limits")]
@@ -306,7 +307,7 @@ impl ServeArgs {
     /// connection limit is fitted to the open-file limit).
     pub fn listener_limits(&self) -> (Limits, Limits) {
         let proxy = Limits {
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             header_read_timeout: self.header_read_timeout,
             keepalive_timeout: self.keepalive_timeout,
             h2_keepalive_interval: (!self.h2_keepalive_interval.is_zero())

@@ -42,6 +42,9 @@ pub const HYPER_MAX_HEADERS: usize = 100;
 /// After an idle connection is asked to close, how long it may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// `--max-connections` when not given (then fitted to the open-file limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
 /// Limits on the connections of one listener. Every field has a flag (see `cli`).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -67,7 +70,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 16_384,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
             h2_keepalive_interval: Some(Duration::from_secs(20)),

@@ -248,13 +248,20 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         nofile,
     );
     if fitted < limits.max_connections {
-        tracing::warn!(
-            wanted = limits.max_connections,
-            max_connections = fitted,
-            open_file_limit = nofile,
-            "--max-connections lowered to fit the open-file limit (half of it is kept for upstream connections)"
-        );
-        limits.max_connections = fitted;
+        if args.max_connections.is_some() {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                open_file_limit = nofile,
+                "--max-connections leaves less than half the open-file limit for upstream connections; under full load sidekey may run out of file descriptors"
+            );
+        } else {
+            tracing::info!(
+                max_connections = fitted,
+                open_file_limit = nofile,
+                "connection limit fitted to half the open-file limit"
+            );
+            limits.max_connections = fitted;
+        }
     }
     let health = Arc::new(sidekey::admin::Health::default());
     let admin = tokio::net::TcpListener::bind(args.admin_listen)

@@ -419,68 +419,247 @@ async fn too_many_or_too_large_headers_get_431() {
     }
 }
 
-#[test]
-fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
-    let hard: u64 = std::fs::read_to_string("/proc/self/limits")
+/// A sidekey started through `prlimit` with the given open-file limits (so its soft limit can
+/// start below the hard one, as under systemd's defaults); `bin` is the binary to run.
+struct Limited {
+    child: std::process::Child,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Limited {
+    fn start(bin: &str, nofile: &str, base: &str, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("providers.yaml"), providers(base)).expect("p");
+        std::fs::write(dir.path().join("vault.yaml"), VAULT).expect("v");
+        let mut child = std::process::Command::new("prlimit")
+            .arg(format!("--nofile={nofile}"))
+            .arg("--")
+            .arg(bin)
+            .args([
+                "serve",
+                "--listen=127.0.0.1:0",
+                "--admin-listen=127.0.0.1:0",
+                "--log-format=json",
+            ])
+            .args(args)
+            .current_dir(dir.path())
+            .env("SIDEKEY_SECRET_KEY", support::CALLER_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn prlimit");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("sidekey is serving") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let serving = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("sidekey did not start: {:?}", logs.lock().expect("lock")));
+        let v: serde_json::Value = serde_json::from_str(&serving).expect("json log");
+        let addr = v["listen"].as_str().expect("listen").parse().expect("addr");
+        let admin = v["admin"].as_str().expect("admin").parse().expect("addr");
+        Self {
+            child,
+            logs,
+            addr,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().expect("lock").join("\n")
+    }
+
+    fn proc_field(&self, file: &str, key: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hard_nofile() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
         .expect("limits")
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .and_then(|l| l.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
-        .expect("hard nofile");
+        .expect("hard nofile")
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
+    let hard = hard_nofile();
     if hard <= 512 {
         eprintln!("hard open-file limit {hard}: nothing to raise");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("providers.yaml"),
-        providers("http://127.0.0.1:9"),
-    )
-    .expect("p");
-    std::fs::write(dir.path().join("vault.yaml"), VAULT).expect("v");
-    // prlimit starts sidekey (same process, exec) with a soft limit below the hard one.
-    let mut child = std::process::Command::new("prlimit")
-        .arg(format!("--nofile=512:{hard}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_sidekey"))
-        .args([
-            "serve",
-            "--listen=127.0.0.1:0",
-            "--admin-listen=127.0.0.1:0",
-            "--log-format=json",
-        ])
-        .current_dir(dir.path())
-        .env("SIDEKEY_SECRET_KEY", support::CALLER_KEY)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn prlimit");
-    let stderr = child.stderr.take().expect("stderr");
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut seen = Vec::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let serving = line.contains("sidekey is serving");
-            seen.push(line);
-            if serving {
-                break;
-            }
-        }
-        seen
-    })
-    .join()
-    .expect("reader");
-    let limits =
-        std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
-    let logs = lines.join("\n");
-    assert!(logs.contains("raised the open-file limit"), "{logs}");
+    let sk = Limited::start(
+        env!("CARGO_BIN_EXE_sidekey"),
+        &format!("512:{hard}"),
+        "http://127.0.0.1:9",
+        &[],
+    );
+    let limits = sk.proc_field("limits", "Max open files");
+    assert!(
+        sk.logs().contains("raised the open-file limit"),
+        "{}",
+        sk.logs()
+    );
     let soft: Option<u64> = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()));
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok());
     assert_eq!(soft, Some(hard), "{limits}");
+}
+
+/// One request on a fresh connection; its latency, or `None` when it failed or took over 2 s.
+async fn timed(addr: std::net::SocketAddr, request: &str, expect: u16) -> Option<Duration> {
+    let began = Instant::now();
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.starts_with(format!("HTTP/1.1 {expect}").as_bytes())
+            .then(|| began.elapsed())
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The figure of issue 15, item 1: 10 000 connections that send one byte each, then `/live`
+/// and a proxied request timed on fresh connections while they are held, and sidekey's RSS.
+/// sidekey runs with a soft open-file limit of 1024 (the usual default) under this process's
+/// hard limit. `SIDEKEY_FLOOD_BIN` runs another binary (e.g. a build from before the limits),
+/// `SIDEKEY_FLOOD_ARGS` adds flags, `SIDEKEY_FLOOD_NOFILE` sets its `soft:hard` limits. Run: `cargo test --test limits -- --ignored --nocapture
+/// flood` (the test process needs 10 000 descriptors of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: 10 000 sockets"]
+async fn flood_of_one_byte_connections() {
+    const FLOOD: usize = 10_000;
+    let up = Upstream::start(ok_json()).await;
+    let bin = std::env::var("SIDEKEY_FLOOD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sidekey").to_string());
+    let hard = hard_nofile();
+    let extra = std::env::var("SIDEKEY_FLOOD_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let nofile = std::env::var("SIDEKEY_FLOOD_NOFILE").unwrap_or(format!("1024:{hard}"));
+    let sk = Limited::start(&bin, &nofile, &up.url(""), &extra);
+    let rss = |sk: &Limited| {
+        sk.proc_field("status", "VmRSS")
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let idle_rss = rss(&sk);
+    let live = "GET /live HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_string();
+    let proxied = format!(
+        "GET /proxy/ok HTTP/1.1\r\nhost: a\r\nconnection: close\r\n{}\r\n",
+        proxy_headers("c1", "hdr")
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect::<String>()
+    );
+    let began = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let addr = sk.addr;
+    for _ in 0..FLOOD {
+        tasks.spawn(async move {
+            // Generous: a SYN dropped from a full accept backlog is sent again after 1 s, 3 s.
+            let mut s = tokio::time::timeout(Duration::from_secs(8), TcpStream::connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+            s.write_all(b"G").await.ok()?;
+            Some(s)
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some(s)) = done {
+            held.push(s);
+        }
+    }
+    let flood_secs = began.elapsed().as_secs_f64();
+    let mut lives = Vec::new();
+    let mut proxieds = Vec::new();
+    for _ in 0..20 {
+        lives.push(timed(sk.admin, &live, 200).await);
+        proxieds.push(timed(sk.addr, &proxied, 200).await);
+    }
+    let flood_rss = rss(&sk);
+    let hwm = sk.proc_field("status", "VmHWM");
+    let open = {
+        let metrics = "GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+        let mut s = TcpStream::connect(sk.admin).await.ok();
+        let mut text = String::new();
+        if let Some(s) = s.as_mut() {
+            let _ = s.write_all(metrics.as_bytes()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut text)).await;
+        }
+        text.lines()
+            .find(|l| l.starts_with("sidekey_client_connections "))
+            .unwrap_or("sidekey_client_connections ?")
+            .to_string()
+    };
+    let summary = |v: &[Option<Duration>]| {
+        let mut ok: Vec<Duration> = v.iter().flatten().copied().collect();
+        ok.sort();
+        format!(
+            "{}/{} answered, median {:?}, max {:?}",
+            ok.len(),
+            v.len(),
+            ok.get(ok.len() / 2),
+            ok.last()
+        )
+    };
+    println!("binary: {bin}");
+    println!(
+        "flood: {} of {FLOOD} connections held after {flood_secs:.1}s",
+        held.len()
+    );
+    println!("during the flood: {open}");
+    println!("/live:    {}", summary(&lives));
+    println!("proxied:  {}", summary(&proxieds));
+    println!("RSS: {idle_rss} kB idle, {flood_rss} kB during the flood; {hwm}");
+    println!(
+        "open-file limit of sidekey: {}",
+        sk.proc_field("limits", "Max open files")
+    );
+    drop(held);
 }
