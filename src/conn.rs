@@ -283,8 +283,8 @@ where
 
 /// Runs `conn` until it ends. It is asked to finish and close when `stopping` turns true (the
 /// listener drains), or when no request has been in flight for the header-read timeout (before
-/// the first request) or the keep-alive timeout (after one); an idle connection that has not
-/// closed [`CLOSE_GRACE`] after being asked is dropped.
+/// the first request) or the keep-alive timeout (after one); if it has not closed
+/// [`CLOSE_GRACE`] after being asked and has no request in flight, it is dropped.
 async fn drive<C: Shutdown>(
     conn: C,
     activity: &Activity,
@@ -305,7 +305,10 @@ async fn drive<C: Shutdown>(
         tokio::select! {
             ended = conn.as_mut() => break ended,
             _ = stopping.wait_for(|stop| *stop), if !closing => {
+                // Requests in flight finish; a connection with none (a half-sent head, which
+                // hyper's HTTP/1 shutdown leaves open) is dropped after the grace.
                 closing = true;
+                drop_at = Some(Instant::now() + CLOSE_GRACE);
                 conn.as_mut().shutdown();
             }
             () = timer, if !closing || drop_at.is_some() => {

@@ -250,6 +250,25 @@ async fn idle_h2_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn a_half_sent_head_does_not_hold_up_the_drain() {
+    let (_up, mut sk) = start(&["--drain-timeout", "60s", "--header-read-timeout", "60s"]).await;
+    let mut half = TcpStream::connect(sk.addr).await.expect("connect");
+    half.write_all(b"GET /proxy/x HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .expect("write");
+    // Let sidekey read the bytes into hyper before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sk.signal("TERM");
+    assert_eq!(sk.wait_exit(CLOSE_BOUND), Some(0), "{}", sk.logs());
+    assert!(
+        !sk.logs().contains("drain timeout reached"),
+        "{}",
+        sk.logs()
+    );
+    drop(half);
+}
+
+#[tokio::test]
 async fn beyond_max_connections_new_ones_are_refused_and_the_rest_served() {
     let (_up, sk) = start(&["--max-connections", "3", "--header-read-timeout", "30s"]).await;
     // Three connections with half a request each: the listener is full.
