@@ -3,6 +3,10 @@
 //! It runs on its own address (`--admin-listen`) so probes and scrapes never share a port with
 //! the proxy, which stays on loopback in a sidecar. `/ready` answers 200 once a snapshot is
 //! loaded and the proxy listener is bound, and 503 while draining.
+//!
+//! The admin listener has its own [`Limits`]: the same timeouts and header limits as the proxy,
+//! and a small connection budget of its own, so a flood on the proxy listener (or on this one)
+//! never leaves the probes without an answer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,11 +15,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::body::ProxyBody;
+use crate::conn::{Limits, Protocols};
 use crate::error::json_response;
 use crate::metrics::Metrics;
 
@@ -67,24 +71,44 @@ fn respond(health: &Health, metrics: &Metrics, req: &Request<Incoming>) -> Respo
 }
 
 /// Serves the admin routes on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) {
+    let max = limits.max_connections.clamp(1, u32::MAX as usize);
+    let permits = Arc::new(Semaphore::new(max));
+    let protocols = Arc::new(Protocols::new(limits));
+    let max_headers = protocols.limits().max_headers;
+    // The admin listener answers until the process ends: it never drains.
+    let (_never, stopping) = tokio::sync::watch::channel(false);
+    let mut refusals = crate::server::Refusals::new("admin");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            crate::conn::refuse(stream, true);
+            refusals.refused(max);
+            continue;
+        };
         let health = health.clone();
         let metrics = metrics.clone();
         let svc = service_fn(move |req| {
-            let res = respond(&health, &metrics, &req);
+            let res = if req.headers().len() > max_headers {
+                crate::conn::too_many_headers()
+            } else {
+                respond(&health, &metrics, &req)
+            };
             async move { Ok::<_, std::convert::Infallible>(res) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let protocols = protocols.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _permit = permit;
+            crate::conn::serve_plain(stream, protocols, stopping, svc).await;
         });
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::conn::{Limits, DEFAULT_MAX_CONNECTIONS};
 use crate::netpolicy::OverridePolicy;
 use crate::proxy::client::ResolvePin;
 
@@ -23,6 +24,34 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is longer than a year"));
     }
     Ok(d)
+}
+
+/// A duration that must not be zero (a zero timeout would cut every connection at once).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}` must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err(format!("`{s}` must be at least 1")),
+        Ok(n) if n <= u32::MAX as usize => Ok(n),
+        Ok(_) => Err(format!("`{s}` is too large")),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// Header bytes: at least 1 KiB, so that an ordinary request head always fits.
+fn header_bytes(s: &str) -> Result<usize, String> {
+    let n = at_least_one(s)?;
+    if n < 1024 {
+        return Err(format!("`{s}` is below 1024 bytes"));
+    }
+    Ok(n)
 }
 
 /// Shown after the flags of `sidekey --help` and `sidekey serve --help`.
@@ -240,6 +269,40 @@ pub struct ServeArgs {
         help_heading = "Listeners"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Open caller connections the proxy listener holds at most; beyond it new connections are
+    /// closed at once (a 503 too_many_connections on cleartext) [default: 16384, lowered to
+    /// half the open-file limit, the other half being left for upstream connections; a value
+    /// given here is kept, with a warning if it does not fit]
+    #[arg(long, env = "SIDEKEY_MAX_CONNECTIONS", hide_env_values = true, value_name = "N", value_parser = at_least_one, help_heading = "Listener limits")]
+    pub max_connections: Option<usize>,
+    /// Open connections the admin listener holds at most (its own budget, so probes are
+    /// answered while the proxy listener is flooded)
+    #[arg(long, env = "SIDEKEY_ADMIN_MAX_CONNECTIONS", hide_env_values = true, value_name = "N", value_parser = at_least_one, default_value = "64", help_heading = "Listener limits")]
+    pub admin_max_connections: usize,
+    /// A new caller connection must complete its first request head within this, or is closed
+    #[arg(long, env = "SIDEKEY_HEADER_READ_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "10s", help_heading = "Listener limits")]
+    pub header_read_timeout: Duration,
+    /// A caller connection with no request in flight for this long is closed (HTTP/1.1
+    /// keep-alive, and h2 with no open stream)
+    #[arg(long, env = "SIDEKEY_KEEPALIVE_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "75s", help_heading = "Listener limits")]
+    pub keepalive_timeout: Duration,
+    /// Interval of h2 PINGs to callers, to find dead connections; 0s sends none
+    #[arg(long, env = "SIDEKEY_H2_KEEPALIVE_INTERVAL", hide_env_values = true, value_name = "DURATION", value_parser = duration, default_value = "20s", help_heading = "Listener limits")]
+    pub h2_keepalive_interval: Duration,
+    /// How long an h2 PING may go unanswered before the connection is closed
+    #[arg(long, env = "SIDEKEY_H2_KEEPALIVE_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "20s", help_heading = "Listener limits")]
+    pub h2_keepalive_timeout: Duration,
+    /// Largest request head in bytes (HTTP/1.1 start line and headers; the h2 header list);
+    /// larger gets 431
+    #[arg(long, env = "SIDEKEY_MAX_HEADER_BYTES", hide_env_values = true, value_name = "BYTES", value_parser = header_bytes, default_value = "65536", help_heading = "Listener limits")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more gets 431. Above 100, HTTP/1.1 parsing
+    /// allocates per request
+    #[arg(long, env = "SIDEKEY_MAX_HEADERS", hide_env_values = true, value_name = "N", value_parser = at_least_one, default_value = "100", help_heading = "Listener limits")]
+    pub max_headers: usize,
+    /// Most concurrent h2 streams on one caller connection
+    #[arg(long, env = "SIDEKEY_MAX_CONCURRENT_STREAMS", hide_env_values = true, value_name = "N", value_parser = at_least_one, default_value = "100", help_heading = "Listener limits")]
+    pub max_concurrent_streams: usize,
     /// Worker threads of the runtime [default: one per core]
     #[arg(
         long,
@@ -249,4 +312,27 @@ pub struct ServeArgs {
         help_heading = "Operations"
     )]
     pub worker_threads: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The proxy listener's limits and the admin listener's, as the flags say (before the
+    /// connection limit is fitted to the open-file limit).
+    pub fn listener_limits(&self) -> (Limits, Limits) {
+        let proxy = Limits {
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_read_timeout: self.header_read_timeout,
+            keepalive_timeout: self.keepalive_timeout,
+            h2_keepalive_interval: (!self.h2_keepalive_interval.is_zero())
+                .then_some(self.h2_keepalive_interval),
+            h2_keepalive_timeout: self.h2_keepalive_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_concurrent_streams: u32::try_from(self.max_concurrent_streams).unwrap_or(u32::MAX),
+        };
+        let admin = Limits {
+            max_connections: self.admin_max_connections,
+            ..proxy.clone()
+        };
+        (proxy, admin)
+    }
 }

@@ -16,7 +16,8 @@
 //!   single-flight, cool-down after failures, client-credentials tokens.
 //! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
-//! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
+//! - [`server`]: the proxy accept loop (HTTP/1.1 + h2c, or TLS), connection limit, graceful drain.
+//! - [`conn`]: one caller connection: protocol choice, header and idle limits ([`conn::Limits`]).
 //! - [`tls`]: TLS on the proxy listener; the certificate reloads when its files change.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`api`]: the read side of Nango's management API (providers, integrations, connections).
@@ -40,6 +41,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod credstore;
 pub mod error;
 pub mod metrics;

@@ -255,6 +255,29 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let writer = sidekey::store::writer::Writer::spawn(app.clone(), Arc::new(backend));
     let _ = app.writer.set(writer);
     reloader.clone().spawn(app.clone(), watch);
+    let nofile = sidekey::server::raise_nofile_limit();
+    let (mut limits, admin_limits) = args.listener_limits();
+    let fitted = sidekey::server::fit_max_connections(
+        limits.max_connections,
+        admin_limits.max_connections,
+        nofile,
+    );
+    if fitted < limits.max_connections {
+        if args.max_connections.is_some() {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                open_file_limit = nofile,
+                "--max-connections leaves less than half the open-file limit for upstream connections; under full load sidekey may run out of file descriptors"
+            );
+        } else {
+            tracing::info!(
+                max_connections = fitted,
+                open_file_limit = nofile,
+                "connection limit fitted to half the open-file limit"
+            );
+            limits.max_connections = fitted;
+        }
+    }
     let health = Arc::new(sidekey::admin::Health::default());
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -267,6 +290,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin,
         health.clone(),
         app.metrics.clone(),
+        admin_limits,
     ));
     health.set_ready(true);
     let shutdown = {
@@ -277,7 +301,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down: draining in-flight requests");
         }
     };
-    sidekey::server::serve(listener, app, tls, shutdown, args.drain_timeout).await;
+    sidekey::server::serve(listener, app, tls, limits, shutdown, args.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
 }
