@@ -976,14 +976,35 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Invariant: the pre-scan never panics, and whatever libyaml parses with a nesting
-        /// depth above the limit is refused. Depth is measured on serde_yaml_ng's own parse.
+        #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+        /// Invariant: the pre-scan never panics, and never accepts a text that libyaml nests
+        /// deeper than the limit. A random prefix of YAML's tricky characters (quotes, comments,
+        /// block scalar indicators, tabs, Unicode line breaks) is followed by 130 brackets: when
+        /// serde_yaml_ng reports its recursion limit (128), the brackets were real nesting, and
+        /// the pre-scan must have refused the text.
         #[test]
-        fn never_panics_and_never_undercounts(text in "([\\[\\]{},:'\"#|>&*!? \n-]|a|b){0,200}") {
+        fn never_accepts_what_libyaml_nests_deeply(
+            prefix in "([\\[\\]{},:'\"#|>&*!?%@ \n\t-]|a|b|\r|\u{2028}|\u{85}|  ){0,40}",
+            open in "[\\[{]",
+            suffix in "([\\]}'\"#\n ]|a){0,10}",
+        ) {
+            let text = format!("{prefix}{}x{suffix}", open.repeat(130));
             let verdict = check_yaml(&text);
-            if let Ok(v) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
-                if depth(&v) > MAX_DEPTH {
-                    proptest::prop_assert!(verdict.is_err());
+            if let Err(e) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
+                if e.to_string().contains("recursion limit exceeded") {
+                    proptest::prop_assert!(verdict.is_err(), "accepted {text:?}");
+                }
+            }
+        }
+
+        /// Invariant: any text is scanned without a panic, and a text the pre-scan accepts
+        /// parses (or fails) in serde_yaml_ng without reaching its recursion limit.
+        #[test]
+        fn never_panics(text in "([\\[\\]{},:'\"#|>&*!? \n-]|a|b){0,200}") {
+            if check_yaml(&text).is_ok() {
+                if let Ok(v) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
+                    proptest::prop_assert!(depth(&v) <= 2 * MAX_DEPTH);
                 }
             }
         }
