@@ -122,14 +122,15 @@ impl CredStore {
     pub fn open(vault: Option<PathBuf>, state: Option<PathBuf>) -> Result<Self, String> {
         let mut entries = HashMap::new();
         if let Some(p) = &state {
-            match std::fs::read_to_string(p) {
-                Ok(text) => {
-                    for e in parse_state(&text).map_err(|e| format!("{}: {e}", p.display()))? {
+            // The same limits as the other configuration files: a regular file, size-capped.
+            match crate::config::limits::read_file_if_exists(p) {
+                Ok(Some(f)) => {
+                    for e in parse_state(&f.text).map_err(|e| format!("{}: {e}", p.display()))? {
                         entries.insert((e.provider_config_key.clone(), e.connection_id.clone()), e);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("{}: cannot read: {e}", p.display())),
+                Ok(None) => {}
+                Err(e) => return Err(format!("{}: {e}", p.display())),
             }
         }
         Ok(Self {
@@ -289,6 +290,7 @@ fn parse_state(text: &str) -> Result<Vec<StateEntry>, String> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
+    crate::config::limits::check_yaml(text).map_err(|r| r.to_string())?;
     // Messages from serde may quote a value; the state file holds tokens, so say only where.
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize::<_, StateFile>(de)
@@ -318,7 +320,9 @@ fn patch_vault_file(
 ) -> Result<[u8; 32], VaultWriteError> {
     // Write through a symlink to its target rather than replacing the link with a file.
     let target = std::fs::canonicalize(path).map_err(VaultWriteError::Io)?;
-    let text = std::fs::read_to_string(&target).map_err(VaultWriteError::Io)?;
+    let text = crate::config::limits::read_file(&target)
+        .map_err(|e| VaultWriteError::Patch(PatchError::Invalid(e)))?
+        .text;
     let (patched, fp) =
         patch_vault_text(&text, key, cred, known).map_err(VaultWriteError::Patch)?;
     crate::atomic_file::write(&target, patched.as_bytes(), 0o600).map_err(VaultWriteError::Io)?;
@@ -335,6 +339,7 @@ pub fn patch_vault_text(
     known: &[[u8; 32]],
 ) -> Result<(String, [u8; 32]), PatchError> {
     let invalid = |m: &str| PatchError::Invalid(format!("the vault cannot be patched: {m}"));
+    crate::config::limits::check_yaml(text).map_err(|r| invalid(&r.to_string()))?;
     let mut root: Value =
         serde_yaml_ng::from_str(text).map_err(|_| invalid("it is not valid YAML"))?;
     let conns = root

@@ -556,3 +556,102 @@ async fn concurrent_requests_across_50_reloads_never_fail() {
     assert_eq!(get(&c, &sk, "extra-50").await.text(), "extra-key-50");
     assert_eq!(up.count(), ok.load(Ordering::Relaxed) + 2);
 }
+
+/// Writes `text` in place the way a slow editor does: truncate, half the text, a pause, the
+/// rest. Between the two writes the file is a valid vault with fewer connections.
+fn write_in_two_steps(path: &Path, text: &str, pause: Duration) {
+    use std::io::Write as _;
+    let cut = text[..text.len() / 2].rfind('\n').map_or(0, |i| i + 1);
+    let mut f = std::fs::File::create(path).expect("open for writing");
+    f.write_all(&text.as_bytes()[..cut]).expect("write");
+    f.flush().expect("flush");
+    std::thread::sleep(pause);
+    f.write_all(&text.as_bytes()[cut..]).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_good_and_bad_writes_never_fails_a_request() {
+    let up = echo_upstream().await;
+    let conns: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("c{i}"), format!("key-{i}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = conns
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let good = vault(&pairs);
+    // Refused for a reason that is not a syntax error: an empty API key on the last line.
+    let bad = good.replace("apiKey: \"key-5\"", "apiKey: \"\"");
+    assert_ne!(good, bad);
+    // The settle period is far longer than the writer's pause between halves, even on a loaded
+    // machine; a writer that stops longer than that mid-file cannot be told from a finished one.
+    let sk = sidekey(&providers(&up.url("")), &good)
+        .arg("--reload-settle=400ms")
+        .start();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut probes = Vec::new();
+    for t in 0..4 {
+        let (stop, failures, ok, url) = (stop.clone(), failures.clone(), ok.clone(), sk.url(""));
+        probes.push(tokio::spawn(async move {
+            let c = TestClient::http1();
+            let mut n = t;
+            while !stop.load(Ordering::SeqCst) {
+                let conn = format!("c{}", n % 6);
+                n += 1;
+                let res = c.proxy(&url, "/x", &conn, "echo").await;
+                if res.status == 200 && res.text() == format!("key-{}", &conn[1..]) {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.lock().expect("lock").push(format!(
+                        "{conn}: {} {}",
+                        res.status,
+                        res.text()
+                    ));
+                }
+            }
+        }));
+    }
+
+    // 400 alternating writes, each split in two with a pause between the halves. The constant
+    // events force a reload every ten settle periods (4 s), in the middle of the writes.
+    let path = sk.path("vault.yaml");
+    let writer = std::thread::spawn(move || {
+        for i in 0..400 {
+            let text = if i % 2 == 0 { &bad } else { &good };
+            write_in_two_steps(&path, text, Duration::from_millis(15));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+        .await
+        .expect("join");
+    // The last write was the good file: let the reloader settle on it.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, Ordering::SeqCst);
+    for p in probes {
+        p.await.expect("probe");
+    }
+    let failures = failures.lock().expect("lock").clone();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        failures.len() + ok.load(Ordering::Relaxed),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 100);
+    assert!(
+        !events(
+            &sk,
+            "configuration reload postponed; the previous configuration keeps serving"
+        )
+        .is_empty(),
+        "the storm was seen as files being written:\n{}",
+        sk.logs()
+    );
+    let c = TestClient::default();
+    assert_eq!(get(&c, &sk, "c5").await.text(), "key-5");
+}

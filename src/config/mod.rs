@@ -10,14 +10,15 @@
 //! [`reload`] watches the files and swaps a freshly built snapshot in when they change.
 
 pub mod diff;
+pub mod limits;
 pub mod providers;
 pub mod reload;
 pub mod snapshot;
-mod split;
 pub mod vault;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 pub use snapshot::{
     BaseUrl, BuildOptions, CallerKey, Change, Connection, Credential, Injection, Integration,
@@ -46,12 +47,15 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// The message is passed through [`crate::secret::redact_urls`]: a URL's user info never
+    /// reaches a terminal or a log through a diagnostic.
     pub fn error(file: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        let message: String = message.into();
         Self {
             severity: Severity::Error,
             file: file.to_string(),
             path: path.into(),
-            message: message.into(),
+            message: crate::secret::redact_urls(&message).into_owned(),
         }
     }
 
@@ -121,37 +125,51 @@ fn display_name(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// When each file read by [`load_files_stamped`] was last modified (`None`: bundled, or unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamps {
+    pub providers: Option<SystemTime>,
+    pub vault: Option<SystemTime>,
+}
+
 /// Reads both files. A missing or unreadable file is a diagnostic, not a panic.
 pub fn load_files(paths: &Paths) -> Result<Sources, Vec<Diagnostic>> {
+    load_files_stamped(paths).map(|(src, _)| src)
+}
+
+/// [`load_files`], also returning the files' modification times. Files are read under
+/// [`limits`]: regular files only (a FIFO does not block), at most [`limits::MAX_FILE_BYTES`].
+pub fn load_files_stamped(paths: &Paths) -> Result<(Sources, Stamps), Vec<Diagnostic>> {
     let mut errors = Vec::new();
+    let mut stamps = Stamps::default();
+    let mut read =
+        |name: &str, path: &Path, stamp: &mut Option<SystemTime>| match limits::read_file(path) {
+            Ok(f) => {
+                *stamp = f.modified;
+                f.text
+            }
+            Err(e) => {
+                errors.push(Diagnostic::error(name, "", e));
+                String::new()
+            }
+        };
     let providers_name = paths.providers_name();
     let providers = match &paths.providers {
-        Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| {
-            errors.push(Diagnostic::error(
-                &providers_name,
-                "",
-                format!("cannot read: {e}"),
-            ));
-            String::new()
-        }),
+        Some(p) => read(&providers_name, p, &mut stamps.providers),
         None => BUNDLED_PROVIDERS.to_string(),
     };
     let vault_name = display_name(&paths.vault);
-    let vault = std::fs::read_to_string(&paths.vault).unwrap_or_else(|e| {
-        errors.push(Diagnostic::error(
-            &vault_name,
-            "",
-            format!("cannot read: {e}"),
-        ));
-        String::new()
-    });
+    let vault = read(&vault_name, &paths.vault, &mut stamps.vault);
     if errors.is_empty() {
-        Ok(Sources {
-            providers_name,
-            providers,
-            vault_name,
-            vault,
-        })
+        Ok((
+            Sources {
+                providers_name,
+                providers,
+                vault_name,
+                vault,
+            },
+            stamps,
+        ))
     } else {
         Err(errors)
     }

@@ -95,6 +95,8 @@ impl Catalog {
         let root: Mapping = if src.trim().is_empty() {
             Mapping::new()
         } else {
+            super::limits::check_yaml(src)
+                .map_err(|r| Diagnostic::error(file, "", r.to_string()))?;
             serde_yaml_ng::from_str(src).map_err(|e| {
                 Diagnostic::error(file, "", format!("not a YAML map of providers: {e}"))
             })?
@@ -144,6 +146,10 @@ impl Catalog {
     }
 }
 
+/// The longest `alias` chain followed (Nango's catalogue uses one step). Every provider resolves
+/// its own chain, so without a bound a 5 000-step chain costs 5 000² merges and cycle checks.
+pub const MAX_ALIAS_CHAIN: usize = 16;
+
 /// Follows `alias` chains and merges shallowly.
 fn resolve_alias(name: &str, raw: &BTreeMap<String, Mapping>) -> Result<Mapping, String> {
     let mut chain = vec![name.to_string()];
@@ -156,6 +162,12 @@ fn resolve_alias(name: &str, raw: &BTreeMap<String, Mapping>) -> Result<Mapping,
             .to_string();
         if chain.contains(&target) {
             return Err(format!("alias cycle: {} -> {target}", chain.join(" -> ")));
+        }
+        if chain.len() > MAX_ALIAS_CHAIN {
+            return Err(format!(
+                "alias chain longer than {MAX_ALIAS_CHAIN} steps ({} -> {} -> …)",
+                chain[0], chain[1]
+            ));
         }
         let base = raw
             .get(&target)

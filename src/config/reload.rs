@@ -11,6 +11,15 @@
 //! the last attempt is a snapshot built. SIGHUP skips both the settle and the comparison and
 //! always rebuilds.
 //!
+//! A file that is being written is not read as if it were finished. A reload whose files were
+//! modified less than a settle period ago (at most a second; a steady stream of events forces a
+//! reload after ten periods, right in the middle of the writes), or that changed while they were
+//! being read and built, is *not ready*: nothing changes, and it is tried again once the files
+//! are old enough. A vault or providers.yaml that is empty (or only comments) where the last good
+//! one had content — an editor truncates before it writes — is not ready either: sidekey keeps
+//! serving, warns, and looks again on the next event. Both cases once let a half-written file
+//! through as a valid, smaller configuration, and every connection it lacked answered 404.
+//!
 //! The build runs on a blocking thread; requests keep the snapshot they loaded (`load_full`),
 //! so a swap never fails a request in flight. Counters of reloads by result and the current
 //! generation are plain atomics, read by whoever exports metrics.
@@ -29,7 +38,7 @@ use tokio::sync::mpsc;
 
 use super::diff::{diff, Changes};
 use super::snapshot::{self, BuildOptions, Snapshot};
-use super::{load_files, Diagnostic, Paths, Sources};
+use super::{limits, load_files_stamped, Diagnostic, Paths, Sources, Stamps};
 use crate::proxy::App;
 
 /// How long the watched directories must stay quiet before a reload, unless a flag says otherwise.
@@ -84,7 +93,17 @@ pub enum Outcome {
     Reloaded { generation: u64, changes: Changes },
     /// The files were refused; the previous snapshot keeps serving.
     Failed { errors: Vec<Diagnostic> },
+    /// The files look mid-write (empty where they had content, or modified just now); nothing
+    /// changed. `retry_in`: when to look again without waiting for another event.
+    NotReady {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
 }
+
+/// The longest a file must have been left alone before it is read (shorter when the settle
+/// period is).
+const MAX_QUIET: Duration = Duration::from_secs(1);
 
 /// Owns where the files are and how to build them, and the counters of what happened.
 #[derive(Debug)]
@@ -99,6 +118,9 @@ pub struct Reloader {
     /// The content hash of the last attempt (good or bad), so that the same broken file is not
     /// reported again on every unrelated event. Held for a whole reload, so reloads never overlap.
     last_seen: Mutex<Option<u64>>,
+    /// Whether the last good providers.yaml and vault had content: an empty file where the last
+    /// good one had content is an editor mid-save, not a request to remove everything.
+    had_content: Mutex<(bool, bool)>,
 }
 
 impl Reloader {
@@ -112,6 +134,7 @@ impl Reloader {
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_seen: Mutex::new(None),
+            had_content: Mutex::new((false, false)),
         }
     }
 
@@ -149,11 +172,66 @@ impl Reloader {
     /// Builds the first snapshot (generation 1) and remembers what it read.
     pub fn load_initial(&self) -> Result<Snapshot, Vec<Diagnostic>> {
         let mut last = self.lock_last_seen();
-        let src = load_files(&self.paths)?;
+        let (src, _) = load_files_stamped(&self.paths)?;
         *last = Some(self.content_hash(&src));
         let snap = snapshot::build(&src, &self.options(1))?;
+        self.remember_content(&src);
         self.generation.store(1, Ordering::Relaxed);
         Ok(snap)
+    }
+
+    fn remember_content(&self, src: &Sources) {
+        let mut had = self.had_content.lock().unwrap_or_else(|p| p.into_inner());
+        *had = (
+            !limits::is_blank(&src.providers),
+            !limits::is_blank(&src.vault),
+        );
+    }
+
+    /// Why these files should not be built yet, if they look mid-write.
+    fn not_ready(&self, src: &Sources, stamps: &Stamps) -> Option<Outcome> {
+        let had = *self.had_content.lock().unwrap_or_else(|p| p.into_inner());
+        let emptied = [
+            (
+                had.0 && self.paths.providers.is_some(),
+                &src.providers,
+                &src.providers_name,
+            ),
+            (had.1, &src.vault, &src.vault_name),
+        ];
+        for (had_content, text, name) in emptied {
+            if had_content && limits::is_blank(text) {
+                return Some(Outcome::NotReady {
+                    reason: format!(
+                        "{name} is empty but the configuration serving has content: an editor mid-save? keeping the previous configuration until the file has content"
+                    ),
+                    retry_in: None,
+                });
+            }
+        }
+        let quiet = self.settle.min(MAX_QUIET);
+        let now = std::time::SystemTime::now();
+        let youngest = [stamps.providers, stamps.vault]
+            .into_iter()
+            .flatten()
+            // A modification time in the future (clock skew) says nothing: ignore it.
+            .filter_map(|m| now.duration_since(m).ok())
+            .min()?;
+        (youngest < quiet).then(|| Outcome::NotReady {
+            reason: format!(
+                "a configuration file was modified {} ms ago; waiting until it has been left alone for {} ms",
+                youngest.as_millis(),
+                quiet.as_millis()
+            ),
+            retry_in: Some(quiet - youngest),
+        })
+    }
+
+    /// Whether a file changed since it was read (compared by modification time).
+    fn changed_since(&self, stamps: &Stamps) -> bool {
+        let now = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let providers = self.paths.providers.as_deref().and_then(now);
+        providers != stamps.providers || now(&self.paths.vault) != stamps.vault
     }
 
     pub(crate) fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
@@ -176,7 +254,7 @@ impl Reloader {
     pub fn reload_blocking(&self, slot: &ArcSwap<Snapshot>, trigger: Trigger) -> Outcome {
         let started = Instant::now();
         let mut last = self.lock_last_seen();
-        let src = match load_files(&self.paths) {
+        let (src, stamps) = match load_files_stamped(&self.paths) {
             Ok(src) => src,
             Err(errors) => {
                 *last = None; // retry on the next event whatever it is
@@ -188,12 +266,25 @@ impl Reloader {
             tracing::debug!("configuration files unchanged");
             return Outcome::Unchanged;
         }
+        if let Some(outcome) = self.not_ready(&src, &stamps) {
+            *last = None; // look again next time, whatever the files hold then
+            return self.postponed(trigger, outcome);
+        }
         *last = Some(hash);
         let generation = self.generation() + 1;
         let new = match snapshot::build(&src, &self.options(generation)) {
             Ok(s) => Arc::new(s),
             Err(errors) => return self.refused(trigger, errors),
         };
+        if self.changed_since(&stamps) {
+            *last = None;
+            let outcome = Outcome::NotReady {
+                reason: "a configuration file changed while it was being read".into(),
+                retry_in: Some(self.settle.min(MAX_QUIET)),
+            };
+            return self.postponed(trigger, outcome);
+        }
+        self.remember_content(&src);
         drop(src);
         for w in new.warnings.iter() {
             tracing::debug!(warning = %w, "configuration warning");
@@ -226,6 +317,18 @@ impl Reloader {
             generation,
             changes,
         }
+    }
+
+    fn postponed(&self, trigger: Trigger, outcome: Outcome) -> Outcome {
+        if let Outcome::NotReady { reason, .. } = &outcome {
+            tracing::warn!(
+                serving_generation = self.generation(),
+                trigger = trigger.as_str(),
+                reason = %reason,
+                "configuration reload postponed; the previous configuration keeps serving"
+            );
+        }
+        outcome
     }
 
     fn refused(&self, trigger: Trigger, errors: Vec<Diagnostic>) -> Outcome {
@@ -275,7 +378,7 @@ impl Reloader {
                 app.metrics.set_generation(*generation);
             }
             Outcome::Failed { .. } => app.metrics.reload("failure"),
-            Outcome::Unchanged => {}
+            Outcome::Unchanged | Outcome::NotReady { .. } => {}
         }
         outcome
     }
@@ -356,6 +459,19 @@ impl Reloader {
         use tokio::time::Instant;
         // While settling: (quiet until, give up waiting for quiet at).
         let mut pending: Option<(Instant, Instant)> = None;
+        // A postponed reload is retried with the trigger it had (a SIGHUP stays forced).
+        let mut retry = Trigger::FileChange;
+        let postpone = |outcome: &Outcome, pending: &mut Option<(Instant, Instant)>| {
+            if let Outcome::NotReady {
+                retry_in: Some(d), ..
+            } = outcome
+            {
+                let at = Instant::now() + *d;
+                *pending = Some((at, at));
+                return true;
+            }
+            false
+        };
         loop {
             let due = async {
                 match pending {
@@ -371,12 +487,19 @@ impl Reloader {
                 }
                 () = due => {
                     pending = None;
-                    self.reload(&app, Trigger::FileChange).await;
+                    let trigger = std::mem::replace(&mut retry, Trigger::FileChange);
+                    let outcome = self.reload(&app, trigger).await;
+                    if postpone(&outcome, &mut pending) {
+                        retry = trigger;
+                    }
                 }
                 Some(()) = next_hangup(&mut watch.hangup) => {
                     // A forced reload reads everything, pending changes included.
                     pending = None;
-                    self.reload(&app, Trigger::Signal).await;
+                    let outcome = self.reload(&app, Trigger::Signal).await;
+                    if postpone(&outcome, &mut pending) {
+                        retry = Trigger::Signal;
+                    }
                 }
                 else => break,
             }
@@ -517,7 +640,7 @@ mod tests {
                 state: None,
             },
             vec![[7; 32]],
-            DEFAULT_SETTLE,
+            Duration::ZERO, // files written just now are read at once
         );
         let slot = ArcSwap::from_pointee(r.load_initial().expect("loads"));
         assert_eq!((r.generation(), slot.load().generation), (1, 1));

@@ -91,9 +91,12 @@ pub fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue
 }
 
 impl BaseUrl {
-    /// Parses an absolute `http` or `https` URL.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let uri: Uri = s
+    /// Parses an absolute `http` or `https` URL. Error messages quote the URL with its user
+    /// info masked ([`crate::secret::redact_urls`]).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let shown = crate::secret::redact_urls(url);
+        let s: &str = &shown;
+        let uri: Uri = url
             .trim()
             .parse()
             .map_err(|e| format!("`{s}` is not a URL: {e}"))?;

@@ -333,15 +333,15 @@ impl RawCredentials {
     }
 }
 
-/// Parses the vault; an empty file is an empty vault.
+/// Parses the vault; an empty file is an empty vault. The text is pre-scanned under
+/// [`super::limits`] first, and then parsed once, by serde_yaml_ng alone: a second, faster
+/// parser for large files was removed because two parsers that can disagree on a security file
+/// are a smuggling primitive.
 pub fn parse(file: &str, src: &str) -> Result<RawVault, Diagnostic> {
     if src.trim().is_empty() {
         return Ok(RawVault::default());
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if let Some(v) = super::split::parse(src, threads) {
-        return Ok(v);
-    }
+    super::limits::check_yaml(src).map_err(|r| Diagnostic::error(file, "", r.to_string()))?;
     // Tracking the path costs a tenth of the parse of a large vault, so it is paid only to
     // explain a refusal: the same text is parsed again with it.
     if let Ok(v) = serde_yaml_ng::from_str(src) {

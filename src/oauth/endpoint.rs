@@ -34,7 +34,7 @@ impl std::fmt::Debug for TokenRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.form.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("TokenRequest")
-            .field("url", &self.url)
+            .field("url", &crate::secret::redact_urls(&self.url))
             .field("form", &names)
             .field("basic", &self.basic.is_some())
             .finish()
