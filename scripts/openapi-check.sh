@@ -20,7 +20,7 @@
 # header can send it elsewhere, and the fixture's providers all point at the loopback upstream.
 # Every process it starts is stopped by PID on exit. Exit status: 0 when everything conforms.
 #
-# Environment: SIDEKEY_BIN, OPENAPI_OPERATIONS (operationId regex), OPENAPI_MAX_EXAMPLES (25),
+# Environment: SIDEKEY_BIN, OPENAPI_OPERATIONS (operationId regex), OPENAPI_MAX_EXAMPLES (15),
 # OPENAPI_SEED (20261201), OPENAPI_REPORT_DIR (target/openapi-report), KEEP_TMP=1,
 # OPENAPI_BASELINE_UPDATE=1 (record this run's failures in the baseline instead of failing).
 
@@ -34,7 +34,7 @@ HOOKS="$ROOT/scripts/openapi/hooks.py"
 BASELINE="$ROOT/scripts/openapi/baseline.json"
 VENV="$ROOT/target/openapi-venv"
 REPORT_DIR=${OPENAPI_REPORT_DIR:-$ROOT/target/openapi-report}
-MAX_EXAMPLES=${OPENAPI_MAX_EXAMPLES:-25}
+MAX_EXAMPLES=${OPENAPI_MAX_EXAMPLES:-15}
 SEED=${OPENAPI_SEED:-20261201}
 KEEP_TMP=${KEEP_TMP:-0}
 
@@ -60,7 +60,14 @@ OPERATIONS=${OPENAPI_OPERATIONS:-^($READ_ROUTES|$PROXY_ROUTES)\$}
 # (sidekey's 405 has no Allow header; nothing in the contract asks for one);
 # use_after_free, ensure_resource_availability (stateful, need the write routes: add them with
 # those); object_level_authorization (one tenant per sidekey: every key sees every connection).
-CHECKS=negative_data_rejection,missing_required_header,not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method,ignored_auth,sidekey_error_envelope,no_secret_in_responses,reaches_success
+# Operations that may never answer 2xx today (reaches_success): GET /providers/{name} is not
+# served yet (404 for every name). Remove it when the route lands.
+KNOWN_NO_SUCCESS="GET /providers/{name}"
+# Operations that answer a key lacking their scope as if it had it (scopes_enforced): today no
+# management route checks scopes. Remove each as the router starts checking it.
+KNOWN_SCOPE_NOT_ENFORCED="GET /providers,GET /providers/{name},GET /integrations,GET /integrations/{uniqueKey},GET /connections,GET /connections/{connectionId}"
+
+CHECKS=negative_data_rejection,missing_required_header,not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method,ignored_auth,sidekey_error_envelope,no_secret_in_responses,reaches_success,scopes_enforced
 
 log() { printf '[openapi %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -133,6 +140,7 @@ loopback "$UP_ADDR"
 
 # Random per run, so the secret check below knows exactly what must never leak.
 CALLER_KEY="sk_openapi_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+PROXY_ONLY_KEY="sk_openapi_proxy_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 BASIC_PASSWORD="pw_$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 UPSTREAM_TOKEN=bench-upstream-token # the bench upstream's fixed credential
 cat >"$TMP/providers.yaml" <<YAML
@@ -150,6 +158,10 @@ internal-basic:
     base_url: http://$UP_ADDR/api
 YAML
 cat >"$TMP/vault.yaml" <<YAML
+secret_keys:
+  - sha256: "$(printf '%s' "$PROXY_ONLY_KEY" | sha256sum | cut -d' ' -f1)"
+    label: proxy only, for the scope check
+    scopes: [proxy]
 integrations:
   - unique_key: my-api
     provider: internal-api
@@ -190,13 +202,14 @@ mkdir -p "$REPORT_DIR"
 BASELINE_ARGS=(--baseline "$BASELINE")
 [[ "${OPENAPI_BASELINE_UPDATE:-0}" == 1 ]] && BASELINE_ARGS+=(--baseline-update)
 export SCHEMATHESIS_HOOKS="$HOOKS"
-export SIDEKEY_CHECK_SECRETS="$CALLER_KEY,$UPSTREAM_TOKEN,$BASIC_PASSWORD"
+export SIDEKEY_CHECK_SECRETS="$CALLER_KEY,$PROXY_ONLY_KEY,$UPSTREAM_TOKEN,$BASIC_PASSWORD"
+export SIDEKEY_CHECK_NO_SUCCESS="$KNOWN_NO_SUCCESS"
 
 run_schemathesis() { # run_schemathesis NAME URL [schemathesis args...]
     local name=$1 url=$2; shift 2
     log "schemathesis: $name against $url (at most $MAX_EXAMPLES examples per operation)"
-    (cd "$ROOT" && timeout 600 "$VENV/bin/schemathesis" run "$SPEC" --url "$url" \
-        --checks "$CHECKS" --max-examples "$MAX_EXAMPLES" --seed "$SEED" \
+    (cd "$ROOT" && timeout 600 "$VENV/bin/schemathesis" --config-file "$ROOT/scripts/openapi/schemathesis.toml" run "$SPEC" --url "$url" \
+        --checks "$CHECKS" --max-examples "${EXAMPLES:-$MAX_EXAMPLES}" --seed "$SEED" \
         --generation-deterministic --workers 1 \
         --max-redirects 0 --request-timeout 20 --no-color --continue-on-failure \
         --report junit --report-dir "$REPORT_DIR" --report-junit-path "$REPORT_DIR/$name.xml" \
@@ -207,6 +220,12 @@ status=0
 run_schemathesis proxy-listener "http://$SK_ADDR" \
     --header "Authorization: Bearer $CALLER_KEY" \
     --include-operation-id-regex "$OPERATIONS" || status=1
+# The same management routes with a key that holds only `proxy`: each must answer 403.
+EXAMPLES=5 SIDEKEY_CHECK_KEY_SCOPES=proxy SIDEKEY_CHECK_NO_SUCCESS="*" \
+    SIDEKEY_CHECK_SCOPE_NOT_ENFORCED="$KNOWN_SCOPE_NOT_ENFORCED" \
+    run_schemathesis scopes "http://$SK_ADDR" \
+    --header "Authorization: Bearer $PROXY_ONLY_KEY" \
+    --include-operation-id-regex "^($READ_ROUTES)\$" || status=1
 SIDEKEY_CHECK_NO_SUCCESS="" run_schemathesis admin-listener "http://$ADMIN_ADDR" \
     --include-tag admin || status=1
 
