@@ -73,7 +73,12 @@ fn bench(c: &mut Criterion) {
     for n in [1_000usize, 10_000, 100_000] {
         let snap = build(n);
         g.bench_with_input(BenchmarkId::new("put", n), &snap, |b, s| {
-            b.iter(|| black_box(s.with(Change::PutConnection(conn("user-7"), 1)).expect("ok")))
+            b.iter(|| {
+                black_box(
+                    s.with(Change::PutConnection(conn("user-7"), 1))
+                        .expect("ok"),
+                )
+            })
         });
         g.bench_with_input(BenchmarkId::new("delete", n), &snap, |b, s| {
             b.iter(|| {

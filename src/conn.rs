@@ -379,7 +379,10 @@ async fn serve_io<I, S>(
         inner: svc,
         activity: activity.clone(),
     };
-    let io = TokioIo::new(crate::proxy::idle::WriteStall::new(io, protocols.write_idle));
+    let io = TokioIo::new(crate::proxy::idle::WriteStall::new(
+        io,
+        protocols.write_idle,
+    ));
     if h2 {
         let conn = protocols.h2.serve_connection(io, svc);
         drive(conn, &activity, &protocols.limits, &mut stopping).await;

@@ -34,11 +34,13 @@ fn every_error() -> Vec<ProxyError> {
         ProxyError::InvalidEndpoint(s()),
         ProxyError::BaseUrlOverrideNotAllowed(s()),
         ProxyError::NotFound(s()),
+        ProxyError::Forbidden("proxy"),
         ProxyError::MethodNotAllowed(s()),
         ProxyError::UpgradeNotSupported,
         ProxyError::UpstreamUnreachable(s()),
         ProxyError::UpstreamTls(s()),
         ProxyError::UpstreamTimeout(s()),
+        ProxyError::UpstreamProtocol(s()),
         ProxyError::CredentialsRefreshFailed {
             provider_error: None,
         },
@@ -58,11 +60,13 @@ fn every_error() -> Vec<ProxyError> {
             | ProxyError::InvalidEndpoint(_)
             | ProxyError::BaseUrlOverrideNotAllowed(_)
             | ProxyError::NotFound(_)
+            | ProxyError::Forbidden(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::UpgradeNotSupported
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamProtocol(_)
             | ProxyError::CredentialsRefreshFailed { .. }
             | ProxyError::BadRequestBody(_)
             | ProxyError::Internal(_) => {}
