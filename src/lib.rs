@@ -15,6 +15,8 @@
 //! - [`oauth`]: OAuth access tokens per connection: proactive and 401-driven refresh,
 //!   single-flight, cool-down after failures, client-credentials tokens.
 //! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
+//! - [`sealed`]: encryption at rest: the vault's secret fields sealed with AES-256-GCM under
+//!   `SIDEKEY_ENCRYPTION_KEY` (`enc:v1:…`), opened when the vault is loaded.
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c) and graceful drain.
 //! - [`tls`]: TLS on the proxy listener; the certificate reloads when its files change.
@@ -46,6 +48,7 @@ pub mod metrics;
 pub mod netpolicy;
 pub mod oauth;
 pub mod proxy;
+pub mod sealed;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

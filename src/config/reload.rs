@@ -92,6 +92,8 @@ pub struct Reloader {
     paths: Paths,
     /// Caller keys from `SIDEKEY_SECRET_KEY`: read once at startup and kept across reloads.
     env_keys: Vec<[u8; 32]>,
+    /// `SIDEKEY_ENCRYPTION_KEY`, read once at startup: opens sealed values on every reload.
+    encryption_key: Option<Arc<crate::sealed::EncryptionKey>>,
     settle: Duration,
     generation: AtomicU64,
     ok: AtomicU64,
@@ -107,12 +109,19 @@ impl Reloader {
         Self {
             paths,
             env_keys,
+            encryption_key: None,
             settle: settle.min(MAX_SETTLE),
             generation: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_seen: Mutex::new(None),
         }
+    }
+
+    /// Opens sealed vault values with this key on the first load and every reload.
+    pub fn with_encryption_key(mut self, key: Option<Arc<crate::sealed::EncryptionKey>>) -> Self {
+        self.encryption_key = key;
+        self
     }
 
     /// The generation of the snapshot serving now (1 after the first load).
@@ -138,6 +147,7 @@ impl Reloader {
         BuildOptions {
             env_keys: self.env_keys.clone(),
             generation,
+            encryption_key: self.encryption_key.clone(),
         }
     }
 

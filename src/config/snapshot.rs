@@ -43,6 +43,8 @@ pub struct BuildOptions {
     pub env_keys: Vec<[u8; 32]>,
     /// The generation number the new snapshot gets.
     pub generation: u64,
+    /// `SIDEKEY_ENCRYPTION_KEY`: opens the vault's sealed values (see [`crate::sealed`]).
+    pub encryption_key: Option<Arc<crate::sealed::EncryptionKey>>,
 }
 
 /// Where an injected value goes.
@@ -359,7 +361,10 @@ impl Snapshot {
         let mut b = Builder::new("", &self.catalog);
         match change {
             Change::PutConnection(raw, version) => {
-                let Some(int) = next.integrations.get(raw.provider_config_key.as_str()).cloned()
+                let Some(int) = next
+                    .integrations
+                    .get(raw.provider_config_key.as_str())
+                    .cloned()
                 else {
                     b.error(
                         "provider_config_key",
@@ -524,16 +529,25 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             Catalog::default()
         }
     };
-    let raw = match vault::parse(&src.vault_name, &src.vault) {
+    let mut raw = match vault::parse(&src.vault_name, &src.vault) {
         Ok(v) => v,
         Err(d) => {
             errors.push(d);
             return Err(errors);
         }
     };
+    // Sealed values are opened before anything looks at them, so the rest of the build (and
+    // the snapshot) only ever sees plaintext.
+    let sealing = match crate::sealed::open_vault(&mut raw, opts.encryption_key.as_deref()) {
+        Ok(report) => report,
+        Err(e) => {
+            errors.push(e.diagnostic(&src.vault_name));
+            return Err(errors);
+        }
+    };
     let catalog = Arc::new(catalog);
-    let mut snapshot = build_records(&src.vault_name, catalog.clone(), raw, opts)
-        .map_err(|mut e| {
+    let mut snapshot =
+        build_records(&src.vault_name, catalog.clone(), raw, opts).map_err(|mut e| {
             errors.append(&mut e);
             errors.clone()
         })?;
@@ -541,6 +555,7 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         return Err(errors);
     }
     let mut warnings = snapshot.warnings.to_vec();
+    warnings.extend(sealing.diagnostics(&src.vault_name));
     warnings.extend(catalog.warnings(&src.providers_name));
     snapshot.warnings = warnings.into();
     Ok(snapshot)
@@ -597,7 +612,10 @@ pub fn build_records(
     let mut failed_known = false;
     for (i, raw_conn) in raw.connections.into_iter().enumerate() {
         let at = format!("connections[{i}]");
-        let Some(int) = integrations.get(raw_conn.provider_config_key.as_str()).cloned() else {
+        let Some(int) = integrations
+            .get(raw_conn.provider_config_key.as_str())
+            .cloned()
+        else {
             // An integration that failed to build has already reported its own error.
             if !known.contains(raw_conn.provider_config_key.as_str()) {
                 b.error(
@@ -727,8 +745,7 @@ impl<'a> Builder<'a> {
             }
         }
         let parsed = Arc::new(BaseUrl::parse(&s)?);
-        self.last_base
-            .insert(int.to_string(), (s, parsed.clone()));
+        self.last_base.insert(int.to_string(), (s, parsed.clone()));
         Ok(parsed)
     }
 
@@ -1338,14 +1355,18 @@ connections:
                 headers,
                 c.static_query,
                 c.dynamic.len(),
-                Arc::as_ptr(&c.integration) == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
+                Arc::as_ptr(&c.integration)
+                    == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
             ));
         }
         let mut ids: Vec<String> = s
             .by_connection_id
             .iter()
             .map(|(id, list)| {
-                let mut l: Vec<&str> = list.iter().map(|c| c.provider_config_key.as_str()).collect();
+                let mut l: Vec<&str> = list
+                    .iter()
+                    .map(|c| c.provider_config_key.as_str())
+                    .collect();
                 l.sort();
                 format!("{id}:{l:?}")
             })
@@ -1374,7 +1395,8 @@ connections:
         prop_oneof![
             (0..3u8, 0..4u8).prop_map(|(i, p)| Op::PutInt(i, p)),
             (0..3u8).prop_map(Op::DelInt),
-            (0..3u8, 0..4u8, 0..3u8, any::<bool>()).prop_map(|(i, c, k, s)| Op::PutConn(i, c, k, s)),
+            (0..3u8, 0..4u8, 0..3u8, any::<bool>())
+                .prop_map(|(i, c, k, s)| Op::PutConn(i, c, k, s)),
             (0..3u8, 0..4u8).prop_map(|(i, c)| Op::DelConn(i, c)),
             (0..3u8, any::<bool>()).prop_map(|(k, s)| Op::PutKey(k, s)),
             (0..3u8).prop_map(Op::DelKey),
@@ -1389,10 +1411,7 @@ connections:
                     0 => ("plain", None),
                     1 => ("api", None),
                     2 => ("basic", None),
-                    _ => (
-                        "generic",
-                        Some(RawIntegrationConfigForTest::generic()),
-                    ),
+                    _ => ("generic", Some(RawIntegrationConfigForTest::generic())),
                 };
                 Change::PutIntegration(RawIntegration {
                     unique_key: ik(*i),
@@ -1467,7 +1486,7 @@ connections:
         #[test]
         fn incremental_apply_equals_build_from_scratch(ops in proptest::collection::vec(op(), 0..40)) {
             let catalog = catalog();
-            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0 };
+            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0, encryption_key: None };
             let mut snap = build_records("v", catalog.clone(), RawVault::default(), &opts).expect("empty");
             let mut keys: std::collections::BTreeMap<String, RawSecretKey> = Default::default();
             let mut versions: HashMap<(String, String), u64> = HashMap::new();
