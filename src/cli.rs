@@ -81,7 +81,10 @@ const VAULT_HELP: &str = "\
 Sealed fields: connections' apiKey, password, access_token, refresh_token, and OAUTH2_CC
 client_secret and token; integrations' oauth_client_secret. Each is stored as enc:v1:...
 (AES-256-GCM, bound to its connection or integration and field). Comments other than those
-at the top of the vault are not kept when it is rewritten.";
+at the top of the vault are not kept when it is rewritten.
+
+Keys come only from the environment, never from a flag: SIDEKEY_ENCRYPTION_KEY (the vault's
+key; for rekey the current one) and SIDEKEY_NEW_ENCRYPTION_KEY (rekey's new key).";
 
 #[derive(Debug, Subcommand)]
 pub enum VaultCommand {

@@ -137,7 +137,7 @@ fn vault_encrypt(files: &VaultFileArgs) -> Result<(), String> {
     let (file, summary) = reseal_file(files, &key, &key, |s| s.opened < s.sealed)?;
     match summary {
         Some(s) => println!(
-            "{file}: {} secret values sealed ({} of them were sealed already)",
+            "{file}: {} secret value(s) sealed ({} of them were sealed already)",
             s.sealed, s.opened
         ),
         None => println!("{file}: every secret value is sealed already; nothing was written"),
@@ -151,7 +151,7 @@ fn vault_rekey(files: &VaultFileArgs) -> Result<(), String> {
     let (file, summary) = reseal_file(files, &old, &new, |s| s.sealed > 0)?;
     match summary {
         Some(s) => println!(
-            "{file}: {} secret values sealed with the new key; set {} to it from now on",
+            "{file}: {} secret value(s) sealed with the new key; set {} to it from now on",
             s.sealed,
             sealed::ENV_KEY
         ),
