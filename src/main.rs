@@ -179,8 +179,7 @@ fn reseal_file(
     };
     config::snapshot::build(&src, &opts).map_err(|d| {
         format!(
-            "{}
-the vault was not changed: fix it first (see `sidekey check`)",
+            "{}\nthe vault was not changed: fix it first (see `sidekey check`)",
             lines(d)
         )
     })?;
@@ -280,6 +279,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let env_keys = env_keys();
+    // Read before anything is written, so a malformed key leaves no new vault behind.
+    let encryption_key = encryption_key()?;
     if let Some(key) = first_run(&args.files, !env_keys.is_empty())? {
         // The one exception to "no secret in output": shown once, outside the log stream.
         eprintln!(
@@ -287,7 +288,6 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.files.vault.display()
         );
     }
-    let encryption_key = encryption_key()?;
     let reloader = Arc::new(
         Reloader::new(paths(&args.files), env_keys, args.reload_settle)
             .with_encryption_key(encryption_key),
@@ -299,7 +299,11 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("configuration refused:\n{}", lines.join("\n"))
     })?;
     for w in snapshot.warnings.iter() {
-        tracing::debug!(warning = %w, "configuration warning");
+        if sealed::is_sealing_warning(w) {
+            tracing::warn!(warning = %w, "configuration warning");
+        } else {
+            tracing::debug!(warning = %w, "configuration warning");
+        }
     }
     if snapshot.secret_keys.is_empty() {
         tracing::warn!("no caller key configured: every request will get 401 unknown_account; set SIDEKEY_SECRET_KEY or add secret_keys (see `sidekey key new`)");

@@ -7,7 +7,8 @@
 //! `connections/9:my-github/8:user-123/credentials.apiKey` (each name prefixed by its length
 //! in bytes, so no name can run into the next). A sealed value copied to another connection,
 //! integration or field therefore fails to open instead of being used there. Any value that
-//! starts with `enc:` is taken as sealed; a plaintext secret cannot start that way.
+//! starts with `enc:` is taken as sealed, so a plaintext secret starting that way is refused
+//! as a damaged sealed value.
 //!
 //! Sealed fields (everything else, `username`, `client_id`, `oauth_client_id`, timestamps,
 //! configuration and metadata, stays readable):
@@ -305,6 +306,11 @@ pub const NOTHING_SEALED_WARNING: &str = "SIDEKEY_ENCRYPTION_KEY is set, but no 
 
 /// The warning for a plaintext value in a sealed vault.
 pub const PLAINTEXT_WARNING: &str = "is not sealed; it will be sealed on the next write";
+
+/// Whether a configuration warning is one of ours (logged louder than the catalogue's).
+pub fn is_sealing_warning(d: &Diagnostic) -> bool {
+    d.message == PLAINTEXT_WARNING || d.message == NOTHING_SEALED_WARNING
+}
 
 /// One secret field: where it is in the file and the place bound into its seal.
 struct Field<'a> {

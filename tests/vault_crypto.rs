@@ -412,6 +412,31 @@ async fn serving_a_sealed_vault_injects_the_opened_credentials() {
     assert_eq!(c.proxy(&sk.url(""), "/x", "c1", "echo").await.status, 200);
     assert_eq!(up.requests()[3].header("x-key"), Some(API_KEY));
 
+    // A hand edit with a plaintext value is taken, with a warning in the log.
+    let edited = format!(
+        "{}apiKey: hand-edited-key-7{}",
+        &sealed[..start],
+        &sealed[end..]
+    );
+    std::fs::write(sk.path("vault.yaml"), &edited).expect("write");
+    sk.signal("HUP");
+    let deadline = Instant::now() + WAIT;
+    while events(&sk, "configuration reloaded").is_empty() {
+        assert!(Instant::now() < deadline, "no reload:\n{}", sk.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let warned = events(&sk, "configuration warning");
+    assert!(
+        warned.iter().any(|e| e["level"] == "WARN"
+            && e["warning"]
+                .as_str()
+                .is_some_and(|w| w.ends_with("connections[0].credentials.apiKey: warning: is not sealed; it will be sealed on the next write"))),
+        "{}",
+        sk.logs()
+    );
+    assert_eq!(c.proxy(&sk.url(""), "/x", "c1", "echo").await.status, 200);
+    assert_eq!(up.requests()[4].header("x-key"), Some("hand-edited-key-7"));
+
     let logs = sk.logs();
     for s in SECRETS.iter().chain([&key.as_str(), &old.as_str()]) {
         assert!(!logs.contains(s), "{s} in the logs:\n{logs}");

@@ -201,7 +201,12 @@ impl Reloader {
         };
         drop(src);
         for w in new.warnings.iter() {
-            tracing::debug!(warning = %w, "configuration warning");
+            // A plaintext secret in a sealed vault is worth an operator's attention.
+            if crate::sealed::is_sealing_warning(w) {
+                tracing::warn!(warning = %w, "configuration warning");
+            } else {
+                tracing::debug!(warning = %w, "configuration warning");
+            }
         }
         let changes = diff(&slot.load(), &new);
         let (integrations, connections) = (new.integrations.len(), new.connection_count());
