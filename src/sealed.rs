@@ -60,7 +60,12 @@ const URL_SAFE_ANY: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 /// Envelopes are written without padding; padding written by hand is tolerated.
-const ENVELOPE_B64: GeneralPurpose = URL_SAFE_ANY;
+const ENVELOPE_B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// What is wrong with a key (never its value).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
