@@ -31,6 +31,7 @@ fn snapshot() -> Snapshot {
     let opts = BuildOptions {
         env_keys: vec![sidekey::auth::digest(CALLER_KEY)],
         generation: 1,
+        ..BuildOptions::default()
     };
     config::snapshot::build(&src, &opts).expect("bench snapshot builds")
 }

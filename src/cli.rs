@@ -1,8 +1,10 @@
-//! The command line: `sidekey [serve]`, `sidekey check`, `sidekey key new`.
+//! The command line: `sidekey [serve]`, `sidekey check`, `sidekey key new`, and
+//! `sidekey vault encrypt | rekey | new-key` (encryption at rest, see [`crate::sealed`]).
 //!
 //! Every `serve` flag can also come from `SIDEKEY_<FLAG>` in the environment; durations are
 //! humantime (`250ms`, `30s`, `5m`). The caller key comes only from the environment
-//! (`SIDEKEY_SECRET_KEY`) or the vault, never from a flag, so it never shows in `ps`.
+//! (`SIDEKEY_SECRET_KEY`) or the vault, never from a flag, so it never shows in `ps`; the same
+//! goes for the encryption keys (`SIDEKEY_ENCRYPTION_KEY`, `SIDEKEY_NEW_ENCRYPTION_KEY`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +63,8 @@ Environment:
   the command line wins. Durations are written like 250ms, 30s or 5m.
   SIDEKEY_SECRET_KEY  caller keys accepted besides the vault's secret_keys (comma-separated);
                       never a flag, so a key never shows in the process list
+  SIDEKEY_ENCRYPTION_KEY  opens the vault's sealed secrets (base64, 32 bytes; see
+                      `sidekey vault --help`)
   RUST_LOG            log filter, e.g. info (default), debug, sidekey=debug,hyper=warn
 
 Admin endpoints (on --admin-listen): GET /live, GET /ready, GET /metrics (Prometheus).
@@ -97,6 +101,55 @@ pub enum Command {
     /// Manage caller keys
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Encryption at rest: seal the vault's secrets, move them to a new key, make a key
+    #[command(subcommand, after_long_help = VAULT_HELP)]
+    Vault(VaultCommand),
+}
+
+const VAULT_HELP: &str = "\
+Sealed fields: connections' apiKey, password, access_token, refresh_token, and OAUTH2_CC
+client_secret and token; integrations' oauth_client_secret. Each is stored as enc:v1:...
+(AES-256-GCM, bound to its connection or integration and field). Comments other than those
+at the top of the vault are not kept when it is rewritten.
+
+Keys come only from the environment, never from a flag: SIDEKEY_ENCRYPTION_KEY (the vault's
+key; for rekey the current one) and SIDEKEY_NEW_ENCRYPTION_KEY (rekey's new key).";
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Seal every secret in the vault with SIDEKEY_ENCRYPTION_KEY (values sealed with it
+    /// already stay sealed); the vault must pass `sidekey check` first
+    #[command(after_long_help = VAULT_HELP)]
+    Encrypt(VaultFileArgs),
+    /// Open every sealed secret with SIDEKEY_ENCRYPTION_KEY (the current key) and seal it
+    /// again with SIDEKEY_NEW_ENCRYPTION_KEY, in one atomic write
+    #[command(after_long_help = VAULT_HELP)]
+    Rekey(VaultFileArgs),
+    /// Print a fresh random key for SIDEKEY_ENCRYPTION_KEY (base64, 32 bytes)
+    NewKey,
+}
+
+/// The files `sidekey vault encrypt` and `rekey` work on.
+#[derive(Debug, Clone, Args)]
+pub struct VaultFileArgs {
+    /// providers.yaml the vault is checked against [default: ./providers.yaml, else the copy
+    /// built into the binary]
+    #[arg(
+        long,
+        env = "SIDEKEY_PROVIDERS",
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
+    pub providers: Option<PathBuf>,
+    /// The vault to rewrite (atomically, mode 0600)
+    #[arg(
+        long,
+        env = "SIDEKEY_VAULT",
+        hide_env_values = true,
+        value_name = "PATH",
+        default_value = "vault.yaml"
+    )]
+    pub vault: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

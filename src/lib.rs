@@ -15,6 +15,8 @@
 //! - [`oauth`]: OAuth access tokens per connection: proactive and 401-driven refresh,
 //!   single-flight, cool-down after failures, client-credentials tokens.
 //! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
+//! - [`sealed`]: encryption at rest: the vault's secret fields sealed with AES-256-GCM under
+//!   `SIDEKEY_ENCRYPTION_KEY` (`enc:v1:…`), opened when the vault is loaded.
 //! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
 //! - [`server`]: the proxy accept loop (HTTP/1.1 + h2c, or TLS), connection limit, graceful drain.
 //! - [`conn`]: one caller connection: protocol choice, header and idle limits ([`conn::Limits`]).
@@ -49,6 +51,7 @@ pub mod netpolicy;
 pub mod oauth;
 pub mod proxy;
 pub mod router;
+pub mod sealed;
 pub mod secret;
 pub mod server;
 pub mod state;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, ServeArgs};
+use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, ServeArgs, VaultCommand, VaultFileArgs};
 use sidekey::config::reload::Reloader;
 use sidekey::config::{self, BuildOptions, Paths, Severity};
 use sidekey::credstore::CredStore;
@@ -14,6 +14,7 @@ use sidekey::oauth::endpoint::HttpTokenEndpoint;
 use sidekey::oauth::{OAuthOptions, TokenManager};
 use sidekey::proxy::client::{ClientOptions, UpstreamClient};
 use sidekey::proxy::{App, ProxyOptions};
+use sidekey::sealed::{self, EncryptionKey};
 
 /// mimalloc: a proxy allocates and frees many small, short-lived buffers per request, which
 /// mimalloc's thread-local free lists serve faster than glibc's malloc (see BENCHMARKS.md).
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some(Command::Vault(cmd)) => vault(cmd),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
@@ -64,11 +66,25 @@ fn paths(files: &FileArgs) -> Paths {
     )
 }
 
+/// `SIDEKEY_ENCRYPTION_KEY`, if set; a malformed key is an error (never shown).
+fn encryption_key() -> Result<Option<Arc<EncryptionKey>>, sealed::KeyError> {
+    EncryptionKey::from_env().map(|k| k.map(Arc::new))
+}
+
 fn check(files: &FileArgs) -> ExitCode {
     let paths = paths(files);
+    let key = match encryption_key() {
+        Ok(k) => k,
+        Err(e) => {
+            println!("{e}");
+            eprintln!("check failed: 1 error(s)");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = BuildOptions {
         env_keys: env_keys(),
         generation: 0,
+        encryption_key: key,
     };
     let result = config::load_files(&paths).and_then(|src| config::snapshot::build(&src, &opts));
     match result {
@@ -96,6 +112,114 @@ fn check(files: &FileArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn vault(cmd: VaultCommand) -> ExitCode {
+    let result = match cmd {
+        VaultCommand::NewKey => EncryptionKey::generate_base64()
+            .map(|k| println!("{}", k.as_str()))
+            .map_err(|e| e.to_string()),
+        VaultCommand::Encrypt(files) => vault_encrypt(&files),
+        VaultCommand::Rekey(files) => vault_rekey(&files),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sidekey: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The key in `var`, which this command cannot do without.
+fn required_key(var: &'static str, what: &str) -> Result<Arc<EncryptionKey>, String> {
+    match EncryptionKey::from_env_var(var) {
+        Ok(Some(k)) => Ok(Arc::new(k)),
+        Ok(None) => Err(format!(
+            "{var} is not set: it must hold {what} (make a key with `sidekey vault new-key`)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn vault_encrypt(files: &VaultFileArgs) -> Result<(), String> {
+    let key = required_key(sealed::ENV_KEY, "the key to seal the vault with")?;
+    let (file, summary) = reseal_file(files, &key, &key, |s| s.opened < s.sealed)?;
+    match summary {
+        Some(s) => println!(
+            "{file}: {} secret value(s) sealed ({} of them were sealed already)",
+            s.sealed, s.opened
+        ),
+        None => println!("{file}: every secret value is sealed already; nothing was written"),
+    }
+    Ok(())
+}
+
+fn vault_rekey(files: &VaultFileArgs) -> Result<(), String> {
+    let old = required_key(sealed::ENV_KEY, "the vault's current key")?;
+    let new = required_key(sealed::ENV_NEW_KEY, "the new key")?;
+    let (file, summary) = reseal_file(files, &old, &new, |s| s.sealed > 0)?;
+    match summary {
+        Some(s) => println!(
+            "{file}: {} secret value(s) sealed with the new key; set {} to it from now on",
+            s.sealed,
+            sealed::ENV_KEY
+        ),
+        None => println!("{file}: the vault holds no secret values; nothing was written"),
+    }
+    Ok(())
+}
+
+/// Checks the vault as `sidekey check` does (opening it with `old`), seals every secret with
+/// `new`, and replaces the file in one atomic write if `worth_writing` says so. Returns the
+/// vault's name and what was written.
+fn reseal_file(
+    files: &VaultFileArgs,
+    old: &Arc<EncryptionKey>,
+    new: &EncryptionKey,
+    worth_writing: impl Fn(&sealed::ResealSummary) -> bool,
+) -> Result<(String, Option<sealed::ResealSummary>), String> {
+    let paths = Paths::new(files.providers.clone(), files.vault.clone(), None);
+    let src = config::load_files(&paths).map_err(lines)?;
+    // The same checks as `sidekey check`, so a vault is never rewritten while it is broken.
+    let opts = BuildOptions {
+        env_keys: env_keys(),
+        generation: 0,
+        encryption_key: Some(old.clone()),
+    };
+    config::snapshot::build(&src, &opts).map_err(|d| {
+        format!(
+            "{}\nthe vault was not changed: fix it first (see `sidekey check`)",
+            lines(d)
+        )
+    })?;
+    let (text, summary) = sealed::reseal_text(&src.vault_name, &src.vault, Some(old.as_ref()), new)
+        .map_err(|e| match e {
+            sealed::ResealError::Parse(d) => d.to_string(),
+            e => format!("{}: {e}", src.vault_name),
+        })?;
+    if !worth_writing(&summary) {
+        return Ok((src.vault_name, None));
+    }
+    // Through a symlink to its target, as the credential writer does.
+    let target =
+        std::fs::canonicalize(&files.vault).map_err(|e| format!("{}: {e}", src.vault_name))?;
+    // A sidekey that refreshed a token meanwhile must not lose its write to ours.
+    let now = std::fs::read_to_string(&target).map_err(|e| format!("{}: {e}", src.vault_name))?;
+    if now != src.vault {
+        return Err(format!(
+            "{}: the file changed while it was being sealed; nothing was written, run the command again",
+            src.vault_name
+        ));
+    }
+    sidekey::atomic_file::write(&target, text.as_bytes(), 0o600)
+        .map_err(|e| format!("{}: cannot write: {e}", src.vault_name))?;
+    Ok((src.vault_name, Some(summary)))
+}
+
+fn lines(diags: Vec<config::Diagnostic>) -> String {
+    let v: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    v.join("\n")
 }
 
 const NEW_VAULT_HELP: &str = "\
@@ -165,6 +289,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let env_keys = env_keys();
+    // Read before anything is written, so a malformed key leaves no new vault behind.
+    let encryption_key = encryption_key()?;
     if let Some(key) = first_run(&args.files, !env_keys.is_empty())? {
         // The one exception to "no secret in output": shown once, outside the log stream.
         eprintln!(
@@ -172,11 +298,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.files.vault.display()
         );
     }
-    let reloader = Arc::new(Reloader::new(
-        paths(&args.files),
-        env_keys,
-        args.reload_settle,
-    ));
+    let reloader = Arc::new(
+        Reloader::new(paths(&args.files), env_keys, args.reload_settle)
+            .with_encryption_key(encryption_key),
+    );
     let paths = reloader.paths();
     let watch = reloader.watch();
     let snapshot = reloader.load_initial().map_err(|diags| {
@@ -184,7 +309,11 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("configuration refused:\n{}", lines.join("\n"))
     })?;
     for w in snapshot.warnings.iter() {
-        tracing::debug!(warning = %w, "configuration warning");
+        if sealed::is_sealing_warning(w) {
+            tracing::warn!(warning = %w, "configuration warning");
+        } else {
+            tracing::debug!(warning = %w, "configuration warning");
+        }
     }
     if snapshot.secret_keys.is_empty() {
         tracing::warn!("no caller key configured: every request will get 401 unknown_account; set SIDEKEY_SECRET_KEY or add secret_keys (see `sidekey key new`)");

@@ -111,6 +111,8 @@ pub struct Reloader {
     paths: Paths,
     /// Caller keys from `SIDEKEY_SECRET_KEY`: read once at startup and kept across reloads.
     env_keys: Vec<[u8; 32]>,
+    /// `SIDEKEY_ENCRYPTION_KEY`, read once at startup: opens sealed values on every reload.
+    encryption_key: Option<Arc<crate::sealed::EncryptionKey>>,
     settle: Duration,
     generation: AtomicU64,
     ok: AtomicU64,
@@ -129,6 +131,7 @@ impl Reloader {
         Self {
             paths,
             env_keys,
+            encryption_key: None,
             settle: settle.min(MAX_SETTLE),
             generation: AtomicU64::new(0),
             ok: AtomicU64::new(0),
@@ -136,6 +139,12 @@ impl Reloader {
             last_seen: Mutex::new(None),
             had_content: Mutex::new((false, false)),
         }
+    }
+
+    /// Opens sealed vault values with this key on the first load and every reload.
+    pub fn with_encryption_key(mut self, key: Option<Arc<crate::sealed::EncryptionKey>>) -> Self {
+        self.encryption_key = key;
+        self
     }
 
     /// The generation of the snapshot serving now (1 after the first load).
@@ -166,6 +175,7 @@ impl Reloader {
         BuildOptions {
             env_keys: self.env_keys.clone(),
             generation,
+            encryption_key: self.encryption_key.clone(),
         }
     }
 
@@ -287,7 +297,12 @@ impl Reloader {
         self.remember_content(&src);
         drop(src);
         for w in new.warnings.iter() {
-            tracing::debug!(warning = %w, "configuration warning");
+            // A plaintext secret in a sealed vault is worth an operator's attention.
+            if crate::sealed::is_sealing_warning(w) {
+                tracing::warn!(warning = %w, "configuration warning");
+            } else {
+                tracing::debug!(warning = %w, "configuration warning");
+            }
         }
         let changes = diff(&slot.load(), &new);
         let (integrations, connections) = (new.integrations.len(), new.connection_count());

@@ -43,6 +43,8 @@ pub struct BuildOptions {
     pub env_keys: Vec<[u8; 32]>,
     /// The generation number the new snapshot gets.
     pub generation: u64,
+    /// `SIDEKEY_ENCRYPTION_KEY`: opens the vault's sealed values (see [`crate::sealed`]).
+    pub encryption_key: Option<Arc<crate::sealed::EncryptionKey>>,
 }
 
 /// Where an injected value goes.
@@ -532,10 +534,19 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
             Catalog::default()
         }
     };
-    let raw = match vault::parse(&src.vault_name, &src.vault) {
+    let mut raw = match vault::parse(&src.vault_name, &src.vault) {
         Ok(v) => v,
         Err(d) => {
             errors.push(d);
+            return Err(errors);
+        }
+    };
+    // Sealed values are opened before anything looks at them, so the rest of the build (and
+    // the snapshot) only ever sees plaintext.
+    let sealing = match crate::sealed::open_vault(&mut raw, opts.encryption_key.as_deref()) {
+        Ok(report) => report,
+        Err(e) => {
+            errors.push(e.diagnostic(&src.vault_name));
             return Err(errors);
         }
     };
@@ -549,6 +560,7 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         return Err(errors);
     }
     let mut warnings = snapshot.warnings.to_vec();
+    warnings.extend(sealing.diagnostics(&src.vault_name));
     warnings.extend(catalog.warnings(&src.providers_name));
     snapshot.warnings = warnings.into();
     Ok(snapshot)
@@ -1481,7 +1493,7 @@ connections:
         #[test]
         fn incremental_apply_equals_build_from_scratch(ops in proptest::collection::vec(op(), 0..40)) {
             let catalog = catalog();
-            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0 };
+            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0, encryption_key: None };
             let mut snap = build_records("v", catalog.clone(), RawVault::default(), &opts).expect("empty");
             let mut keys: std::collections::BTreeMap<String, RawSecretKey> = Default::default();
             let mut versions: HashMap<(String, String), u64> = HashMap::new();

@@ -262,12 +262,20 @@ fn find_addrs(lines: &[String]) -> Option<(SocketAddr, SocketAddr)> {
 
 /// Runs `sidekey` with arguments to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], dir: &Path) -> (i32, String, String) {
+    run_cli_env(args, dir, &[])
+}
+
+/// [`run_cli`] with these `SIDEKEY_*` variables set (and no others).
+pub fn run_cli_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidekey"));
     cmd.args(args).current_dir(dir).stdin(Stdio::null());
     for (k, _) in std::env::vars() {
         if k.starts_with("SIDEKEY_") {
             cmd.env_remove(k);
         }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let out = cmd.output().expect("run sidekey");
     (
