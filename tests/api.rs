@@ -829,3 +829,52 @@ async fn kill_9_mid_writes_loses_no_answered_write() {
     let lost: Vec<&String> = answered.difference(&present).collect();
     assert!(lost.is_empty(), "answered 201 but lost: {lost:?}");
 }
+
+#[tokio::test]
+async fn api_writes_are_sealed_when_a_key_is_set() {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let up = Upstream::start(ok_json()).await;
+    let sk = sidekey(&providers(&up.url("")), EMPTY_VAULT)
+        .env("SIDEKEY_ENCRYPTION_KEY", &key)
+        .start();
+    let c = TestClient::default();
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u1", "credentials": {"type": "API_KEY", "apiKey": SECRET}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let vault = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    assert!(
+        !vault.contains(SECRET),
+        "plaintext secret on disk:\n{vault}"
+    );
+    assert!(vault.contains("enc:v1:"), "{vault}");
+    assert_eq!(c.proxy(&sk.url(""), "/x", "u1", "gh").await.status, 200);
+    assert_eq!(
+        up.requests()
+            .last()
+            .expect("request")
+            .header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    // `sidekey check` opens it with the key and refuses it without.
+    let (code, out, _) = support::sidekey::run_cli(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        sk.dir(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SIDEKEY_ENCRYPTION_KEY"), "{out}");
+}

@@ -142,6 +142,11 @@ impl Reloader {
     }
 
     /// Opens sealed vault values with this key on the first load and every reload.
+    /// The key the vault's secrets are sealed with, if one is set.
+    pub(crate) fn encryption_key(&self) -> Option<&Arc<crate::sealed::EncryptionKey>> {
+        self.encryption_key.as_ref()
+    }
+
     pub fn with_encryption_key(mut self, key: Option<Arc<crate::sealed::EncryptionKey>>) -> Self {
         self.encryption_key = key;
         self

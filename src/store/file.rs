@@ -9,6 +9,9 @@
 //! refused as a conflict instead of overwriting the edit. A vault that does not load stops
 //! writes with a conflict that names its first problem, while the last good snapshot serves.
 //!
+//! With `SIDEKEY_ENCRYPTION_KEY` set, every secret is sealed before the file is written
+//! ([`crate::sealed`]), so an API write never puts a plaintext secret on disk.
+//!
 //! Versions are assigned here: a counter that starts at the current time in microseconds, so
 //! versions keep increasing across restarts without being stored in the file.
 
@@ -110,7 +113,11 @@ impl Inner {
                 "the vault was edited while this write was being made".into(),
             ));
         }
-        let text = render(&src.vault, next)?;
+        let text = render(
+            &src.vault,
+            next,
+            self.reloader.encryption_key().map(|k| &**k),
+        )?;
         crate::atomic_file::write(&self.vault_path(), text.as_bytes(), 0o600)
             .map_err(|e| StoreError::Unavailable(format!("cannot write the vault: {e}")))?;
         let written = crate::config::Sources { vault: text, ..src };
@@ -120,14 +127,23 @@ impl Inner {
     }
 }
 
-/// The vault text for `next`: the old file's leading comment block, then the records.
-fn render(old: &str, next: &Snapshot) -> Result<String, StoreError> {
+/// The vault text for `next`: the old file's leading comment block, then the records, with
+/// every secret sealed when an encryption key is set.
+fn render(
+    old: &str,
+    next: &Snapshot,
+    key: Option<&crate::sealed::EncryptionKey>,
+) -> Result<String, StoreError> {
     let mut records: RawVault = next.records();
     records.secret_keys = next
         .secret_keys
         .iter()
         .filter_map(|k| k.record.clone())
         .collect();
+    if let Some(key) = key {
+        crate::sealed::seal_vault(&mut records, key)
+            .map_err(|e| StoreError::Unavailable(format!("cannot seal the vault: {e}")))?;
+    }
     let body = serde_yaml_ng::to_string(&records)
         .map_err(|e| StoreError::Unavailable(format!("cannot serialize the vault: {e}")))?;
     let header: String = old
