@@ -208,7 +208,11 @@ impl CredStore {
         let _w = self.write_lock.lock();
         if let Some(vault) = &self.vault {
             let guard = self.vault_lock.as_ref().map(|r| r.lock_last_seen());
-            let patched = patch_vault_file(vault, key, cred, known);
+            let enc = self
+                .vault_lock
+                .as_ref()
+                .and_then(|r| r.encryption_key().cloned());
+            let patched = patch_vault_file(vault, key, cred, known, enc.as_deref());
             drop(guard);
             match patched {
                 Ok(fp) => {
@@ -317,16 +321,86 @@ fn patch_vault_file(
     key: &Key,
     cred: &StoredCredential,
     known: &[[u8; 32]],
+    enc: Option<&crate::sealed::EncryptionKey>,
 ) -> Result<[u8; 32], VaultWriteError> {
     // Write through a symlink to its target rather than replacing the link with a file.
     let target = std::fs::canonicalize(path).map_err(VaultWriteError::Io)?;
     let text = crate::config::limits::read_file(&target)
         .map_err(|e| VaultWriteError::Patch(PatchError::Invalid(e)))?
         .text;
-    let (patched, fp) =
-        patch_vault_text(&text, key, cred, known).map_err(VaultWriteError::Patch)?;
+    let (patched, fp) = match enc {
+        Some(enc) => patch_sealed_text(&text, key, cred, known, enc),
+        None => patch_vault_text(&text, key, cred, known),
+    }
+    .map_err(VaultWriteError::Patch)?;
     crate::atomic_file::write(&target, patched.as_bytes(), 0o600).map_err(VaultWriteError::Io)?;
     Ok(fp)
+}
+
+/// [`patch_vault_text`] for a sealed vault: the records are opened with the key, the
+/// credential is compared and patched as plaintext, and everything is sealed again before it
+/// is written, so a refreshed token never reaches the disk in the clear.
+pub fn patch_sealed_text(
+    text: &str,
+    key: &Key,
+    cred: &StoredCredential,
+    known: &[[u8; 32]],
+    enc: &crate::sealed::EncryptionKey,
+) -> Result<(String, [u8; 32]), PatchError> {
+    let invalid = |m: &str| PatchError::Invalid(format!("the vault cannot be patched: {m}"));
+    let mut raw =
+        crate::config::vault::parse("vault", text).map_err(|_| invalid("it does not parse"))?;
+    crate::sealed::open_vault(&mut raw, Some(enc)).map_err(|_| invalid("it does not open"))?;
+    let conn = raw
+        .connections
+        .iter_mut()
+        .find(|c| c.provider_config_key == key.0 && c.connection_id == key.1)
+        .ok_or(PatchError::Gone)?;
+    if !known.contains(&crate::config::snapshot::fingerprint(&conn.credentials)) {
+        return Err(PatchError::Conflict);
+    }
+    match (cred, &mut conn.credentials) {
+        (
+            StoredCredential::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+            },
+            RawCredentials::OAuth2 {
+                access_token: a,
+                refresh_token: r,
+                expires_at: e,
+            },
+        ) => {
+            *a = access_token.clone();
+            if let Some(new) = refresh_token {
+                *r = Some(new.clone());
+            }
+            *e = expires_at.clone();
+        }
+        (
+            StoredCredential::OAuth2Cc { token, expires_at },
+            RawCredentials::OAuth2Cc {
+                token: t,
+                expires_at: e,
+                ..
+            },
+        ) => {
+            *t = Some(token.clone());
+            *e = expires_at.clone();
+        }
+        _ => return Err(PatchError::Conflict),
+    }
+    let fp = crate::config::snapshot::fingerprint(&conn.credentials);
+    crate::sealed::seal_vault(&mut raw, enc).map_err(|_| invalid("cannot seal"))?;
+    let body = serde_yaml_ng::to_string(&raw).map_err(|_| invalid("cannot serialize"))?;
+    let header: String = text
+        .lines()
+        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok((format!("{header}{body}"), fp))
 }
 
 /// Patches one connection's credential fields in the vault text; returns the new text and the
@@ -431,6 +505,44 @@ mod tests {
             refresh_token: Some(Secret::new("r2")),
             expires_at: Some("2030-01-01T00:00:00Z".into()),
         }
+    }
+
+    #[test]
+    fn a_sealed_vault_is_patched_sealed() {
+        use crate::sealed::{seal_vault, EncryptionKey};
+        let enc = EncryptionKey::parse(&"A".repeat(43)).expect("32-byte key");
+        let mut raw = crate::config::vault::parse("v", VAULT).expect("parses");
+        seal_vault(&mut raw, &enc).expect("seals");
+        let sealed = format!(
+            "# help text\n{}",
+            serde_yaml_ng::to_string(&raw).expect("yaml")
+        );
+        assert!(!sealed.contains("old"), "{sealed}");
+        let mut opened = raw.clone();
+        crate::sealed::open_vault(&mut opened, Some(&enc)).expect("opens");
+        let known = [fingerprint(&opened.connections[0].credentials)];
+        let cred = StoredCredential::OAuth2 {
+            access_token: Secret::new("fresh-access"),
+            refresh_token: Some(Secret::new("fresh-refresh")),
+            expires_at: Some("2031-01-01T00:00:00Z".into()),
+        };
+        let key = ("i".to_string(), "c".to_string());
+        let (text, fp) = patch_sealed_text(&sealed, &key, &cred, &known, &enc).expect("patched");
+        assert!(text.starts_with("# help text\n"), "{text}");
+        assert!(
+            !text.contains("fresh-access") && !text.contains("fresh-refresh"),
+            "{text}"
+        );
+        let mut back = crate::config::vault::parse("v", &text).expect("parses");
+        crate::sealed::open_vault(&mut back, Some(&enc)).expect("opens");
+        assert_eq!(fp, fingerprint(&back.connections[0].credentials));
+        let RawCredentials::OAuth2 { access_token, .. } = &back.connections[0].credentials else {
+            panic!("oauth2")
+        };
+        assert_eq!(access_token.expose(), "fresh-access");
+        // A credential the operator changed meanwhile is not overwritten.
+        let err = patch_sealed_text(&sealed, &key, &cred, &[[0; 32]], &enc).expect_err("conflict");
+        assert!(matches!(err, PatchError::Conflict));
     }
 
     #[test]
