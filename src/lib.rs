@@ -22,7 +22,10 @@
 //! - [`conn`]: one caller connection: protocol choice, header and idle limits ([`conn::Limits`]).
 //! - [`tls`]: TLS on the proxy listener; the certificate reloads when its files change.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
-//! - [`api`]: the read side of Nango's management API (providers, integrations, connections).
+//! - [`router`]: which handler answers a request, and the scope each management route needs.
+//! - [`api`]: Nango's management API: providers, integrations, connections, read and written.
+//! - [`store`]: the store seam, the vault file backend, and the one writer (group commit).
+//! - [`state`]: the apply path: a new snapshot swapped in, its changes logged, tokens pruned.
 //! - [`metrics`]: the Prometheus registry and the calls that record into it.
 //! - [`telemetry`]: tracing setup and the per-request access log (byte counts, masked URLs).
 //! - [`error`]: the one error type and its JSON response.
