@@ -22,10 +22,25 @@ pub fn publish(app: &App, new: Arc<Snapshot>, source: &str) -> Changes {
     changes
 }
 
-/// Publishes a snapshot made by applying `applied` to the serving one: the log counts come
-/// from the changes themselves, so the cost does not grow with the number of connections.
-pub fn publish_changes(app: &App, new: Arc<Snapshot>, applied: &[Change]) -> Changes {
-    let old = app.snapshot.swap(new.clone());
+/// Publishes a snapshot made by applying `applied` to `base`: the log counts come from the
+/// changes themselves, so the cost does not grow with the number of connections. Only if
+/// `base` is still the one serving: a reload that swapped in the file's records after the
+/// write was committed already holds it, and is newer.
+pub fn publish_changes(
+    app: &App,
+    base: &Arc<Snapshot>,
+    new: Arc<Snapshot>,
+    applied: &[Change],
+) -> Changes {
+    let old = app.snapshot.compare_and_swap(base, new.clone());
+    if !Arc::ptr_eq(&old, base) {
+        tracing::debug!(
+            generation = new.generation,
+            "a reload published a newer snapshot first"
+        );
+        return Changes::default();
+    }
+    let old: Arc<Snapshot> = arc_swap::Guard::into_inner(old);
     let mut c = Changes::default();
     let count = |counts: &mut Counts, existed: bool| {
         if existed {

@@ -171,7 +171,48 @@ pub(crate) async fn respond(
     req: &ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {
     let snapshot = app.snapshot.load_full();
+    if let Some(res) = from_snapshot(&snapshot, route, req.query, req.scopes)? {
+        return Ok(res);
+    }
+    // Only a credential read by a key allowed to make it is left: it needs the token manager.
+    let ApiRoute::Connection(id) = route else {
+        return Err(ApiError::not_found("no such route"));
+    };
     let query = req.query;
+    let force = stringbool(query, "force_refresh")?;
+    let with_refresh = stringbool(query, "refresh_token")?;
+    let key = query_param(query, "provider_config_key").unwrap_or_default();
+    let c = snapshot
+        .connection(&key, &decode(id))
+        .ok_or_else(|| ApiError::not_found("Failed to find connection"))?
+        .clone();
+    let failed = |e: crate::error::ProxyError| {
+        ApiError::new(
+            StatusCode::FAILED_DEPENDENCY,
+            "invalid_credentials",
+            e.to_string(),
+        )
+    };
+    let token = app.oauth.access_token(&c).await.map_err(failed)?;
+    if let (true, Some(t)) = (force, token.as_ref()) {
+        app.oauth
+            .refresh_after_unauthorized(&c, t)
+            .await
+            .map_err(failed)?;
+    }
+    let creds = credentials_json(&c, app.oauth.current(&c), with_refresh);
+    Ok(ok(connection_json(&c, creds)))
+}
+
+/// Every read answered from the snapshot alone; `None` for a credential read by a key with
+/// `connections:read_credentials` (that one may refresh a token first: see [`respond`]).
+pub fn from_snapshot(
+    snapshot: &Snapshot,
+    route: &ApiRoute<'_>,
+    query: Option<&str>,
+    scopes: crate::auth::Scopes,
+) -> Result<Option<Response<ProxyBody>>, ApiError> {
+    let ok = |v: Value| Ok(Some(ok(v)));
     match route {
         ApiRoute::Providers => {
             strict_query(query, &["search"])?;
@@ -188,7 +229,7 @@ pub(crate) async fn respond(
                 .filter_map(|(name, p)| p.as_ref().ok().map(|p| provider_json(name, p)))
                 .collect();
             names.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-            Ok(ok(json!({ "data": names })))
+            ok(json!({ "data": names }))
         }
         ApiRoute::Provider(name) => {
             strict_query(query, &[])?;
@@ -204,7 +245,7 @@ pub(crate) async fn respond(
                 ));
             }
             match snapshot.catalog.providers.get(&name) {
-                Some(Ok(p)) => Ok(ok(json!({ "data": provider_json(&name, p) }))),
+                Some(Ok(p)) => ok(json!({ "data": provider_json(&name, p) })),
                 _ => Err(ApiError::not_found(format!("Unknown provider {name}"))),
             }
         }
@@ -213,16 +254,16 @@ pub(crate) async fn respond(
                 snapshot.integrations.values().map(AsRef::as_ref).collect();
             list.sort_by(|a, b| a.unique_key.cmp(&b.unique_key));
             let data: Vec<Value> = list.into_iter().map(integration_json).collect();
-            Ok(ok(json!({ "data": data })))
+            ok(json!({ "data": data }))
         }
         ApiRoute::Integration(key) => {
             let key = decode(key);
             let i = snapshot.integrations.get(key.as_str()).ok_or_else(|| {
                 ApiError::not_found(format!("Integration \"{key}\" does not exist"))
             })?;
-            Ok(ok(json!({ "data": integration_json(i) })))
+            ok(json!({ "data": integration_json(i) }))
         }
-        ApiRoute::Connections => list(&snapshot, query),
+        ApiRoute::Connections => list(snapshot, query).map(Some),
         ApiRoute::Connection(id) => {
             let id = decode(id);
             strict_query(
@@ -254,39 +295,19 @@ pub(crate) async fn respond(
                 .connection(&key, &id)
                 .ok_or_else(|| ApiError::not_found("Failed to find connection"))?
                 .clone();
-            let may_read = req.scopes.contains(Scope::ConnectionsReadCredentials);
-            if !may_read {
-                if force || with_refresh {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        "Credential and refresh options require the connections:read_credentials scope",
-                    ));
-                }
-                let creds = json!({ "type": credential_type(&c.credential) });
-                return Ok(ok(connection_json(&c, creds)));
+            let may_read = scopes.contains(Scope::ConnectionsReadCredentials);
+            if may_read {
+                return Ok(None);
             }
-            let token = app.oauth.access_token(&c).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::FAILED_DEPENDENCY,
-                    "invalid_credentials",
-                    e.to_string(),
-                )
-            })?;
-            if let (true, Some(t)) = (force, token.as_ref()) {
-                app.oauth
-                    .refresh_after_unauthorized(&c, t)
-                    .await
-                    .map_err(|e| {
-                        ApiError::new(
-                            StatusCode::FAILED_DEPENDENCY,
-                            "invalid_credentials",
-                            e.to_string(),
-                        )
-                    })?;
+            if force || with_refresh {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Credential and refresh options require the connections:read_credentials scope",
+                ));
             }
-            let creds = credentials_json(&c, app.oauth.current(&c), with_refresh);
-            Ok(ok(connection_json(&c, creds)))
+            let creds = json!({ "type": credential_type(&c.credential) });
+            ok(connection_json(&c, creds))
         }
         ApiRoute::Metadata => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

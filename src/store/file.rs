@@ -106,6 +106,13 @@ impl Inner {
             ));
         }
         let mut last = self.reloader.lock_last_seen();
+        // A reload that published the file's records after this write took its base would be
+        // overwritten by it: apply the write again on top of the reload instead.
+        if self.reloader.generation() + 1 != next.generation {
+            return Err(StoreError::Conflict(
+                "the configuration was reloaded while this write was being made".into(),
+            ));
+        }
         let src = load_files(self.reloader.paths())
             .map_err(|_| StoreError::Conflict("the vault changed while writing".into()))?;
         if *last != Some(self.reloader.content_hash(&src)) {

@@ -101,7 +101,7 @@ async fn commit_group(app: &App, backend: &dyn Backend, batch: Vec<Pending>) {
         let next = Arc::new(cur);
         match backend.commit(next.clone(), all.clone()).await {
             Ok(()) => {
-                crate::state::publish_changes(app, next.clone(), &all);
+                crate::state::publish_changes(app, &base, next.clone(), &all);
                 return answer(batch, results, &next);
             }
             Err(StoreError::Conflict(why)) => last_conflict = Some(why),
