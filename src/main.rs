@@ -154,6 +154,13 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before anything is created, so a typo leaves no trace on disk.
+    let otlp_endpoint = match &args.otlp_endpoint {
+        Some(url) => Some(
+            sidekey::otel::traces_url(url).map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?,
+        ),
+        None => None,
+    };
     let env_keys = env_keys();
     if let Some(key) = first_run(&args.files, !env_keys.is_empty())? {
         // The one exception to "no secret in output": shown once, outside the log stream.
@@ -204,6 +211,19 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             sidekey::proxy::client::read_pem_certs(ca).map_err(anyhow::Error::msg)?;
     }
     let client = UpstreamClient::new(&client_opts).map_err(anyhow::Error::msg)?;
+    let exporter = match &otlp_endpoint {
+        Some(endpoint) => {
+            let settings = sidekey::otel::Settings {
+                endpoint: endpoint.clone(),
+                connection_id: args.otlp_connection_id,
+            };
+            let exporter = sidekey::otel::init(&settings, client.trusted.clone())
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(endpoint = %endpoint, connection_id = ?args.otlp_connection_id, "exporting traces over OTLP/HTTP");
+            Some(exporter)
+        }
+        None => None,
+    };
     let options = ProxyOptions {
         override_policy: args.base_url_override,
         response_timeout: args.response_timeout,
@@ -263,6 +283,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     sidekey::server::serve(listener, app, tls, shutdown, args.drain_timeout).await;
+    // After the drain, so the spans of the last requests are in the final batch.
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
