@@ -219,7 +219,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             };
             let exporter = sidekey::otel::init(&settings, client.trusted.clone())
                 .map_err(anyhow::Error::msg)?;
-            tracing::info!(endpoint = %endpoint, connection_id = ?args.otlp_connection_id, "exporting traces over OTLP/HTTP");
+            tracing::info!(endpoint = %endpoint, connection_id = args.otlp_connection_id.as_str(), "exporting traces over OTLP/HTTP");
             Some(exporter)
         }
         None => None,

@@ -62,6 +62,17 @@ pub enum ConnectionIdAttr {
     None,
 }
 
+impl ConnectionIdAttr {
+    /// The flag's value, for the startup log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Hash => "hash",
+            Self::None => "none",
+        }
+    }
+}
+
 /// What `--otlp-*` asked for.
 #[derive(Debug, Clone)]
 pub struct Settings {
