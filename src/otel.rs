@@ -269,20 +269,12 @@ impl opentelemetry_http::HttpClient for Transport {
     }
 }
 
-/// `http.request.method`: the method, or `_OTHER` for one outside RFC 9110 (the semantic
-/// conventions' rule, which keeps span names low-cardinality).
+/// `http.request.method`: the metrics' bounded method label, with the semantic conventions'
+/// `_OTHER` for the rest (which keeps span names low-cardinality).
 fn method_name(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "_OTHER",
+    match crate::metrics::method_label(m) {
+        "other" => "_OTHER",
+        known => known,
     }
 }
 
