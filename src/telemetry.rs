@@ -145,7 +145,9 @@ impl RequestLog {
     }
 
     fn emit(&mut self) {
-        if !self.enabled() {
+        // Asked once: the filter check costs a few hundred instructions per request.
+        let log_on = access_log_on();
+        if !log_on && !self.span.is_active() {
             return;
         }
         let conn = self.connection.as_deref();
@@ -167,7 +169,7 @@ impl RequestLog {
                 complete: self.complete,
             });
         }
-        if !access_log_on() {
+        if !log_on {
             return;
         }
         let upstream_path = self.upstream.as_ref().map(|u| masked_path(u, conn));
