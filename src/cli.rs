@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::conn::{Limits, DEFAULT_MAX_CONNECTIONS};
 use crate::netpolicy::OverridePolicy;
+use crate::otel::ConnectionIdAttr;
 use crate::proxy::client::ResolvePin;
 
 /// The longest duration any flag accepts; larger values would overflow deadline arithmetic.
@@ -365,6 +366,22 @@ pub struct ServeArgs {
         help_heading = "Operations"
     )]
     pub worker_threads: Option<usize>,
+    // OpenTelemetry (see crate::otel).
+    /// Export a trace span per request (and per upstream attempt and token call) over
+    /// OTLP/HTTP to this receiver, e.g. http://127.0.0.1:4318 (`/v1/traces` is appended);
+    /// off when unset
+    // Checked by `otel::traces_url` in main, not by clap, whose error would echo the value.
+    #[arg(
+        long,
+        env = "SIDEKEY_OTLP_ENDPOINT",
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Tracing"
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// How spans name the connection: its id in full, a hash of it, or not at all
+    #[arg(long, env = "SIDEKEY_OTLP_CONNECTION_ID", hide_env_values = true, value_name = "MODE", value_enum, default_value_t = ConnectionIdAttr::Hash, help_heading = "Tracing")]
+    pub otlp_connection_id: ConnectionIdAttr,
 }
 
 impl ServeArgs {

@@ -28,6 +28,8 @@
 //! - [`state`]: the apply path: a new snapshot swapped in, its changes logged, tokens pruned.
 //! - [`metrics`]: the Prometheus registry and the calls that record into it.
 //! - [`telemetry`]: tracing setup and the per-request access log (byte counts, masked URLs).
+//! - [`otel`]: OpenTelemetry spans per request, upstream attempt and token call, exported over
+//!   OTLP/HTTP when `--otlp-endpoint` is set.
 //! - [`error`]: the one error type and its JSON response.
 //! - [`body`], [`secret`], [`atomic_file`]: the body type, redacted secrets, crash-safe writes.
 //!
@@ -52,6 +54,7 @@ pub mod error;
 pub mod metrics;
 pub mod netpolicy;
 pub mod oauth;
+pub mod otel;
 pub mod proxy;
 pub mod router;
 pub mod sealed;

@@ -288,6 +288,13 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before anything is created, so a typo leaves no trace on disk.
+    let otlp_endpoint = match &args.otlp_endpoint {
+        Some(url) => Some(
+            sidekey::otel::traces_url(url).map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?,
+        ),
+        None => None,
+    };
     let env_keys = env_keys();
     // Read before anything is written, so a malformed key leaves no new vault behind.
     let encryption_key = encryption_key()?;
@@ -344,6 +351,19 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             sidekey::proxy::client::read_pem_certs(ca).map_err(anyhow::Error::msg)?;
     }
     let client = UpstreamClient::new(&client_opts).map_err(anyhow::Error::msg)?;
+    let exporter = match &otlp_endpoint {
+        Some(endpoint) => {
+            let settings = sidekey::otel::Settings {
+                endpoint: endpoint.clone(),
+                connection_id: args.otlp_connection_id,
+            };
+            let exporter = sidekey::otel::init(&settings, client.trusted.clone())
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(endpoint = %endpoint, connection_id = args.otlp_connection_id.as_str(), "exporting traces over OTLP/HTTP");
+            Some(exporter)
+        }
+        None => None,
+    };
     let options = ProxyOptions {
         override_policy: args.base_url_override,
         response_timeout: args.response_timeout,
@@ -431,6 +451,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     sidekey::server::serve(listener, app, tls, limits, shutdown, args.drain_timeout).await;
+    // After the drain, so the spans of the last requests are in the final batch.
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -69,6 +69,8 @@ pub struct RequestLog {
     pub upstream: Option<Uri>,
     /// Upstream requests sent for this request (0 when refused before forwarding).
     pub attempts: u32,
+    /// The request's OpenTelemetry span (empty unless `--otlp-endpoint`), ended with the log.
+    span: crate::otel::RequestSpan,
 }
 
 impl RequestLog {
@@ -83,6 +85,7 @@ impl RequestLog {
             .filter(|v| !v.as_bytes().trim_ascii().is_empty())
             .cloned();
         let bytes_in = Arc::new(AtomicU64::new(0));
+        let span = crate::otel::RequestSpan::start(req.method(), req.uri().path(), req.headers());
         let log = Self {
             start: Instant::now(),
             method: req.method().clone(),
@@ -98,6 +101,7 @@ impl RequestLog {
             connection: None,
             upstream: None,
             attempts: 0,
+            span,
         };
         let req = req.map(|inner| {
             CountBody {
@@ -109,9 +113,15 @@ impl RequestLog {
         (req, log)
     }
 
-    /// Whether the access log is on: fields only it reads need not be filled in otherwise.
+    /// Whether the access log or a trace span is on: fields only they read need not be
+    /// filled in otherwise.
     pub fn enabled(&self) -> bool {
-        tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
+        self.span.is_active() || access_log_on()
+    }
+
+    /// The OpenTelemetry context to run the request under, when it is traced.
+    pub fn trace_context(&self) -> Option<opentelemetry::Context> {
+        self.span.context()
     }
 
     /// Records that sidekey answered with its own error `code`.
@@ -134,8 +144,10 @@ impl RequestLog {
         res.map(|inner| AccessBody { inner, log: self }.boxed_unsync())
     }
 
-    fn emit(&self) {
-        if !self.enabled() {
+    fn emit(&mut self) {
+        // Asked once: the filter check costs a few hundred instructions per request.
+        let log_on = access_log_on();
+        if !log_on && !self.span.is_active() {
             return;
         }
         let conn = self.connection.as_deref();
@@ -144,6 +156,22 @@ impl RequestLog {
             .as_ref()
             .and_then(Uri::authority)
             .map(|a| a.as_str());
+        if self.span.is_active() {
+            self.span.end(crate::otel::RequestEnd {
+                integration: self.integration.as_deref(),
+                connection: conn,
+                upstream_host,
+                status: self.status,
+                error: self.error,
+                attempts: self.attempts,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.bytes_out,
+                complete: self.complete,
+            });
+        }
+        if !log_on {
+            return;
+        }
         let upstream_path = self.upstream.as_ref().map(|u| masked_path(u, conn));
         let duration_ms = self.start.elapsed().as_micros() as f64 / 1000.0;
         tracing::info!(
@@ -164,6 +192,10 @@ impl RequestLog {
             "request"
         );
     }
+}
+
+fn access_log_on() -> bool {
+    tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
 }
 
 impl Drop for RequestLog {

@@ -456,10 +456,12 @@ impl TokenManager {
             Credential::OAuth2Cc { .. } => "client_credentials",
             _ => "refresh_token",
         };
+        let trace = crate::otel::TokenSpan::start(conn, grant_type, trigger.as_str());
         let result = match build_request(conn, refresh_token.as_ref()) {
             Ok(req) => self.endpoint.exchange(req).await,
             Err(f) => Err(f),
         };
+        trace.end(result.as_ref().err().map(|f| f.provider_error.as_deref()));
         let grant = match result {
             Ok(g) => g,
             Err(f) => {

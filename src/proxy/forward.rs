@@ -235,6 +235,24 @@ impl<'a> Tally<'a> {
     }
 }
 
+/// An attempt's result for its trace span: the status, or the error code it will answer with.
+fn outcome(
+    sent: &Result<Response<UpstreamBody>, Failure>,
+    body: &Replay,
+) -> Result<StatusCode, &'static str> {
+    match sent {
+        Ok(res) => Ok(res.status()),
+        // `String::new()` does not allocate: these only name the code.
+        Err(Failure::HeadTimeout | Failure::SendStalled) => {
+            Err(ProxyError::UpstreamTimeout(String::new()).code())
+        }
+        Err(Failure::Client(_)) if body.caller_failed() => {
+            Err(ProxyError::BadRequestBody(String::new()).code())
+        }
+        Err(Failure::Client(e)) => Err(classify(e).code()),
+    }
+}
+
 /// Sends the request, retrying as `policy` allows, and returns the final attempt's response.
 pub async fn send(
     client: &HttpClient,
@@ -283,6 +301,12 @@ pub async fn send(
                 tally.metrics.retry_of(tally.integration);
             }
         }
+        let trace = crate::otel::AttemptSpan::start(
+            &out.method,
+            &out.uri,
+            tally.attempts,
+            req.headers_mut(),
+        );
         let started = std::time::Instant::now();
         let sent = attempt_once(
             client,
@@ -293,6 +317,7 @@ pub async fn send(
             opts.idle_timeout,
         )
         .await;
+        trace.end(|| outcome(&sent, body));
         if sent.is_ok() {
             tally
                 .metrics

@@ -258,7 +258,14 @@ impl<'a> Controls<'a> {
 /// in the metrics and written to the access log when its response body is done.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     let (req, mut log) = RequestLog::start(req, &app.metrics);
-    let res = match proxy(app, req, &mut log).await {
+    // Traced requests run under their span, so attempt and token spans become its children.
+    let res = match log.trace_context() {
+        None => proxy(app, req, &mut log).await,
+        Some(cx) => {
+            opentelemetry::context::FutureExt::with_context(proxy(app, req, &mut log), cx).await
+        }
+    };
+    let res = match res {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(code = e.code(), "request refused");
