@@ -42,6 +42,7 @@ fn committed_corpora_hold_the_invariants() {
         ("headers", invariants::check_headers),
         ("config", invariants::check_config),
         ("json", invariants::check_json),
+        ("api_body", invariants::check_api_body),
     ] {
         assert!(replay(target, check) > 0, "no corpus for {target}");
     }
@@ -388,5 +389,65 @@ proptest! {
     #[test]
     fn json_invariants(input in json_input()) {
         invariants::check_json(input.as_bytes());
+    }
+}
+
+fn api_body_input() -> impl Strategy<Value = String> {
+    let route = select(vec![
+        "POST /integrations",
+        "PATCH /integrations/hdr",
+        "POST /connections",
+        "PATCH /connections/c",
+        "POST /connections/metadata",
+        "PATCH /connections/metadata",
+        "DELETE /connections/c",
+    ]);
+    let key = select(vec![
+        "provider",
+        "unique_key",
+        "provider_config_key",
+        "connection_id",
+        "credentials",
+        "metadata",
+        "integration_config",
+        "tags",
+        "end_user",
+        "type",
+        "apiKey",
+        "access_token",
+        "expires_at",
+        "baseUrl",
+        "extra",
+    ]);
+    let value = prop_oneof![
+        Just("\"sk0SECRET0apikey0value\"".to_string()),
+        Just("\"API_KEY\"".to_string()),
+        Just("\"OAUTH2\"".to_string()),
+        Just("[\"pw0SECRET0password0value\"]".to_string()),
+        Just("{\"type\": \"API_KEY\", \"apiKey\": 7}".to_string()),
+        Just("{\"type\": \"OAUTH2\", \"access_token\": \"at0SECRET0accesstoken0value\", \"expires_at\": \"soon\"}".to_string()),
+        Just("1700000000000".to_string()),
+        Just("null".to_string()),
+        Just("{}".to_string()),
+        "\"[a-z ]{0,6}\"",
+    ];
+    (
+        route,
+        proptest::collection::vec((key, value), 0..6),
+        "[{}\\[\\]\",: a-z0-9]{0,4}",
+    )
+        .prop_map(|(route, fields, tail)| {
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("\"{k}\": {v}"))
+                .collect();
+            format!("{route}\n{{{}}}{tail}", body.join(", "))
+        })
+}
+
+proptest! {
+    #[test]
+    fn api_body_invariants(input in api_body_input()) {
+        invariants::check_api_body(input.as_bytes());
     }
 }

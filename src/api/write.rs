@@ -56,6 +56,45 @@ pub(crate) async fn respond(
     }
 }
 
+/// Parses a management request body the way its route would, without applying it: what the
+/// fuzz target and property tests of API bodies drive. `path` and `method` pick the route.
+pub fn check_body(path: &str, method: &Method, body: &[u8]) -> Result<(), ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_body(format!("the body is not valid JSON: {e}")))?;
+    let body = Some(value);
+    match (super::route(path), method.clone()) {
+        (Some(ApiRoute::Integrations), Method::POST) => {
+            let b: PostIntegration = parse(body)?;
+            if let Some(c) = b.integration_config {
+                integration_config(c, None)?;
+            }
+            Ok(())
+        }
+        (Some(ApiRoute::Integration(_)), Method::PATCH) => {
+            let b: PatchIntegration = parse(body)?;
+            if let Some(c) = b.integration_config {
+                integration_config(c, None)?;
+            }
+            Ok(())
+        }
+        (Some(ApiRoute::Connections), Method::POST) => {
+            let b: PostConnection = parse(body)?;
+            import_credentials(b.credentials).map(|_| ())
+        }
+        (Some(ApiRoute::Connection(_)), Method::PATCH) => {
+            parse::<PatchConnection>(body).map(|_| ())
+        }
+        (Some(ApiRoute::Metadata), Method::POST | Method::PATCH) => {
+            parse::<MetadataBody>(body).map(|_| ())
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "no body is read here",
+        )),
+    }
+}
+
 /// Parses a body into `T`, naming the path of the first problem (an unknown field, a wrong
 /// type) in Nango's `errors` list.
 fn parse<T: DeserializeOwned>(body: Option<Value>) -> Result<T, ApiError> {

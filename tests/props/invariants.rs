@@ -19,6 +19,7 @@
 //! - config: `PROVIDERS\0VAULT`, or only `VAULT` (with a fixed providers.yaml).
 //! - json: first byte `t` = token response (`t` + 3-digit status + body); anything else =
 //!   management API request target.
+//! - api_body: `METHOD PATH\nBODY`: a management write route and its JSON body.
 
 // Each fuzz target uses only its own checks.
 #![allow(dead_code)]
@@ -618,5 +619,56 @@ pub fn check_json(data: &[u8]) {
             !body.contains(secret) || sent.contains(secret),
             "{secret} in {body}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// api_body
+
+/// Invariant, management API bodies: parsing any body for any write route never panics; a
+/// refusal is 400 `invalid_body` (or 405 for a route that reads no body) with a message, and
+/// never repeats a string value of the body (a value may be a credential): secret markers in
+/// the body appear nowhere in the error.
+pub fn check_api_body(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (head, body) = text.split_once('\n').unwrap_or((text, ""));
+    let (method, path) = head.split_once(' ').unwrap_or(("POST", head));
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return;
+    };
+    let Err(e) = sidekey::api::write::check_body(path, &method, body.as_bytes()) else {
+        return;
+    };
+    assert!(
+        matches!(e.code, "invalid_body" | "method_not_allowed"),
+        "unexpected code {}",
+        e.code
+    );
+    assert!(
+        e.message.is_some() || !e.errors.is_empty(),
+        "refused without a reason"
+    );
+    let shown = format!(
+        "{} {}",
+        e.message.clone().unwrap_or_default(),
+        e.errors
+            .iter()
+            .map(|f| f.message.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for secret in [API_KEY, PASSWORD, ACCESS_TOKEN, CRED_EXTRA] {
+        let as_value =
+            body.contains(&format!("\"{secret}")) || body.contains(&format!("{secret}\""));
+        let as_key =
+            body.contains(&format!("\"{secret}\":")) || body.contains(&format!("\"{secret}\" :"));
+        if as_value && !as_key {
+            assert!(
+                !shown.contains(secret),
+                "a body value reached the error: {shown}"
+            );
+        }
     }
 }
