@@ -446,6 +446,7 @@ fn api_body_input() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
     #[test]
     fn api_body_invariants(input in api_body_input()) {
         invariants::check_api_body(input.as_bytes());
