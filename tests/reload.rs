@@ -583,10 +583,12 @@ async fn a_storm_of_good_and_bad_writes_never_fails_a_request() {
     // Refused for a reason that is not a syntax error: an empty API key on the last line.
     let bad = good.replace("apiKey: \"key-5\"", "apiKey: \"\"");
     assert_ne!(good, bad);
-    // The settle period is far longer than the writer's pause between halves, even on a loaded
-    // machine; a writer that stops longer than that mid-file cannot be told from a finished one.
+    // The settle period (and so the 1 s quiet time a file must have before it is read) is far
+    // longer than the writer's pause between halves, even on a machine loaded by a parallel
+    // build; a writer that stops longer than that mid-file cannot be told from a finished one
+    // (seen once with 400 ms while two builds ran beside the test).
     let sk = sidekey(&providers(&up.url("")), &good)
-        .arg("--reload-settle=400ms")
+        .arg("--reload-settle=1s")
         .start();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -616,7 +618,7 @@ async fn a_storm_of_good_and_bad_writes_never_fails_a_request() {
     }
 
     // 400 alternating writes, each split in two with a pause between the halves. The constant
-    // events force a reload every ten settle periods (4 s), in the middle of the writes.
+    // events force a reload every ten settle periods (10 s), in the middle of the writes.
     let path = sk.path("vault.yaml");
     let writer = std::thread::spawn(move || {
         for i in 0..400 {
