@@ -8,7 +8,9 @@ have nothing to hold those answers to. These checks cover what the document cann
   itself, on any route) is JSON `{"error":{"code","message"}}` whose code equals the header.
 - `no_secret_in_responses`: no credential or caller key used by the check's fixture appears in
   any response head or body, except credentials on GET /connections/{id}, the one management
-  route allowed to show them.
+  route allowed to show them; and no credential a request sent (`credentials` in a write's
+  body) appears in the error it got back. Those credentials are also appended to the file
+  SIDEKEY_CHECK_SENT_SECRETS names, which the script greps sidekey's log for.
 - `reaches_success`: every operation the run tested answered 2xx at least once, so a passing
   run cannot come from a fixture that only ever produced errors.
 - `scopes_enforced`: when the run's key holds only some scopes (SIDEKEY_CHECK_KEY_SCOPES), an
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from urllib.parse import quote
 
 import requests
@@ -51,6 +54,11 @@ _NO_SUCCESS_NEEDED = {
 _CREDENTIAL_READ = "GET /connections/{connectionId}"
 # The scopes of the key this run uses; unset means every scope (the check is off).
 _KEY_SCOPES = os.environ.get("SIDEKEY_CHECK_KEY_SCOPES")
+# The credentials a request sends are looked for only when they are long and plain enough to be
+# a secret: the fuzzer's "0" would match by chance, and quotes, backslashes or control
+# characters would be escaped in JSON (printable ASCII but space, `"` and `\`, 8 or more).
+_PLAIN_SECRET = re.compile(r"[!#-\[\]-~]{8,}")
+_SENT_SECRETS_FILE = os.environ.get("SIDEKEY_CHECK_SENT_SECRETS")
 _SCOPE_NOT_ENFORCED = {
     s.strip() for s in os.environ.get("SIDEKEY_CHECK_SCOPE_NOT_ENFORCED", "").split(",") if s.strip()
 }
@@ -98,7 +106,21 @@ def no_secret_in_responses(ctx, response, case):
         if where:
             # Which secret, by its position in the fixture, never its value.
             raise AssertionError(f"fixture secret #{i} appears in the response {' and '.join(where)}")
+    if response.status_code >= 400:
+        for field, value in _sent_secrets(case):
+            if value in head or value.encode() in body:
+                raise AssertionError(f"the credentials.{field} this request sent appear in its error response")
     return None
+
+
+def _sent_secrets(case) -> list[tuple[str, str]]:
+    """The (field, value) pairs of the request's `credentials` that could be secrets."""
+    creds = case.body.get("credentials") if isinstance(case.body, dict) else None
+    if not isinstance(creds, dict):
+        return []
+    return [
+        (k, v) for k, v in creds.items() if k != "type" and isinstance(v, str) and _PLAIN_SECRET.fullmatch(v)
+    ]
 
 
 @schemathesis.check
@@ -231,6 +253,11 @@ _LIFETIMES = _Lifetimes()
 @schemathesis.hook
 def after_call(ctx, case, response):
     _LIFETIMES.record(case, response)
+    if _SENT_SECRETS_FILE:
+        sent = _sent_secrets(case)
+        if sent:
+            with open(_SENT_SECRETS_FILE, "a", encoding="utf-8") as f:
+                f.writelines(v + "\n" for _, v in sent)
     if _FIXTURE is not None and case.method.upper() != "GET" and 200 <= response.status_code < 300:
         _FIXTURE.dirty = True
 
