@@ -12,9 +12,11 @@
 #    built first) on 127.0.0.1 with a fixture vault: a random caller key, a key holding only
 #    `proxy`, two loopback integrations (API_KEY and BASIC) and their connections;
 # 4. runs schemathesis in passes, with a bounded number of examples per operation and a fixed
-#    seed, and the checks listed in CHECKS (the order matters, see PASSES below); failures
-#    recorded in scripts/openapi/baseline.json are known mismatches and do not fail the run,
-#    anything else does.
+#    seed, and the checks listed in CHECKS (the order matters, see "The passes" below);
+#    failures recorded in scripts/openapi/baseline.json are known mismatches and do not fail
+#    the run, anything else does;
+# 5. fails when sidekey's log holds a secret (the fixture's, or a credential a write sent), an
+#    ERROR line, or sidekey exited.
 #
 # Only 127.0.0.1 receives traffic: sidekey runs with `--base-url-override deny`, so no fuzzed
 # header can send it elsewhere, and the fixture's providers all point at the loopback upstream.
