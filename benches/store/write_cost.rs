@@ -13,8 +13,13 @@
 //!   the new text, and `atomic_file::write` (temporary file, fsync, rename, fsync of the
 //!   directory).
 //!
+//! `--parts N` instead measures, each in a fresh process, what the building blocks of a
+//! snapshot cost per entry: a persistent `Table` (imbl) against a `std` hash map with the same
+//! keys and hasher, and a two-entry `serde_json::Map` (the records' `connection_config` and
+//! `metadata`).
+//!
 //! Like the binary it uses mimalloc, so the RSS figures are what `sidekey serve` sees.
-//! `cargo run --release --example write-cost [N...]`
+//! `cargo run --release --example write-cost [N...]`, `… --example write-cost -- --parts 100000`
 
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -148,12 +153,96 @@ fn put(id: &str) -> Change {
     )
 }
 
+/// RSS per entry of `n` entries made by `make` (kept alive until measured).
+fn per_entry<T>(n: usize, make: impl FnOnce(usize) -> T) -> f64 {
+    let before = rss();
+    let kept = make(n);
+    let after = rss();
+    black_box(&kept);
+    after.saturating_sub(before) as f64 * 1024.0 / n as f64
+}
+
+fn parts(what: &str, n: usize) -> anyhow::Result<()> {
+    let keys = |n: usize| -> Vec<std::sync::Arc<str>> {
+        (0..n)
+            .map(|i| std::sync::Arc::from(format!("user-{i}")))
+            .collect()
+    };
+    let v = match what {
+        "keys" => per_entry(n, keys),
+        "imbl" => {
+            let k = keys(n);
+            per_entry(n, |_| {
+                let mut t: snapshot::Table<std::sync::Arc<u64>> = snapshot::Table::default();
+                for (i, k) in k.iter().enumerate() {
+                    t.insert(k.clone(), std::sync::Arc::new(i as u64));
+                }
+                t
+            })
+        }
+        "std" => {
+            let k = keys(n);
+            per_entry(n, |_| {
+                let mut t: std::collections::HashMap<
+                    std::sync::Arc<str>,
+                    std::sync::Arc<u64>,
+                    foldhash::fast::RandomState,
+                > = Default::default();
+                for (i, k) in k.iter().enumerate() {
+                    t.insert(k.clone(), std::sync::Arc::new(i as u64));
+                }
+                t
+            })
+        }
+        "map2" => per_entry(n, |n| {
+            (0..n)
+                .map(|i| {
+                    let mut m = Map::new();
+                    m.insert("subdomain".into(), format!("tenant{i}").into());
+                    m.insert("tenant".into(), format!("t{i}").into());
+                    m
+                })
+                .collect::<Vec<_>>()
+        }),
+        other => anyhow::bail!("unknown part {other}"),
+    };
+    println!("{what} {v:.0}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--parts") {
+        let n: usize = args.get(1).map_or(Ok(100_000), |s| s.parse())?;
+        if let Some(what) = args.get(2) {
+            return parts(what, n);
+        }
+        // Each part in a process of its own, so that one's freed pages do not hide another's.
+        let me = std::env::current_exe()?;
+        println!("| {n} entries of | bytes per entry (RSS) |\n|---|---:|");
+        for (what, label) in [
+            ("keys", "`Arc<str>` key `user-N` alone"),
+            (
+                "imbl",
+                "`snapshot::Table` (imbl) entry: key + `Arc<u64>` value + nodes",
+            ),
+            (
+                "std",
+                "`std::collections::HashMap` (foldhash) entry, same key and value",
+            ),
+            ("map2", "`serde_json::Map` with two short string entries"),
+        ] {
+            let out = std::process::Command::new(&me)
+                .args(["--parts", &n.to_string(), what])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v = text.split_whitespace().nth(1).unwrap_or("?");
+            println!("| {label} | {v} |");
+        }
+        return Ok(());
+    }
     let sizes: Vec<usize> = {
-        let a: Vec<usize> = std::env::args()
-            .skip(1)
-            .map(|s| s.parse())
-            .collect::<Result<_, _>>()?;
+        let a: Vec<usize> = args.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
         if a.is_empty() {
             vec![10_000, 100_000]
         } else {
