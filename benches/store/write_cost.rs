@@ -1,0 +1,380 @@
+//! Where a file-store write's time and a large vault's memory go, measured piece by piece.
+//!
+//! For each N (default 10 000 and 100 000; pass others as arguments) it generates the vault
+//! of `benches/snapshot.rs` (about 176 bytes a connection, the four credential types), builds
+//! the snapshot, and reports:
+//! - memory: the process's VmRSS before, with the YAML text, after the build with the text
+//!   dropped (the snapshot alone), its VmHWM during the build, and the same for the records
+//!   the file store renders from on every commit; plus `size_of` of the types a connection
+//!   is made of, so the per-connection figure can be split by type;
+//! - time, for the steps one group commit of `store::file::FileStore` repeats whatever its
+//!   size: reading and hashing the vault (twice: `refresh`, then `commit`'s own check), one
+//!   `Snapshot::with` put, `Snapshot::records`, `serde_yaml_ng::to_string` of them, hashing
+//!   the new text, and `atomic_file::write` (temporary file, fsync, rename, fsync of the
+//!   directory).
+//!
+//! `--parts N` instead measures, each in a fresh process, what the building blocks of a
+//! snapshot cost per entry: a persistent `Table` (imbl) against a `std` hash map with the same
+//! keys and hasher, and a two-entry `serde_json::Map` (the records' `connection_config` and
+//! `metadata`).
+//!
+//! Like the binary it uses mimalloc, so the RSS figures are what `sidekey serve` sees.
+//! `cargo run --release --example write-cost [N...]`, `… --example write-cost -- --parts 100000`
+
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use serde_json::Map;
+use sidekey::config::snapshot::{Connection, Credential, Integration};
+use sidekey::config::vault::{RawConnection, RawCredentials};
+use sidekey::config::{snapshot, BuildOptions, Change, Snapshot, Sources};
+use sidekey::secret::Secret;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PROVIDERS: &str = r#"
+hdr:
+  auth_mode: API_KEY
+  proxy:
+    base_url: https://${connectionConfig.subdomain}.example.com/api/v2
+    headers: {authorization: "Bearer ${apiKey}", x-tenant: "${connectionConfig.tenant}"}
+qry:
+  auth_mode: API_KEY
+  proxy: {base_url: "https://q.example.com", query: {api_key: "${apiKey}"}}
+basic:
+  auth_mode: BASIC
+  proxy: {base_url: "https://b.example.com"}
+oauth:
+  auth_mode: OAUTH2
+  token_url: https://o.example.com/oauth/token
+  proxy: {base_url: "https://api.o.example.com", retry: {after: retry-after}}
+"#;
+
+/// The vault of `benches/snapshot.rs` (kept identical so the figures compare).
+fn vault_text(n: usize) -> String {
+    let mut v = String::with_capacity(n * 200);
+    v.push_str("secret_keys:\n  - {sha256: \"");
+    v.push_str(&"ab".repeat(32));
+    v.push_str("\"}\nintegrations:\n");
+    for p in ["hdr", "qry", "basic", "oauth"] {
+        let _ = writeln!(v, "  - {{unique_key: {p}-int, provider: {p}}}");
+    }
+    v.push_str("connections:\n");
+    for i in 0..n {
+        let _ = match i % 4 {
+            0 => writeln!(
+                v,
+                "  - connection_id: user-{i}\n    provider_config_key: hdr-int\n    credentials: {{type: API_KEY, apiKey: \"sk_live_{i:016x}abcdef\"}}\n    connection_config: {{subdomain: tenant{i}, tenant: t{i}}}\n    metadata: {{owner: team-{}}}",
+                i % 17
+            ),
+            1 => writeln!(
+                v,
+                "  - {{connection_id: user-{i}, provider_config_key: qry-int, credentials: {{type: API_KEY, apiKey: \"key-{i:016x}\"}}}}"
+            ),
+            2 => writeln!(
+                v,
+                "  - {{connection_id: user-{i}, provider_config_key: basic-int, credentials: {{type: BASIC, username: \"u{i}\", password: \"p-{i:016x}\"}}}}"
+            ),
+            _ => writeln!(
+                v,
+                "  - {{connection_id: user-{i}, provider_config_key: oauth-int, credentials: {{type: OAUTH2, access_token: \"at-{i:016x}\", refresh_token: \"rt-{i:016x}\", expires_at: \"2030-01-01T00:00:00Z\"}}}}"
+            ),
+        };
+    }
+    v
+}
+
+/// A field of /proc/self/status in KiB (0 where /proc is not there).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn rss() -> u64 {
+    // Give mimalloc's delayed purge of freed pages time to run.
+    std::thread::sleep(Duration::from_millis(300));
+    status_kib("VmRSS:")
+}
+
+/// Resets VmHWM to the current RSS, so the next reading is the peak of what follows.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn hash(text: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// The median of `runs` timings of `f`, in milliseconds.
+fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn put(id: &str) -> Change {
+    Change::PutConnection(
+        RawConnection {
+            connection_id: id.into(),
+            provider_config_key: "qry-int".into(),
+            credentials: RawCredentials::ApiKey {
+                api_key: Secret::new("rotated"),
+            },
+            connection_config: Map::new(),
+            metadata: Map::new(),
+            end_user: None,
+            tags: Map::new(),
+            created_at: None,
+            updated_at: None,
+        },
+        1,
+    )
+}
+
+/// RSS per entry of `n` entries made by `make` (kept alive until measured).
+fn per_entry<T>(n: usize, make: impl FnOnce(usize) -> T) -> f64 {
+    let before = rss();
+    let kept = make(n);
+    let after = rss();
+    black_box(&kept);
+    after.saturating_sub(before) as f64 * 1024.0 / n as f64
+}
+
+fn parts(what: &str, n: usize) -> anyhow::Result<()> {
+    let keys = |n: usize| -> Vec<std::sync::Arc<str>> {
+        (0..n)
+            .map(|i| std::sync::Arc::from(format!("user-{i}")))
+            .collect()
+    };
+    let v = match what {
+        "keys" => per_entry(n, keys),
+        "imbl" => {
+            let k = keys(n);
+            per_entry(n, |_| {
+                let mut t: snapshot::Table<std::sync::Arc<u64>> = snapshot::Table::default();
+                for (i, k) in k.iter().enumerate() {
+                    t.insert(k.clone(), std::sync::Arc::new(i as u64));
+                }
+                t
+            })
+        }
+        "std" => {
+            let k = keys(n);
+            per_entry(n, |_| {
+                let mut t: std::collections::HashMap<
+                    std::sync::Arc<str>,
+                    std::sync::Arc<u64>,
+                    foldhash::fast::RandomState,
+                > = Default::default();
+                for (i, k) in k.iter().enumerate() {
+                    t.insert(k.clone(), std::sync::Arc::new(i as u64));
+                }
+                t
+            })
+        }
+        "map2" => per_entry(n, |n| {
+            (0..n)
+                .map(|i| {
+                    let mut m = Map::new();
+                    m.insert("subdomain".into(), format!("tenant{i}").into());
+                    m.insert("tenant".into(), format!("t{i}").into());
+                    m
+                })
+                .collect::<Vec<_>>()
+        }),
+        other => anyhow::bail!("unknown part {other}"),
+    };
+    println!("{what} {v:.0}");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--parts") {
+        let n: usize = args.get(1).map_or(Ok(100_000), |s| s.parse())?;
+        if let Some(what) = args.get(2) {
+            return parts(what, n);
+        }
+        // Each part in a process of its own, so that one's freed pages do not hide another's.
+        let me = std::env::current_exe()?;
+        println!("| {n} entries of | bytes per entry (RSS) |\n|---|---:|");
+        for (what, label) in [
+            ("keys", "`Arc<str>` key `user-N` alone"),
+            (
+                "imbl",
+                "`snapshot::Table` (imbl) entry: key + `Arc<u64>` value + nodes",
+            ),
+            (
+                "std",
+                "`std::collections::HashMap` (foldhash) entry, same key and value",
+            ),
+            ("map2", "`serde_json::Map` with two short string entries"),
+        ] {
+            let out = std::process::Command::new(&me)
+                .args(["--parts", &n.to_string(), what])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let v = text.split_whitespace().nth(1).unwrap_or("?");
+            println!("| {label} | {v} |");
+        }
+        return Ok(());
+    }
+    let sizes: Vec<usize> = {
+        let a: Vec<usize> = args.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        if a.is_empty() {
+            vec![10_000, 100_000]
+        } else {
+            a
+        }
+    };
+    println!("### size_of (bytes, stack part only; heap data comes on top)\n");
+    println!("| type | bytes |\n|---|---:|");
+    for (name, size) in [
+        ("Connection", std::mem::size_of::<Connection>()),
+        ("Credential", std::mem::size_of::<Credential>()),
+        ("Integration", std::mem::size_of::<Integration>()),
+        ("RawConnection", std::mem::size_of::<RawConnection>()),
+        (
+            "serde_json::Map",
+            std::mem::size_of::<Map<String, serde_json::Value>>(),
+        ),
+        (
+            "serde_json::Value",
+            std::mem::size_of::<serde_json::Value>(),
+        ),
+        (
+            "(HeaderName, HeaderValue)",
+            std::mem::size_of::<(http::HeaderName, http::HeaderValue)>(),
+        ),
+        ("Option<String>", std::mem::size_of::<Option<String>>()),
+    ] {
+        println!("| {name} | {size} |");
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("vault.yaml");
+    for n in sizes {
+        println!("\n### {n} connections\n");
+        let base = rss();
+        let text = vault_text(n);
+        let text_bytes = text.len();
+        let with_text = rss();
+        let src = Sources {
+            providers_name: "providers.yaml".into(),
+            providers: PROVIDERS.into(),
+            vault_name: "vault.yaml".into(),
+            vault: text,
+        };
+        reset_peak();
+        let t = Instant::now();
+        let snap: Snapshot = snapshot::build(&src, &BuildOptions::default())
+            .map_err(|d| anyhow::anyhow!("{} problems, first: {:?}", d.len(), d.first()))?;
+        let build_ms = t.elapsed().as_secs_f64() * 1e3;
+        let build_peak = status_kib("VmHWM:");
+        std::fs::write(&path, &src.vault)?;
+        drop(src);
+        let with_snap = rss();
+        reset_peak();
+        let records = snap.records();
+        let rec_peak = status_kib("VmHWM:");
+        let with_records = rss();
+        let yaml = serde_yaml_ng::to_string(&records)?;
+        drop(records);
+        println!("| memory | MiB | per connection |\n|---|---:|---:|");
+        let row = |what: &str, kib: u64| {
+            println!(
+                "| {what} | {:.1} | {:.0} B |",
+                mib(kib),
+                kib as f64 * 1024.0 / n as f64
+            )
+        };
+        row("process before", base);
+        row("YAML text (bytes)", text_bytes as u64 / 1024);
+        row("with the YAML text", with_text);
+        row(
+            "snapshot alone (RSS after build − before)",
+            with_snap.saturating_sub(base),
+        );
+        row(
+            "peak during build − before",
+            build_peak.saturating_sub(base),
+        );
+        row(
+            "records() of the snapshot (RSS − snapshot)",
+            with_records.saturating_sub(with_snap),
+        );
+        row(
+            "peak during records() − before",
+            rec_peak.saturating_sub(base),
+        );
+        row("rendered YAML (bytes)", yaml.len() as u64 / 1024);
+        drop(yaml);
+
+        let runs = if n > 50_000 { 5 } else { 11 };
+        println!("\n| one group commit's step (median of {runs}) | ms |\n|---|---:|");
+        let read = time_ms(runs, || {
+            black_box(std::fs::read_to_string(&path).map(|s| hash(&s)).ok());
+        });
+        println!(
+            "| read + hash the vault (done twice a commit: refresh, then commit) | {read:.2} |"
+        );
+        let mut i = 0usize;
+        let with = time_ms(runs, || {
+            i += 1;
+            black_box(
+                snap.with(put(&format!("user-{}", 4 * (i % (n / 4)) + 1)))
+                    .ok(),
+            );
+        });
+        println!("| `Snapshot::with` one put (clone + insert) | {with:.3} |");
+        let records_ms = time_ms(runs, || {
+            black_box(snap.records());
+        });
+        println!("| `Snapshot::records()` (clone every record, sort) | {records_ms:.2} |");
+        let records = snap.records();
+        let ser_ms = time_ms(runs, || {
+            black_box(serde_yaml_ng::to_string(&records).ok());
+        });
+        println!("| `serde_yaml_ng::to_string` of the records | {ser_ms:.2} |");
+        let yaml = serde_yaml_ng::to_string(&records)?;
+        drop(records);
+        let hash_ms = time_ms(runs, || {
+            black_box(hash(&yaml));
+        });
+        println!("| hash of the new text | {hash_ms:.2} |");
+        let write_ms = time_ms(runs, || {
+            black_box(sidekey::atomic_file::write(&path, yaml.as_bytes(), 0o600).ok());
+        });
+        println!("| `atomic_file::write` (tmp, fsync, rename, dir fsync) | {write_ms:.2} |");
+        let total = 2.0 * read + with + records_ms + ser_ms + hash_ms + write_ms;
+        println!("| **sum: one group commit** | **{total:.1}** |");
+        println!(
+            "\nA group of 16 writes (16 writers, one request in flight each) then commits at most \
+             {:.0} writes/s on one core; build (parse + compile) took {build_ms:.0} ms.",
+            16.0 * 1e3 / total
+        );
+        drop(snap);
+    }
+    Ok(())
+}
