@@ -394,12 +394,7 @@ pub fn patch_sealed_text(
     let fp = crate::config::snapshot::fingerprint(&conn.credentials);
     crate::sealed::seal_vault(&mut raw, enc).map_err(|_| invalid("cannot seal"))?;
     let body = serde_yaml_ng::to_string(&raw).map_err(|_| invalid("cannot serialize"))?;
-    let header: String = text
-        .lines()
-        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let header = crate::config::vault::leading_comments(text);
     Ok((format!("{header}{body}"), fp))
 }
 
@@ -469,12 +464,7 @@ pub fn patch_vault_text(
         .map_err(|_| invalid("the patched credentials do not parse"))?;
     let fp = crate::config::snapshot::fingerprint(&patched);
     let body = serde_yaml_ng::to_string(&root).map_err(|_| invalid("cannot serialize"))?;
-    let header: String = text
-        .lines()
-        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let header = crate::config::vault::leading_comments(text);
     Ok((format!("{header}{body}"), fp))
 }
 

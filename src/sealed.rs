@@ -504,7 +504,7 @@ pub fn reseal_text(
     let plain = vault.clone();
     let sealed = seal_vault(&mut vault, new)?;
     let body = serde_yaml_ng::to_string(&vault).map_err(|_| ResealError::Serialize)?;
-    let out = format!("{}{body}", leading_comments(text));
+    let out = format!("{}{body}", crate::config::vault::leading_comments(text));
     let mut back = crate::config::vault::parse(file, &out).map_err(|_| ResealError::Verify)?;
     open_vault(&mut back, Some(new)).map_err(|_| ResealError::Verify)?;
     if back != plain {
@@ -517,15 +517,6 @@ pub fn reseal_text(
             sealed,
         },
     ))
-}
-
-/// The comment block at the top of a vault (blank lines dropped), as `credstore` keeps it.
-fn leading_comments(text: &str) -> String {
-    text.lines()
-        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect()
 }
 
 #[cfg(test)]

@@ -333,6 +333,16 @@ impl RawCredentials {
     }
 }
 
+/// The comment block at the top of a vault (blank lines dropped): what every rewrite of the
+/// vault keeps, since a YAML value carries no comments.
+pub fn leading_comments(text: &str) -> String {
+    text.lines()
+        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Parses the vault; an empty file is an empty vault. The text is pre-scanned under
 /// [`super::limits`] first, and then parsed once, by serde_yaml_ng alone: a second, faster
 /// parser for large files was removed because two parsers that can disagree on a security file

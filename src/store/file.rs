@@ -153,12 +153,7 @@ fn render(
     }
     let body = serde_yaml_ng::to_string(&records)
         .map_err(|e| StoreError::Unavailable(format!("cannot serialize the vault: {e}")))?;
-    let header: String = old
-        .lines()
-        .take_while(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let header = crate::config::vault::leading_comments(old);
     Ok(format!("{header}{body}"))
 }
 
