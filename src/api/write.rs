@@ -138,8 +138,18 @@ fn unknown_field(msg: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_string())
 }
 
-/// Cuts quoted values out of a message (they may be secrets).
+/// Cuts quoted values out of a message (they may be secrets): `"…"` strings, and the value
+/// serde names in "unknown variant `…`" (a `type` the caller sent). Field names in "unknown
+/// field `…`" stay: they are the caller's own keys, and the path names them anyway.
 fn scrub(msg: &str) -> String {
+    let msg = match msg.split_once("unknown variant `") {
+        Some((head, rest)) => {
+            let tail = rest.split_once('`').map_or("", |(_, t)| t);
+            format!("{head}unknown variant{tail}")
+        }
+        None => msg.to_string(),
+    };
+    let msg = msg.as_str();
     let mut out = String::with_capacity(msg.len());
     let mut quoted = false;
     for c in msg.chars() {
