@@ -138,33 +138,52 @@ fn unknown_field(msg: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_string())
 }
 
-/// Cuts quoted values out of a message (they may be secrets): `"…"` strings, and the value
-/// serde names in "unknown variant `…`" (a `type` the caller sent). Field names in "unknown
-/// field `…`" stay: they are the caller's own keys, and the path names them anyway.
+/// Says what was wrong without repeating what the caller sent (a value may be a secret).
+///
+/// serde's messages name the offending value first and what was expected last: "invalid
+/// type: string \"sk_…\", expected a map", "unknown variant `x`, expected one of …". The
+/// value is printed with escapes, so no quote-tracking can find its end reliably; instead the
+/// message is rebuilt from its fixed parts: the category, the kind of value (the words before
+/// the value itself) and the text after the last ", expected ", which comes from sidekey's own
+/// types. Messages that name only the caller's field names ("unknown field `x`", echoed in
+/// the path anyway) or sidekey's ("missing field `x`") are kept; anything else is replaced
+/// by a generic phrase.
 fn scrub(msg: &str) -> String {
-    let msg = match msg.split_once("unknown variant `") {
-        Some((head, rest)) => {
-            let tail = rest.split_once('`').map_or("", |(_, t)| t);
-            format!("{head}unknown variant{tail}")
-        }
-        None => msg.to_string(),
-    };
-    let msg = msg.as_str();
-    let mut out = String::with_capacity(msg.len());
-    let mut quoted = false;
-    for c in msg.chars() {
-        if c == '"' {
-            quoted = !quoted;
-            if quoted {
-                out.push_str("\"…\"");
-            }
-            continue;
-        }
-        if !quoted {
-            out.push(c);
+    let expected = |rest: &str| rest.rfind(", expected ").map(|i| rest[i + 2..].to_string());
+    for (prefix, what) in [
+        ("invalid type: ", "invalid type"),
+        ("invalid value: ", "invalid value"),
+    ] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            // The kind: "string", "integer", "unit value", "map" — the words before any quote.
+            let kind: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic() || *c == ' ')
+                .collect();
+            let kind = kind.trim();
+            return match expected(rest) {
+                Some(e) if !kind.is_empty() => format!("{what}: {kind}, {e}"),
+                Some(e) => format!("{what}: {e}"),
+                None => what.to_string(),
+            };
         }
     }
-    out
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        return match expected(rest) {
+            Some(e) => format!("unknown variant, {e}"),
+            None => "unknown variant".to_string(),
+        };
+    }
+    let own_words = |rest: &str| rest.chars().all(|c| c != '"' && c != '\\');
+    for prefix in ["unknown field `", "missing field `", "invalid length "] {
+        if msg.starts_with(prefix) && own_words(msg) {
+            return msg.to_string();
+        }
+    }
+    if msg.starts_with("duplicate key `") {
+        return "duplicate key".to_string();
+    }
+    "invalid value".to_string()
 }
 
 fn write_error(e: StoreError, on_precondition: impl FnOnce(&Expect) -> ApiError) -> ApiError {
@@ -919,6 +938,37 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn scrubbed_messages_keep_the_category_and_drop_the_value() {
+        // An escaped quote inside the value used to end the quote-tracking early.
+        let msg = r#"invalid type: string "sk_live\", expected a map\" tail", expected a map"#;
+        assert_eq!(scrub(msg), "invalid type: string, expected a map");
+        assert_eq!(
+            scrub("invalid value: integer `7`, expected a timestamp"),
+            "invalid value: integer, expected a timestamp"
+        );
+        assert_eq!(
+            scrub("unknown variant `sk_live`, expected one of `API_KEY`, `BASIC`"),
+            "unknown variant, expected one of `API_KEY`, `BASIC`"
+        );
+        assert_eq!(scrub("missing field `apiKey`"), "missing field `apiKey`");
+        assert_eq!(scrub("duplicate key `sk_live`"), "duplicate key");
+        assert_eq!(scrub("something new: sk_live"), "invalid value");
+    }
+
+    #[test]
+    fn a_value_with_escaped_quotes_never_reaches_the_error() {
+        let secret = r#"sk"live\"}\"#;
+        let Err(e) = parse::<PostConnection>(Some(json!({
+            "provider_config_key": "p", "connection_id": "c", "metadata": secret
+        }))) else {
+            panic!("refused")
+        };
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("live"), "{shown}");
+        assert_eq!(e.errors[0].path, ["metadata"]);
     }
 
     #[test]
