@@ -878,3 +878,130 @@ async fn api_writes_are_sealed_when_a_key_is_set() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("SIDEKEY_ENCRYPTION_KEY"), "{out}");
 }
+
+#[tokio::test]
+async fn nangos_field_limits_and_integration_includes() {
+    let (_up, sk) = setup(EMPTY_VAULT, &[]).await;
+    let c = TestClient::default();
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "oauth", "unique_key": "o",
+               "credentials": {"type": "OAUTH2", "client_id": "cid", "client_secret": "csecret"}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "h"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let long_key = "k".repeat(1025);
+    // Each body Nango refuses is refused with its path, and nothing is written.
+    for (body, path) in [
+        (
+            json!({"provider_config_key": "h", "connection_id": "c",
+                "credentials": {"type": "API_KEY", "apiKey": long_key}}),
+            json!(["credentials", "apiKey"]),
+        ),
+        (
+            json!({"provider_config_key": "h", "connection_id": "c", "end_user": {"id": "u", "email": "not-mail"},
+                "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+            json!(["end_user", "email"]),
+        ),
+        (
+            json!({"provider_config_key": "h", "connection_id": "c", "tags": {"9lives": "x"},
+                "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+            json!(["tags", "9lives"]),
+        ),
+        (
+            json!({"provider_config_key": "h", "connection_id": "c", "webhook_url_override": null,
+                "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+            json!(["webhook_url_override"]),
+        ),
+    ] {
+        let res = call(&c, &sk, "POST", "/connections", body).await;
+        assert_eq!(res.status, 400, "{}", res.text());
+        assert_eq!(res.error_code(), "invalid_body");
+        assert_eq!(res.json()["error"]["errors"][0]["path"], path);
+        assert!(
+            !res.text().contains("kkkkkkkk"),
+            "the value is not repeated"
+        );
+    }
+    let res = call(&c, &sk, "GET", "/connections", Value::Null).await;
+    assert_eq!(res.json()["connections"], json!([]), "nothing was written");
+    // A good import; its end user's fields become tags in Nango's order and case.
+    let res = call(
+        &c,
+        &sk,
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "h", "connection_id": "c",
+               "end_user": {"id": "u1", "email": "a@b.co", "organization": {"id": "org", "display_name": "Org"},
+                            "tags": {"Team": "blue"}},
+               "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(
+        res.json()["tags"],
+        json!({"end_user_id": "u1", "end_user_email": "a@b.co", "organization_id": "org",
+               "organization_display_name": "Org", "team": "blue"})
+    );
+    let res = call(
+        &c,
+        &sk,
+        "PATCH",
+        "/connections/c?provider_config_key=h",
+        json!({"tags": {"a": ""}}),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert_eq!(
+        res.json()["error"]["errors"][0]["path"],
+        json!(["tags", "a"])
+    );
+    for q in ["search=", &format!("search={}", "s".repeat(256))] {
+        let res = call(&c, &sk, "GET", &format!("/connections?{q}"), Value::Null).await;
+        assert_eq!(res.status, 400, "{q}");
+        assert_eq!(res.error_code(), "invalid_query_params");
+        let res = call(&c, &sk, "GET", &format!("/providers?{q}"), Value::Null).await;
+        assert_eq!(res.status, 400, "{q}");
+    }
+    // include=credentials shows the client secret to a key that may read secrets.
+    let res = call(
+        &c,
+        &sk,
+        "GET",
+        "/integrations/o?include=credentials&include=webhook",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let data = &res.json()["data"];
+    assert_eq!(data["credentials"]["client_secret"], "csecret");
+    assert_eq!(data["credentials"]["type"], "OAUTH2");
+    assert!(data.get("webhook_url").is_some_and(Value::is_null));
+    let res = call(&c, &sk, "GET", "/integrations/o", Value::Null).await;
+    assert!(res.json()["data"].get("credentials").is_none());
+    assert!(!res.text().contains("csecret"));
+    let res = call(
+        &c,
+        &sk,
+        "GET",
+        "/integrations/o?include=everything",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.error_code(), "invalid_query_params");
+    let res = call(&c, &sk, "GET", "/integrations?x=1", Value::Null).await;
+    assert_eq!(res.status, 400);
+}

@@ -13,6 +13,7 @@
 //! recursion limit (128), so no body can make the parser recurse without bound.
 
 pub mod read;
+mod validate;
 pub mod write;
 
 use bytes::Bytes;

@@ -28,6 +28,22 @@ pub(crate) fn integration_json(i: &Integration) -> Value {
     })
 }
 
+/// An integration's client credentials as Nango shows them with `include=credentials`
+/// (OAuth providers only; the others have none).
+fn integration_credentials(i: &Integration) -> Value {
+    let mode = i.provider.auth_mode.as_str();
+    if !mode.starts_with("OAUTH") {
+        return Value::Null;
+    }
+    json!({
+        "type": mode,
+        "client_id": i.oauth_client_id.as_ref().map(|s| s.expose()),
+        "client_secret": i.oauth_client_secret.as_ref().map(|s| s.expose()),
+        "scopes": i.scopes,
+        "webhook_secret": Value::Null,
+    })
+}
+
 fn credential_type(c: &Credential) -> &'static str {
     match c {
         Credential::ApiKey(_) => "API_KEY",
@@ -217,6 +233,19 @@ pub fn from_snapshot(
         ApiRoute::Providers => {
             strict_query(query, &["search"])?;
             let search = query_param(query, "search").map(|s| s.to_ascii_lowercase());
+            // Nango takes an integration-key-shaped search (it becomes a regex there).
+            if let Some(s) = &search {
+                let shaped = s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"~:.@ _-".contains(&b));
+                if s.is_empty() || s.len() > 255 || !shaped {
+                    return Err(ApiError::field(
+                        "invalid_query_params",
+                        &["search"],
+                        "search is 1-255 characters of letters, digits and ~:.@ _-",
+                    ));
+                }
+            }
             let mut names: Vec<Value> = snapshot
                 .catalog
                 .providers
@@ -250,6 +279,7 @@ pub fn from_snapshot(
             }
         }
         ApiRoute::Integrations => {
+            strict_query(query, &[])?;
             let mut list: Vec<&Integration> =
                 snapshot.integrations.values().map(AsRef::as_ref).collect();
             list.sort_by(|a, b| a.unique_key.cmp(&b.unique_key));
@@ -261,7 +291,30 @@ pub fn from_snapshot(
             let i = snapshot.integrations.get(key.as_str()).ok_or_else(|| {
                 ApiError::not_found(format!("Integration \"{key}\" does not exist"))
             })?;
-            ok(json!({ "data": integration_json(i) }))
+            strict_query(query, &["include"])?;
+            let mut data = integration_json(i);
+            for (k, v) in query_pairs(query) {
+                if k.split('[').next() != Some("include") {
+                    continue;
+                }
+                match v.as_str() {
+                    // sidekey routes no provider webhooks.
+                    "webhook" => data["webhook_url"] = Value::Null,
+                    // Like Nango, silently left out for a key that may not set them.
+                    "credentials" if scopes.contains(Scope::IntegrationsWrite) => {
+                        data["credentials"] = integration_credentials(i)
+                    }
+                    "credentials" => {}
+                    _ => {
+                        return Err(ApiError::field(
+                            "invalid_query_params",
+                            &["include"],
+                            "include is `webhook` or `credentials`",
+                        ))
+                    }
+                }
+            }
+            ok(json!({ "data": data }))
         }
         ApiRoute::Connections => list(snapshot, query).map(Some),
         ApiRoute::Connection(id) => {
@@ -345,7 +398,31 @@ fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>,
     let integrations: Option<Vec<String>> = query_param(query, "integrationId")
         .or_else(|| query_param(query, "provider_config_key"))
         .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
+    if integrations
+        .as_ref()
+        .is_some_and(|l| l.iter().any(String::is_empty))
+    {
+        return Err(ApiError::field(
+            "invalid_query_params",
+            &["integrationId"],
+            "integrationId is a comma-separated list of integration keys",
+        ));
+    }
     let want_id = query_param(query, "connectionId");
+    for name in [
+        "connectionId",
+        "search",
+        "endUserId",
+        "endUserOrganizationId",
+    ] {
+        if query_param(query, name).is_some_and(|s| s.is_empty() || s.chars().count() > 255) {
+            return Err(ApiError::field(
+                "invalid_query_params",
+                &[name],
+                format!("{name} is 1-255 characters"),
+            ));
+        }
+    }
     let search = query_param(query, "search").map(|s| s.to_ascii_lowercase());
     let end_user = query_param(query, "endUserId");
     let org = query_param(query, "endUserOrganizationId");

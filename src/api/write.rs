@@ -560,37 +560,34 @@ impl EndUser {
         })
     }
 
-    /// Nango's tags made from an end user: `end_user_*` keys and its own tags, lower-cased.
+    /// Nango's tags made from an end user, in its order: `end_user_id`, `end_user_email`,
+    /// `end_user_display_name`, `organization_id`, `organization_display_name` (values cut to
+    /// 255 characters), then the end user's own tags with lower-cased keys — all of them left
+    /// out if the total would pass ten.
     fn tags(&self) -> Map<String, Value> {
+        let cut = |s: &str| Value::String(s.chars().take(255).collect());
         let mut t = Map::new();
-        t.insert("end_user_id".into(), Value::String(self.id.clone()));
+        t.insert("end_user_id".into(), cut(&self.id));
         if let Some(e) = &self.email {
-            t.insert("end_user_email".into(), Value::String(e.clone()));
+            t.insert("end_user_email".into(), cut(e));
         }
         if let Some(d) = &self.display_name {
-            t.insert("end_user_display_name".into(), Value::String(d.clone()));
+            t.insert("end_user_display_name".into(), cut(d));
         }
         if let Some(o) = &self.organization {
-            t.insert("organization_id".into(), Value::String(o.id.clone()));
+            t.insert("organization_id".into(), cut(&o.id));
+            if let Some(d) = &o.display_name {
+                t.insert("organization_display_name".into(), cut(d));
+            }
         }
-        for (k, v) in self.tags.iter().flatten() {
-            t.insert(k.to_ascii_lowercase(), v.clone());
+        let own = self.tags.iter().flatten();
+        if t.len() + self.tags.as_ref().map_or(0, Map::len) <= 10 {
+            for (k, v) in own {
+                t.insert(k.to_ascii_lowercase(), v.clone());
+            }
         }
         t
     }
-}
-
-fn check_tags(tags: &Map<String, Value>) -> Result<(), ApiError> {
-    for (k, v) in tags {
-        if !v.is_string() {
-            return Err(ApiError::field(
-                "invalid_body",
-                &["tags", k],
-                "Invalid input: expected string",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The credentials of an import as a record; `expires_at` may be RFC 3339 or epoch milliseconds.
@@ -630,7 +627,9 @@ fn import_credentials(mut v: Value) -> Result<RawCredentials, ApiError> {
 
 async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<ProxyBody>, ApiError> {
     strict_query(req.query, &[])?;
+    let raw = req.body.clone();
     let body: PostConnection = parse(req.body)?;
+    super::validate::post_connection(raw.as_ref())?;
     let snapshot = app.snapshot.load_full();
     let Some(int) = snapshot
         .integrations
@@ -665,7 +664,6 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
         .map(EndUser::tags)
         .unwrap_or_default();
     if let Some(t) = &body.tags {
-        check_tags(t)?;
         tags.extend(t.clone());
     }
     let existing = snapshot.connection(&body.provider_config_key, &connection_id);
@@ -758,7 +756,9 @@ async fn patch_connection(
     let snapshot = app.snapshot.load_full();
     let missing = || ApiError::not_found("Failed to find connection");
     let conn = named_connection(&snapshot, id, req.query, missing())?;
+    let raw = req.body.clone();
     let body: PatchConnection = parse(req.body)?;
+    super::validate::patch_connection(raw.as_ref())?;
     let mut record = conn.record();
     if body.end_user.is_some() || body.tags.is_some() {
         let mut tags = body
@@ -767,7 +767,6 @@ async fn patch_connection(
             .map(EndUser::tags)
             .unwrap_or_default();
         if let Some(t) = &body.tags {
-            check_tags(t)?;
             tags.extend(t.clone());
         }
         record.tags = tags;
