@@ -43,6 +43,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod app;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;
@@ -57,7 +58,7 @@ pub mod oauth;
 pub mod otel;
 pub mod proxy;
 pub mod router;
-pub mod sealed;
+pub mod run;
 pub mod secret;
 pub mod server;
 pub mod state;
@@ -65,3 +66,6 @@ pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod tls;
+pub mod upstream;
+
+pub use run::{run, Listeners, RunError, Settings};

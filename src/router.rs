@@ -11,21 +11,21 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::api::{self, ApiError, ApiRequest};
+use crate::app::App;
 use crate::body::ProxyBody;
-use crate::proxy::App;
-use crate::telemetry::RequestLog;
+use crate::proxy::access_log::RequestLog;
 
 /// Answers one request on the main listener.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
     if crate::proxy::route::route(path).is_some() {
-        return crate::proxy::handle(app, req).await;
+        return crate::proxy::handle(&app.proxy, req).await;
     }
     let unsupported = api::not_supported(path);
     if api::route(path).is_none() && !unsupported {
-        return crate::proxy::handle(app, req).await;
+        return crate::proxy::handle(&app.proxy, req).await;
     }
-    let (req, mut log) = RequestLog::start(req, &app.metrics);
+    let (req, mut log) = RequestLog::start(req, &app.state.metrics);
     let res = match management(app, req, unsupported).await {
         Ok(res) => res,
         Err(e) => {
@@ -44,7 +44,7 @@ async fn management(
 ) -> Result<Response<ProxyBody>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let scopes = crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
     drop(snapshot);
     if unsupported {

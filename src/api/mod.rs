@@ -299,7 +299,7 @@ pub async fn read_json(headers: &HeaderMap, body: ProxyBody) -> Result<Option<Va
 
 /// Answers a management route.
 pub async fn respond(
-    app: &crate::proxy::App,
+    app: &crate::app::App,
     route: &ApiRoute<'_>,
     req: ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {

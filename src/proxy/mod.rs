@@ -5,12 +5,12 @@
 //! only strings them together. The snapshot is loaded once per request (`load_full`) and the
 //! request is finished on it even if a reload swaps in a newer one meanwhile.
 //!
-//! OAuth connections get their token from [`App::oauth`] (refreshed first if it is about to
+//! OAuth connections get their token from [`State::oauth`] (refreshed first if it is about to
 //! expire); after an upstream 401 the token is refreshed once and the request is sent again from
 //! the replay buffer when its body fits there; if that refresh fails the upstream's 401 is what
 //! the caller gets.
 
-pub mod client;
+pub mod access_log;
 pub mod decompress;
 pub mod forward;
 pub mod headers;
@@ -24,20 +24,17 @@ pub mod route;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::config::{BaseUrl, Connection, Snapshot};
-use crate::credstore::CredStore;
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
 use crate::netpolicy::OverridePolicy;
-use crate::oauth::endpoint::HttpTokenEndpoint;
-use crate::oauth::{AccessToken, OAuthOptions, TokenManager};
-use crate::telemetry::RequestLog;
-use client::UpstreamClient;
+use crate::oauth::AccessToken;
+use crate::state::State;
+use crate::upstream::UpstreamClient;
+use access_log::RequestLog;
 use route::Route;
 
 /// Request-path settings from the command line.
@@ -71,49 +68,12 @@ impl Default for ProxyOptions {
     }
 }
 
-/// Everything the proxy shares across requests.
-pub struct App {
-    pub snapshot: ArcSwap<Snapshot>,
+/// What the request path shares across requests: the process state (snapshot, tokens,
+/// metrics), the upstream pools and the command line's settings. Built by `app::AppBuilder`.
+pub struct Proxy {
+    pub state: Arc<State>,
     pub client: UpstreamClient,
     pub options: ProxyOptions,
-    /// OAuth token state per connection; outlives snapshot swaps.
-    pub oauth: TokenManager,
-    /// Served on the admin listener; other parts record through it (retries, refreshes, reloads).
-    pub metrics: Arc<Metrics>,
-    /// The store's writer, once one is started (API writes go through it).
-    pub writer: std::sync::OnceLock<crate::store::writer::Writer>,
-}
-
-impl App {
-    /// An app whose token manager calls token endpoints through the trusted pool and keeps
-    /// refreshed credentials in memory only; see [`App::with_oauth`].
-    pub fn new(snapshot: Snapshot, client: UpstreamClient, options: ProxyOptions) -> Self {
-        let endpoint = HttpTokenEndpoint::new(client.trusted.clone(), options.response_timeout);
-        let oauth = TokenManager::new(
-            Arc::new(endpoint),
-            Arc::new(CredStore::memory()),
-            OAuthOptions::default(),
-        );
-        let metrics = Arc::new(Metrics::new());
-        metrics.set_generation(snapshot.generation);
-        let mut oauth = oauth;
-        oauth.set_metrics(metrics.clone());
-        Self {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            client,
-            options,
-            oauth,
-            metrics,
-            writer: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Replaces the token manager (with persistence and the command line's cool-down).
-    pub fn with_oauth(mut self, mut oauth: TokenManager) -> Self {
-        oauth.set_metrics(self.metrics.clone());
-        self.oauth = oauth;
-        self
-    }
 }
 
 /// The control headers of one request.
@@ -256,8 +216,8 @@ impl<'a> Controls<'a> {
 
 /// Handles one proxy request; errors become sidekey's JSON responses. The request is counted
 /// in the metrics and written to the access log when its response body is done.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (req, mut log) = RequestLog::start(req, &app.metrics);
+pub async fn handle(app: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (req, mut log) = RequestLog::start(req, &app.state.metrics);
     // Traced requests run under their span, so attempt and token spans become its children.
     let res = match log.trace_context() {
         None => proxy(app, req, &mut log).await,
@@ -349,10 +309,16 @@ fn find_connection(
 
 /// Chooses the base URL and the pool: the caller's override (per policy) or the connection's.
 fn choose_base<'a>(
-    app: &'a App,
+    app: &'a Proxy,
     conn: &'a Connection,
     controls: &Controls<'_>,
-) -> Result<(std::borrow::Cow<'a, BaseUrl>, &'a client::HttpClient), ProxyError> {
+) -> Result<
+    (
+        std::borrow::Cow<'a, BaseUrl>,
+        &'a crate::upstream::HttpClient,
+    ),
+    ProxyError,
+> {
     let Some(o) = controls.base_url_override else {
         let base = conn.base_url.as_ref().ok_or_else(|| {
             ProxyError::InvalidHeaders(format!(
@@ -385,11 +351,11 @@ fn choose_base<'a>(
 }
 
 async fn proxy(
-    app: &App,
+    app: &Proxy,
     req: Request<ProxyBody>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let (parts, body) = req.into_parts();
     let Some(route) = route::route(parts.uri.path()) else {
         return Err(ProxyError::NotFound(parts.uri.path().to_string()));
@@ -429,7 +395,7 @@ async fn proxy(
         b.path.clear();
         endpoint = abs.path;
     }
-    let token = app.oauth.access_token(&conn).await?;
+    let token = app.state.oauth.access_token(&conn).await?;
     // Headers and URI for a given token; built again for the one resend after a 401.
     let upstream_head =
         |token: Option<&AccessToken>| -> Result<(http::Uri, HeaderMap), ProxyError> {
@@ -474,7 +440,7 @@ async fn proxy(
         headers,
         rebuild: &rebuild,
     };
-    let mut tally = forward::Tally::new(&app.metrics, &conn.integration);
+    let mut tally = forward::Tally::new(&app.state.metrics, &conn.integration);
     let sent = forward::send(client, out, &body, &policy, &app.options, &mut tally).await;
     log.attempts = tally.attempts;
     let mut res = sent?;
@@ -483,11 +449,21 @@ async fn proxy(
         // The resend does not count against `Retries`; it needs the whole body again.
         if !body.prepare_retry() {
             // No resend (the body streamed once), but the next request gets a fresh token.
-            if let Err(e) = app.oauth.refresh_after_unauthorized(&conn, stale).await {
+            if let Err(e) = app
+                .state
+                .oauth
+                .refresh_after_unauthorized(&conn, stale)
+                .await
+            {
                 tracing::debug!(code = e.code(), "refresh after 401 failed");
             }
         } else {
-            match app.oauth.refresh_after_unauthorized(&conn, stale).await {
+            match app
+                .state
+                .oauth
+                .refresh_after_unauthorized(&conn, stale)
+                .await
+            {
                 Ok(fresh) => {
                     let (uri, headers) = upstream_head(Some(&fresh))?;
                     let rebuild = || upstream_head(Some(&fresh)).ok().map(|(_, h)| h);
