@@ -25,13 +25,19 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     if api::route(path).is_none() && !unsupported {
         return crate::proxy::handle(&app.proxy, req).await;
     }
+    // Kept for the `Allow` header of a 405, once the request has been taken apart.
+    let path = path.to_string();
     let (req, mut log) = RequestLog::start(req, &app.state.metrics);
     let res = match management(app, req, unsupported).await {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(code = e.code, "management request refused");
             log.set_error(e.code);
-            e.to_response()
+            let mut res = e.to_response();
+            if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+                allow(&mut res, api::route(&path));
+            }
+            res
         }
     };
     log.respond(res)
@@ -78,4 +84,12 @@ async fn management(
         body,
     };
     api::respond(app, &route, req).await
+}
+
+/// Every 405 says which methods the route has (RFC 9110 §15.5.6).
+fn allow(res: &mut Response<ProxyBody>, route: Option<api::ApiRoute<'_>>) {
+    let Some(route) = route else { return };
+    if let Ok(v) = http::HeaderValue::from_str(&api::allowed_methods(&route)) {
+        res.headers_mut().insert(http::header::ALLOW, v);
+    }
 }

@@ -900,4 +900,18 @@ async fn nango_management_reads() {
         .send("PUT", &sk.url("/integrations/hdr"), &auth, Bytes::new())
         .await;
     assert_eq!(res.error_code(), "method_not_allowed");
+    assert_eq!(res.header("allow"), Some("GET, HEAD, PATCH, DELETE"));
+    let res = c
+        .send("DELETE", &sk.url("/providers"), &auth, Bytes::new())
+        .await;
+    assert_eq!(res.status, 405);
+    assert_eq!(res.header("allow"), Some("GET, HEAD"));
+    let res = c
+        .send("TRACE", &sk.url("/proxy/x"), &auth, Bytes::new())
+        .await;
+    assert_eq!(res.status, 405);
+    assert_eq!(
+        res.header("allow"),
+        Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+    );
 }
