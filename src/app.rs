@@ -6,7 +6,7 @@
 //! those sit above this module. Everything the builder wires sits below it: the state and its
 //! snapshot, the upstream pools, the OAuth token manager with its credential store, the
 //! metrics, the store backend and its writer. The file reload loop and the listeners are
-//! started by [`crate::run`], which owns the process's lifetime.
+//! started by [`crate::run()`](fn@crate::run), which owns the process's lifetime.
 
 use std::sync::Arc;
 

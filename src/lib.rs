@@ -36,7 +36,7 @@
 //!   reload; `/live`, `/ready`, `/metrics`.
 //! - [`telemetry`], [`cli`]: the tracing subscriber; the command line (every flag also reads
 //!   `SIDEKEY_<FLAG>`).
-//! - [`run`]: [`run()`]: settings, bound listeners and a shutdown future in; serves until the
+//! - [`run`](mod@run): [`run()`](fn@run): settings, bound listeners and a shutdown future in; serves until the
 //!   shutdown, then drains. `main.rs` parses flags, binds and waits for signals around it.
 //!
 //! # Glossary

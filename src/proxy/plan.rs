@@ -4,7 +4,7 @@
 //! [`admit`] routes, refuses upgrades and unknown methods, authenticates the caller and reads
 //! the control headers; [`target`] finds the connection and chooses the base URL and pool;
 //! [`upstream_head`] filters the headers, injects the credential and rewrites the URL. The
-//! service ([`super::proxy`]) calls them in that order with the OAuth token fetched between
+//! service (`proxy::proxy`) calls them in that order with the OAuth token fetched between
 //! the last two, and `benches/hot_path.rs` calls the same three, so the bench measures the
 //! code that serves.
 
