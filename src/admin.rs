@@ -53,10 +53,15 @@ fn respond(health: &Health, metrics: &Metrics, req: &Request<Incoming>) -> Respo
         json_response(status, Bytes::from_static(body.as_bytes()), None)
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json(
+        let mut res = json(
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":{"code":"method_not_allowed","message":"use GET"}}"#,
         );
+        res.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return res;
     }
     match req.uri().path() {
         "/live" => json(StatusCode::OK, r#"{"status":"live"}"#),

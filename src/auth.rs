@@ -9,7 +9,6 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::CallerKey;
 use crate::error::ProxyError;
 
 /// One thing a caller key may do. Names follow Nango's `environment:<name>` scopes where Nango
@@ -103,8 +102,16 @@ pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// A caller key as [`authenticate`] sees it: a digest and what it may do. The snapshot's
+/// `config::CallerKey` implements it (in `config`), so this module does not depend on the
+/// configuration that depends on its [`Scopes`].
+pub trait Key {
+    fn digest(&self) -> &[u8; 32];
+    fn scopes(&self) -> Scopes;
+}
+
 /// Checks the caller's `Authorization` header against `keys`; the matching key's scopes.
-pub fn authenticate(headers: &HeaderMap, keys: &[CallerKey]) -> Result<Scopes, ProxyError> {
+pub fn authenticate<K: Key>(headers: &HeaderMap, keys: &[K]) -> Result<Scopes, ProxyError> {
     let value = headers
         .get(http::header::AUTHORIZATION)
         .ok_or(ProxyError::MissingAuthHeader)?;
@@ -113,10 +120,10 @@ pub fn authenticate(headers: &HeaderMap, keys: &[CallerKey]) -> Result<Scopes, P
     let mut found = subtle::Choice::from(0);
     let mut scopes = 0u16;
     for k in keys {
-        let hit = k.digest.ct_eq(&presented);
+        let hit = k.digest().ct_eq(&presented);
         found |= hit;
         // Branch-free: a key's scopes are or-ed in only when it matched.
-        scopes |= k.scopes.0 & 0u16.wrapping_sub(u16::from(hit.unwrap_u8()));
+        scopes |= k.scopes().0 & 0u16.wrapping_sub(u16::from(hit.unwrap_u8()));
     }
     if bool::from(found) {
         Ok(Scopes(scopes))
@@ -152,6 +159,7 @@ pub fn new_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CallerKey;
     use http::HeaderValue;
 
     fn keys(names: &[&str]) -> Vec<CallerKey> {

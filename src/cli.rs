@@ -1,5 +1,5 @@
 //! The command line: `sidekey [serve]`, `sidekey check`, `sidekey key new`, and
-//! `sidekey vault encrypt | rekey | new-key` (encryption at rest, see [`crate::sealed`]).
+//! `sidekey vault encrypt | rekey | new-key` (encryption at rest, see [`crate::config::sealed`]).
 //!
 //! Every `serve` flag can also come from `SIDEKEY_<FLAG>` in the environment; durations are
 //! humantime (`250ms`, `30s`, `5m`). The caller key comes only from the environment
@@ -10,12 +10,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::conn::{Limits, DEFAULT_MAX_CONNECTIONS};
 use crate::netpolicy::OverridePolicy;
 use crate::otel::ConnectionIdAttr;
-use crate::proxy::client::ResolvePin;
+use crate::telemetry::LogFormat;
+use crate::upstream::ResolvePin;
 
 /// The longest duration any flag accepts; larger values would overflow deadline arithmetic.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -164,15 +165,6 @@ pub enum KeyCommand {
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    /// Human-readable lines
-    #[default]
-    Text,
-    /// One JSON object per line, fields at the top level
-    Json,
 }
 
 #[derive(Debug, Clone, Args)]

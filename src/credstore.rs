@@ -321,7 +321,7 @@ fn patch_vault_file(
     key: &Key,
     cred: &StoredCredential,
     known: &[[u8; 32]],
-    enc: Option<&crate::sealed::EncryptionKey>,
+    enc: Option<&crate::config::sealed::EncryptionKey>,
 ) -> Result<[u8; 32], VaultWriteError> {
     // Write through a symlink to its target rather than replacing the link with a file.
     let target = std::fs::canonicalize(path).map_err(VaultWriteError::Io)?;
@@ -345,12 +345,13 @@ pub fn patch_sealed_text(
     key: &Key,
     cred: &StoredCredential,
     known: &[[u8; 32]],
-    enc: &crate::sealed::EncryptionKey,
+    enc: &crate::config::sealed::EncryptionKey,
 ) -> Result<(String, [u8; 32]), PatchError> {
     let invalid = |m: &str| PatchError::Invalid(format!("the vault cannot be patched: {m}"));
     let mut raw =
         crate::config::vault::parse("vault", text).map_err(|_| invalid("it does not parse"))?;
-    crate::sealed::open_vault(&mut raw, Some(enc)).map_err(|_| invalid("it does not open"))?;
+    crate::config::sealed::open_vault(&mut raw, Some(enc))
+        .map_err(|_| invalid("it does not open"))?;
     let conn = raw
         .connections
         .iter_mut()
@@ -392,7 +393,7 @@ pub fn patch_sealed_text(
         _ => return Err(PatchError::Conflict),
     }
     let fp = crate::config::snapshot::fingerprint(&conn.credentials);
-    crate::sealed::seal_vault(&mut raw, enc).map_err(|_| invalid("cannot seal"))?;
+    crate::config::sealed::seal_vault(&mut raw, enc).map_err(|_| invalid("cannot seal"))?;
     let body = serde_yaml_ng::to_string(&raw).map_err(|_| invalid("cannot serialize"))?;
     let header = crate::config::vault::leading_comments(text);
     Ok((format!("{header}{body}"), fp))
@@ -499,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_sealed_vault_is_patched_sealed() {
-        use crate::sealed::{seal_vault, EncryptionKey};
+        use crate::config::sealed::{seal_vault, EncryptionKey};
         let enc = EncryptionKey::parse(&"A".repeat(43)).expect("32-byte key");
         let mut raw = crate::config::vault::parse("v", VAULT).expect("parses");
         seal_vault(&mut raw, &enc).expect("seals");
@@ -509,7 +510,7 @@ mod tests {
         );
         assert!(!sealed.contains("old"), "{sealed}");
         let mut opened = raw.clone();
-        crate::sealed::open_vault(&mut opened, Some(&enc)).expect("opens");
+        crate::config::sealed::open_vault(&mut opened, Some(&enc)).expect("opens");
         let known = [fingerprint(&opened.connections[0].credentials)];
         let cred = StoredCredential::OAuth2 {
             access_token: Secret::new("fresh-access"),
@@ -524,7 +525,7 @@ mod tests {
             "{text}"
         );
         let mut back = crate::config::vault::parse("v", &text).expect("parses");
-        crate::sealed::open_vault(&mut back, Some(&enc)).expect("opens");
+        crate::config::sealed::open_vault(&mut back, Some(&enc)).expect("opens");
         assert_eq!(fp, fingerprint(&back.connections[0].credentials));
         let RawCredentials::OAuth2 { access_token, .. } = &back.connections[0].credentials else {
             panic!("oauth2")

@@ -148,9 +148,18 @@ impl ProxyError {
             error["provider_error"] = serde_json::Value::String(p.clone());
         }
         let body = serde_json::json!({ "error": error }).to_string();
-        json_response(self.status(), Bytes::from(body), Some(self.code()))
+        let mut res = json_response(self.status(), Bytes::from(body), Some(self.code()));
+        if let Self::MethodNotAllowed(_) = self {
+            // Every 405 says which methods the route has (RFC 9110 §15.5.6).
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(PROXY_METHODS));
+        }
+        res
     }
 }
+
+/// The methods the proxy routes forward (the `Allow` of their 405).
+pub const PROXY_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// A JSON response made by sidekey; `error_code` adds the `Sidekey-Error` marker.
 pub fn json_response(

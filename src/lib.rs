@@ -5,33 +5,39 @@
 //! URL, injects the credential, and streams the exchange through unchanged.
 //!
 //! # Modules
-//! - [`cli`]: the command line; every flag also reads `SIDEKEY_<FLAG>`.
-//! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`];
-//!   [`config::reload`] swaps in a new one when the files change.
-//! - [`template`]: `${...}` templates, compiled when a snapshot is built.
-//! - [`auth`]: the caller's `Authorization: Bearer` key, checked in constant time.
-//! - [`proxy`]: the request path — route, rewrite, headers, inject, forward (retry, replay,
-//!   timeouts, decompression) — and the upstream client.
-//! - [`oauth`]: OAuth access tokens per connection: proactive and 401-driven refresh,
-//!   single-flight, cool-down after failures, client-credentials tokens.
-//! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
-//! - [`sealed`]: encryption at rest: the vault's secret fields sealed with AES-256-GCM under
-//!   `SIDEKEY_ENCRYPTION_KEY` (`enc:v1:…`), opened when the vault is loaded.
-//! - [`netpolicy`]: which addresses a caller's `Base-Url-Override` may reach.
-//! - [`server`]: the proxy accept loop (HTTP/1.1 + h2c, or TLS), connection limit, graceful drain.
-//! - [`conn`]: one caller connection: protocol choice, header and idle limits ([`conn::Limits`]).
-//! - [`tls`]: TLS on the proxy listener; the certificate reloads when its files change.
-//! - [`admin`]: `/live`, `/ready`, `/metrics`.
-//! - [`router`]: which handler answers a request, and the scope each management route needs.
-//! - [`api`]: Nango's management API: providers, integrations, connections, read and written.
-//! - [`store`]: the store seam, the vault file backend, and the one writer (group commit).
-//! - [`state`]: the apply path: a new snapshot swapped in, its changes logged, tokens pruned.
+//! Listed bottom-up: each depends only on modules above it (`tests/module_graph.rs` keeps the
+//! graph acyclic).
+//! - [`secret`], [`body`], [`atomic_file`], [`template`], [`netpolicy`], [`error`]: redacted
+//!   secrets, the body type, crash-safe writes, `${...}` templates, which addresses a caller's
+//!   `Base-Url-Override` may reach, the one error type and its JSON response.
 //! - [`metrics`]: the Prometheus registry and the calls that record into it.
-//! - [`telemetry`]: tracing setup and the per-request access log (byte counts, masked URLs).
+//! - [`auth`]: caller keys: SHA-256 digests checked in constant time, scopes.
+//! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`];
+//!   [`config::sealed`] opens and seals the vault's secret fields (`SIDEKEY_ENCRYPTION_KEY`,
+//!   `enc:v1:…`); [`config::reload`] swaps in a new snapshot when the files change.
+//! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
+//! - [`upstream`]: the pooled upstream client, the connector with `--resolve` pins and the
+//!   override address policy, the rustls client config; shared by proxy, oauth and otel.
 //! - [`otel`]: OpenTelemetry spans per request, upstream attempt and token call, exported over
 //!   OTLP/HTTP when `--otlp-endpoint` is set.
-//! - [`error`]: the one error type and its JSON response.
-//! - [`body`], [`secret`], [`atomic_file`]: the body type, redacted secrets, crash-safe writes.
+//! - [`oauth`]: OAuth access tokens per connection: proactive and 401-driven refresh,
+//!   single-flight, cool-down after failures, client-credentials tokens.
+//! - [`state`]: the process state (snapshot, tokens, metrics) and the apply path: a new
+//!   snapshot swapped in, its changes logged, tokens pruned.
+//! - [`store`]: the store seam, the vault file backend, and the one writer (group commit).
+//! - [`proxy`]: the request path — [`proxy::plan`] (route, auth, controls, connection, headers,
+//!   inject, rewrite: pure), forward (retry, replay, timeouts, decompression), the access log.
+//! - [`app`]: [`app::App`] and its builder, the one place that wires state, store, upstream,
+//!   oauth and metrics.
+//! - [`api`]: Nango's management API: providers, integrations, connections, read and written.
+//! - [`router`]: which handler answers a request, and the scope each management route needs.
+//! - [`conn`], [`server`], [`tls`], [`admin`]: one caller connection (protocol, header and idle
+//!   limits); the proxy accept loop, connection limit and drain; listener TLS with certificate
+//!   reload; `/live`, `/ready`, `/metrics`.
+//! - [`telemetry`], [`cli`]: the tracing subscriber; the command line (every flag also reads
+//!   `SIDEKEY_<FLAG>`).
+//! - [`run`](mod@run): [`run()`](fn@run): settings, bound listeners and a shutdown future in; serves until the
+//!   shutdown, then drains. `main.rs` parses flags, binds and waits for signals around it.
 //!
 //! # Glossary
 //! - **provider**: an API's entry in providers.yaml (base URL, auth mode, templates, retry hints).
@@ -43,6 +49,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod app;
 pub mod atomic_file;
 pub mod auth;
 pub mod body;
@@ -57,7 +64,7 @@ pub mod oauth;
 pub mod otel;
 pub mod proxy;
 pub mod router;
-pub mod sealed;
+pub mod run;
 pub mod secret;
 pub mod server;
 pub mod state;
@@ -65,3 +72,6 @@ pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod tls;
+pub mod upstream;
+
+pub use run::{run, Listeners, RunError, Settings};

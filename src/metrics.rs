@@ -157,19 +157,19 @@ impl Metrics {
 
     /// The handles of `int`, made on first use and kept on the integration, so that the
     /// request path counts without building labels or taking the family's lock.
-    fn handles<'a>(&self, int: &'a crate::config::Integration) -> Option<&'a IntegrationMetrics> {
-        let h = int.metrics.get_or_init(|| IntegrationMetrics {
+    fn handles<'a, I: Labelled + ?Sized>(&self, int: &'a I) -> Option<&'a IntegrationMetrics> {
+        let h = int.handle_slot().get_or_init(|| IntegrationMetrics {
             owner: self.id,
             latency: self
                 .upstream_latency
                 .get_or_create(&IntegrationLabel {
-                    integration: int.unique_key.clone(),
+                    integration: int.label().to_string(),
                 })
                 .clone(),
             retries: self
                 .retries
                 .get_or_create(&IntegrationLabel {
-                    integration: int.unique_key.clone(),
+                    integration: int.label().to_string(),
                 })
                 .clone(),
             requests: Default::default(),
@@ -178,14 +178,9 @@ impl Metrics {
     }
 
     /// Counts one answered request of a known integration (or of none: `unknown`).
-    pub fn request_of(
-        &self,
-        int: Option<&crate::config::Integration>,
-        method: &Method,
-        status: u16,
-    ) {
+    pub fn request_of<I: Labelled + ?Sized>(&self, int: Option<&I>, method: &Method, status: u16) {
         let Some((int, h)) = int.and_then(|i| Some((i, self.handles(i)?))) else {
-            let label = int.map_or(UNKNOWN_INTEGRATION, |i| i.unique_key.as_str());
+            let label = int.map_or(UNKNOWN_INTEGRATION, |i| i.label());
             return self.request(label, method, status);
         };
         let (m, c) = (method_index(method), class_index(status));
@@ -193,7 +188,7 @@ impl Metrics {
             .get_or_init(|| {
                 self.requests
                     .get_or_create(&RequestLabels {
-                        integration: int.unique_key.clone(),
+                        integration: int.label().to_string(),
                         method: method_label(method),
                         status_class: status_class(status),
                     })
@@ -203,20 +198,20 @@ impl Metrics {
     }
 
     /// [`Metrics::upstream_latency`] through the integration's cached handle.
-    pub fn upstream_latency_of(&self, int: &crate::config::Integration, elapsed: Duration) {
+    pub fn upstream_latency_of<I: Labelled + ?Sized>(&self, int: &I, elapsed: Duration) {
         match self.handles(int) {
             Some(h) => h.latency.observe(elapsed.as_secs_f64()),
-            None => self.upstream_latency(&int.unique_key, elapsed),
+            None => self.upstream_latency(int.label(), elapsed),
         }
     }
 
     /// [`Metrics::retry`] through the integration's cached handle.
-    pub fn retry_of(&self, int: &crate::config::Integration) {
+    pub fn retry_of<I: Labelled + ?Sized>(&self, int: &I) {
         match self.handles(int) {
             Some(h) => {
                 h.retries.inc();
             }
-            None => self.retry(&int.unique_key),
+            None => self.retry(int.label()),
         }
     }
 
@@ -309,6 +304,26 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// What the registry needs of an integration to count its requests: the label value, and a slot
+/// where its handles are kept after first use. `config::Integration` implements it (in
+/// `config`), so the metrics depend on nothing above them and the snapshot still carries the
+/// handles, which spares the request path a label build and a lookup per request.
+pub trait Labelled {
+    /// The `integration` label value (the integration's unique key).
+    fn label(&self) -> &str;
+    /// Where this integration's handles live once made.
+    fn handle_slot(&self) -> &OnceLock<IntegrationMetrics>;
+}
+
+impl<T: Labelled + ?Sized> Labelled for std::sync::Arc<T> {
+    fn label(&self) -> &str {
+        (**self).label()
+    }
+    fn handle_slot(&self) -> &OnceLock<IntegrationMetrics> {
+        (**self).handle_slot()
     }
 }
 
@@ -439,7 +454,7 @@ mod tests {
         m.request_of(Some(gh), &Method::GET, 200);
         m.request_of(Some(gh), &Method::GET, 204);
         m.request("gh", &Method::GET, 200);
-        m.request_of(None, &Method::PUT, 503);
+        m.request_of(None::<&crate::config::Integration>, &Method::PUT, 503);
         m.request_of(Some(gh), &Method::from_bytes(b"PROPFIND").expect("m"), 42);
         m.retry_of(gh);
         m.upstream_latency_of(gh, Duration::from_millis(3));

@@ -48,7 +48,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use sha2::Digest as _;
 
 use crate::config::{Connection, Integration};
-use crate::proxy::client::HttpClient;
+use crate::upstream::HttpClient;
 
 /// How the connection id appears on spans (`--otlp-connection-id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -317,7 +317,7 @@ fn integration_attrs(integration: &Integration, out: &mut Vec<KeyValue>) {
     ));
 }
 
-/// The server span of one request, held by its [`crate::telemetry::RequestLog`] and ended
+/// The server span of one request, held by its [`crate::proxy::access_log::RequestLog`] and ended
 /// with it, when the response body has ended or was dropped. Empty when tracing is off.
 #[derive(Debug, Default)]
 pub struct RequestSpan(Option<Context>);
@@ -339,7 +339,8 @@ pub struct RequestEnd<'a> {
 
 impl RequestSpan {
     /// Starts the server span of a request, continuing the caller's `traceparent`.
-    pub fn start(method: &Method, path: &str, headers: &HeaderMap) -> Self {
+    /// `route` is the matched route's template (`/proxy/{endpoint}`), which names the span.
+    pub fn start(method: &Method, route: Option<&'static str>, headers: &HeaderMap) -> Self {
         let Some(t) = active() else {
             return Self(None);
         };
@@ -347,13 +348,6 @@ impl RequestSpan {
             .propagator
             .extract(&opentelemetry_http::HeaderExtractor(headers));
         let method = method_name(method);
-        let route = match crate::proxy::route::route(path) {
-            Some(crate::proxy::route::Route::Proxy { .. }) => Some("/proxy/{endpoint}"),
-            Some(crate::proxy::route::Route::ConnectionProxy { .. }) => {
-                Some("/connections/{selector}/proxy/{endpoint}")
-            }
-            None => None,
-        };
         let mut attrs = vec![KeyValue::new("http.request.method", method)];
         let name = match route {
             Some(r) => {
@@ -604,7 +598,7 @@ mod tests {
         // ACTIVE is only set by `init`, which no unit test calls.
         let mut headers = HeaderMap::new();
         headers.insert(TRACEPARENT, HeaderValue::from_static("00-abc-def-01"));
-        let mut span = RequestSpan::start(&Method::GET, "/proxy/x", &headers);
+        let mut span = RequestSpan::start(&Method::GET, Some("/proxy/{endpoint}"), &headers);
         assert!(!span.is_active() && span.context().is_none());
         let uri: Uri = "http://h/x".parse().expect("uri");
         let attempt = AttemptSpan::start(&Method::GET, &uri, 1, &mut headers);

@@ -11,27 +11,33 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::api::{self, ApiError, ApiRequest};
+use crate::app::App;
 use crate::body::ProxyBody;
-use crate::proxy::App;
-use crate::telemetry::RequestLog;
+use crate::proxy::access_log::RequestLog;
 
 /// Answers one request on the main listener.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
     if crate::proxy::route::route(path).is_some() {
-        return crate::proxy::handle(app, req).await;
+        return crate::proxy::handle(&app.proxy, req).await;
     }
     let unsupported = api::not_supported(path);
     if api::route(path).is_none() && !unsupported {
-        return crate::proxy::handle(app, req).await;
+        return crate::proxy::handle(&app.proxy, req).await;
     }
-    let (req, mut log) = RequestLog::start(req, &app.metrics);
+    // Kept for the `Allow` header of a 405, once the request has been taken apart.
+    let path = path.to_string();
+    let (req, mut log) = RequestLog::start(req, &app.state.metrics);
     let res = match management(app, req, unsupported).await {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(code = e.code, "management request refused");
             log.set_error(e.code);
-            e.to_response()
+            let mut res = e.to_response();
+            if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+                allow(&mut res, api::route(&path));
+            }
+            res
         }
     };
     log.respond(res)
@@ -44,7 +50,7 @@ async fn management(
 ) -> Result<Response<ProxyBody>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let scopes = crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
     drop(snapshot);
     if unsupported {
@@ -78,4 +84,12 @@ async fn management(
         body,
     };
     api::respond(app, &route, req).await
+}
+
+/// Every 405 says which methods the route has (RFC 9110 §15.5.6).
+fn allow(res: &mut Response<ProxyBody>, route: Option<api::ApiRoute<'_>>) {
+    let Some(route) = route else { return };
+    if let Ok(v) = http::HeaderValue::from_str(&api::allowed_methods(&route)) {
+        res.headers_mut().insert(http::header::ALLOW, v);
+    }
 }

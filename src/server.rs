@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::app::App;
 use crate::conn::{Limits, Protocols};
-use crate::proxy::App;
 
 /// How long a caller may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,7 +126,8 @@ pub async fn serve(
 ) {
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
-    let protocols = Arc::new(Protocols::new(limits).with_write_idle(app.options.idle_timeout));
+    let protocols =
+        Arc::new(Protocols::new(limits).with_write_idle(app.proxy.options.idle_timeout));
     let max_headers = protocols.limits().max_headers;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -151,7 +152,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let open = app.metrics.client_connection();
+        let open = app.state.metrics.client_connection();
         let app = app.clone();
         let svc = service_fn(move |req| {
             let app = app.clone();

@@ -7,13 +7,41 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::config::diff::{diff, Changes, Counts};
 use crate::config::{Change, Snapshot};
-use crate::proxy::App;
+use crate::metrics::Metrics;
+use crate::oauth::TokenManager;
+
+/// What every source of change publishes into: the one serving snapshot, the token state that
+/// must forget removed connections, and the metrics that follow the generation. Built by
+/// `app::AppBuilder`; the request path, the writer and the reload loop share it.
+pub struct State {
+    pub snapshot: ArcSwap<Snapshot>,
+    /// OAuth token state per connection; outlives snapshot swaps.
+    pub oauth: TokenManager,
+    /// Served on the admin listener; other parts record through it (retries, refreshes, reloads).
+    pub metrics: Arc<Metrics>,
+}
+
+/// The file reload loop lives in `config`, below this module: it reaches the state through
+/// this trait.
+impl crate::config::ReloadTarget for State {
+    fn snapshot(&self) -> &ArcSwap<Snapshot> {
+        &self.snapshot
+    }
+    fn prune_tokens(&self, snapshot: &Snapshot) {
+        self.oauth.prune(snapshot);
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
 
 /// Publishes a snapshot built from scratch (a reload, a hand edit seen by the writer): the
 /// changes are worked out by comparing the two snapshots.
-pub fn publish(app: &App, new: Arc<Snapshot>, source: &str) -> Changes {
+pub fn publish(app: &State, new: Arc<Snapshot>, source: &str) -> Changes {
     let old = app.snapshot.swap(new.clone());
     let changes = diff(&old, &new);
     log(&new, &changes, source);
@@ -27,7 +55,7 @@ pub fn publish(app: &App, new: Arc<Snapshot>, source: &str) -> Changes {
 /// `base` is still the one serving: a reload that swapped in the file's records after the
 /// write was committed already holds it, and is newer.
 pub fn publish_changes(
-    app: &App,
+    app: &State,
     base: &Arc<Snapshot>,
     new: Arc<Snapshot>,
     applied: &[Change],

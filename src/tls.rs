@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::{self, PemObject as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -69,15 +70,16 @@ pub fn parse(
     cert_name: &str,
     key_name: &str,
 ) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{cert_name}: not a PEM certificate chain: {e}"))?;
     if chain.is_empty() {
         return Err(format!("{cert_name}: no certificate found"));
     }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|_| format!("{key_name}: not a PEM private key"))?
-        .ok_or_else(|| format!("{key_name}: no private key found"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => format!("{key_name}: no private key found"),
+        _ => format!("{key_name}: not a PEM private key"),
+    })?;
     CertifiedKey::from_der(chain, key, &provider())
         .map_err(|e| format!("{cert_name} and {key_name} do not form a usable pair: {e}"))
 }

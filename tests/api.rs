@@ -1,6 +1,7 @@
-//! Nango's management API through the real binary: every write route with its error cases,
-//! the scope matrix, strict inputs, read-only vaults, a hand edit racing a write, concurrent
-//! writers, and kill -9 in the middle of a stream of writes.
+//! Nango's management API: every write route with its error cases, the scope matrix, strict
+//! inputs, read-only vaults, a hand edit racing a write, concurrent writers, and kill -9 in the
+//! middle of a stream of writes. Through the real binary, except where the subject is the API
+//! alone (in-process, [`support::app`]).
 
 mod support;
 
@@ -10,9 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
+use support::app::test_app;
 use support::client::{TestClient, AUTH};
 use support::sidekey::{run_cli, sidekey, Sidekey};
 use support::upstream::{ok_json, Upstream};
+use support::Served;
 use support::CALLER_KEY;
 
 const SECRET: &str = "sk_live_imported_secret_value";
@@ -48,7 +51,7 @@ fn json_headers() -> Vec<(&'static str, &'static str)> {
 
 async fn call(
     c: &TestClient,
-    sk: &Sidekey,
+    sk: &impl Served,
     method: &str,
     path: &str,
     body: Value,
@@ -356,9 +359,11 @@ async fn integrations_and_connections_lifecycle() {
     assert!(!sk.logs().contains(SECRET), "no secret in the logs");
 }
 
+// In-process: its subject is the API's validation, not the process.
 #[tokio::test]
 async fn integration_validation_and_patch() {
-    let (_up, sk) = setup(EMPTY_VAULT, &[]).await;
+    let up = Upstream::start(ok_json()).await;
+    let sk = test_app(&providers(&up.url("")), EMPTY_VAULT).start().await;
     let c = TestClient::default();
     let res = call(
         &c,

@@ -146,6 +146,7 @@ async fn probes_answer_and_sigint_exits_zero() {
         .send("POST", &sk.admin_url("/live"), &[], Bytes::new())
         .await;
     assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
     let metrics = get_admin(&sk, "/metrics").await;
     assert_eq!(metrics.status, 200);
     assert!(

@@ -1,12 +1,14 @@
-//! The proxy core through the real binary over loopback sockets: caller auth, routing, URL
-//! rewrite, header rules, credential injection per auth mode, TLS/h2 upstreams, overrides and
-//! every error code.
+//! The proxy core over loopback sockets: caller auth, routing, URL rewrite, header rules,
+//! credential injection per auth mode, TLS/h2 upstreams, overrides and every error code.
+//! Through the real binary, except where the process is not the subject (in-process,
+//! [`support::app`]).
 
 mod support;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use support::app::test_app;
 use support::client::{proxy_headers, TestClient, AUTH};
 use support::sidekey::{run_cli, sidekey};
 use support::upstream::{ok_json, reply, Upstream};
@@ -824,9 +826,11 @@ async fn first_run_creates_a_private_vault_and_prints_the_key_once() {
     assert_eq!(logs.matches(&key).count(), 1, "key printed exactly once");
 }
 
+// In-process: its subject is the management reads, not the process.
 #[tokio::test]
 async fn nango_management_reads() {
-    let (_up, sk) = setup().await;
+    let _up = Upstream::start(ok_json()).await;
+    let sk = test_app(&providers(&_up.url("")), &vault()).start().await;
     let c = TestClient::default();
     let auth = [("authorization", AUTH)];
     let res = c
@@ -900,4 +904,55 @@ async fn nango_management_reads() {
         .send("PUT", &sk.url("/integrations/hdr"), &auth, Bytes::new())
         .await;
     assert_eq!(res.error_code(), "method_not_allowed");
+    assert_eq!(res.header("allow"), Some("GET, HEAD, PATCH, DELETE"));
+    let res = c
+        .send("DELETE", &sk.url("/providers"), &auth, Bytes::new())
+        .await;
+    assert_eq!(res.status, 405);
+    assert_eq!(res.header("allow"), Some("GET, HEAD"));
+    let res = c
+        .send("TRACE", &sk.url("/proxy/x"), &auth, Bytes::new())
+        .await;
+    assert_eq!(res.status, 405);
+    assert_eq!(
+        res.header("allow"),
+        Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+    );
+}
+
+// In-process: records applied through the app's writer (the path of an API write) serve the
+// very next request, are in the vault file, and the app then stops on its shutdown future.
+#[tokio::test]
+async fn records_applied_through_the_writer_serve_the_next_request() {
+    let up = Upstream::start(ok_json()).await;
+    let sk = test_app(
+        &providers(&up.url("")),
+        "integrations: []\nconnections: []\n",
+    )
+    .start()
+    .await;
+    let c = TestClient::default();
+    let res = c.proxy(&sk.url(""), "/user", "late", "hdr").await;
+    assert_eq!(res.status, 404, "{}", res.text());
+    assert_eq!(res.error_code(), "unknown_provider_config");
+    let before = sk.snapshot().generation;
+    let snap = sk
+        .apply(&format!(
+            "integrations: [{{unique_key: hdr, provider: hdr}}]\n\
+             connections: [{{connection_id: late, provider_config_key: hdr, credentials: {{type: API_KEY, apiKey: \"{SECRET}\"}}}}]\n"
+        ))
+        .await;
+    assert!(snap.generation > before);
+    assert_eq!(sk.snapshot().generation, snap.generation, "published");
+    let res = c.proxy(&sk.url(""), "/user", "late", "hdr").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].headers["authorization"],
+        format!("Bearer {SECRET}").as_str()
+    );
+    let vault = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    assert!(vault.contains("connection_id: late"), "{vault}");
+    sk.stop().await;
 }

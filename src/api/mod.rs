@@ -212,6 +212,25 @@ pub fn scope(route: &ApiRoute<'_>, method: &Method) -> Option<Scope> {
     Some(s)
 }
 
+/// The `Allow` value of a 405 on `route`: the methods [`scope`] knows for it, so the header
+/// and the router never disagree.
+pub fn allowed_methods(route: &ApiRoute<'_>) -> String {
+    const METHODS: [Method; 6] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    ];
+    let allowed: Vec<&str> = METHODS
+        .iter()
+        .filter(|m| scope(route, m).is_some())
+        .map(Method::as_str)
+        .collect();
+    allowed.join(", ")
+}
+
 /// Nango routes sidekey does not serve: it proxies and stores credentials, and runs no syncs,
 /// actions or scripts.
 pub fn not_supported(path: &str) -> bool {
@@ -300,7 +319,7 @@ pub async fn read_json(headers: &HeaderMap, body: ProxyBody) -> Result<Option<Va
 
 /// Answers a management route.
 pub async fn respond(
-    app: &crate::proxy::App,
+    app: &crate::app::App,
     route: &ApiRoute<'_>,
     req: ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {

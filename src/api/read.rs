@@ -10,10 +10,10 @@ use http::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::{decode, ok, query_pairs, query_param, strict_query, ApiError, ApiRequest, ApiRoute};
+use crate::app::App;
 use crate::auth::Scope;
 use crate::body::ProxyBody;
 use crate::config::{Connection, Credential, Integration, Snapshot};
-use crate::proxy::App;
 
 pub(crate) fn integration_json(i: &Integration) -> Value {
     json!({
@@ -186,7 +186,7 @@ pub(crate) async fn respond(
     route: &ApiRoute<'_>,
     req: &ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     if let Some(res) = from_snapshot(&snapshot, route, req.query, req.scopes)? {
         return Ok(res);
     }
@@ -209,14 +209,15 @@ pub(crate) async fn respond(
             e.to_string(),
         )
     };
-    let token = app.oauth.access_token(&c).await.map_err(failed)?;
+    let token = app.state.oauth.access_token(&c).await.map_err(failed)?;
     if let (true, Some(t)) = (force, token.as_ref()) {
-        app.oauth
+        app.state
+            .oauth
             .refresh_after_unauthorized(&c, t)
             .await
             .map_err(failed)?;
     }
-    let creds = credentials_json(&c, app.oauth.current(&c), with_refresh);
+    let creds = credentials_json(&c, app.state.oauth.current(&c), with_refresh);
     Ok(ok(connection_json(&c, creds)))
 }
 

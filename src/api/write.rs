@@ -16,13 +16,13 @@ use super::read::{connection_json, credentials_json, integration_json};
 use super::{
     decode, ok, query_param, reply, strict_query, ApiError, ApiRequest, ApiRoute, FieldError,
 };
+use crate::app::App;
 use crate::body::ProxyBody;
 use crate::config::providers::AuthMode;
 use crate::config::vault::{
     RawConnection, RawCredentials, RawIntegration, RawIntegrationConfig, RawIntegrationCredentials,
 };
 use crate::config::{Change, Snapshot};
-use crate::proxy::App;
 use crate::secret::Secret;
 use crate::store::{Expect, StoreError, Write};
 
@@ -194,7 +194,7 @@ fn write_error(e: StoreError, on_precondition: impl FnOnce(&Expect) -> ApiError)
 }
 
 async fn commit(app: &App, w: Write) -> Result<std::sync::Arc<Snapshot>, StoreError> {
-    match app.writer.get() {
+    match app.writer.as_ref() {
         Some(writer) => writer.write(w).await,
         None => Err(StoreError::ReadOnly(
             "this sidekey has no store to write to".into(),
@@ -352,7 +352,7 @@ fn integration_config(
 async fn post_integration(app: &App, req: ApiRequest<'_>) -> Result<Response<ProxyBody>, ApiError> {
     strict_query(req.query, &[])?;
     let body: PostIntegration = parse(req.body)?;
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let provider = match snapshot.catalog.providers.get(&body.provider) {
         Some(Ok(p)) => p.clone(),
         _ => {
@@ -433,7 +433,7 @@ async fn patch_integration(
 ) -> Result<Response<ProxyBody>, ApiError> {
     strict_query(req.query, &[])?;
     let body: PatchIntegration = parse(req.body)?;
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let missing = || ApiError::not_found(format!("Integration \"{key}\" does not exist"));
     let int = snapshot.integrations.get(key).ok_or_else(missing)?.clone();
     if body.custom.is_some() {
@@ -500,7 +500,7 @@ async fn delete_integration(
 ) -> Result<Response<ProxyBody>, ApiError> {
     strict_query(req.query, &[])?;
     let missing = || ApiError::not_found("Integration does not exist");
-    if !app.snapshot.load().integrations.contains_key(key) {
+    if !app.state.snapshot.load().integrations.contains_key(key) {
         return Err(missing());
     }
     let w = Write::new(vec![Change::DeleteIntegration(key.to_string())])
@@ -630,7 +630,7 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
     let raw = req.body.clone();
     let body: PostConnection = parse(req.body)?;
     super::validate::post_connection(raw.as_ref())?;
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let Some(int) = snapshot
         .integrations
         .get(body.provider_config_key.as_str())
@@ -753,7 +753,7 @@ async fn patch_connection(
     id: &str,
     req: ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let missing = || ApiError::not_found("Failed to find connection");
     let conn = named_connection(&snapshot, id, req.query, missing())?;
     let raw = req.body.clone();
@@ -798,7 +798,7 @@ async fn delete_connection(
     id: &str,
     req: ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let unknown = || ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "unknown_connection",
@@ -862,7 +862,7 @@ async fn metadata(
         }
         ApiError::new(StatusCode::NOT_FOUND, "unknown_connection", m)
     };
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let mut w = Write::default();
     let now = super::now();
     for id in &ids {
@@ -886,7 +886,7 @@ async fn metadata(
     commit(app, w).await.map_err(|e| {
         write_error(e, |p| match p {
             Expect::ConnectionVersion { connection_id, .. } => {
-                match app.snapshot.load().connection(&pck, connection_id) {
+                match app.state.snapshot.load().connection(&pck, connection_id) {
                     None => not_found(connection_id),
                     Some(_) => ApiError::new(
                         StatusCode::CONFLICT,

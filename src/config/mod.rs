@@ -13,6 +13,7 @@ pub mod diff;
 pub mod limits;
 pub mod providers;
 pub mod reload;
+pub mod sealed;
 pub mod snapshot;
 pub mod vault;
 
@@ -24,6 +25,19 @@ pub use snapshot::{
     BaseUrl, BuildOptions, CallerKey, Change, Connection, Credential, Injection, Integration,
     Placement, Snapshot, Table,
 };
+
+/// Where the file reload loop ([`reload::Reloader`]) swaps a new snapshot, and what it tells
+/// afterwards. The process state (`state::State`, above this module) implements it, so that
+/// the configuration does not depend on what is built from it.
+pub trait ReloadTarget: Send + Sync + 'static {
+    /// The serving snapshot.
+    fn snapshot(&self) -> &arc_swap::ArcSwap<Snapshot>;
+    /// After a reload was swapped in: drop token state the new vault supersedes (file I/O; called
+    /// on a blocking thread).
+    fn prune_tokens(&self, snapshot: &Snapshot);
+    /// Reload counters and the generation gauge.
+    fn metrics(&self) -> &crate::metrics::Metrics;
+}
 
 /// The providers.yaml compiled into the binary, used when none is given or found.
 pub const BUNDLED_PROVIDERS: &str = include_str!("../../providers.yaml");
@@ -172,5 +186,25 @@ pub fn load_files_stamped(paths: &Paths) -> Result<(Sources, Stamps), Vec<Diagno
         ))
     } else {
         Err(errors)
+    }
+}
+
+// The two lower modules that the snapshot's types serve name them only through these traits,
+// so that neither `auth` nor `metrics` depends on `config` (which depends on both).
+impl crate::auth::Key for CallerKey {
+    fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+    fn scopes(&self) -> crate::auth::Scopes {
+        self.scopes
+    }
+}
+
+impl crate::metrics::Labelled for Integration {
+    fn label(&self) -> &str {
+        &self.unique_key
+    }
+    fn handle_slot(&self) -> &std::sync::OnceLock<crate::metrics::IntegrationMetrics> {
+        &self.metrics
     }
 }

@@ -38,8 +38,7 @@ use tokio::sync::mpsc;
 
 use super::diff::{diff, Changes};
 use super::snapshot::{self, BuildOptions, Snapshot};
-use super::{limits, load_files_stamped, Diagnostic, Paths, Sources, Stamps};
-use crate::proxy::App;
+use super::{limits, load_files_stamped, Diagnostic, Paths, ReloadTarget, Sources, Stamps};
 
 /// How long the watched directories must stay quiet before a reload, unless a flag says otherwise.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(200);
@@ -112,7 +111,7 @@ pub struct Reloader {
     /// Caller keys from `SIDEKEY_SECRET_KEY`: read once at startup and kept across reloads.
     env_keys: Vec<[u8; 32]>,
     /// `SIDEKEY_ENCRYPTION_KEY`, read once at startup: opens sealed values on every reload.
-    encryption_key: Option<Arc<crate::sealed::EncryptionKey>>,
+    encryption_key: Option<Arc<crate::config::sealed::EncryptionKey>>,
     settle: Duration,
     generation: AtomicU64,
     ok: AtomicU64,
@@ -143,11 +142,14 @@ impl Reloader {
 
     /// Opens sealed vault values with this key on the first load and every reload.
     /// The key the vault's secrets are sealed with, if one is set.
-    pub(crate) fn encryption_key(&self) -> Option<&Arc<crate::sealed::EncryptionKey>> {
+    pub(crate) fn encryption_key(&self) -> Option<&Arc<crate::config::sealed::EncryptionKey>> {
         self.encryption_key.as_ref()
     }
 
-    pub fn with_encryption_key(mut self, key: Option<Arc<crate::sealed::EncryptionKey>>) -> Self {
+    pub fn with_encryption_key(
+        mut self,
+        key: Option<Arc<crate::config::sealed::EncryptionKey>>,
+    ) -> Self {
         self.encryption_key = key;
         self
     }
@@ -303,7 +305,7 @@ impl Reloader {
         drop(src);
         for w in new.warnings.iter() {
             // A plaintext secret in a sealed vault is worth an operator's attention.
-            if crate::sealed::is_sealing_warning(w) {
+            if crate::config::sealed::is_sealing_warning(w) {
                 tracing::warn!(warning = %w, "configuration warning");
             } else {
                 tracing::debug!(warning = %w, "configuration warning");
@@ -373,13 +375,17 @@ impl Reloader {
     }
 
     /// [`Reloader::reload_blocking`] on a blocking thread.
-    pub async fn reload(self: &Arc<Self>, app: &Arc<App>, trigger: Trigger) -> Outcome {
+    pub async fn reload(
+        self: &Arc<Self>,
+        app: &Arc<dyn ReloadTarget>,
+        trigger: Trigger,
+    ) -> Outcome {
         let (this, worker) = (self.clone(), app.clone());
         let outcome = match tokio::task::spawn_blocking(move || {
-            let outcome = this.reload_blocking(&worker.snapshot, trigger);
+            let outcome = this.reload_blocking(worker.snapshot(), trigger);
             if matches!(outcome, Outcome::Reloaded { .. }) {
                 // Drop state-file entries that the new vault supersedes (file I/O: on this thread).
-                worker.oauth.prune(&worker.snapshot.load());
+                worker.prune_tokens(&worker.snapshot().load());
             }
             outcome
         })
@@ -394,10 +400,10 @@ impl Reloader {
         };
         match &outcome {
             Outcome::Reloaded { generation, .. } => {
-                app.metrics.reload("success");
-                app.metrics.set_generation(*generation);
+                app.metrics().reload("success");
+                app.metrics().set_generation(*generation);
             }
-            Outcome::Failed { .. } => app.metrics.reload("failure"),
+            Outcome::Failed { .. } => app.metrics().reload("failure"),
             Outcome::Unchanged | Outcome::NotReady { .. } => {}
         }
         outcome
@@ -439,7 +445,11 @@ impl Reloader {
     }
 
     /// Spawns the reload loop, which swaps new snapshots into `app`.
-    pub fn spawn(self: Arc<Self>, app: Arc<App>, watch: Watch) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        self: Arc<Self>,
+        app: Arc<dyn ReloadTarget>,
+        watch: Watch,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.run(app, watch))
     }
 
@@ -475,7 +485,7 @@ impl Reloader {
         Some(watcher)
     }
 
-    async fn run(self: Arc<Self>, app: Arc<App>, mut watch: Watch) {
+    async fn run(self: Arc<Self>, app: Arc<dyn ReloadTarget>, mut watch: Watch) {
         use tokio::time::Instant;
         // While settling: (quiet until, give up waiting for quiet at).
         let mut pending: Option<(Instant, Instant)> = None;

@@ -43,8 +43,8 @@ pub struct BuildOptions {
     pub env_keys: Vec<[u8; 32]>,
     /// The generation number the new snapshot gets.
     pub generation: u64,
-    /// `SIDEKEY_ENCRYPTION_KEY`: opens the vault's sealed values (see [`crate::sealed`]).
-    pub encryption_key: Option<Arc<crate::sealed::EncryptionKey>>,
+    /// `SIDEKEY_ENCRYPTION_KEY`: opens the vault's sealed values (see [`crate::config::sealed`]).
+    pub encryption_key: Option<Arc<crate::config::sealed::EncryptionKey>>,
 }
 
 /// Where an injected value goes.
@@ -543,7 +543,8 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
     };
     // Sealed values are opened before anything looks at them, so the rest of the build (and
     // the snapshot) only ever sees plaintext.
-    let sealing = match crate::sealed::open_vault(&mut raw, opts.encryption_key.as_deref()) {
+    let sealing = match crate::config::sealed::open_vault(&mut raw, opts.encryption_key.as_deref())
+    {
         Ok(report) => report,
         Err(e) => {
             errors.push(e.diagnostic(&src.vault_name));

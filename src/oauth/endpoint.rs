@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::body::full;
 use crate::config::snapshot::encode_query_component;
-use crate::proxy::client::{ClientError, HttpClient};
 use crate::secret::Secret;
+use crate::upstream::{ClientError, HttpClient};
 
 /// The largest token response read; real ones are a few hundred bytes.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;

@@ -34,7 +34,6 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 
-use super::client::{ClientError, ConnectError, HttpClient, UpstreamBody};
 use super::idle::IdleBody;
 use super::replay::{EndSignal, Replay};
 use super::retry::{self, Plan, Policy};
@@ -43,6 +42,7 @@ use crate::body::ProxyBody;
 use crate::config::Integration;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::upstream::{ClientError, ConnectError, HttpClient, UpstreamBody};
 
 /// The request line and headers to send, reused by every attempt.
 pub struct Outbound<'a> {

@@ -5,17 +5,18 @@
 //! only strings them together. The snapshot is loaded once per request (`load_full`) and the
 //! request is finished on it even if a reload swaps in a newer one meanwhile.
 //!
-//! OAuth connections get their token from [`App::oauth`] (refreshed first if it is about to
+//! OAuth connections get their token from [`State::oauth`] (refreshed first if it is about to
 //! expire); after an upstream 401 the token is refreshed once and the request is sent again from
 //! the replay buffer when its body fits there; if that refresh fails the upstream's 401 is what
 //! the caller gets.
 
-pub mod client;
+pub mod access_log;
 pub mod decompress;
 pub mod forward;
 pub mod headers;
 pub mod idle;
 pub mod inject;
+pub mod plan;
 pub mod replay;
 pub mod retry;
 pub mod rewrite;
@@ -24,21 +25,16 @@ pub mod route;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
-use crate::config::{BaseUrl, Connection, Snapshot};
-use crate::credstore::CredStore;
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
 use crate::netpolicy::OverridePolicy;
-use crate::oauth::endpoint::HttpTokenEndpoint;
-use crate::oauth::{AccessToken, OAuthOptions, TokenManager};
-use crate::telemetry::RequestLog;
-use client::UpstreamClient;
-use route::Route;
+use crate::oauth::AccessToken;
+use crate::state::State;
+use crate::upstream::UpstreamClient;
+use access_log::RequestLog;
 
 /// Request-path settings from the command line.
 #[derive(Debug, Clone)]
@@ -71,49 +67,12 @@ impl Default for ProxyOptions {
     }
 }
 
-/// Everything the proxy shares across requests.
-pub struct App {
-    pub snapshot: ArcSwap<Snapshot>,
+/// What the request path shares across requests: the process state (snapshot, tokens,
+/// metrics), the upstream pools and the command line's settings. Built by `app::AppBuilder`.
+pub struct Proxy {
+    pub state: Arc<State>,
     pub client: UpstreamClient,
     pub options: ProxyOptions,
-    /// OAuth token state per connection; outlives snapshot swaps.
-    pub oauth: TokenManager,
-    /// Served on the admin listener; other parts record through it (retries, refreshes, reloads).
-    pub metrics: Arc<Metrics>,
-    /// The store's writer, once one is started (API writes go through it).
-    pub writer: std::sync::OnceLock<crate::store::writer::Writer>,
-}
-
-impl App {
-    /// An app whose token manager calls token endpoints through the trusted pool and keeps
-    /// refreshed credentials in memory only; see [`App::with_oauth`].
-    pub fn new(snapshot: Snapshot, client: UpstreamClient, options: ProxyOptions) -> Self {
-        let endpoint = HttpTokenEndpoint::new(client.trusted.clone(), options.response_timeout);
-        let oauth = TokenManager::new(
-            Arc::new(endpoint),
-            Arc::new(CredStore::memory()),
-            OAuthOptions::default(),
-        );
-        let metrics = Arc::new(Metrics::new());
-        metrics.set_generation(snapshot.generation);
-        let mut oauth = oauth;
-        oauth.set_metrics(metrics.clone());
-        Self {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            client,
-            options,
-            oauth,
-            metrics,
-            writer: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Replaces the token manager (with persistence and the command line's cool-down).
-    pub fn with_oauth(mut self, mut oauth: TokenManager) -> Self {
-        oauth.set_metrics(self.metrics.clone());
-        self.oauth = oauth;
-        self
-    }
 }
 
 /// The control headers of one request.
@@ -256,8 +215,8 @@ impl<'a> Controls<'a> {
 
 /// Handles one proxy request; errors become sidekey's JSON responses. The request is counted
 /// in the metrics and written to the access log when its response body is done.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (req, mut log) = RequestLog::start(req, &app.metrics);
+pub async fn handle(app: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (req, mut log) = RequestLog::start(req, &app.state.metrics);
     // Traced requests run under their span, so attempt and token spans become its children.
     let res = match log.trace_context() {
         None => proxy(app, req, &mut log).await,
@@ -276,178 +235,30 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     log.respond(res)
 }
 
-fn allowed_method(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET
-            | Method::POST
-            | Method::PUT
-            | Method::PATCH
-            | Method::DELETE
-            | Method::HEAD
-            | Method::OPTIONS
-    )
-}
-
-/// Finds the connection named by the route or the headers.
-fn find_connection(
-    snapshot: &Snapshot,
-    route: &Route<'_>,
-    controls: &Controls<'_>,
-) -> Result<Arc<Connection>, ProxyError> {
-    // On `/connections/{selector}/proxy` the path names the connection; headers only narrow.
-    let by_headers = matches!(route, Route::Proxy { .. });
-    if let (true, Some(cid), Some(pck)) = (
-        by_headers,
-        controls.connection_id,
-        controls.provider_config_key,
-    ) {
-        let found = snapshot
-            .connections
-            .get(pck)
-            .and_then(|per_int| per_int.get(cid));
-        return match found {
-            Some(conn) => Ok(conn.clone()),
-            // An integration with no (such) connection is known; an unknown key is not.
-            None if snapshot.integrations.contains_key(pck) => Err(ProxyError::UnknownConnection {
-                connection_id: cid.to_string(),
-                provider_config_key: pck.to_string(),
-            }),
-            None => Err(ProxyError::UnknownProviderConfig(pck.to_string())),
-        };
-    }
-    let Route::ConnectionProxy { selector, .. } = route else {
-        return Err(ProxyError::InvalidHeaders(
-            "Connection-Id and Provider-Config-Key are required".into(),
-        ));
-    };
-    let by_id = snapshot.by_connection_id.get(selector.as_ref());
-    let by_int = snapshot.connections.get(selector.as_ref());
-    let mut candidates: Vec<&Arc<Connection>> = Vec::new();
-    for c in by_id
-        .into_iter()
-        .flat_map(|l| l.iter())
-        .chain(by_int.into_iter().flat_map(|m| m.values()))
-    {
-        let wanted = controls
-            .provider_config_key
-            .is_none_or(|p| c.provider_config_key == p)
-            && controls
-                .connection_id
-                .is_none_or(|id| c.connection_id == id);
-        // A connection whose id is also its integration's key is found both ways: once is enough.
-        if wanted && !candidates.iter().any(|k| Arc::ptr_eq(k, c)) {
-            candidates.push(c);
-        }
-    }
-    match candidates.as_slice() {
-        [] => Err(ProxyError::UnknownSelector(selector.to_string())),
-        [one] => Ok((*one).clone()),
-        _ => Err(ProxyError::AmbiguousConnection(selector.to_string())),
-    }
-}
-
-/// Chooses the base URL and the pool: the caller's override (per policy) or the connection's.
-fn choose_base<'a>(
-    app: &'a App,
-    conn: &'a Connection,
-    controls: &Controls<'_>,
-) -> Result<(std::borrow::Cow<'a, BaseUrl>, &'a client::HttpClient), ProxyError> {
-    let Some(o) = controls.base_url_override else {
-        let base = conn.base_url.as_ref().ok_or_else(|| {
-            ProxyError::InvalidHeaders(format!(
-                "integration `{}` has no base URL; send Base-Url-Override",
-                conn.provider_config_key
-            ))
-        })?;
-        return Ok((std::borrow::Cow::Borrowed(base), &app.client.trusted));
-    };
-    let refused = |why: &str| ProxyError::BaseUrlOverrideNotAllowed(why.to_string());
-    if app.options.override_policy == OverridePolicy::Deny {
-        return Err(refused("Base-Url-Override is disabled on this proxy"));
-    }
-    let base = BaseUrl::parse(o)
-        .map_err(|e| ProxyError::InvalidHeaders(format!("Base-Url-Override: {e}")))?;
-    match app.options.override_policy {
-        OverridePolicy::Deny => Err(refused("Base-Url-Override is disabled on this proxy")),
-        OverridePolicy::Any => Ok((std::borrow::Cow::Owned(base), &app.client.trusted)),
-        OverridePolicy::Public => {
-            if let Ok(ip) = base.host.parse::<std::net::IpAddr>() {
-                if !crate::netpolicy::is_public(ip) {
-                    return Err(refused(
-                        "Base-Url-Override may not reach loopback, private, link-local or metadata addresses",
-                    ));
-                }
-            }
-            Ok((std::borrow::Cow::Owned(base), &app.client.checked))
-        }
-    }
-}
-
 async fn proxy(
-    app: &App,
+    app: &Proxy,
     req: Request<ProxyBody>,
     log: &mut RequestLog,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let snapshot = app.snapshot.load_full();
+    let snapshot = app.state.snapshot.load_full();
     let (parts, body) = req.into_parts();
-    let Some(route) = route::route(parts.uri.path()) else {
-        return Err(ProxyError::NotFound(parts.uri.path().to_string()));
-    };
-    if parts.method == Method::CONNECT || parts.headers.contains_key(http::header::UPGRADE) {
-        return Err(ProxyError::UpgradeNotSupported);
-    }
-    if !allowed_method(&parts.method) {
-        return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
-    }
-    let scopes = crate::auth::authenticate(&parts.headers, &snapshot.secret_keys)?;
-    if !scopes.contains(crate::auth::Scope::Proxy) {
-        return Err(ProxyError::Forbidden(crate::auth::Scope::Proxy.name()));
-    }
-    let controls = Controls::parse(&parts.headers, matches!(route, Route::Proxy { .. }))?;
+    let (route, controls) = plan::admit(&parts, &snapshot)?;
     log.integration = controls
         .provider_config_key
         .and_then(|k| snapshot.integrations.get(k).cloned());
-    let conn = find_connection(&snapshot, &route, &controls)?;
+    let target = plan::target(&snapshot, route, controls, app.options.override_policy)?;
+    let conn = target.conn.clone();
     log.set_connection(&conn);
-    let (mut base, client) = choose_base(app, &conn, &controls)?;
-    let mut endpoint = match &route {
-        Route::Proxy { endpoint } | Route::ConnectionProxy { endpoint, .. } => *endpoint,
+    let controls = &target.controls;
+    let client = match target.pool {
+        plan::Pool::Trusted => &app.client.trusted,
+        plan::Pool::Checked => &app.client.checked,
     };
-    if let (Route::ConnectionProxy { .. }, Some(abs)) =
-        (&route, rewrite::absolute_endpoint(endpoint))
-    {
-        let full = BaseUrl::parse(&format!("{}://{}", abs.scheme, abs.authority))
-            .map_err(ProxyError::InvalidEndpoint)?;
-        if full.host != base.host || full.port != base.port || full.scheme != base.scheme {
-            return Err(ProxyError::InvalidEndpoint(format!(
-                "a full URL must be on the connection's host `{}`",
-                base.host
-            )));
-        }
-        let b = base.to_mut();
-        b.path.clear();
-        endpoint = abs.path;
-    }
-    let token = app.oauth.access_token(&conn).await?;
+    let token = app.state.oauth.access_token(&conn).await?;
     // Headers and URI for a given token; built again for the one resend after a 401.
-    let upstream_head =
-        |token: Option<&AccessToken>| -> Result<(http::Uri, HeaderMap), ProxyError> {
-            let mut headers =
-                HeaderMap::with_capacity(parts.headers.len() + conn.static_headers.len());
-            headers::request_headers(&parts.headers, &mut headers);
-            headers.insert(http::header::HOST, base.host_header.clone());
-            let dynamic_query =
-                inject::inject(&conn, token.map(AccessToken::expose), &mut headers)?;
-            let injected: Vec<(&str, &str)> = conn
-                .static_query
-                .iter()
-                .chain(dynamic_query.iter())
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            let uri = rewrite::upstream_uri(&base, endpoint, parts.uri.query(), &injected)?;
-            Ok((uri, headers))
-        };
+    let upstream_head = |token: Option<&AccessToken>| {
+        plan::upstream_head(&parts, &target, token.map(AccessToken::expose))
+    };
     let (uri, headers) = upstream_head(token.as_ref())?;
     // OAuth connections keep the body even without retries, for the one resend after a 401.
     let keep = controls.retries > 0 || token.is_some();
@@ -474,7 +285,7 @@ async fn proxy(
         headers,
         rebuild: &rebuild,
     };
-    let mut tally = forward::Tally::new(&app.metrics, &conn.integration);
+    let mut tally = forward::Tally::new(&app.state.metrics, &conn.integration);
     let sent = forward::send(client, out, &body, &policy, &app.options, &mut tally).await;
     log.attempts = tally.attempts;
     let mut res = sent?;
@@ -483,11 +294,21 @@ async fn proxy(
         // The resend does not count against `Retries`; it needs the whole body again.
         if !body.prepare_retry() {
             // No resend (the body streamed once), but the next request gets a fresh token.
-            if let Err(e) = app.oauth.refresh_after_unauthorized(&conn, stale).await {
+            if let Err(e) = app
+                .state
+                .oauth
+                .refresh_after_unauthorized(&conn, stale)
+                .await
+            {
                 tracing::debug!(code = e.code(), "refresh after 401 failed");
             }
         } else {
-            match app.oauth.refresh_after_unauthorized(&conn, stale).await {
+            match app
+                .state
+                .oauth
+                .refresh_after_unauthorized(&conn, stale)
+                .await
+            {
                 Ok(fresh) => {
                     let (uri, headers) = upstream_head(Some(&fresh))?;
                     let rebuild = || upstream_head(Some(&fresh)).ok().map(|(_, h)| h);

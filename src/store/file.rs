@@ -10,7 +10,7 @@
 //! writes with a conflict that names its first problem, while the last good snapshot serves.
 //!
 //! With `SIDEKEY_ENCRYPTION_KEY` set, every secret is sealed before the file is written
-//! ([`crate::sealed`]), so an API write never puts a plaintext secret on disk.
+//! ([`crate::config::sealed`]), so an API write never puts a plaintext secret on disk.
 //!
 //! Versions are assigned here: a counter that starts at the current time in microseconds, so
 //! versions keep increasing across restarts without being stored in the file.
@@ -139,7 +139,7 @@ impl Inner {
 fn render(
     old: &str,
     next: &Snapshot,
-    key: Option<&crate::sealed::EncryptionKey>,
+    key: Option<&crate::config::sealed::EncryptionKey>,
 ) -> Result<String, StoreError> {
     let mut records: RawVault = next.records();
     records.secret_keys = next
@@ -148,7 +148,7 @@ fn render(
         .filter_map(|k| k.record.clone())
         .collect();
     if let Some(key) = key {
-        crate::sealed::seal_vault(&mut records, key)
+        crate::config::sealed::seal_vault(&mut records, key)
             .map_err(|e| StoreError::Unavailable(format!("cannot seal the vault: {e}")))?;
     }
     let body = serde_yaml_ng::to_string(&records)

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Backend, Expect, StoreError, Write};
 use crate::config::{Change, Snapshot};
-use crate::proxy::App;
+use crate::state::State;
 
 /// The most writes committed together.
 const MAX_GROUP: usize = 256;
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Starts the writer task for `app`'s snapshot over `backend`.
-    pub fn spawn(app: Arc<App>, backend: Arc<dyn Backend>) -> Self {
+    pub fn spawn(app: Arc<State>, backend: Arc<dyn Backend>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(run(app, backend, rx));
         Self { tx }
@@ -57,7 +57,7 @@ impl Writer {
     }
 }
 
-async fn run(app: Arc<App>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pending>) {
+async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -70,7 +70,7 @@ async fn run(app: Arc<App>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pe
     }
 }
 
-async fn commit_group(app: &App, backend: &dyn Backend, batch: Vec<Pending>) {
+async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
     let mut last_conflict = None;
     for _attempt in 0..2 {
         match backend.refresh(app.snapshot.load_full()).await {

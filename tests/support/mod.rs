@@ -4,10 +4,14 @@
 //! - [`upstream`]: loopback upstream servers (HTTP/1.1, h2c, TLS with ALPN) that record what
 //!   they received.
 //! - [`sidekey`]: the real `sidekey` binary, started on random ports with config files written
-//!   to a temporary directory; its log lines are collected for assertions.
+//!   to a temporary directory; its log lines are collected for assertions. For what needs a
+//!   process: signals, the CLI, SIGKILL, files changed under it.
+//! - [`app`]: the same startup in-process ([`app::TestApp`]): listeners on the test's runtime,
+//!   the app at hand, records applied through its writer, paused time when the test asks.
 //! - [`client`]: a small HTTP client for driving sidekey.
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
+pub mod app;
 pub mod ca;
 pub mod client;
 pub mod sidekey;
@@ -35,4 +39,28 @@ pub async fn tls_upstream(
         format!("api.test:443:127.0.0.1:{}", up.port()),
     ];
     (up, dir, args)
+}
+
+/// A running sidekey, in-process or the binary: what a test needs to call it.
+pub trait Served {
+    fn url(&self, path: &str) -> String;
+    fn admin_url(&self, path: &str) -> String;
+}
+
+impl Served for sidekey::Sidekey {
+    fn url(&self, path: &str) -> String {
+        sidekey::Sidekey::url(self, path)
+    }
+    fn admin_url(&self, path: &str) -> String {
+        sidekey::Sidekey::admin_url(self, path)
+    }
+}
+
+impl Served for app::TestApp {
+    fn url(&self, path: &str) -> String {
+        app::TestApp::url(self, path)
+    }
+    fn admin_url(&self, path: &str) -> String {
+        app::TestApp::admin_url(self, path)
+    }
 }

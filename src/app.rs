@@ -1,0 +1,150 @@
+//! The application: the process state, the request path's shared parts and the store's writer,
+//! wired in one place ([`AppBuilder`]), so that the binary and the in-process tests build the
+//! same thing.
+//!
+//! [`App`] is what every handler receives (the router, the management API, the listeners);
+//! those sit above this module. Everything the builder wires sits below it: the state and its
+//! snapshot, the upstream pools, the OAuth token manager with its credential store, the
+//! metrics, the store backend and its writer. The file reload loop and the listeners are
+//! started by [`crate::run()`](fn@crate::run), which owns the process's lifetime.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Snapshot;
+use crate::credstore::CredStore;
+use crate::metrics::Metrics;
+use crate::oauth::endpoint::{HttpTokenEndpoint, TokenEndpoint};
+use crate::oauth::{OAuthOptions, TokenManager};
+use crate::proxy::{Proxy, ProxyOptions};
+use crate::state::State;
+use crate::store::writer::Writer;
+use crate::store::Backend;
+use crate::upstream::{ClientOptions, UpstreamClient};
+
+/// Everything the handlers share.
+pub struct App {
+    /// The serving snapshot, token state and metrics (also held by the writer and the reload
+    /// loop).
+    pub state: Arc<State>,
+    /// The request path's upstream pools and settings.
+    pub proxy: Proxy,
+    /// The one writer of the store, when the app has a store (API writes go through it;
+    /// without one they answer 409 `store_read_only`).
+    pub writer: Option<Writer>,
+}
+
+impl App {
+    /// Starts building an app that serves `snapshot`.
+    pub fn builder(snapshot: Snapshot) -> AppBuilder {
+        AppBuilder {
+            snapshot,
+            client: None,
+            options: ProxyOptions::default(),
+            oauth: OAuthOptions::default(),
+            credentials: None,
+            token_endpoint: None,
+            backend: None,
+        }
+    }
+
+    /// The metrics registry (served on the admin listener).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.metrics
+    }
+}
+
+/// How an [`App`] is put together; every part has a default fit for a test.
+pub struct AppBuilder {
+    snapshot: Snapshot,
+    client: Option<UpstreamClient>,
+    options: ProxyOptions,
+    oauth: OAuthOptions,
+    credentials: Option<CredStore>,
+    token_endpoint: Option<Arc<dyn TokenEndpoint>>,
+    backend: Option<Arc<dyn Backend>>,
+}
+
+/// Why an app could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot build the upstream client: {0}")]
+    Upstream(String),
+}
+
+impl AppBuilder {
+    /// The upstream pools (default: web PKI roots, no pins, default timeouts).
+    pub fn client(mut self, client: UpstreamClient) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// The request path's settings.
+    pub fn options(mut self, options: ProxyOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The token manager's settings (cool-down after a failed refresh).
+    pub fn oauth(mut self, options: OAuthOptions) -> Self {
+        self.oauth = options;
+        self
+    }
+
+    /// Where refreshed OAuth credentials persist (default: in memory only).
+    pub fn credentials(mut self, store: CredStore) -> Self {
+        self.credentials = Some(store);
+        self
+    }
+
+    /// The token endpoint client (default: HTTP through the trusted pool, with the response
+    /// timeout of [`AppBuilder::options`]).
+    pub fn token_endpoint(mut self, endpoint: Arc<dyn TokenEndpoint>) -> Self {
+        self.token_endpoint = Some(endpoint);
+        self
+    }
+
+    /// The store API writes commit to; its writer task starts in [`AppBuilder::build`].
+    pub fn store(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Wires the parts. Starts the writer task when there is a store, so it must run inside a
+    /// Tokio runtime then; the credential store's state file is pruned against the snapshot
+    /// (blocking file I/O, once, before serving).
+    pub fn build(self) -> Result<Arc<App>, BuildError> {
+        let client = match self.client {
+            Some(c) => c,
+            None => UpstreamClient::new(&ClientOptions::default()).map_err(BuildError::Upstream)?,
+        };
+        let endpoint = self.token_endpoint.unwrap_or_else(|| {
+            Arc::new(HttpTokenEndpoint::new(
+                client.trusted.clone(),
+                self.options.response_timeout,
+            ))
+        });
+        let credentials = self.credentials.unwrap_or_else(CredStore::memory);
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_generation(self.snapshot.generation);
+        let mut oauth = TokenManager::new(endpoint, Arc::new(credentials), self.oauth);
+        oauth.set_metrics(metrics.clone());
+        oauth.prune(&self.snapshot);
+        let state = Arc::new(State {
+            snapshot: ArcSwap::from_pointee(self.snapshot),
+            oauth,
+            metrics,
+        });
+        let writer = self.backend.map(|b| Writer::spawn(state.clone(), b));
+        Ok(Arc::new(App {
+            proxy: Proxy {
+                state: state.clone(),
+                client,
+                options: self.options,
+            },
+            state,
+            writer,
+        }))
+    }
+}

@@ -1,0 +1,324 @@
+//! Serving, from settings to shutdown: [`run`] (what `sidekey serve` does once its flags are
+//! parsed and its listeners bound), split into [`start`] (first run, load, build the
+//! [`App`], start the reload loop) and [`Started::serve`] (the listeners until shutdown, then
+//! the drain), so that tests can reach the app between the two.
+//!
+//! Nothing here reads the environment or installs signal handlers other than the reload's
+//! SIGHUP: the caller passes the environment's keys in [`Settings`] and the shutdown as a
+//! future, so an in-process test controls both.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::cli::ServeArgs;
+use crate::config::reload::Reloader;
+use crate::config::sealed::EncryptionKey;
+use crate::config::Paths;
+use crate::credstore::CredStore;
+use crate::oauth::OAuthOptions;
+use crate::proxy::ProxyOptions;
+use crate::upstream::{ClientOptions, UpstreamClient};
+
+/// What `sidekey serve` was asked to do.
+#[derive(Debug)]
+pub struct Settings {
+    /// The `serve` flags (or their `SIDEKEY_*` twins).
+    pub serve: ServeArgs,
+    /// Digests of the caller keys given outside the vault (`SIDEKEY_SECRET_KEY`).
+    pub env_keys: Vec<[u8; 32]>,
+    /// The key that opens the vault's sealed secrets (`SIDEKEY_ENCRYPTION_KEY`).
+    pub encryption_key: Option<Arc<EncryptionKey>>,
+}
+
+/// The already-bound listeners: the proxy's and the admin one.
+#[derive(Debug)]
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Why sidekey could not start; each message names what to fix, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("--otlp-endpoint: {0}")]
+    OtlpEndpoint(String),
+    #[error("cannot create the vault {path}: {source}")]
+    FirstRun {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration refused:\n{0}")]
+    Config(String),
+    #[error("{0}")]
+    ExtraCa(String),
+    #[error("{0}")]
+    Upstream(String),
+    #[error("{0}")]
+    Otel(String),
+    #[error("{0}")]
+    ListenerTls(String),
+    #[error("{0}")]
+    Credentials(String),
+    #[error(transparent)]
+    Build(#[from] crate::app::BuildError),
+    #[error("cannot read a listener's address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then drains: [`start`] followed by [`Started::serve`].
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    start(settings)?.serve(listeners, shutdown).await
+}
+
+/// An app built and its reload loop running, not yet serving.
+pub struct Started {
+    pub app: Arc<App>,
+    settings: Settings,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    exporter: Option<crate::otel::Exporter>,
+}
+
+/// Creates the vault on first run, loads and validates the configuration, and builds the app
+/// with its store, token manager and upstream pools. Must run inside a Tokio runtime.
+pub fn start(settings: Settings) -> Result<Started, RunError> {
+    let args = &settings.serve;
+    // Checked before anything is created, so a typo leaves no trace on disk.
+    let otlp_endpoint = match &args.otlp_endpoint {
+        Some(url) => Some(crate::otel::traces_url(url).map_err(RunError::OtlpEndpoint)?),
+        None => None,
+    };
+    if let Some(key) =
+        first_run(&args.files.vault, !settings.env_keys.is_empty()).map_err(|source| {
+            RunError::FirstRun {
+                path: args.files.vault.display().to_string(),
+                source,
+            }
+        })?
+    {
+        // The one exception to "no secret in output": shown once, outside the log stream.
+        eprintln!(
+            "\nsidekey: created {} with a new caller key. Call the proxy with\n\n    Authorization: Bearer {key}\n\nThis key is shown only once; the vault stores only its SHA-256.\n",
+            args.files.vault.display()
+        );
+    }
+    let paths = Paths::new(
+        args.files.providers.clone(),
+        args.files.vault.clone(),
+        args.files.state.clone(),
+    );
+    let reloader = Arc::new(
+        Reloader::new(paths, settings.env_keys.clone(), args.reload_settle)
+            .with_encryption_key(settings.encryption_key.clone()),
+    );
+    let paths = reloader.paths();
+    let watch = reloader.watch();
+    let snapshot = reloader.load_initial().map_err(|diags| {
+        let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        RunError::Config(lines.join("\n"))
+    })?;
+    for w in snapshot.warnings.iter() {
+        if crate::config::sealed::is_sealing_warning(w) {
+            tracing::warn!(warning = %w, "configuration warning");
+        } else {
+            tracing::debug!(warning = %w, "configuration warning");
+        }
+    }
+    if snapshot.secret_keys.is_empty() {
+        tracing::warn!("no caller key configured: every request will get 401 unknown_account; set SIDEKEY_SECRET_KEY or add secret_keys (see `sidekey key new`)");
+    }
+    tracing::info!(
+        generation = snapshot.generation,
+        providers = %paths.providers_name(),
+        vault = %paths.vault.display(),
+        integrations = snapshot.integrations.len(),
+        connections = snapshot.connection_count(),
+        "configuration loaded"
+    );
+    if snapshot.connections.is_empty() {
+        tracing::info!(
+            "no connections yet: add an integration and a connection to {} (see the comments in it), then call e.g. `curl -H 'Authorization: Bearer <your key>' -H 'Connection-Id: user-123' -H 'Provider-Config-Key: my-github' http://{}/proxy/user`",
+            paths.vault.display(),
+            args.listen
+        );
+    }
+    let mut client_opts = ClientOptions {
+        connect_timeout: args.connect_timeout,
+        pool_idle_timeout: args.pool_idle_timeout,
+        resolve: args.resolve.clone(),
+        ..ClientOptions::default()
+    };
+    if let Some(ca) = &args.extra_ca {
+        client_opts.extra_ca = crate::upstream::read_pem_certs(ca).map_err(RunError::ExtraCa)?;
+    }
+    let client = UpstreamClient::new(&client_opts).map_err(RunError::Upstream)?;
+    let exporter = match &otlp_endpoint {
+        Some(endpoint) => {
+            let otel = crate::otel::Settings {
+                endpoint: endpoint.clone(),
+                connection_id: args.otlp_connection_id,
+            };
+            let exporter =
+                crate::otel::init(&otel, client.trusted.clone()).map_err(RunError::Otel)?;
+            tracing::info!(endpoint = %endpoint, connection_id = args.otlp_connection_id.as_str(), "exporting traces over OTLP/HTTP");
+            Some(exporter)
+        }
+        None => None,
+    };
+    let options = ProxyOptions {
+        override_policy: args.base_url_override,
+        response_timeout: args.response_timeout,
+        idle_timeout: args.idle_timeout,
+        retry_backoff_base: args.retry_backoff_base,
+        retry_backoff_max: args.retry_backoff_max,
+        retry_max_wait: args.retry_max_wait,
+        retry_buffer_bytes: args.retry_buffer_bytes,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let store = crate::tls::CertStore::open(cert, key).map_err(RunError::ListenerTls)?;
+            store.watch();
+            Some(crate::tls::server_config(store).map_err(RunError::ListenerTls)?)
+        }
+        _ => None,
+    };
+    let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
+    if vault_for_writes.is_none() && paths.state.is_none() {
+        tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
+    }
+    let credentials = CredStore::open(vault_for_writes, paths.state.clone())
+        .map_err(RunError::Credentials)?
+        .with_vault_lock(reloader.clone());
+    let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
+    let app = App::builder(snapshot)
+        .client(client)
+        .options(options)
+        .oauth(OAuthOptions {
+            refresh_cooldown: args.refresh_cooldown,
+        })
+        .credentials(credentials)
+        .store(Arc::new(backend))
+        .build()?;
+    reloader.spawn(app.state.clone(), watch);
+    Ok(Started {
+        app,
+        settings,
+        tls,
+        exporter,
+    })
+}
+
+impl Started {
+    /// Starts the reload loop, serves the admin listener and the proxy listener until
+    /// `shutdown` resolves, drains the proxy's connections, and flushes the trace exporter.
+    pub async fn serve(
+        mut self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        let args = &self.settings.serve;
+        let nofile = crate::server::raise_nofile_limit();
+        let (mut limits, admin_limits) = args.listener_limits();
+        let fitted = crate::server::fit_max_connections(
+            limits.max_connections,
+            admin_limits.max_connections,
+            nofile,
+        );
+        if fitted < limits.max_connections {
+            if args.max_connections.is_some() {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    open_file_limit = nofile,
+                    "--max-connections leaves less than half the open-file limit for upstream connections; under full load sidekey may run out of file descriptors"
+                );
+            } else {
+                tracing::info!(
+                    max_connections = fitted,
+                    open_file_limit = nofile,
+                    "connection limit fitted to half the open-file limit"
+                );
+                limits.max_connections = fitted;
+            }
+        }
+        let health = Arc::new(crate::admin::Health::default());
+        let Listeners { proxy, admin } = listeners;
+        tracing::info!(
+            listen = %proxy.local_addr().map_err(RunError::Listener)?,
+            admin = %admin.local_addr().map_err(RunError::Listener)?,
+            tls = self.tls.is_some(),
+            "sidekey is serving"
+        );
+        tokio::spawn(crate::admin::serve(
+            admin,
+            health.clone(),
+            self.app.metrics().clone(),
+            admin_limits,
+        ));
+        health.set_ready(true);
+        let shutdown = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                health.set_ready(false);
+                tracing::info!("shutting down: draining in-flight requests");
+            }
+        };
+        crate::server::serve(
+            proxy,
+            self.app.clone(),
+            self.tls.clone(),
+            limits,
+            shutdown,
+            args.drain_timeout,
+        )
+        .await;
+        // After the drain, so the spans of the last requests are in the final batch.
+        if let Some(exporter) = self.exporter.take() {
+            exporter.shutdown().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+const NEW_VAULT_HELP: &str = "\
+# sidekey vault: integrations, connections and the SHA-256 of caller keys.
+# Add an integration (a provider from providers.yaml) and a connection, e.g.:
+#
+# integrations:
+#   - unique_key: my-github
+#     provider: github-pat
+# connections:
+#   - connection_id: user-123
+#     provider_config_key: my-github
+#     credentials: {type: API_KEY, apiKey: \"ghp_...\"}
+#
+# sidekey reloads this file when it changes. `sidekey check` validates it.
+";
+
+/// Creates the vault (0600) when it does not exist yet; returns the caller key generated for
+/// it, unless the environment already supplies one.
+fn first_run(vault: &std::path::Path, have_env_key: bool) -> std::io::Result<Option<String>> {
+    if vault.exists() {
+        return Ok(None);
+    }
+    let key = (!have_env_key).then(crate::auth::new_key);
+    let mut text = NEW_VAULT_HELP.to_string();
+    match &key {
+        Some(k) => text.push_str(&format!(
+            "secret_keys:\n  - sha256: \"{}\"\n    label: generated on first run\n",
+            hex::encode(crate::auth::digest(k))
+        )),
+        None => text.push_str("secret_keys: []\n"),
+    }
+    text.push_str("integrations: []\nconnections: []\n");
+    crate::atomic_file::write(vault, text.as_bytes(), 0o600)?;
+    Ok(key)
+}
