@@ -14,6 +14,7 @@ pub mod limits;
 pub mod providers;
 pub mod reload;
 pub mod snapshot;
+pub mod table;
 pub mod vault;
 
 use std::fmt;

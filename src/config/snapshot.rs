@@ -13,10 +13,12 @@ use base64::Engine as _;
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Uri};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::providers::{AuthMode, Catalog, Provider};
+use super::table::{ById, Connections};
 use super::vault::{
     self, KeyPlacement, RawConnection, RawCredentials, RawIntegration, RawSecretKey, RawVault,
 };
@@ -160,6 +162,9 @@ pub struct Integration {
     /// The injections rendered per request (those that need the access token), shared by
     /// every connection of this integration.
     dynamic: Arc<[Injection]>,
+    /// Whether templates are rendered after the build (access-token injections, a token URL):
+    /// only then do its connections keep `connection_config` and `metadata` decoded.
+    renders_later: bool,
     /// The record this was compiled from, for the API and for recompiling its connections.
     pub record: RawIntegration,
     /// This integration's metric handles, made on first use (see [`crate::metrics`]).
@@ -222,6 +227,10 @@ impl Credential {
 }
 
 /// A connection with everything precomputed for the request path.
+///
+/// Kept small (issue 12: 100k connections in 64 MiB): what the request path reads is here
+/// compiled; what only the API and the record read (`connection_config`, `metadata`,
+/// `end_user`, `tags`, timestamps) is one compact JSON text, decoded on demand.
 #[derive(Debug)]
 pub struct Connection {
     pub connection_id: String,
@@ -235,28 +244,56 @@ pub struct Connection {
     pub static_headers: Vec<(HeaderName, HeaderValue)>,
     /// Injected query pairs known at load time, percent-encoded.
     pub static_query: Vec<(String, String)>,
-    /// Injections that need the current access token (shared by the integration's connections).
-    pub dynamic: Arc<[Injection]>,
-    pub connection_config: Map<String, Value>,
-    pub metadata: Map<String, Value>,
-    pub end_user: Option<Value>,
-    pub tags: Map<String, Value>,
-    pub created_at: Option<String>,
-    pub updated_at: Option<String>,
+    /// The record's cold fields as compact JSON ([`Extra`]); `None` when all are empty.
+    extra: Option<Box<str>>,
+    /// `connection_config` and `metadata` decoded, kept only when something renders templates
+    /// after the build (the integration's access-token templates, an OAuth token URL), so the
+    /// request path never parses JSON.
+    template_maps: Option<Box<TemplateMaps>>,
+    /// The fingerprint of an OAUTH2 credential as written (its `expires_at` text may not
+    /// survive the parse to a timestamp, so it is not recomputed from [`Credential`]).
+    oauth2_fingerprint: Option<Box<[u8; 32]>>,
     /// The store's version of this record: it changes whenever the record does (an API write,
     /// a refreshed token, a hand edit the file store noticed).
     pub version: u64,
-    /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one.
-    pub fingerprint: [u8; 32],
+}
+
+/// `connection_config` and `metadata`, decoded, for templates rendered after the build.
+type TemplateMaps = (Map<String, Value>, Map<String, Value>);
+
+/// The fields of a connection record that the request path never reads, as stored (compact
+/// JSON) in [`Connection`].
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extra {
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub connection_config: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub tags: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Connection {
     /// The values for rendering this connection's templates, with the given access token.
+    /// `connection_config` and `metadata` are there only for integrations that render
+    /// templates after the build (see `template_maps`); static ones were rendered at compile.
     pub fn values<'a>(&'a self, access_token: Option<&'a str>) -> Values<'a> {
         let mut v = Values {
             access_token,
-            connection_config: Some(&self.connection_config),
-            metadata: Some(&self.metadata),
+            connection_config: self.template_maps.as_deref().map(|m| &m.0),
+            metadata: self.template_maps.as_deref().map(|m| &m.1),
             ..Values::default()
         };
         match &self.credential {
@@ -270,18 +307,70 @@ impl Connection {
         v
     }
 
+    /// The cold fields, decoded.
+    pub fn extra(&self) -> Extra {
+        self.extra
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+
+    /// The cold fields exactly as stored: equal texts mean equal fields.
+    pub fn extra_text(&self) -> &str {
+        self.extra.as_deref().unwrap_or("")
+    }
+
+    pub fn connection_config(&self) -> Map<String, Value> {
+        self.extra().connection_config
+    }
+
+    pub fn metadata(&self) -> Map<String, Value> {
+        self.extra().metadata
+    }
+
+    pub fn end_user(&self) -> Option<Value> {
+        self.extra().end_user
+    }
+
+    pub fn tags(&self) -> Map<String, Value> {
+        self.extra().tags
+    }
+
+    pub fn created_at(&self) -> Option<String> {
+        self.extra().created_at
+    }
+
+    pub fn updated_at(&self) -> Option<String> {
+        self.extra().updated_at
+    }
+
+    /// Injections rendered per request (those that need the access token): the integration's.
+    pub fn dynamic(&self) -> &[Injection] {
+        &self.integration.dynamic
+    }
+
+    /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one
+    /// (computed when asked: only OAuth connections ask, not per connection in memory).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        match &self.oauth2_fingerprint {
+            Some(f) => **f,
+            None => fingerprint(&self.credential.to_raw()),
+        }
+    }
+
     /// The record this connection was compiled from.
     pub fn record(&self) -> RawConnection {
+        let e = self.extra();
         RawConnection {
             connection_id: self.connection_id.clone(),
             provider_config_key: self.provider_config_key.clone(),
             credentials: self.credential.to_raw(),
-            connection_config: self.connection_config.clone(),
-            metadata: self.metadata.clone(),
-            end_user: self.end_user.clone(),
-            tags: self.tags.clone(),
-            created_at: self.created_at.clone(),
-            updated_at: self.updated_at.clone(),
+            connection_config: e.connection_config,
+            metadata: e.metadata,
+            end_user: e.end_user,
+            tags: e.tags,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
         }
     }
 }
@@ -315,9 +404,9 @@ pub struct Snapshot {
     pub secret_keys: Arc<[CallerKey]>,
     pub integrations: Table<Arc<Integration>>,
     /// Connections by integration key, then connection id.
-    pub connections: Table<Table<Arc<Connection>>>,
+    pub connections: Table<Connections>,
     /// Connections by connection id alone, for integration.app-style selectors.
-    pub by_connection_id: Table<Arc<[Arc<Connection>]>>,
+    pub by_connection_id: ById,
     pub catalog: Arc<Catalog>,
     /// Problems that don't stop the load (unusable providers nobody uses, …).
     pub warnings: Arc<[Diagnostic]>,
@@ -355,7 +444,7 @@ impl Snapshot {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.connections.values().map(Table::len).sum()
+        self.connections.values().map(Connections::len).sum()
     }
 
     /// This snapshot with one change applied, or the problems that refuse it (paths relative
@@ -393,11 +482,11 @@ impl Snapshot {
                 let int = Arc::new(int);
                 let key: Arc<str> = Arc::from(int.unique_key.as_str());
                 let old = next.connections.get(&*key).cloned().unwrap_or_default();
-                let mut table = Table::default();
+                let mut table = Connections::default();
                 for conn in old.values() {
                     let at = format!("connections[{}]", conn.connection_id);
                     if let Some(c) = b.connection(&at, conn.record(), &int, conn.version) {
-                        table.insert(Arc::from(c.connection_id.as_str()), Arc::new(c));
+                        table.insert(Arc::new(c));
                     }
                 }
                 if !b.errors.is_empty() {
@@ -405,7 +494,7 @@ impl Snapshot {
                 }
                 next.integrations.insert(key.clone(), int);
                 for conn in table.values() {
-                    next.index_by_id(conn.clone());
+                    next.by_connection_id.insert(conn.clone());
                 }
                 if !table.is_empty() {
                     next.connections.insert(key, table);
@@ -414,7 +503,8 @@ impl Snapshot {
             Change::DeleteIntegration(key) => {
                 if let Some(table) = next.connections.remove(key.as_str()) {
                     for conn in table.values() {
-                        next.unindex_by_id(&conn.provider_config_key, &conn.connection_id);
+                        next.by_connection_id
+                            .remove(&conn.provider_config_key, &conn.connection_id);
                     }
                 }
                 next.integrations.remove(key.as_str());
@@ -447,9 +537,9 @@ impl Snapshot {
     fn insert_connection(&mut self, conn: Arc<Connection>) {
         let pck: Arc<str> = Arc::from(conn.provider_config_key.as_str());
         let mut table = self.connections.get(&*pck).cloned().unwrap_or_default();
-        table.insert(Arc::from(conn.connection_id.as_str()), conn.clone());
+        table.insert(conn.clone());
         self.connections.insert(pck, table);
-        self.index_by_id(conn);
+        self.by_connection_id.insert(conn);
     }
 
     fn remove_connection(&mut self, pck: &str, cid: &str) {
@@ -464,37 +554,7 @@ impl Snapshot {
         } else {
             self.connections.insert(Arc::from(pck), table);
         }
-        self.unindex_by_id(pck, cid);
-    }
-
-    fn index_by_id(&mut self, conn: Arc<Connection>) {
-        let cid = conn.connection_id.as_str();
-        let list: Vec<Arc<Connection>> = self
-            .by_connection_id
-            .get(cid)
-            .into_iter()
-            .flat_map(|l| l.iter())
-            .filter(|c| c.provider_config_key != conn.provider_config_key)
-            .cloned()
-            .chain(std::iter::once(conn.clone()))
-            .collect();
-        self.by_connection_id.insert(Arc::from(cid), list.into());
-    }
-
-    fn unindex_by_id(&mut self, pck: &str, cid: &str) {
-        let Some(list) = self.by_connection_id.get(cid) else {
-            return;
-        };
-        let rest: Vec<Arc<Connection>> = list
-            .iter()
-            .filter(|c| c.provider_config_key != pck)
-            .cloned()
-            .collect();
-        if rest.is_empty() {
-            self.by_connection_id.remove(cid);
-        } else {
-            self.by_connection_id.insert(Arc::from(cid), rest.into());
-        }
+        self.by_connection_id.remove(pck, cid);
     }
 
     /// Every record in this snapshot (vault keys only, not the environment's), in a stable
@@ -611,8 +671,8 @@ pub fn build_records(
         .iter()
         .map(|i| i.unique_key.as_str())
         .collect();
-    let mut connections: HashMap<Arc<str>, Table<Arc<Connection>>> = HashMap::new();
-    let mut by_connection_id: HashMap<Arc<str>, Vec<Arc<Connection>>> = HashMap::new();
+    let mut connections: HashMap<Arc<str>, Connections> = HashMap::new();
+    let mut by_connection_id = ById::default();
     // Connections are moved out of the records, not cloned: a large vault is built with one
     // allocation fewer per field, and freed once.
     let mut failed_known = false;
@@ -649,9 +709,8 @@ pub fn build_records(
             continue;
         }
         let conn = Arc::new(conn);
-        let cid: Arc<str> = Arc::from(conn.connection_id.as_str());
-        table.insert(cid.clone(), conn.clone());
-        by_connection_id.entry(cid).or_default().push(conn);
+        table.insert(conn.clone());
+        by_connection_id.insert(conn);
     }
     let _ = failed_known;
     if !b.errors.is_empty() {
@@ -662,10 +721,7 @@ pub fn build_records(
         secret_keys: secret_keys.into(),
         integrations,
         connections: connections.into_iter().collect(),
-        by_connection_id: by_connection_id
-            .into_iter()
-            .map(|(k, v)| (k, Arc::from(v)))
-            .collect(),
+        by_connection_id,
         catalog,
         warnings: b.warnings.into(),
     })
@@ -875,6 +931,8 @@ impl<'a> Builder<'a> {
             .filter(|inj| inj.template.uses_access_token())
             .cloned()
             .collect();
+        let renders_later =
+            !dynamic.is_empty() || provider.token_url.is_some() || provider.refresh_url.is_some();
         Some(Integration {
             unique_key: raw.unique_key.clone(),
             display_name: raw.display_name.clone(),
@@ -885,6 +943,7 @@ impl<'a> Builder<'a> {
             oauth_client_secret: creds.and_then(|c| c.oauth_client_secret.clone()),
             scopes: creds.and_then(|c| c.scopes.clone()),
             uses_credentials,
+            renders_later,
             dynamic,
             record: raw.clone(),
             metrics: std::sync::OnceLock::new(),
@@ -933,7 +992,8 @@ impl<'a> Builder<'a> {
                     }
                 })
         };
-        let fingerprint = fingerprint(&raw.credentials);
+        let oauth2_fingerprint = matches!(raw.credentials, RawCredentials::OAuth2 { .. })
+            .then(|| Box::new(fingerprint(&raw.credentials)));
         let creds_map = int
             .uses_credentials
             .then(|| credentials_map(&raw.credentials));
@@ -988,6 +1048,25 @@ impl<'a> Builder<'a> {
                 }
             }
         };
+        let extra = Extra {
+            connection_config: raw.connection_config,
+            metadata: raw.metadata,
+            end_user: raw.end_user,
+            tags: raw.tags,
+            created_at: raw.created_at,
+            updated_at: raw.updated_at,
+        };
+        let extra_text = if extra.is_empty() {
+            None
+        } else {
+            match serde_json::to_string(&extra) {
+                Ok(t) => Some(t.into_boxed_str()),
+                Err(_) => {
+                    self.error(at("metadata"), "cannot be stored as JSON");
+                    return None;
+                }
+            }
+        };
         let mut conn = Connection {
             connection_id: raw.connection_id,
             provider_config_key: raw.provider_config_key,
@@ -996,20 +1075,17 @@ impl<'a> Builder<'a> {
             base_url: None,
             static_headers: Vec::new(),
             static_query: Vec::new(),
-            dynamic: Arc::from([]),
-            connection_config: raw.connection_config,
-            metadata: raw.metadata,
-            end_user: raw.end_user,
-            tags: raw.tags,
-            created_at: raw.created_at,
-            updated_at: raw.updated_at,
+            extra: extra_text,
+            template_maps: None,
+            oauth2_fingerprint,
             version,
-            fingerprint,
         };
         let mut values = conn.values(None);
         values.credentials = creds_map.as_ref();
+        values.connection_config = Some(&extra.connection_config);
+        values.metadata = Some(&extra.metadata);
         // Base URL: the connection's own `baseUrl`, else the integration's or provider's template.
-        let base = match conn
+        let base = match extra
             .connection_config
             .get("baseUrl")
             .and_then(Value::as_str)
@@ -1079,9 +1155,13 @@ impl<'a> Builder<'a> {
             return None;
         }
         conn.base_url = base_url;
+        static_headers.shrink_to_fit();
+        static_query.shrink_to_fit();
         conn.static_headers = static_headers;
         conn.static_query = static_query;
-        conn.dynamic = int.dynamic.clone();
+        if int.renders_later && !(extra.connection_config.is_empty() && extra.metadata.is_empty()) {
+            conn.template_maps = Some(Box::new((extra.connection_config, extra.metadata)));
+        }
         Some(conn)
     }
 }
@@ -1239,8 +1319,8 @@ connections:
         let b = s.connection("b", "c").expect("present");
         assert_eq!(b.static_headers[0].1, "Basic dTpw");
         let o = s.connection("o", "c").expect("present");
-        assert_eq!(o.dynamic.len(), 1);
-        assert_eq!(s.by_connection_id["c"].len(), 2);
+        assert_eq!(o.dynamic().len(), 1);
+        assert_eq!(s.by_connection_id.get("c").count(), 2);
     }
 
     #[test]
@@ -1361,24 +1441,29 @@ connections:
                 c.base_url.as_ref().map(|b| (&b.host, &b.path)),
                 headers,
                 c.static_query,
-                c.dynamic.len(),
+                c.dynamic().len(),
                 Arc::as_ptr(&c.integration)
                     == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
             ));
         }
-        let mut ids: Vec<String> = s
-            .by_connection_id
-            .iter()
-            .map(|(id, list)| {
-                let mut l: Vec<&str> = list
-                    .iter()
-                    .map(|c| c.provider_config_key.as_str())
-                    .collect();
+        let mut by_id: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for c in s.by_connection_id.values() {
+            by_id
+                .entry(&c.connection_id)
+                .or_default()
+                .push(&c.provider_config_key);
+            // The index holds the very connection the integration's table holds.
+            assert!(s
+                .connection(&c.provider_config_key, &c.connection_id)
+                .is_some_and(|t| Arc::ptr_eq(t, c)));
+        }
+        let ids: Vec<String> = by_id
+            .into_iter()
+            .map(|(id, mut l)| {
                 l.sort();
                 format!("{id}:{l:?}")
             })
             .collect();
-        ids.sort();
         out.push_str(&format!("ids {ids:?}\n"));
         out
     }
@@ -1524,9 +1609,9 @@ connections:
                 let mut t = table.clone();
                 for (cid, c) in table.iter() {
                     let v = versions.get(&(pck.to_string(), cid.to_string())).copied().unwrap_or(0);
-                    let mut c2 = Connection { version: v, ..clone_conn(c) };
-                    c2.integration = c.integration.clone();
-                    t.insert(cid.clone(), Arc::new(c2));
+                    let c2 = Arc::new(Connection { version: v, ..clone_conn(c) });
+                    t.insert(c2.clone());
+                    scratch.by_connection_id.insert(c2);
                 }
                 scratch.connections.insert(pck.clone(), t);
             }
@@ -1543,15 +1628,10 @@ connections:
             base_url: c.base_url.clone(),
             static_headers: c.static_headers.clone(),
             static_query: c.static_query.clone(),
-            dynamic: c.dynamic.clone(),
-            connection_config: c.connection_config.clone(),
-            metadata: c.metadata.clone(),
-            end_user: c.end_user.clone(),
-            tags: c.tags.clone(),
-            created_at: c.created_at.clone(),
-            updated_at: c.updated_at.clone(),
+            extra: c.extra.clone(),
+            template_maps: c.template_maps.clone(),
+            oauth2_fingerprint: c.oauth2_fingerprint.clone(),
             version: c.version,
-            fingerprint: c.fingerprint,
         }
     }
 
