@@ -586,6 +586,18 @@ impl Snapshot {
 
 /// Validates both files and builds a snapshot, or returns every error found.
 pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnostic>> {
+    build_reusing(src, opts, None)
+}
+
+/// [`build`], sharing with `previous` (the snapshot being replaced) every integration and
+/// connection whose record and compiled inputs did not change, so a reload holds the old
+/// snapshot plus what changed, not two snapshots. The result equals a [`build`] of the same
+/// files: a record is shared only if compiling it again would give the same value.
+pub fn build_reusing(
+    src: &Sources,
+    opts: &BuildOptions,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let catalog = match Catalog::parse(&src.providers_name, &src.providers) {
         Ok(c) => c,
@@ -611,8 +623,8 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         }
     };
     let catalog = Arc::new(catalog);
-    let mut snapshot =
-        build_records(&src.vault_name, catalog.clone(), raw, opts).map_err(|mut e| {
+    let mut snapshot = build_records_reusing(&src.vault_name, catalog.clone(), raw, opts, previous)
+        .map_err(|mut e| {
             errors.append(&mut e);
             errors.clone()
         })?;
@@ -634,6 +646,43 @@ pub fn build_records(
     catalog: Arc<Catalog>,
     raw: RawVault,
     opts: &BuildOptions,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    build_records_reusing(file, catalog, raw, opts, None)
+}
+
+/// An integration of `previous` that compiling `new` again gave the same value for.
+fn reusable_integration(
+    previous: Option<&Snapshot>,
+    new: &Integration,
+) -> Option<Arc<Integration>> {
+    let old = previous?.integrations.get(new.unique_key.as_str())?;
+    // Providers are compared by their compiled form (Debug prints every field, in order): the
+    // providers file may have changed around an integration without changing its provider.
+    (old.record == new.record
+        && (Arc::ptr_eq(&old.provider, &new.provider)
+            || format!("{:?}", old.provider) == format!("{:?}", new.provider)))
+    .then(|| old.clone())
+}
+
+/// A connection of `previous` that compiling `raw` against `int` would give again: same
+/// integration (shared, so compiled from the same inputs), same record, and the version a
+/// build assigns (0: the store's versions come from its writes, not from a build).
+fn reusable_connection(
+    previous: Option<&Snapshot>,
+    int: &Arc<Integration>,
+    raw: &RawConnection,
+) -> Option<Arc<Connection>> {
+    let old = previous?.connection(&raw.provider_config_key, &raw.connection_id)?;
+    (Arc::ptr_eq(&old.integration, int) && old.version == 0 && old.record() == *raw)
+        .then(|| old.clone())
+}
+
+fn build_records_reusing(
+    file: &str,
+    catalog: Arc<Catalog>,
+    raw: RawVault,
+    opts: &BuildOptions,
+    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
     let cat = catalog.clone();
     let mut b = Builder::new(file, &cat);
@@ -662,7 +711,8 @@ pub fn build_records(
                     format!("duplicate unique_key `{}`", int.unique_key),
                 );
             } else {
-                integrations.insert(Arc::from(int.unique_key.as_str()), Arc::new(int));
+                let int = reusable_integration(previous, &int).unwrap_or_else(|| Arc::new(int));
+                integrations.insert(Arc::from(int.unique_key.as_str()), int);
             }
         }
     }
@@ -692,8 +742,12 @@ pub fn build_records(
             failed_known = true;
             continue;
         };
-        let Some(conn) = b.connection(&at, raw_conn, &int, 0) else {
-            continue;
+        let conn = match reusable_connection(previous, &int, &raw_conn) {
+            Some(old) => old,
+            None => match b.connection(&at, raw_conn, &int, 0) {
+                Some(c) => Arc::new(c),
+                None => continue,
+            },
         };
         let table = connections
             .entry(Arc::from(conn.provider_config_key.as_str()))
@@ -708,7 +762,6 @@ pub fn build_records(
             );
             continue;
         }
-        let conn = Arc::new(conn);
         table.insert(conn.clone());
         by_connection_id.insert(conn);
     }
@@ -1617,6 +1670,75 @@ connections:
             }
             proptest::prop_assert_eq!(canon(&scratch), canon(&snap));
         }
+    }
+
+    /// A reload (`build_reusing`) shares every record that did not change with the snapshot
+    /// it replaces, compiles the ones that did, and gives the same snapshot as a fresh build.
+    #[test]
+    fn rebuilding_shares_what_did_not_change() {
+        let vault = |key_c: &str| {
+            format!(
+                r#"
+integrations: [{{unique_key: i, provider: plain}}, {{unique_key: b, provider: basic}}]
+connections:
+  - {{connection_id: c, provider_config_key: i, credentials: {{type: API_KEY, apiKey: "{key_c}"}}, metadata: {{m: 1}}}}
+  - {{connection_id: d, provider_config_key: i, credentials: {{type: API_KEY, apiKey: k}}}}
+  - {{connection_id: e, provider_config_key: b, credentials: {{type: BASIC, username: u, password: p}}}}
+"#
+            )
+        };
+        let src = |vault: String, providers: &str| Sources {
+            providers_name: "providers.yaml".into(),
+            providers: providers.into(),
+            vault_name: "vault.yaml".into(),
+            vault,
+        };
+        let opts = BuildOptions::default();
+        let first = build(&src(vault("k1"), PROVIDERS), &opts).expect("builds");
+        let same =
+            build_reusing(&src(vault("k1"), PROVIDERS), &opts, Some(&first)).expect("builds");
+        for (pck, cid) in [("i", "c"), ("i", "d"), ("b", "e")] {
+            let (a, b) = (first.connection(pck, cid), same.connection(pck, cid));
+            assert!(
+                a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b)),
+                "{pck}/{cid} shared"
+            );
+        }
+        assert!(Arc::ptr_eq(
+            &first.integrations["i"],
+            &same.integrations["i"]
+        ));
+
+        let edited =
+            build_reusing(&src(vault("k2"), PROVIDERS), &opts, Some(&first)).expect("builds");
+        let fresh = build(&src(vault("k2"), PROVIDERS), &opts).expect("builds");
+        assert_eq!(canon(&edited), canon(&fresh));
+        let shared = |s: &Snapshot, pck: &str, cid: &str| {
+            Arc::ptr_eq(
+                s.connection(pck, cid).expect("present"),
+                first.connection(pck, cid).expect("present"),
+            )
+        };
+        assert!(
+            !shared(&edited, "i", "c"),
+            "the edited connection is compiled again"
+        );
+        assert!(shared(&edited, "i", "d") && shared(&edited, "b", "e"));
+
+        // A provider that changed under an unchanged integration recompiles its connections.
+        let providers = PROVIDERS.replace("https://b.example", "https://b2.example");
+        let moved =
+            build_reusing(&src(vault("k1"), &providers), &opts, Some(&first)).expect("builds");
+        assert_eq!(
+            canon(&moved),
+            canon(&build(&src(vault("k1"), &providers), &opts).expect("builds"))
+        );
+        assert!(!shared(&moved, "b", "e") && shared(&moved, "i", "d"));
+        let e = moved.connection("b", "e").expect("present");
+        assert_eq!(
+            e.base_url.as_ref().map(|b| b.host.as_str()),
+            Some("b2.example")
+        );
     }
 
     fn clone_conn(c: &Connection) -> Connection {

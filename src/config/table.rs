@@ -322,3 +322,116 @@ impl ById {
         Iter::new(&self.root)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{snapshot, BuildOptions, Sources};
+    use std::collections::HashMap;
+
+    /// `n` connections in each of integrations `a`, `b` and `c`, ids `c0`…: the same ids in
+    /// every integration, as the by-id index must handle.
+    fn pool(n: usize) -> Vec<Arc<Connection>> {
+        let mut vault = String::from(
+            "integrations: [{unique_key: a, provider: p}, {unique_key: b, provider: p}, {unique_key: c, provider: p}]\nconnections:\n",
+        );
+        for int in ["a", "b", "c"] {
+            for i in 0..n {
+                vault.push_str(&format!(
+                    "  - {{connection_id: c{i}, provider_config_key: {int}, credentials: {{type: API_KEY, apiKey: k{i}}}}}\n"
+                ));
+            }
+        }
+        let src = Sources {
+            providers_name: "p".into(),
+            providers: "p: {auth_mode: API_KEY, proxy: {base_url: \"https://p.example\", headers: {x-key: \"${apiKey}\"}}}".into(),
+            vault_name: "v".into(),
+            vault,
+        };
+        let snap = snapshot::build(&src, &BuildOptions::default()).expect("builds");
+        let mut all: Vec<Arc<Connection>> = snap
+            .connections
+            .values()
+            .flat_map(|t| t.values().cloned())
+            .collect();
+        // In the order the vault lists them: integration, then the number in the id.
+        all.sort_by_key(|c| {
+            let n: usize = c.connection_id[1..].parse().unwrap_or(usize::MAX);
+            (c.provider_config_key.clone(), n)
+        });
+        all
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Invariant: after any sequence of inserts and removes (enough to split leaves into
+        /// branches and empty them again), both tables hold exactly what a `HashMap` model
+        /// holds, and an older copy is untouched by what its clone went through.
+        #[test]
+        fn tables_match_a_hash_map(ops in proptest::collection::vec((0..3usize, 0..120usize, proptest::prelude::any::<bool>()), 0..600)) {
+            let pool = pool(120);
+            let conn = |int: usize, i: usize| pool[int * 120 + i].clone();
+            let mut table = Connections::default();
+            let mut by_id = ById::default();
+            let mut model: HashMap<(usize, usize), Arc<Connection>> = HashMap::new();
+            let mut saved: Option<(Connections, usize)> = None;
+            for (step, (int, i, put)) in ops.iter().copied().enumerate() {
+                let c = conn(int, i);
+                if put {
+                    if int == 0 {
+                        let old = table.insert(c.clone());
+                        proptest::prop_assert_eq!(old.is_some(), model.contains_key(&(0, i)));
+                    }
+                    by_id.insert(c.clone());
+                    model.insert((int, i), c);
+                } else {
+                    if int == 0 {
+                        let old = table.remove(&c.connection_id);
+                        proptest::prop_assert_eq!(old.is_some(), model.contains_key(&(0, i)));
+                    }
+                    by_id.remove(&c.provider_config_key, &c.connection_id);
+                    model.remove(&(int, i));
+                }
+                if step == ops.len() / 2 {
+                    saved = Some((table.clone(), table.len()));
+                }
+            }
+            let in_a = model.keys().filter(|k| k.0 == 0).count();
+            proptest::prop_assert_eq!(table.len(), in_a);
+            proptest::prop_assert_eq!(table.values().count(), in_a);
+            proptest::prop_assert_eq!(by_id.values().count(), model.len());
+            for i in 0..120 {
+                let id = format!("c{i}");
+                let want = model.get(&(0, i));
+                let got = table.get(&id);
+                proptest::prop_assert_eq!(got.map(Arc::as_ptr), want.map(Arc::as_ptr));
+                let mut ints: Vec<&str> = by_id.get(&id).map(|c| c.provider_config_key.as_str()).collect();
+                ints.sort_unstable();
+                let mut expect: Vec<&str> = (0..3)
+                    .filter(|int| model.contains_key(&(*int, i)))
+                    .map(|int| ["a", "b", "c"][int])
+                    .collect();
+                expect.sort_unstable();
+                proptest::prop_assert_eq!(ints, expect);
+            }
+            if let Some((old, len)) = saved {
+                proptest::prop_assert_eq!(old.values().count(), len);
+                proptest::prop_assert_eq!(old.len(), len);
+            }
+        }
+    }
+
+    #[test]
+    fn a_small_table_is_one_leaf_and_a_large_one_splits() {
+        let pool = pool(100);
+        let small: Connections = pool[..LEAF_MAX].iter().cloned().collect();
+        assert!(matches!(small.root, Node::Leaf(_)));
+        let large: Connections = pool[..100].iter().cloned().collect();
+        assert!(matches!(large.root, Node::Branch(_)));
+        assert_eq!(large.len(), 100);
+        for c in &pool[..100] {
+            assert!(large.contains_key(&c.connection_id));
+        }
+        assert!(!large.contains_key("nope"));
+    }
+}
