@@ -240,26 +240,32 @@ pub struct Connection {
     /// `None` when no base URL is configured anywhere: requests need `Base-Url-Override`.
     /// Shared by the connections of an integration whose base URL is the same string.
     pub base_url: Option<Arc<BaseUrl>>,
-    /// Injected headers whose values are known at load time (sensitive).
-    pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Injected headers whose values are known at load time (sensitive). Boxed slices, not
+    /// `Vec`s: 8 bytes each, which keep `Arc<Connection>` inside mimalloc's 256-byte class.
+    pub static_headers: Box<[(HeaderName, HeaderValue)]>,
     /// Injected query pairs known at load time, percent-encoded.
-    pub static_query: Vec<(String, String)>,
+    pub static_query: Box<[(String, String)]>,
     /// The record's cold fields as compact JSON ([`Extra`]); `None` when all are empty.
     extra: Option<Box<str>>,
     /// `connection_config` and `metadata` decoded, kept only when something renders templates
     /// after the build (the integration's access-token templates, an OAuth token URL), so the
     /// request path never parses JSON.
     template_maps: Option<Box<TemplateMaps>>,
-    /// The fingerprint of an OAUTH2 credential as written (its `expires_at` text may not
-    /// survive the parse to a timestamp, so it is not recomputed from [`Credential`]).
-    oauth2_fingerprint: Option<Box<[u8; 32]>>,
     /// The store's version of this record: it changes whenever the record does (an API write,
     /// a refreshed token, a hand edit the file store noticed).
     pub version: u64,
 }
 
-/// `connection_config` and `metadata`, decoded, for templates rendered after the build.
-type TemplateMaps = (Map<String, Value>, Map<String, Value>);
+/// What only some connections need, boxed so the others pay 8 bytes for it.
+#[derive(Debug, Clone, Default)]
+struct TemplateMaps {
+    /// `connection_config` and `metadata`, decoded, for templates rendered after the build.
+    connection_config: Map<String, Value>,
+    metadata: Map<String, Value>,
+    /// The fingerprint of an OAUTH2 credential as written (its `expires_at` text may not
+    /// survive the parse to a timestamp, so it is not recomputed from [`Credential`]).
+    oauth2_fingerprint: Option<[u8; 32]>,
+}
 
 /// The fields of a connection record that the request path never reads, as stored (compact
 /// JSON) in [`Connection`].
@@ -292,8 +298,8 @@ impl Connection {
     pub fn values<'a>(&'a self, access_token: Option<&'a str>) -> Values<'a> {
         let mut v = Values {
             access_token,
-            connection_config: self.template_maps.as_deref().map(|m| &m.0),
-            metadata: self.template_maps.as_deref().map(|m| &m.1),
+            connection_config: self.template_maps.as_deref().map(|m| &m.connection_config),
+            metadata: self.template_maps.as_deref().map(|m| &m.metadata),
             ..Values::default()
         };
         match &self.credential {
@@ -352,8 +358,12 @@ impl Connection {
     /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one
     /// (computed when asked: only OAuth connections ask, not per connection in memory).
     pub fn fingerprint(&self) -> [u8; 32] {
-        match &self.oauth2_fingerprint {
-            Some(f) => **f,
+        match self
+            .template_maps
+            .as_deref()
+            .and_then(|m| m.oauth2_fingerprint)
+        {
+            Some(f) => f,
             None => fingerprint(&self.credential.to_raw()),
         }
     }
@@ -1046,7 +1056,7 @@ impl<'a> Builder<'a> {
                 })
         };
         let oauth2_fingerprint = matches!(raw.credentials, RawCredentials::OAuth2 { .. })
-            .then(|| Box::new(fingerprint(&raw.credentials)));
+            .then(|| fingerprint(&raw.credentials));
         let creds_map = int
             .uses_credentials
             .then(|| credentials_map(&raw.credentials));
@@ -1126,11 +1136,10 @@ impl<'a> Builder<'a> {
             integration: int.clone(),
             credential,
             base_url: None,
-            static_headers: Vec::new(),
-            static_query: Vec::new(),
+            static_headers: Box::default(),
+            static_query: Box::default(),
             extra: extra_text,
             template_maps: None,
-            oauth2_fingerprint,
             version,
         };
         let mut values = conn.values(None);
@@ -1208,12 +1217,21 @@ impl<'a> Builder<'a> {
             return None;
         }
         conn.base_url = base_url;
-        static_headers.shrink_to_fit();
-        static_query.shrink_to_fit();
-        conn.static_headers = static_headers;
-        conn.static_query = static_query;
-        if int.renders_later && !(extra.connection_config.is_empty() && extra.metadata.is_empty()) {
-            conn.template_maps = Some(Box::new((extra.connection_config, extra.metadata)));
+        conn.static_headers = static_headers.into_boxed_slice();
+        conn.static_query = static_query.into_boxed_slice();
+        let keep_maps =
+            int.renders_later && !(extra.connection_config.is_empty() && extra.metadata.is_empty());
+        if keep_maps || oauth2_fingerprint.is_some() {
+            let (connection_config, metadata) = if keep_maps {
+                (extra.connection_config, extra.metadata)
+            } else {
+                Default::default()
+            };
+            conn.template_maps = Some(Box::new(TemplateMaps {
+                connection_config,
+                metadata,
+                oauth2_fingerprint,
+            }));
         }
         Some(conn)
     }
@@ -1354,7 +1372,7 @@ connections:
         assert!(c.static_headers[0].1.is_sensitive());
         assert_eq!(
             c.static_query,
-            vec![("key".to_string(), "k%20y".to_string())]
+            [("key".to_string(), "k%20y".to_string())].into()
         );
     }
 
@@ -1433,7 +1451,7 @@ connections:
         let c = s.connection("g", "c").expect("present");
         assert_eq!(
             c.static_query,
-            vec![("api_key".to_string(), "K-s".to_string())]
+            [("api_key".to_string(), "K-s".to_string())].into()
         );
         assert_eq!(c.base_url.as_ref().map(|b| b.path.as_str()), Some("/api"));
     }
@@ -1752,7 +1770,6 @@ connections:
             static_query: c.static_query.clone(),
             extra: c.extra.clone(),
             template_maps: c.template_maps.clone(),
-            oauth2_fingerprint: c.oauth2_fingerprint.clone(),
             version: c.version,
         }
     }
