@@ -430,11 +430,14 @@ fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>,
         })
         .collect();
     // Newest first, as Nango orders; records without a creation time last, by key.
-    list.sort_by(|a, b| {
-        b.created_at().cmp(&a.created_at()).then_with(|| {
-            (a.provider_config_key.as_str(), a.connection_id.as_str())
-                .cmp(&(b.provider_config_key.as_str(), b.connection_id.as_str()))
-        })
+    // The creation time is decoded from the connection's cold fields: once per connection
+    // (a cached key), not once per comparison.
+    list.sort_by_cached_key(|c| {
+        (
+            std::cmp::Reverse(c.created_at()),
+            c.provider_config_key.clone(),
+            c.connection_id.clone(),
+        )
     });
     let data: Vec<Value> = list
         .into_iter()
