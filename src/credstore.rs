@@ -179,7 +179,7 @@ impl CredStore {
         entries.retain(|(pck, cid), e| {
             let keep = snapshot
                 .connection(pck, cid)
-                .is_some_and(|c| e.replaces.eq_ignore_ascii_case(&hex::encode(c.fingerprint)));
+                .is_some_and(|c| e.replaces.eq_ignore_ascii_case(&hex::encode(c.fingerprint())));
             if !keep {
                 tracing::info!(target: "sidekey::oauth", provider_config_key = %pck, connection_id = %cid,
                     "state entry dropped: the vault's credential changed or the connection is gone");

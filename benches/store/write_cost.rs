@@ -16,7 +16,8 @@
 //! `--parts N` instead measures, each in a fresh process, what the building blocks of a
 //! snapshot cost per entry: a persistent `Table` (imbl) against a `std` hash map with the same
 //! keys and hasher, and a two-entry `serde_json::Map` (the records' `connection_config` and
-//! `metadata`).
+//! `metadata`); and the peaks of a load per connection: serde_yaml_ng's event list alone,
+//! `vault::parse`, `snapshot::build`.
 //!
 //! Like the binary it uses mimalloc, so the RSS figures are what `sidekey serve` sees.
 //! `cargo run --release --example write-cost [N...]`, `… --example write-cost -- --parts 100000`
@@ -162,6 +163,26 @@ fn per_entry<T>(n: usize, make: impl FnOnce(usize) -> T) -> f64 {
     after.saturating_sub(before) as f64 * 1024.0 / n as f64
 }
 
+fn sources(n: usize) -> Sources {
+    Sources {
+        providers_name: "providers.yaml".into(),
+        providers: PROVIDERS.into(),
+        vault_name: "vault.yaml".into(),
+        vault: vault_text(n),
+    }
+}
+
+/// The compiled connections of the vault of `n`, out of their snapshot.
+fn connections(n: usize) -> anyhow::Result<Vec<std::sync::Arc<Connection>>> {
+    let snap = snapshot::build(&sources(n), &BuildOptions::default())
+        .map_err(|d| anyhow::anyhow!("{} problems, first: {:?}", d.len(), d.first()))?;
+    Ok(snap
+        .connections
+        .values()
+        .flat_map(|t| t.values().cloned())
+        .collect())
+}
+
 fn parts(what: &str, n: usize) -> anyhow::Result<()> {
     let keys = |n: usize| -> Vec<std::sync::Arc<str>> {
         (0..n)
@@ -204,6 +225,39 @@ fn parts(what: &str, n: usize) -> anyhow::Result<()> {
                 })
                 .collect::<Vec<_>>()
         }),
+        // Not in the default list: the snapshot freed after `connections` leaves pages the
+        // table reuses, so RSS shows about 0; by construction a leaf entry is 16 bytes.
+        "trie" => {
+            let conns = connections(n)?;
+            per_entry(n, |_| {
+                conns
+                    .iter()
+                    .cloned()
+                    .collect::<sidekey::config::table::Connections>()
+            })
+        }
+        // The transient state of a load, as a peak above the text (bytes per connection):
+        // serde_yaml_ng's event list alone (the text parsed into `IgnoredAny`), the records
+        // (`vault::parse`, which holds both at its peak), and a whole `snapshot::build`.
+        "events" | "records" | "build" => {
+            let src = sources(n);
+            let before = rss();
+            reset_peak();
+            match what {
+                "events" => {
+                    black_box(serde_yaml_ng::from_str::<serde::de::IgnoredAny>(
+                        &src.vault,
+                    )?);
+                }
+                "records" => {
+                    black_box(sidekey::config::vault::parse("vault.yaml", &src.vault).ok());
+                }
+                _ => {
+                    black_box(snapshot::build(&src, &BuildOptions::default()).ok());
+                }
+            }
+            status_kib("VmHWM:").saturating_sub(before) as f64 * 1024.0 / n as f64
+        }
         other => anyhow::bail!("unknown part {other}"),
     };
     println!("{what} {v:.0}");
@@ -231,6 +285,18 @@ fn main() -> anyhow::Result<()> {
                 "`std::collections::HashMap` (foldhash) entry, same key and value",
             ),
             ("map2", "`serde_json::Map` with two short string entries"),
+            (
+                "events",
+                "peak of serde_yaml_ng's event list (parse into `IgnoredAny`), a connection",
+            ),
+            (
+                "records",
+                "peak of `vault::parse` (events + records), a connection",
+            ),
+            (
+                "build",
+                "peak of `snapshot::build` from the text, a connection",
+            ),
         ] {
             let out = std::process::Command::new(&me)
                 .args(["--parts", &n.to_string(), what])

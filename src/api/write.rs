@@ -669,7 +669,7 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
     let existing = snapshot.connection(&body.provider_config_key, &connection_id);
     let now = super::now();
     let created_at = existing
-        .and_then(|c| c.created_at.clone())
+        .and_then(|c| c.created_at())
         .unwrap_or_else(|| now.clone());
     let record = RawConnection {
         connection_id: connection_id.clone(),

@@ -62,7 +62,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Changes {
         let after = new.connections.get(key);
         c.connections.removed += conns
             .keys()
-            .filter(|id| !after.is_some_and(|m| m.contains_key(*id)))
+            .filter(|id| !after.is_some_and(|m| m.contains_key(id)))
             .count();
     }
     let old_keys: HashSet<&[u8; 32]> = old.secret_keys.iter().map(|k| &k.digest).collect();
@@ -88,10 +88,13 @@ fn same_integration(a: &Integration, b: &Integration) -> bool {
 }
 
 fn same_connection(a: &Connection, b: &Connection) -> bool {
-    a.fingerprint == b.fingerprint
+    let cold = |c: &Connection| {
+        let e = c.extra();
+        (e.connection_config, e.metadata)
+    };
+    a.fingerprint() == b.fingerprint()
         && a.base_url == b.base_url
-        && a.connection_config == b.connection_config
-        && a.metadata == b.metadata
+        && (a.extra_text() == b.extra_text() || cold(a) == cold(b))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod providers;
 pub mod reload;
 pub mod sealed;
 pub mod snapshot;
+pub mod table;
 pub mod vault;
 
 use std::fmt;

@@ -289,7 +289,8 @@ impl Reloader {
         }
         *last = Some(hash);
         let generation = self.generation() + 1;
-        let new = match snapshot::build(&src, &self.options(generation)) {
+        let current = slot.load_full();
+        let new = match snapshot::build_reusing(&src, &self.options(generation), Some(&current)) {
             Ok(s) => Arc::new(s),
             Err(errors) => return self.refused(trigger, errors),
         };

@@ -13,10 +13,12 @@ use base64::Engine as _;
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Uri};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::providers::{AuthMode, Catalog, Provider};
+use super::table::{ById, Connections};
 use super::vault::{
     self, KeyPlacement, RawConnection, RawCredentials, RawIntegration, RawSecretKey, RawVault,
 };
@@ -160,6 +162,9 @@ pub struct Integration {
     /// The injections rendered per request (those that need the access token), shared by
     /// every connection of this integration.
     dynamic: Arc<[Injection]>,
+    /// Whether templates are rendered after the build (access-token injections, a token URL):
+    /// only then do its connections keep `connection_config` and `metadata` decoded.
+    renders_later: bool,
     /// The record this was compiled from, for the API and for recompiling its connections.
     pub record: RawIntegration,
     /// This integration's metric handles, made on first use (see [`crate::metrics`]).
@@ -222,6 +227,10 @@ impl Credential {
 }
 
 /// A connection with everything precomputed for the request path.
+///
+/// Kept small (issue 12: 100k connections in 64 MiB): what the request path reads is here
+/// compiled; what only the API and the record read (`connection_config`, `metadata`,
+/// `end_user`, `tags`, timestamps) is one compact JSON text, decoded on demand.
 #[derive(Debug)]
 pub struct Connection {
     pub connection_id: String,
@@ -231,32 +240,66 @@ pub struct Connection {
     /// `None` when no base URL is configured anywhere: requests need `Base-Url-Override`.
     /// Shared by the connections of an integration whose base URL is the same string.
     pub base_url: Option<Arc<BaseUrl>>,
-    /// Injected headers whose values are known at load time (sensitive).
-    pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Injected headers whose values are known at load time (sensitive). Boxed slices, not
+    /// `Vec`s: 8 bytes each, which keep `Arc<Connection>` inside mimalloc's 256-byte class.
+    pub static_headers: Box<[(HeaderName, HeaderValue)]>,
     /// Injected query pairs known at load time, percent-encoded.
-    pub static_query: Vec<(String, String)>,
-    /// Injections that need the current access token (shared by the integration's connections).
-    pub dynamic: Arc<[Injection]>,
-    pub connection_config: Map<String, Value>,
-    pub metadata: Map<String, Value>,
-    pub end_user: Option<Value>,
-    pub tags: Map<String, Value>,
-    pub created_at: Option<String>,
-    pub updated_at: Option<String>,
+    pub static_query: Box<[(String, String)]>,
+    /// The record's cold fields as compact JSON ([`Extra`]); `None` when all are empty.
+    extra: Option<Box<str>>,
+    /// `connection_config` and `metadata` decoded, kept only when something renders templates
+    /// after the build (the integration's access-token templates, an OAuth token URL), so the
+    /// request path never parses JSON.
+    template_maps: Option<Box<TemplateMaps>>,
     /// The store's version of this record: it changes whenever the record does (an API write,
     /// a refreshed token, a hand edit the file store noticed).
     pub version: u64,
-    /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one.
-    pub fingerprint: [u8; 32],
+}
+
+/// What only some connections need, boxed so the others pay 8 bytes for it.
+#[derive(Debug, Clone, Default)]
+struct TemplateMaps {
+    /// `connection_config` and `metadata`, decoded, for templates rendered after the build.
+    connection_config: Map<String, Value>,
+    metadata: Map<String, Value>,
+    /// The fingerprint of an OAUTH2 credential as written (its `expires_at` text may not
+    /// survive the parse to a timestamp, so it is not recomputed from [`Credential`]).
+    oauth2_fingerprint: Option<[u8; 32]>,
+}
+
+/// The fields of a connection record that the request path never reads, as stored (compact
+/// JSON) in [`Connection`].
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extra {
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub connection_config: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub tags: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Connection {
     /// The values for rendering this connection's templates, with the given access token.
+    /// `connection_config` and `metadata` are there only for integrations that render
+    /// templates after the build (see `template_maps`); static ones were rendered at compile.
     pub fn values<'a>(&'a self, access_token: Option<&'a str>) -> Values<'a> {
         let mut v = Values {
             access_token,
-            connection_config: Some(&self.connection_config),
-            metadata: Some(&self.metadata),
+            connection_config: self.template_maps.as_deref().map(|m| &m.connection_config),
+            metadata: self.template_maps.as_deref().map(|m| &m.metadata),
             ..Values::default()
         };
         match &self.credential {
@@ -270,18 +313,74 @@ impl Connection {
         v
     }
 
+    /// The cold fields, decoded.
+    pub fn extra(&self) -> Extra {
+        self.extra
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+
+    /// The cold fields exactly as stored: equal texts mean equal fields.
+    pub fn extra_text(&self) -> &str {
+        self.extra.as_deref().unwrap_or("")
+    }
+
+    pub fn connection_config(&self) -> Map<String, Value> {
+        self.extra().connection_config
+    }
+
+    pub fn metadata(&self) -> Map<String, Value> {
+        self.extra().metadata
+    }
+
+    pub fn end_user(&self) -> Option<Value> {
+        self.extra().end_user
+    }
+
+    pub fn tags(&self) -> Map<String, Value> {
+        self.extra().tags
+    }
+
+    pub fn created_at(&self) -> Option<String> {
+        self.extra().created_at
+    }
+
+    pub fn updated_at(&self) -> Option<String> {
+        self.extra().updated_at
+    }
+
+    /// Injections rendered per request (those that need the access token): the integration's.
+    pub fn dynamic(&self) -> &[Injection] {
+        &self.integration.dynamic
+    }
+
+    /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one
+    /// (computed when asked: only OAuth connections ask, not per connection in memory).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        match self
+            .template_maps
+            .as_deref()
+            .and_then(|m| m.oauth2_fingerprint)
+        {
+            Some(f) => f,
+            None => fingerprint(&self.credential.to_raw()),
+        }
+    }
+
     /// The record this connection was compiled from.
     pub fn record(&self) -> RawConnection {
+        let e = self.extra();
         RawConnection {
             connection_id: self.connection_id.clone(),
             provider_config_key: self.provider_config_key.clone(),
             credentials: self.credential.to_raw(),
-            connection_config: self.connection_config.clone(),
-            metadata: self.metadata.clone(),
-            end_user: self.end_user.clone(),
-            tags: self.tags.clone(),
-            created_at: self.created_at.clone(),
-            updated_at: self.updated_at.clone(),
+            connection_config: e.connection_config,
+            metadata: e.metadata,
+            end_user: e.end_user,
+            tags: e.tags,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
         }
     }
 }
@@ -315,9 +414,9 @@ pub struct Snapshot {
     pub secret_keys: Arc<[CallerKey]>,
     pub integrations: Table<Arc<Integration>>,
     /// Connections by integration key, then connection id.
-    pub connections: Table<Table<Arc<Connection>>>,
+    pub connections: Table<Connections>,
     /// Connections by connection id alone, for integration.app-style selectors.
-    pub by_connection_id: Table<Arc<[Arc<Connection>]>>,
+    pub by_connection_id: ById,
     pub catalog: Arc<Catalog>,
     /// Problems that don't stop the load (unusable providers nobody uses, …).
     pub warnings: Arc<[Diagnostic]>,
@@ -355,7 +454,7 @@ impl Snapshot {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.connections.values().map(Table::len).sum()
+        self.connections.values().map(Connections::len).sum()
     }
 
     /// This snapshot with one change applied, or the problems that refuse it (paths relative
@@ -393,11 +492,11 @@ impl Snapshot {
                 let int = Arc::new(int);
                 let key: Arc<str> = Arc::from(int.unique_key.as_str());
                 let old = next.connections.get(&*key).cloned().unwrap_or_default();
-                let mut table = Table::default();
+                let mut table = Connections::default();
                 for conn in old.values() {
                     let at = format!("connections[{}]", conn.connection_id);
                     if let Some(c) = b.connection(&at, conn.record(), &int, conn.version) {
-                        table.insert(Arc::from(c.connection_id.as_str()), Arc::new(c));
+                        table.insert(Arc::new(c));
                     }
                 }
                 if !b.errors.is_empty() {
@@ -405,7 +504,7 @@ impl Snapshot {
                 }
                 next.integrations.insert(key.clone(), int);
                 for conn in table.values() {
-                    next.index_by_id(conn.clone());
+                    next.by_connection_id.insert(conn.clone());
                 }
                 if !table.is_empty() {
                     next.connections.insert(key, table);
@@ -414,7 +513,8 @@ impl Snapshot {
             Change::DeleteIntegration(key) => {
                 if let Some(table) = next.connections.remove(key.as_str()) {
                     for conn in table.values() {
-                        next.unindex_by_id(&conn.provider_config_key, &conn.connection_id);
+                        next.by_connection_id
+                            .remove(&conn.provider_config_key, &conn.connection_id);
                     }
                 }
                 next.integrations.remove(key.as_str());
@@ -447,9 +547,9 @@ impl Snapshot {
     fn insert_connection(&mut self, conn: Arc<Connection>) {
         let pck: Arc<str> = Arc::from(conn.provider_config_key.as_str());
         let mut table = self.connections.get(&*pck).cloned().unwrap_or_default();
-        table.insert(Arc::from(conn.connection_id.as_str()), conn.clone());
+        table.insert(conn.clone());
         self.connections.insert(pck, table);
-        self.index_by_id(conn);
+        self.by_connection_id.insert(conn);
     }
 
     fn remove_connection(&mut self, pck: &str, cid: &str) {
@@ -464,37 +564,7 @@ impl Snapshot {
         } else {
             self.connections.insert(Arc::from(pck), table);
         }
-        self.unindex_by_id(pck, cid);
-    }
-
-    fn index_by_id(&mut self, conn: Arc<Connection>) {
-        let cid = conn.connection_id.as_str();
-        let list: Vec<Arc<Connection>> = self
-            .by_connection_id
-            .get(cid)
-            .into_iter()
-            .flat_map(|l| l.iter())
-            .filter(|c| c.provider_config_key != conn.provider_config_key)
-            .cloned()
-            .chain(std::iter::once(conn.clone()))
-            .collect();
-        self.by_connection_id.insert(Arc::from(cid), list.into());
-    }
-
-    fn unindex_by_id(&mut self, pck: &str, cid: &str) {
-        let Some(list) = self.by_connection_id.get(cid) else {
-            return;
-        };
-        let rest: Vec<Arc<Connection>> = list
-            .iter()
-            .filter(|c| c.provider_config_key != pck)
-            .cloned()
-            .collect();
-        if rest.is_empty() {
-            self.by_connection_id.remove(cid);
-        } else {
-            self.by_connection_id.insert(Arc::from(cid), rest.into());
-        }
+        self.by_connection_id.remove(pck, cid);
     }
 
     /// Every record in this snapshot (vault keys only, not the environment's), in a stable
@@ -526,6 +596,18 @@ impl Snapshot {
 
 /// Validates both files and builds a snapshot, or returns every error found.
 pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnostic>> {
+    build_reusing(src, opts, None)
+}
+
+/// [`build`], sharing with `previous` (the snapshot being replaced) every integration and
+/// connection whose record and compiled inputs did not change, so a reload holds the old
+/// snapshot plus what changed, not two snapshots. The result equals a [`build`] of the same
+/// files: a record is shared only if compiling it again would give the same value.
+pub fn build_reusing(
+    src: &Sources,
+    opts: &BuildOptions,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let catalog = match Catalog::parse(&src.providers_name, &src.providers) {
         Ok(c) => c,
@@ -552,8 +634,8 @@ pub fn build(src: &Sources, opts: &BuildOptions) -> Result<Snapshot, Vec<Diagnos
         }
     };
     let catalog = Arc::new(catalog);
-    let mut snapshot =
-        build_records(&src.vault_name, catalog.clone(), raw, opts).map_err(|mut e| {
+    let mut snapshot = build_records_reusing(&src.vault_name, catalog.clone(), raw, opts, previous)
+        .map_err(|mut e| {
             errors.append(&mut e);
             errors.clone()
         })?;
@@ -575,6 +657,43 @@ pub fn build_records(
     catalog: Arc<Catalog>,
     raw: RawVault,
     opts: &BuildOptions,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    build_records_reusing(file, catalog, raw, opts, None)
+}
+
+/// An integration of `previous` that compiling `new` again gave the same value for.
+fn reusable_integration(
+    previous: Option<&Snapshot>,
+    new: &Integration,
+) -> Option<Arc<Integration>> {
+    let old = previous?.integrations.get(new.unique_key.as_str())?;
+    // Providers are compared by their compiled form (Debug prints every field, in order): the
+    // providers file may have changed around an integration without changing its provider.
+    (old.record == new.record
+        && (Arc::ptr_eq(&old.provider, &new.provider)
+            || format!("{:?}", old.provider) == format!("{:?}", new.provider)))
+    .then(|| old.clone())
+}
+
+/// A connection of `previous` that compiling `raw` against `int` would give again: same
+/// integration (shared, so compiled from the same inputs), same record, and the version a
+/// build assigns (0: the store's versions come from its writes, not from a build).
+fn reusable_connection(
+    previous: Option<&Snapshot>,
+    int: &Arc<Integration>,
+    raw: &RawConnection,
+) -> Option<Arc<Connection>> {
+    let old = previous?.connection(&raw.provider_config_key, &raw.connection_id)?;
+    (Arc::ptr_eq(&old.integration, int) && old.version == 0 && old.record() == *raw)
+        .then(|| old.clone())
+}
+
+fn build_records_reusing(
+    file: &str,
+    catalog: Arc<Catalog>,
+    raw: RawVault,
+    opts: &BuildOptions,
+    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
     let cat = catalog.clone();
     let mut b = Builder::new(file, &cat);
@@ -603,7 +722,8 @@ pub fn build_records(
                     format!("duplicate unique_key `{}`", int.unique_key),
                 );
             } else {
-                integrations.insert(Arc::from(int.unique_key.as_str()), Arc::new(int));
+                let int = reusable_integration(previous, &int).unwrap_or_else(|| Arc::new(int));
+                integrations.insert(Arc::from(int.unique_key.as_str()), int);
             }
         }
     }
@@ -612,8 +732,8 @@ pub fn build_records(
         .iter()
         .map(|i| i.unique_key.as_str())
         .collect();
-    let mut connections: HashMap<Arc<str>, Table<Arc<Connection>>> = HashMap::new();
-    let mut by_connection_id: HashMap<Arc<str>, Vec<Arc<Connection>>> = HashMap::new();
+    let mut connections: HashMap<Arc<str>, Connections> = HashMap::new();
+    let mut by_connection_id = ById::default();
     // Connections are moved out of the records, not cloned: a large vault is built with one
     // allocation fewer per field, and freed once.
     let mut failed_known = false;
@@ -633,8 +753,12 @@ pub fn build_records(
             failed_known = true;
             continue;
         };
-        let Some(conn) = b.connection(&at, raw_conn, &int, 0) else {
-            continue;
+        let conn = match reusable_connection(previous, &int, &raw_conn) {
+            Some(old) => old,
+            None => match b.connection(&at, raw_conn, &int, 0) {
+                Some(c) => Arc::new(c),
+                None => continue,
+            },
         };
         let table = connections
             .entry(Arc::from(conn.provider_config_key.as_str()))
@@ -649,10 +773,8 @@ pub fn build_records(
             );
             continue;
         }
-        let conn = Arc::new(conn);
-        let cid: Arc<str> = Arc::from(conn.connection_id.as_str());
-        table.insert(cid.clone(), conn.clone());
-        by_connection_id.entry(cid).or_default().push(conn);
+        table.insert(conn.clone());
+        by_connection_id.insert(conn);
     }
     let _ = failed_known;
     if !b.errors.is_empty() {
@@ -663,10 +785,7 @@ pub fn build_records(
         secret_keys: secret_keys.into(),
         integrations,
         connections: connections.into_iter().collect(),
-        by_connection_id: by_connection_id
-            .into_iter()
-            .map(|(k, v)| (k, Arc::from(v)))
-            .collect(),
+        by_connection_id,
         catalog,
         warnings: b.warnings.into(),
     })
@@ -876,6 +995,8 @@ impl<'a> Builder<'a> {
             .filter(|inj| inj.template.uses_access_token())
             .cloned()
             .collect();
+        let renders_later =
+            !dynamic.is_empty() || provider.token_url.is_some() || provider.refresh_url.is_some();
         Some(Integration {
             unique_key: raw.unique_key.clone(),
             display_name: raw.display_name.clone(),
@@ -886,6 +1007,7 @@ impl<'a> Builder<'a> {
             oauth_client_secret: creds.and_then(|c| c.oauth_client_secret.clone()),
             scopes: creds.and_then(|c| c.scopes.clone()),
             uses_credentials,
+            renders_later,
             dynamic,
             record: raw.clone(),
             metrics: std::sync::OnceLock::new(),
@@ -934,7 +1056,8 @@ impl<'a> Builder<'a> {
                     }
                 })
         };
-        let fingerprint = fingerprint(&raw.credentials);
+        let oauth2_fingerprint = matches!(raw.credentials, RawCredentials::OAuth2 { .. })
+            .then(|| fingerprint(&raw.credentials));
         let creds_map = int
             .uses_credentials
             .then(|| credentials_map(&raw.credentials));
@@ -989,28 +1112,43 @@ impl<'a> Builder<'a> {
                 }
             }
         };
-        let mut conn = Connection {
-            connection_id: raw.connection_id,
-            provider_config_key: raw.provider_config_key,
-            integration: int.clone(),
-            credential,
-            base_url: None,
-            static_headers: Vec::new(),
-            static_query: Vec::new(),
-            dynamic: Arc::from([]),
+        let extra = Extra {
             connection_config: raw.connection_config,
             metadata: raw.metadata,
             end_user: raw.end_user,
             tags: raw.tags,
             created_at: raw.created_at,
             updated_at: raw.updated_at,
+        };
+        let extra_text = if extra.is_empty() {
+            None
+        } else {
+            match serde_json::to_string(&extra) {
+                Ok(t) => Some(t.into_boxed_str()),
+                Err(_) => {
+                    self.error(at("metadata"), "cannot be stored as JSON");
+                    return None;
+                }
+            }
+        };
+        let mut conn = Connection {
+            connection_id: raw.connection_id,
+            provider_config_key: raw.provider_config_key,
+            integration: int.clone(),
+            credential,
+            base_url: None,
+            static_headers: Box::default(),
+            static_query: Box::default(),
+            extra: extra_text,
+            template_maps: None,
             version,
-            fingerprint,
         };
         let mut values = conn.values(None);
         values.credentials = creds_map.as_ref();
+        values.connection_config = Some(&extra.connection_config);
+        values.metadata = Some(&extra.metadata);
         // Base URL: the connection's own `baseUrl`, else the integration's or provider's template.
-        let base = match conn
+        let base = match extra
             .connection_config
             .get("baseUrl")
             .and_then(Value::as_str)
@@ -1080,9 +1218,22 @@ impl<'a> Builder<'a> {
             return None;
         }
         conn.base_url = base_url;
-        conn.static_headers = static_headers;
-        conn.static_query = static_query;
-        conn.dynamic = int.dynamic.clone();
+        conn.static_headers = static_headers.into_boxed_slice();
+        conn.static_query = static_query.into_boxed_slice();
+        let keep_maps =
+            int.renders_later && !(extra.connection_config.is_empty() && extra.metadata.is_empty());
+        if keep_maps || oauth2_fingerprint.is_some() {
+            let (connection_config, metadata) = if keep_maps {
+                (extra.connection_config, extra.metadata)
+            } else {
+                Default::default()
+            };
+            conn.template_maps = Some(Box::new(TemplateMaps {
+                connection_config,
+                metadata,
+                oauth2_fingerprint,
+            }));
+        }
         Some(conn)
     }
 }
@@ -1222,7 +1373,7 @@ connections:
         assert!(c.static_headers[0].1.is_sensitive());
         assert_eq!(
             c.static_query,
-            vec![("key".to_string(), "k%20y".to_string())]
+            [("key".to_string(), "k%20y".to_string())].into()
         );
     }
 
@@ -1240,8 +1391,8 @@ connections:
         let b = s.connection("b", "c").expect("present");
         assert_eq!(b.static_headers[0].1, "Basic dTpw");
         let o = s.connection("o", "c").expect("present");
-        assert_eq!(o.dynamic.len(), 1);
-        assert_eq!(s.by_connection_id["c"].len(), 2);
+        assert_eq!(o.dynamic().len(), 1);
+        assert_eq!(s.by_connection_id.get("c").count(), 2);
     }
 
     #[test]
@@ -1301,7 +1452,7 @@ connections:
         let c = s.connection("g", "c").expect("present");
         assert_eq!(
             c.static_query,
-            vec![("api_key".to_string(), "K-s".to_string())]
+            [("api_key".to_string(), "K-s".to_string())].into()
         );
         assert_eq!(c.base_url.as_ref().map(|b| b.path.as_str()), Some("/api"));
     }
@@ -1362,24 +1513,29 @@ connections:
                 c.base_url.as_ref().map(|b| (&b.host, &b.path)),
                 headers,
                 c.static_query,
-                c.dynamic.len(),
+                c.dynamic().len(),
                 Arc::as_ptr(&c.integration)
                     == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
             ));
         }
-        let mut ids: Vec<String> = s
-            .by_connection_id
-            .iter()
-            .map(|(id, list)| {
-                let mut l: Vec<&str> = list
-                    .iter()
-                    .map(|c| c.provider_config_key.as_str())
-                    .collect();
+        let mut by_id: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for c in s.by_connection_id.values() {
+            by_id
+                .entry(&c.connection_id)
+                .or_default()
+                .push(&c.provider_config_key);
+            // The index holds the very connection the integration's table holds.
+            assert!(s
+                .connection(&c.provider_config_key, &c.connection_id)
+                .is_some_and(|t| Arc::ptr_eq(t, c)));
+        }
+        let ids: Vec<String> = by_id
+            .into_iter()
+            .map(|(id, mut l)| {
                 l.sort();
                 format!("{id}:{l:?}")
             })
             .collect();
-        ids.sort();
         out.push_str(&format!("ids {ids:?}\n"));
         out
     }
@@ -1525,14 +1681,83 @@ connections:
                 let mut t = table.clone();
                 for (cid, c) in table.iter() {
                     let v = versions.get(&(pck.to_string(), cid.to_string())).copied().unwrap_or(0);
-                    let mut c2 = Connection { version: v, ..clone_conn(c) };
-                    c2.integration = c.integration.clone();
-                    t.insert(cid.clone(), Arc::new(c2));
+                    let c2 = Arc::new(Connection { version: v, ..clone_conn(c) });
+                    t.insert(c2.clone());
+                    scratch.by_connection_id.insert(c2);
                 }
                 scratch.connections.insert(pck.clone(), t);
             }
             proptest::prop_assert_eq!(canon(&scratch), canon(&snap));
         }
+    }
+
+    /// A reload (`build_reusing`) shares every record that did not change with the snapshot
+    /// it replaces, compiles the ones that did, and gives the same snapshot as a fresh build.
+    #[test]
+    fn rebuilding_shares_what_did_not_change() {
+        let vault = |key_c: &str| {
+            format!(
+                r#"
+integrations: [{{unique_key: i, provider: plain}}, {{unique_key: b, provider: basic}}]
+connections:
+  - {{connection_id: c, provider_config_key: i, credentials: {{type: API_KEY, apiKey: "{key_c}"}}, metadata: {{m: 1}}}}
+  - {{connection_id: d, provider_config_key: i, credentials: {{type: API_KEY, apiKey: k}}}}
+  - {{connection_id: e, provider_config_key: b, credentials: {{type: BASIC, username: u, password: p}}}}
+"#
+            )
+        };
+        let src = |vault: String, providers: &str| Sources {
+            providers_name: "providers.yaml".into(),
+            providers: providers.into(),
+            vault_name: "vault.yaml".into(),
+            vault,
+        };
+        let opts = BuildOptions::default();
+        let first = build(&src(vault("k1"), PROVIDERS), &opts).expect("builds");
+        let same =
+            build_reusing(&src(vault("k1"), PROVIDERS), &opts, Some(&first)).expect("builds");
+        for (pck, cid) in [("i", "c"), ("i", "d"), ("b", "e")] {
+            let (a, b) = (first.connection(pck, cid), same.connection(pck, cid));
+            assert!(
+                a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b)),
+                "{pck}/{cid} shared"
+            );
+        }
+        assert!(Arc::ptr_eq(
+            &first.integrations["i"],
+            &same.integrations["i"]
+        ));
+
+        let edited =
+            build_reusing(&src(vault("k2"), PROVIDERS), &opts, Some(&first)).expect("builds");
+        let fresh = build(&src(vault("k2"), PROVIDERS), &opts).expect("builds");
+        assert_eq!(canon(&edited), canon(&fresh));
+        let shared = |s: &Snapshot, pck: &str, cid: &str| {
+            Arc::ptr_eq(
+                s.connection(pck, cid).expect("present"),
+                first.connection(pck, cid).expect("present"),
+            )
+        };
+        assert!(
+            !shared(&edited, "i", "c"),
+            "the edited connection is compiled again"
+        );
+        assert!(shared(&edited, "i", "d") && shared(&edited, "b", "e"));
+
+        // A provider that changed under an unchanged integration recompiles its connections.
+        let providers = PROVIDERS.replace("https://b.example", "https://b2.example");
+        let moved =
+            build_reusing(&src(vault("k1"), &providers), &opts, Some(&first)).expect("builds");
+        assert_eq!(
+            canon(&moved),
+            canon(&build(&src(vault("k1"), &providers), &opts).expect("builds"))
+        );
+        assert!(!shared(&moved, "b", "e") && shared(&moved, "i", "d"));
+        let e = moved.connection("b", "e").expect("present");
+        assert_eq!(
+            e.base_url.as_ref().map(|b| b.host.as_str()),
+            Some("b2.example")
+        );
     }
 
     fn clone_conn(c: &Connection) -> Connection {
@@ -1544,15 +1769,9 @@ connections:
             base_url: c.base_url.clone(),
             static_headers: c.static_headers.clone(),
             static_query: c.static_query.clone(),
-            dynamic: c.dynamic.clone(),
-            connection_config: c.connection_config.clone(),
-            metadata: c.metadata.clone(),
-            end_user: c.end_user.clone(),
-            tags: c.tags.clone(),
-            created_at: c.created_at.clone(),
-            updated_at: c.updated_at.clone(),
+            extra: c.extra.clone(),
+            template_maps: c.template_maps.clone(),
             version: c.version,
-            fingerprint: c.fingerprint,
         }
     }
 

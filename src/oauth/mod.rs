@@ -379,7 +379,7 @@ impl TokenManager {
             }
         };
         let mut st = slot.lock();
-        if !st.known.contains(&conn.fingerprint) {
+        if !st.known.contains(&conn.fingerprint()) {
             // The vault holds a credential sidekey never saw: an operator's edit. It wins.
             tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
                 connection_id = %conn.connection_id, "the vault's credential changed; using it");
@@ -394,7 +394,7 @@ impl TokenManager {
     /// vault's, else the vault's.
     fn initial(&self, conn: &Connection, use_store: bool, epoch: u64) -> SlotState {
         let stored = use_store
-            .then(|| self.store.lookup(&key(conn), &conn.fingerprint))
+            .then(|| self.store.lookup(&key(conn), &conn.fingerprint()))
             .flatten();
         let parse = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Timestamp>().ok());
         let (token, refresh_token, expires_at) = match (stored, &conn.credential) {
@@ -434,8 +434,8 @@ impl TokenManager {
             token: token.map(|t| self.token(t)),
             refresh_token,
             expires_at,
-            vault_fp: conn.fingerprint,
-            known: vec![conn.fingerprint],
+            vault_fp: conn.fingerprint(),
+            known: vec![conn.fingerprint()],
             failure: None,
             epoch,
         }

@@ -206,7 +206,7 @@ pub fn masked_path(uri: &Uri, conn: Option<&Connection>) -> String {
     mask_query(uri.path(), uri.query(), |name| {
         conn.is_some_and(|c| {
             c.static_query.iter().any(|(n, _)| n == name)
-                || c.dynamic
+                || c.dynamic()
                     .iter()
                     .any(|d| matches!(&d.placement, Placement::Query(n) if n == name))
         })

@@ -24,11 +24,11 @@ pub fn inject(
         headers.insert(name.clone(), value.clone());
     }
     let mut query = Vec::new();
-    if conn.dynamic.is_empty() {
+    if conn.dynamic().is_empty() {
         return Ok(query);
     }
     let values = conn.values(access_token);
-    for inj in conn.dynamic.iter() {
+    for inj in conn.dynamic().iter() {
         let Some(rendered) = inj.template.render(&values) else {
             continue;
         };

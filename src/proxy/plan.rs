@@ -203,11 +203,7 @@ fn find_connection(
     let by_id = snapshot.by_connection_id.get(selector.as_ref());
     let by_int = snapshot.connections.get(selector.as_ref());
     let mut candidates: Vec<&Arc<Connection>> = Vec::new();
-    for c in by_id
-        .into_iter()
-        .flat_map(|l| l.iter())
-        .chain(by_int.into_iter().flat_map(|m| m.values()))
-    {
+    for c in by_id.chain(by_int.into_iter().flat_map(|m| m.values())) {
         let wanted = controls
             .provider_config_key
             .is_none_or(|p| c.provider_config_key == p)

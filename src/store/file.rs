@@ -88,12 +88,14 @@ impl Inner {
             return Ok(None);
         }
         let generation = current.generation + 1;
-        let fresh = snapshot::build(&src, &self.reloader.options(generation)).map_err(|d| {
-            StoreError::Conflict(format!(
-                "the vault was edited and does not load; fix it first: {}",
-                d.first().map(ToString::to_string).unwrap_or_default()
-            ))
-        })?;
+        let fresh =
+            snapshot::build_reusing(&src, &self.reloader.options(generation), Some(current))
+                .map_err(|d| {
+                    StoreError::Conflict(format!(
+                        "the vault was edited and does not load; fix it first: {}",
+                        d.first().map(ToString::to_string).unwrap_or_default()
+                    ))
+                })?;
         *last = Some(hash);
         self.reloader.set_generation(generation);
         Ok(Some(fresh))

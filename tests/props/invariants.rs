@@ -482,7 +482,7 @@ pub fn check_config(data: &[u8]) {
     let (providers, vault) = text.split_once('\0').unwrap_or((CONFIG_PROVIDERS, text));
     match build(providers, vault) {
         Ok(snap) => {
-            let by_id: usize = snap.by_connection_id.values().map(|l| l.len()).sum();
+            let by_id: usize = snap.by_connection_id.values().count();
             assert_eq!(snap.connection_count(), by_id);
             for (key, conns) in &snap.connections {
                 assert!(
@@ -492,7 +492,7 @@ pub fn check_config(data: &[u8]) {
                 for (id, c) in conns {
                     assert_eq!(
                         (c.provider_config_key.as_str(), c.connection_id.as_str()),
-                        (&**key, &**id)
+                        (&**key, id)
                     );
                 }
             }
