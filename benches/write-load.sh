@@ -46,6 +46,7 @@ CPU_PROXY=${CPU_PROXY:-0}
 CPU_LOADGEN=${CPU_LOADGEN:-1}
 IDLE=${IDLE:-3}
 SKIP_WRITES=${SKIP_WRITES:-0}
+SIDEKEY_LOG=${SIDEKEY_LOG:-warn}
 CALLER_KEY=bench-caller-key
 
 log() { echo "[write-load] $*" >&2; }
@@ -165,7 +166,7 @@ start_sidekey() {
     local name=$1 bin=$2 d=$3
     pick_port; SPORT=$PORT
     pick_port; APORT=$PORT
-    taskset -c "$CPU_PROXY" env SIDEKEY_SECRET_KEY="$CALLER_KEY" RUST_LOG=warn \
+    taskset -c "$CPU_PROXY" env SIDEKEY_SECRET_KEY="$CALLER_KEY" RUST_LOG="$SIDEKEY_LOG" \
         "$bin" serve --listen "$HOST:$SPORT" --admin-listen "$HOST:$APORT" \
         --providers "$d/providers.yaml" --vault "$d/vault.yaml" >"$TMP/$name.log" 2>&1 &
     SK_PID=$!; PIDS+=("$SK_PID")

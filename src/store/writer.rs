@@ -73,6 +73,8 @@ async fn run(app: Arc<App>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pe
 async fn commit_group(app: &App, backend: &dyn Backend, batch: Vec<Pending>) {
     let mut last_conflict = None;
     for _attempt in 0..2 {
+        // Where a group's time goes, for `RUST_LOG=sidekey::store=debug` (BENCHMARKS.md).
+        let started = std::time::Instant::now();
         match backend.refresh(app.snapshot.load_full()).await {
             Ok(Some(fresh)) => {
                 crate::state::publish(app, Arc::new(fresh), "vault edited on disk");
@@ -99,9 +101,18 @@ async fn commit_group(app: &App, backend: &dyn Backend, batch: Vec<Pending>) {
         }
         cur.generation = base.generation + 1;
         let next = Arc::new(cur);
+        let applied = started.elapsed();
         match backend.commit(next.clone(), all.clone()).await {
             Ok(()) => {
+                let committed = started.elapsed();
                 crate::state::publish_changes(app, &base, next.clone(), &all);
+                tracing::debug!(
+                    writes = batch.len(),
+                    refresh_and_apply_us = applied.as_micros() as u64,
+                    commit_us = (committed - applied).as_micros() as u64,
+                    publish_us = (started.elapsed() - committed).as_micros() as u64,
+                    "group committed"
+                );
                 return answer(batch, results, &next);
             }
             Err(StoreError::Conflict(why)) => last_conflict = Some(why),
