@@ -385,7 +385,9 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if vault_for_writes.is_none() && paths.state.is_none() {
         tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
     }
-    let store = CredStore::open(vault_for_writes, paths.state.clone())
+    // A writable vault is written by the store alone (refreshed tokens go through its writer,
+    // below); the credential store keeps only the state file of a read-only vault.
+    let store = CredStore::open(None, paths.state.clone())
         .map_err(anyhow::Error::msg)?
         .with_vault_lock(reloader.clone());
     let oauth = TokenManager::new(
@@ -402,6 +404,9 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let app = Arc::new(App::new(snapshot, client, options).with_oauth(oauth));
     let backend = sidekey::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
     let writer = sidekey::store::writer::Writer::spawn(app.clone(), Arc::new(backend));
+    if vault_for_writes.is_some() {
+        app.oauth.use_store(writer.clone());
+    }
     let _ = app.writer.set(writer);
     reloader.clone().spawn(app.clone(), watch);
     let nofile = sidekey::server::raise_nofile_limit();

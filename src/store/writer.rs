@@ -22,8 +22,15 @@ const MAX_GROUP: usize = 256;
 
 struct Pending {
     write: Write,
+    /// Computes the write's changes from the state it commits on (see [`Writer::update`]).
+    compute: Option<Compute>,
     reply: oneshot::Sender<Result<Arc<Snapshot>, StoreError>>,
 }
+
+/// Changes worked out from the state as it is when the write commits (after the backend's
+/// refresh and the writes before it in the group), or why it must not commit. Called again
+/// if the group is retried.
+pub type Compute = Box<dyn Fn(&Snapshot) -> Result<Vec<Change>, StoreError> + Send + Sync>;
 
 /// The handle API routes and the token manager write through.
 #[derive(Clone)]
@@ -47,10 +54,29 @@ impl Writer {
 
     /// Commits one write; the snapshot that includes it, once it is durable and published.
     pub async fn write(&self, write: Write) -> Result<Arc<Snapshot>, StoreError> {
+        self.send(write, None).await
+    }
+
+    /// Commits the changes `compute` makes from the state at commit time: a read-modify-write
+    /// of records that other writes (or a hand edit) may change meanwhile, such as a
+    /// connection whose refreshed token replaces its credential and nothing else.
+    pub async fn update(&self, compute: Compute) -> Result<Arc<Snapshot>, StoreError> {
+        self.send(Write::default(), Some(compute)).await
+    }
+
+    async fn send(
+        &self,
+        write: Write,
+        compute: Option<Compute>,
+    ) -> Result<Arc<Snapshot>, StoreError> {
         let (reply, rx) = oneshot::channel();
         let gone = || StoreError::Unavailable("the writer has stopped".into());
         self.tx
-            .send(Pending { write, reply })
+            .send(Pending {
+                write,
+                compute,
+                reply,
+            })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
@@ -87,7 +113,7 @@ async fn commit_group(app: &App, backend: &dyn Backend, batch: Vec<Pending>) {
         let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
         let mut all = Vec::new();
         for p in &batch {
-            match apply(&cur, &p.write, backend) {
+            match apply(&cur, &p.write, p.compute.as_ref(), backend) {
                 Ok((next, changes)) => {
                     cur = next;
                     all.extend(changes);
@@ -127,6 +153,7 @@ async fn commit_group(app: &App, backend: &dyn Backend, batch: Vec<Pending>) {
 fn apply(
     cur: &Snapshot,
     write: &Write,
+    compute: Option<&Compute>,
     backend: &dyn Backend,
 ) -> Result<(Snapshot, Vec<Change>), StoreError> {
     for e in &write.expect {
@@ -134,9 +161,17 @@ fn apply(
             return Err(StoreError::Precondition(e.clone()));
         }
     }
+    let computed;
+    let planned = match compute {
+        Some(f) => {
+            computed = f(cur)?;
+            &computed
+        }
+        None => &write.changes,
+    };
     let mut next = cur.clone();
-    let mut changes = Vec::with_capacity(write.changes.len());
-    for ch in &write.changes {
+    let mut changes = Vec::with_capacity(planned.len());
+    for ch in planned {
         let ch = match ch.clone() {
             Change::PutConnection(raw, _) => Change::PutConnection(raw, backend.next_version()),
             other => other,
