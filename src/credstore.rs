@@ -1,6 +1,9 @@
-//! Where refreshed OAuth credentials outlive the process: patched into the vault when it is
-//! writable, else kept in a state file (`--state PATH`) for read-only vaults such as a
-//! Kubernetes Secret mount.
+//! Where refreshed OAuth credentials outlive the process when the store cannot take them: a
+//! state file (`--state PATH`) for read-only vaults such as a Kubernetes Secret mount. With a
+//! writable vault, `sidekey serve` commits refreshed tokens through the store's writer
+//! ([`crate::oauth::TokenManager::use_store`]) and opens this store without a vault path; the
+//! vault patch below is only what [`CredStore::open`] with a vault path still does (in-process
+//! tests of the token manager).
 //!
 //! Both stores are written with [`crate::atomic_file::write`] (mode 0600), so a crash leaves the
 //! old file or the new one. The vault is patched as a read-modify-write of its *current* text:

@@ -357,8 +357,28 @@ fn number(out: &mut impl Write, n: &serde_json::Number) -> io::Result<()> {
 /// reader would not take literally inside quotes.
 fn quote(out: &mut impl Write, s: &str) -> io::Result<()> {
     out.write_all(b"\"")?;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
+    let bytes = s.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        // The fast path, byte by byte: printable ASCII, and every byte of a multi-byte
+        // character except the lead bytes of the few that must be escaped (U+0080–U+009F start
+        // with 0xC2, U+2028/U+2029 with 0xE2, U+FEFF/U+FFFE/U+FFFF with 0xEF; continuation
+        // bytes are 0x80–0xBF, so a match is always at a character boundary).
+        let plain = match b {
+            b'"' | b'\\' | 0x7f => false,
+            0x20..=0x7e => true,
+            0xc2 | 0xe2 | 0xef => false,
+            0x80.. => true,
+            _ => false,
+        };
+        if plain {
+            i += 1;
+            continue;
+        }
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
         let esc: Option<&[u8]> = match c {
             '"' => Some(b"\\\""),
             '\\' => Some(b"\\\\"),
@@ -371,17 +391,17 @@ fn quote(out: &mut impl Write, s: &str) -> io::Result<()> {
             && matches!(c,
                 '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}'
                 | '\u{feff}' | '\u{fffe}' | '\u{ffff}');
-        if esc.is_none() && !needs_u {
-            continue;
+        if esc.is_some() || needs_u {
+            out.write_all(&bytes[start..i])?;
+            match esc {
+                Some(e) => out.write_all(e)?,
+                None => write!(out, "\\u{:04x}", c as u32)?,
+            }
+            start = i + c.len_utf8();
         }
-        out.write_all(&s.as_bytes()[start..i])?;
-        match esc {
-            Some(e) => out.write_all(e)?,
-            None => write!(out, "\\u{:04x}", c as u32)?,
-        }
-        start = i + c.len_utf8();
+        i += c.len_utf8();
     }
-    out.write_all(&s.as_bytes()[start..])?;
+    out.write_all(&bytes[start..])?;
     out.write_all(b"\"")
 }
 
