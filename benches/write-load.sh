@@ -24,7 +24,8 @@
 #   BINS="new=target/release/sidekey" (add old=PATH for the memory baseline),
 #   UPSTREAM_BIN=target/release/examples/bench-upstream, CPU_PROXY=0 (sidekey and the
 #   upstream), CPU_LOADGEN=1 (both wrk), IDLE=3 (seconds idle before reading RSS),
-#   SKIP_WRITES=1 (memory only), KEEP_TMP=1.
+#   SKIP_WRITES=1 (memory only), KEEP_TMP=1, SIDEKEY_LOG=warn (RUST_LOG of sidekey; e.g.
+#   "warn,sidekey::store=debug" logs where each group commit's time goes, kept with KEEP_TMP=1).
 # PROXY_CONNS defaults to 1: one request in flight is a latency probe that leaves CPU to
 # spare, so its p99 moves with what the writes cost the proxy; at 8 or more the proxy core is
 # saturated and the p99 is queueing (wrk is closed-loop, it cannot hold a fixed rate).

@@ -614,7 +614,7 @@ async fn persist_through_store(
                 version: c.version,
             }));
         }
-        record.updated_at = Some(jiff::Timestamp::now().to_string());
+        record.updated_at = Some(crate::api::now());
         Ok(vec![crate::config::Change::PutConnection(record, 0)])
     });
     match writer.update(compute).await {
