@@ -24,7 +24,8 @@
 #   BINS="new=target/release/sidekey" (add old=PATH for the memory baseline),
 #   UPSTREAM_BIN=target/release/examples/bench-upstream, CPU_PROXY=0 (sidekey and the
 #   upstream), CPU_LOADGEN=1 (both wrk), IDLE=3 (seconds idle before reading RSS),
-#   SKIP_WRITES=1 (memory only), KEEP_TMP=1.
+#   SKIP_WRITES=1 (memory only), KEEP_TMP=1, SIDEKEY_LOG=warn (RUST_LOG of sidekey; e.g.
+#   "warn,sidekey::store=debug" logs where each group commit's time goes, kept with KEEP_TMP=1).
 # PROXY_CONNS defaults to 1: one request in flight is a latency probe that leaves CPU to
 # spare, so its p99 moves with what the writes cost the proxy; at 8 or more the proxy core is
 # saturated and the p99 is queueing (wrk is closed-loop, it cannot hold a fixed rate).
@@ -46,6 +47,7 @@ CPU_PROXY=${CPU_PROXY:-0}
 CPU_LOADGEN=${CPU_LOADGEN:-1}
 IDLE=${IDLE:-3}
 SKIP_WRITES=${SKIP_WRITES:-0}
+SIDEKEY_LOG=${SIDEKEY_LOG:-warn}
 CALLER_KEY=bench-caller-key
 
 log() { echo "[write-load] $*" >&2; }
@@ -165,7 +167,7 @@ start_sidekey() {
     local name=$1 bin=$2 d=$3
     pick_port; SPORT=$PORT
     pick_port; APORT=$PORT
-    taskset -c "$CPU_PROXY" env SIDEKEY_SECRET_KEY="$CALLER_KEY" RUST_LOG=warn \
+    taskset -c "$CPU_PROXY" env SIDEKEY_SECRET_KEY="$CALLER_KEY" RUST_LOG="$SIDEKEY_LOG" \
         "$bin" serve --listen "$HOST:$SPORT" --admin-listen "$HOST:$APORT" \
         --providers "$d/providers.yaml" --vault "$d/vault.yaml" >"$TMP/$name.log" 2>&1 &
     SK_PID=$!; PIDS+=("$SK_PID")

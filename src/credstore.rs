@@ -1,6 +1,9 @@
-//! Where refreshed OAuth credentials outlive the process: patched into the vault when it is
-//! writable, else kept in a state file (`--state PATH`) for read-only vaults such as a
-//! Kubernetes Secret mount.
+//! Where refreshed OAuth credentials outlive the process when the store cannot take them: a
+//! state file (`--state PATH`) for read-only vaults such as a Kubernetes Secret mount. With a
+//! writable vault, `sidekey serve` commits refreshed tokens through the store's writer
+//! ([`crate::oauth::TokenManager::use_store`]) and opens this store without a vault path; the
+//! vault patch below is only what [`CredStore::open`] with a vault path still does (in-process
+//! tests of the token manager).
 //!
 //! Both stores are written with [`crate::atomic_file::write`] (mode 0600), so a crash leaves the
 //! old file or the new one. The vault is patched as a read-modify-write of its *current* text:
@@ -337,6 +340,46 @@ fn patch_vault_file(
     Ok(fp)
 }
 
+/// Puts a refreshed credential into a connection's record: the access token (or client
+/// credentials token) and its expiry replace the old ones; a refresh token only when the
+/// provider rotated it. `false` if the record holds another type of credential.
+pub fn apply_refreshed(creds: &mut RawCredentials, cred: &StoredCredential) -> bool {
+    match (cred, creds) {
+        (
+            StoredCredential::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+            },
+            RawCredentials::OAuth2 {
+                access_token: a,
+                refresh_token: r,
+                expires_at: e,
+            },
+        ) => {
+            *a = access_token.clone();
+            if let Some(new) = refresh_token {
+                *r = Some(new.clone());
+            }
+            *e = expires_at.clone();
+            true
+        }
+        (
+            StoredCredential::OAuth2Cc { token, expires_at },
+            RawCredentials::OAuth2Cc {
+                token: t,
+                expires_at: e,
+                ..
+            },
+        ) => {
+            *t = Some(token.clone());
+            *e = expires_at.clone();
+            true
+        }
+        _ => false,
+    }
+}
+
 /// [`patch_vault_text`] for a sealed vault: the records are opened with the key, the
 /// credential is compared and patched as plaintext, and everything is sealed again before it
 /// is written, so a refreshed token never reaches the disk in the clear.
@@ -360,37 +403,8 @@ pub fn patch_sealed_text(
     if !known.contains(&crate::config::snapshot::fingerprint(&conn.credentials)) {
         return Err(PatchError::Conflict);
     }
-    match (cred, &mut conn.credentials) {
-        (
-            StoredCredential::OAuth2 {
-                access_token,
-                refresh_token,
-                expires_at,
-            },
-            RawCredentials::OAuth2 {
-                access_token: a,
-                refresh_token: r,
-                expires_at: e,
-            },
-        ) => {
-            *a = access_token.clone();
-            if let Some(new) = refresh_token {
-                *r = Some(new.clone());
-            }
-            *e = expires_at.clone();
-        }
-        (
-            StoredCredential::OAuth2Cc { token, expires_at },
-            RawCredentials::OAuth2Cc {
-                token: t,
-                expires_at: e,
-                ..
-            },
-        ) => {
-            *t = Some(token.clone());
-            *e = expires_at.clone();
-        }
-        _ => return Err(PatchError::Conflict),
+    if !apply_refreshed(&mut conn.credentials, cred) {
+        return Err(PatchError::Conflict);
     }
     let fp = crate::config::snapshot::fingerprint(&conn.credentials);
     crate::config::sealed::seal_vault(&mut raw, enc).map_err(|_| invalid("cannot seal"))?;

@@ -193,7 +193,9 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
     if vault_for_writes.is_none() && paths.state.is_none() {
         tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
     }
-    let credentials = CredStore::open(vault_for_writes, paths.state.clone())
+    // A writable vault is written by the store alone (refreshed tokens go through its writer,
+    // below); the credential store keeps only the state file of a read-only vault.
+    let credentials = CredStore::open(None, paths.state.clone())
         .map_err(RunError::Credentials)?
         .with_vault_lock(reloader.clone());
     let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
@@ -206,6 +208,9 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         .credentials(credentials)
         .store(Arc::new(backend))
         .build()?;
+    if let (Some(_), Some(writer)) = (&vault_for_writes, &app.writer) {
+        app.state.oauth.use_store(writer.clone());
+    }
     reloader.spawn(app.state.clone(), watch);
     Ok(Started {
         app,

@@ -39,6 +39,33 @@ use tokio::sync::mpsc;
 use super::diff::{diff, Changes};
 use super::snapshot::{self, BuildOptions, Snapshot};
 use super::{limits, load_files_stamped, Diagnostic, Paths, ReloadTarget, Sources, Stamps};
+use crate::atomic_file::FileStamp;
+
+/// The stamps of both files (`providers: None` for the bundled catalogue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamps {
+    pub providers: Option<FileStamp>,
+    pub vault: FileStamp,
+}
+
+/// What the files held when sidekey last read them, or last wrote the vault.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// [`Reloader::content_hash`] of what was read; `None` after sidekey wrote the vault
+    /// itself (the writer does not hash its text) or when the next event must read again.
+    pub hash: Option<u64>,
+    /// The files' stamps then: while they still match, the files are unchanged.
+    pub stamps: Option<FileStamps>,
+}
+
+impl Seen {
+    fn read(hash: u64, stamps: Option<FileStamps>) -> Self {
+        Self {
+            hash: Some(hash),
+            stamps,
+        }
+    }
+}
 
 /// How long the watched directories must stay quiet before a reload, unless a flag says otherwise.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(200);
@@ -116,9 +143,10 @@ pub struct Reloader {
     generation: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
-    /// The content hash of the last attempt (good or bad), so that the same broken file is not
-    /// reported again on every unrelated event. Held for a whole reload, so reloads never overlap.
-    last_seen: Mutex<Option<u64>>,
+    /// What the last attempt (good or bad) read, or what the file store last wrote, so that the
+    /// same broken file is not reported again on every unrelated event and sidekey's own writes
+    /// are not read back. Held for a whole reload or commit, so those never overlap.
+    last_seen: Mutex<Seen>,
     /// Whether the last good providers.yaml and vault had content: an empty file where the last
     /// good one had content is an editor mid-save, not a request to remove everything.
     had_content: Mutex<(bool, bool)>,
@@ -135,7 +163,7 @@ impl Reloader {
             generation: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            last_seen: Mutex::new(None),
+            last_seen: Mutex::new(Seen::default()),
             had_content: Mutex::new((false, false)),
         }
     }
@@ -189,8 +217,9 @@ impl Reloader {
     /// Builds the first snapshot (generation 1) and remembers what it read.
     pub fn load_initial(&self) -> Result<Snapshot, Vec<Diagnostic>> {
         let mut last = self.lock_last_seen();
+        let stamps = self.stamp_files();
         let (src, _) = load_files_stamped(&self.paths)?;
-        *last = Some(self.content_hash(&src));
+        *last = Seen::read(self.content_hash(&src), stamps);
         let snap = snapshot::build(&src, &self.options(1))?;
         self.remember_content(&src);
         self.generation.store(1, Ordering::Relaxed);
@@ -251,9 +280,22 @@ impl Reloader {
         providers != stamps.providers || now(&self.paths.vault) != stamps.vault
     }
 
-    pub(crate) fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+    pub(crate) fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         // A panic while holding the lock leaves only a stale hash behind: keep going.
         self.last_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stamps of the files a reload reads, taken before reading them (so a change while
+    /// they are read leaves a stamp that no longer matches, never the other way round).
+    pub(crate) fn stamp_files(&self) -> Option<FileStamps> {
+        let providers = match &self.paths.providers {
+            Some(p) => Some(FileStamp::read(p)?),
+            None => None,
+        };
+        Some(FileStamps {
+            providers,
+            vault: FileStamp::read(&self.paths.vault)?,
+        })
     }
 
     /// A fingerprint of everything a reload reads, to skip rebuilding identical files. Not a
@@ -271,23 +313,31 @@ impl Reloader {
     pub fn reload_blocking(&self, slot: &ArcSwap<Snapshot>, trigger: Trigger) -> Outcome {
         let started = Instant::now();
         let mut last = self.lock_last_seen();
+        let file_stamps = self.stamp_files();
+        if trigger == Trigger::FileChange && file_stamps.is_some() && last.stamps == file_stamps {
+            // The files are the ones last read or written by sidekey itself (the file store's
+            // commits land here through the watch): nothing to read.
+            tracing::debug!("configuration files unchanged (same files)");
+            return Outcome::Unchanged;
+        }
         let (src, stamps) = match load_files_stamped(&self.paths) {
             Ok(src) => src,
             Err(errors) => {
-                *last = None; // retry on the next event whatever it is
+                *last = Seen::default(); // retry on the next event whatever it is
                 return self.refused(trigger, errors);
             }
         };
         let hash = self.content_hash(&src);
-        if trigger == Trigger::FileChange && *last == Some(hash) {
+        if trigger == Trigger::FileChange && last.hash == Some(hash) {
             tracing::debug!("configuration files unchanged");
+            last.stamps = file_stamps;
             return Outcome::Unchanged;
         }
         if let Some(outcome) = self.not_ready(&src, &stamps) {
-            *last = None; // look again next time, whatever the files hold then
+            *last = Seen::default(); // look again next time, whatever the files hold then
             return self.postponed(trigger, outcome);
         }
-        *last = Some(hash);
+        *last = Seen::read(hash, file_stamps);
         let generation = self.generation() + 1;
         let current = slot.load_full();
         let new = match snapshot::build_reusing(&src, &self.options(generation), Some(&current)) {
@@ -295,7 +345,7 @@ impl Reloader {
             Err(errors) => return self.refused(trigger, errors),
         };
         if self.changed_since(&stamps) {
-            *last = None;
+            *last = Seen::default();
             let outcome = Outcome::NotReady {
                 reason: "a configuration file changed while it was being read".into(),
                 retry_in: Some(self.settle.min(MAX_QUIET)),
@@ -655,6 +705,67 @@ mod tests {
             "the state file is sidekey's own"
         );
         assert_eq!(names, [OsString::from("vault.yaml")]);
+    }
+
+    #[test]
+    fn the_vault_sidekey_wrote_is_not_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let providers = dir.path().join("providers.yaml");
+        let vault = dir.path().join("vault.yaml");
+        std::fs::write(&providers, PROVIDERS).expect("write");
+        std::fs::write(&vault, BEFORE).expect("write");
+        let r = Reloader::new(
+            Paths {
+                providers: Some(providers),
+                vault: vault.clone(),
+                state: None,
+            },
+            Vec::new(),
+            Duration::ZERO,
+        );
+        let slot = ArcSwap::from_pointee(r.load_initial().expect("loads"));
+        // What the file store does on a commit: write a new vault, record its stamp, no hash.
+        {
+            let mut seen = r.lock_last_seen();
+            let stamp = crate::atomic_file::write_with(&vault, 0o600, |w| {
+                use std::io::Write as _;
+                w.write_all(AFTER.as_bytes())
+            })
+            .expect("write");
+            let providers = seen.stamps.expect("stamped").providers;
+            *seen = Seen {
+                hash: None,
+                stamps: Some(FileStamps {
+                    providers,
+                    vault: stamp,
+                }),
+            };
+        }
+        assert_eq!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Unchanged,
+            "the watch event of sidekey's own write reads nothing"
+        );
+        assert_eq!(slot.load().generation, 1);
+        // An editor's rename-on-save is a new file: read and built.
+        let tmp = dir.path().join("vault.yaml.new");
+        std::fs::write(&tmp, AFTER.replace("apiKey: rotated", "apiKey: edited")).expect("write");
+        std::fs::rename(&tmp, &vault).expect("rename");
+        assert!(matches!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Reloaded { generation: 2, .. }
+        ));
+        // Touched only: read, found identical by its hash, and not built again.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&vault)
+            .expect("open");
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH)
+            .expect("touch");
+        assert_eq!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Unchanged
+        );
     }
 
     #[test]

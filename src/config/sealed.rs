@@ -35,7 +35,9 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom as _, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::config::vault::{RawCredentials, RawIntegrationCredentials, RawVault};
+use crate::config::vault::{
+    RawConnection, RawCredentials, RawIntegration, RawIntegrationCredentials, RawVault,
+};
 use crate::config::Diagnostic;
 use crate::secret::Secret;
 
@@ -365,62 +367,101 @@ fn for_each_secret<E>(
     mut f: impl FnMut(&Field<'_>, &mut Secret) -> Result<(), E>,
 ) -> Result<(), E> {
     for (index, int) in v.integrations.iter_mut().enumerate() {
-        let Some(RawIntegrationCredentials {
-            oauth_client_secret: Some(secret),
-            ..
-        }) = &mut int.credentials
-        else {
-            continue;
-        };
-        let record = Record::Integration {
-            index,
-            unique_key: &int.unique_key,
-        };
-        if !secret.is_empty() {
-            f(
-                &Field {
-                    record,
-                    name: "oauth_client_secret",
-                },
-                secret,
-            )?;
-        }
+        integration_secrets(index, int, &mut f)?;
     }
     for (index, conn) in v.connections.iter_mut().enumerate() {
-        let fields: [(&'static str, Option<&mut Secret>); 2] = match &mut conn.credentials {
-            RawCredentials::ApiKey { api_key } => [("apiKey", Some(api_key)), ("", None)],
-            RawCredentials::Basic { password, .. } => [("password", Some(password)), ("", None)],
-            RawCredentials::OAuth2 {
-                access_token,
-                refresh_token,
-                ..
-            } => [
-                ("access_token", Some(access_token)),
-                ("refresh_token", refresh_token.as_mut()),
-            ],
-            RawCredentials::OAuth2Cc {
-                client_secret,
-                token,
-                ..
-            } => [
-                ("client_secret", client_secret.as_mut()),
-                ("token", token.as_mut()),
-            ],
-        };
-        for (name, secret) in fields {
-            let Some(secret) = secret else { continue };
-            if secret.is_empty() {
-                continue;
-            }
-            let record = Record::Connection {
-                index,
-                provider_config_key: &conn.provider_config_key,
-                connection_id: &conn.connection_id,
-            };
-            f(&Field { record, name }, secret)?;
-        }
+        connection_secrets(index, conn, &mut f)?;
     }
     Ok(())
+}
+
+/// The secret fields of one integration (its `oauth_client_secret`), if not empty.
+fn integration_secrets<E>(
+    index: usize,
+    int: &mut RawIntegration,
+    f: &mut impl FnMut(&Field<'_>, &mut Secret) -> Result<(), E>,
+) -> Result<(), E> {
+    let Some(RawIntegrationCredentials {
+        oauth_client_secret: Some(secret),
+        ..
+    }) = &mut int.credentials
+    else {
+        return Ok(());
+    };
+    let record = Record::Integration {
+        index,
+        unique_key: &int.unique_key,
+    };
+    if !secret.is_empty() {
+        f(
+            &Field {
+                record,
+                name: "oauth_client_secret",
+            },
+            secret,
+        )?;
+    }
+    Ok(())
+}
+
+/// The non-empty secret fields of one connection's credential.
+fn connection_secrets<E>(
+    index: usize,
+    conn: &mut RawConnection,
+    f: &mut impl FnMut(&Field<'_>, &mut Secret) -> Result<(), E>,
+) -> Result<(), E> {
+    let fields: [(&'static str, Option<&mut Secret>); 2] = match &mut conn.credentials {
+        RawCredentials::ApiKey { api_key } => [("apiKey", Some(api_key)), ("", None)],
+        RawCredentials::Basic { password, .. } => [("password", Some(password)), ("", None)],
+        RawCredentials::OAuth2 {
+            access_token,
+            refresh_token,
+            ..
+        } => [
+            ("access_token", Some(access_token)),
+            ("refresh_token", refresh_token.as_mut()),
+        ],
+        RawCredentials::OAuth2Cc {
+            client_secret,
+            token,
+            ..
+        } => [
+            ("client_secret", client_secret.as_mut()),
+            ("token", token.as_mut()),
+        ],
+    };
+    for (name, secret) in fields {
+        let Some(secret) = secret else { continue };
+        if secret.is_empty() {
+            continue;
+        }
+        let record = Record::Connection {
+            index,
+            provider_config_key: &conn.provider_config_key,
+            connection_id: &conn.connection_id,
+        };
+        f(&Field { record, name }, secret)?;
+    }
+    Ok(())
+}
+
+/// Seals one value unless it is sealed already (the rule of [`seal_vault`]).
+fn seal_one(key: &EncryptionKey, field: &Field<'_>, secret: &mut Secret) -> Result<(), SealError> {
+    if !is_sealed(secret.expose()) {
+        *secret = Secret::new(key.seal(&field.aad(), secret.expose())?);
+    }
+    Ok(())
+}
+
+/// [`seal_vault`] for one connection record: what the file store's renderer seals, a record
+/// at a time, so that a commit never holds a sealed copy of the whole vault.
+pub fn seal_connection(conn: &mut RawConnection, key: &EncryptionKey) -> Result<(), SealError> {
+    connection_secrets(0, conn, &mut |field, secret| seal_one(key, field, secret))
+}
+
+/// [`seal_vault`] for one integration record.
+pub fn seal_integration(int: &mut RawIntegration, key: &EncryptionKey) -> Result<(), SealError> {
+    integration_secrets(0, int, &mut |field, secret| seal_one(key, field, secret))
 }
 
 /// Seals every secret field that is not sealed yet; returns how many it sealed. Call it on a

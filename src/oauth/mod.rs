@@ -1,6 +1,9 @@
 //! OAuth token management: the access token each OAUTH2 / OAUTH2_CC request injects, refreshed
 //! proactively before it expires and reactively after an upstream 401, single-flight per
-//! connection, with a cool-down after failures, and persisted through [`crate::credstore`].
+//! connection, with a cool-down after failures, and persisted through the store's writer
+//! ([`TokenManager::use_store`]: a read-modify-write of the connection's record, committed and
+//! published like an API write, so the file store is the only code that writes the vault) or,
+//! for a read-only vault, [`crate::credstore`]'s state file.
 //!
 //! State lives per connection (provider_config_key, connection_id) in the [`TokenManager`],
 //! which the proxy owns, so it survives snapshot reloads. A snapshot's credential is trusted
@@ -173,6 +176,9 @@ pub struct TokenManager {
     pub counters: Counters,
     /// Where refresh outcomes are also counted for `/metrics`, once the app attaches it.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The store's writer, when the vault takes writes: refreshed credentials are committed
+    /// through it (else `store` keeps them in its state file, or in memory).
+    writer: std::sync::OnceLock<crate::store::writer::Writer>,
 }
 
 impl TokenManager {
@@ -190,7 +196,14 @@ impl TokenManager {
             generation: AtomicU64::new(1),
             counters: Counters::default(),
             metrics: None,
+            writer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Persists refreshed credentials through the store's writer from now on (a writable
+    /// vault). Set once, after the writer starts; later calls are ignored.
+    pub fn use_store(&self, writer: crate::store::writer::Writer) {
+        let _ = self.writer.set(writer);
     }
 
     /// Counts refresh outcomes in `metrics` too (`sidekey_token_refreshes_total{result}`).
@@ -510,23 +523,36 @@ impl TokenManager {
                     expires_at: expires,
                 },
             };
+            if self.writer.get().is_some() {
+                // The writer publishes the new record before it answers: requests that see it
+                // first must find its credential known, not take it for a hand edit.
+                let mut creds = conn.credential.to_raw();
+                if crate::credstore::apply_refreshed(&mut creds, &stored) {
+                    remember(&mut st.known, crate::config::snapshot::fingerprint(&creds));
+                }
+            }
             (token, stored, st.known.clone(), st.vault_fp)
         };
-        let store = self.store.clone();
         let k = key(conn);
-        let outcome =
-            tokio::task::spawn_blocking(move || store.persist(&k, &stored, &known, &vault_fp))
-                .await
-                .unwrap_or(Persisted::Memory);
+        let through_store = match self.writer.get() {
+            Some(w) => persist_through_store(w, &k, &stored, &known).await,
+            None => None,
+        };
+        let outcome = match through_store {
+            Some(done) => done,
+            None => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.persist(&k, &stored, &known, &vault_fp))
+                    .await
+                    .unwrap_or(Persisted::Memory)
+            }
+        };
         let stored_in = match &outcome {
             Persisted::Vault(fp) => {
                 let mut st = slot.lock();
                 if st.epoch == epoch {
                     st.vault_fp = *fp;
-                    st.known.push(*fp);
-                    if st.known.len() > KNOWN_FINGERPRINTS {
-                        st.known.remove(0);
-                    }
+                    remember(&mut st.known, *fp);
                 }
                 "vault"
             }
@@ -537,7 +563,10 @@ impl TokenManager {
                 "skipped"
             }
             Persisted::Memory => {
-                if self.store.vault_writable() || self.store.has_state_file() {
+                if self.writer.get().is_some()
+                    || self.store.vault_writable()
+                    || self.store.has_state_file()
+                {
                     tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
                         connection_id = %conn.connection_id,
                         "refreshed credential kept in memory only; a restart goes back to the vault's");
@@ -550,6 +579,71 @@ impl TokenManager {
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");
         Ok(token)
+    }
+}
+
+/// Commits a refreshed credential as a store write: the connection's record as it is at commit
+/// time (so an API write of its metadata meanwhile is kept) with the new token in it, at a new
+/// version, durable and published before this returns. Only while the record still holds a
+/// credential this manager knows: one changed by hand meanwhile (the writer reads a vault
+/// edited behind its back before it applies) wins, and nothing is written. `None` when the
+/// store could not take the write at all (read-only, unavailable): the caller falls back to the
+/// state file.
+async fn persist_through_store(
+    writer: &crate::store::writer::Writer,
+    key: &Key,
+    cred: &StoredCredential,
+    known: &[[u8; 32]],
+) -> Option<Persisted> {
+    use crate::store::{Expect, StoreError};
+    let (pck, cid, cred, known) = (key.0.clone(), key.1.clone(), cred.clone(), known.to_vec());
+    let compute = Box::new(move |snap: &Snapshot| {
+        let Some(c) = snap.connection(&pck, &cid) else {
+            return Err(StoreError::Precondition(Expect::ConnectionExists {
+                provider_config_key: pck.clone(),
+                connection_id: cid.clone(),
+            }));
+        };
+        let mut record = c.record();
+        if !known.contains(&c.fingerprint())
+            || !crate::credstore::apply_refreshed(&mut record.credentials, &cred)
+        {
+            return Err(StoreError::Precondition(Expect::ConnectionVersion {
+                provider_config_key: pck.clone(),
+                connection_id: cid.clone(),
+                version: c.version,
+            }));
+        }
+        record.updated_at = Some(crate::api::now());
+        Ok(vec![crate::config::Change::PutConnection(record, 0)])
+    });
+    match writer.update(compute).await {
+        Ok(snap) => Some(match snap.connection(&key.0, &key.1) {
+            Some(c) => Persisted::Vault(c.fingerprint()),
+            None => Persisted::Skipped("the connection is no longer in the vault".into()),
+        }),
+        Err(StoreError::Precondition(Expect::ConnectionExists { .. })) => Some(Persisted::Skipped(
+            "the connection is no longer in the vault".into(),
+        )),
+        Err(StoreError::Precondition(_)) => Some(Persisted::Skipped(
+            "the connection's credential was changed in the vault meanwhile".into(),
+        )),
+        Err(e) => {
+            tracing::warn!(target: "sidekey::oauth", provider_config_key = %key.0,
+                connection_id = %key.1, error = %e,
+                "cannot write the refreshed credential to the vault; trying the state file");
+            None
+        }
+    }
+}
+
+/// Adds a fingerprint sidekey wrote to the connection's known ones, keeping the newest few.
+fn remember(known: &mut Vec<[u8; 32]>, fp: [u8; 32]) {
+    if !known.contains(&fp) {
+        known.push(fp);
+    }
+    if known.len() > KNOWN_FINGERPRINTS {
+        known.remove(0);
     }
 }
 

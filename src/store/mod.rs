@@ -11,6 +11,7 @@
 //! implements the same [`Backend`] trait without touching the request path.
 
 pub mod file;
+pub mod render;
 pub mod writer;
 
 use std::future::Future;

@@ -10,6 +10,7 @@
 //! it; after that the writers get the conflict.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,8 +23,15 @@ const MAX_GROUP: usize = 256;
 
 struct Pending {
     write: Write,
+    /// Computes the write's changes from the state it commits on (see [`Writer::update`]).
+    compute: Option<Compute>,
     reply: oneshot::Sender<Result<Arc<Snapshot>, StoreError>>,
 }
+
+/// Changes worked out from the state as it is when the write commits (after the backend's
+/// refresh and the writes before it in the group), or why it must not commit. Called again
+/// if the group is retried.
+pub type Compute = Box<dyn Fn(&Snapshot) -> Result<Vec<Change>, StoreError> + Send + Sync>;
 
 /// The handle API routes and the token manager write through.
 #[derive(Clone)]
@@ -47,17 +55,41 @@ impl Writer {
 
     /// Commits one write; the snapshot that includes it, once it is durable and published.
     pub async fn write(&self, write: Write) -> Result<Arc<Snapshot>, StoreError> {
+        self.send(write, None).await
+    }
+
+    /// Commits the changes `compute` makes from the state at commit time: a read-modify-write
+    /// of records that other writes (or a hand edit) may change meanwhile, such as a
+    /// connection whose refreshed token replaces its credential and nothing else.
+    pub async fn update(&self, compute: Compute) -> Result<Arc<Snapshot>, StoreError> {
+        self.send(Write::default(), Some(compute)).await
+    }
+
+    async fn send(
+        &self,
+        write: Write,
+        compute: Option<Compute>,
+    ) -> Result<Arc<Snapshot>, StoreError> {
         let (reply, rx) = oneshot::channel();
         let gone = || StoreError::Unavailable("the writer has stopped".into());
         self.tx
-            .send(Pending { write, reply })
+            .send(Pending {
+                write,
+                compute,
+                reply,
+            })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 }
 
+/// The longest a small group waits for more writes (see [`run`]).
+const MAX_GATHER: Duration = Duration::from_millis(2);
+
 async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pending>) {
+    // The size and duration of the last group: what the writers answered by it will send next.
+    let mut last = (0usize, Duration::ZERO);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -66,13 +98,33 @@ async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<
                 Err(_) => break,
             }
         }
+        // Writers answered by the last group send their next writes a round trip later, while
+        // a write that arrived during that commit is already waiting: committed alone at once,
+        // it would cost a whole rewrite, and the others would wait for it and then form the
+        // next group, so groups alternated 15 and 1 with 16 writers (measured; BENCHMARKS.md).
+        // So a group much smaller than the last one waits a little for the rest: a tenth of
+        // the last commit, at most MAX_GATHER. A lone writer (last group of one) never waits.
+        if batch.len() * 2 <= last.0 {
+            let deadline = tokio::time::Instant::now() + (last.1 / 10).min(MAX_GATHER);
+            while batch.len() < last.0.min(MAX_GROUP) {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        let size = batch.len();
+        let started = std::time::Instant::now();
         commit_group(&app, backend.as_ref(), batch).await;
+        last = (size, started.elapsed());
     }
 }
 
 async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
     let mut last_conflict = None;
     for _attempt in 0..2 {
+        // Where a group's time goes, for `RUST_LOG=sidekey::store=debug` (BENCHMARKS.md).
+        let started = std::time::Instant::now();
         match backend.refresh(app.snapshot.load_full()).await {
             Ok(Some(fresh)) => {
                 crate::state::publish(app, Arc::new(fresh), "vault edited on disk");
@@ -85,7 +137,7 @@ async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
         let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
         let mut all = Vec::new();
         for p in &batch {
-            match apply(&cur, &p.write, backend) {
+            match apply(&cur, &p.write, p.compute.as_ref(), backend) {
                 Ok((next, changes)) => {
                     cur = next;
                     all.extend(changes);
@@ -99,9 +151,18 @@ async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
         }
         cur.generation = base.generation + 1;
         let next = Arc::new(cur);
+        let applied = started.elapsed();
         match backend.commit(next.clone(), all.clone()).await {
             Ok(()) => {
+                let committed = started.elapsed();
                 crate::state::publish_changes(app, &base, next.clone(), &all);
+                tracing::debug!(
+                    writes = batch.len(),
+                    refresh_and_apply_us = applied.as_micros() as u64,
+                    commit_us = (committed - applied).as_micros() as u64,
+                    publish_us = (started.elapsed() - committed).as_micros() as u64,
+                    "group committed"
+                );
                 return answer(batch, results, &next);
             }
             Err(StoreError::Conflict(why)) => last_conflict = Some(why),
@@ -116,6 +177,7 @@ async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
 fn apply(
     cur: &Snapshot,
     write: &Write,
+    compute: Option<&Compute>,
     backend: &dyn Backend,
 ) -> Result<(Snapshot, Vec<Change>), StoreError> {
     for e in &write.expect {
@@ -123,9 +185,17 @@ fn apply(
             return Err(StoreError::Precondition(e.clone()));
         }
     }
+    let computed;
+    let planned = match compute {
+        Some(f) => {
+            computed = f(cur)?;
+            &computed
+        }
+        None => &write.changes,
+    };
     let mut next = cur.clone();
-    let mut changes = Vec::with_capacity(write.changes.len());
-    for ch in &write.changes {
+    let mut changes = Vec::with_capacity(planned.len());
+    for ch in planned {
         let ch = match ch.clone() {
             Change::PutConnection(raw, _) => Change::PutConnection(raw, backend.next_version()),
             other => other,
