@@ -645,15 +645,17 @@ async fn a_storm_of_good_and_bad_writes_never_fails_a_request() {
         &failures[..failures.len().min(10)]
     );
     assert!(ok.load(Ordering::Relaxed) >= 100);
-    assert!(
-        !events(
-            &sk,
-            "configuration reload postponed; the previous configuration keeps serving"
-        )
-        .is_empty(),
-        "the storm was seen as files being written:\n{}",
-        sk.logs()
-    );
+    // The forced reload lands on a half-written file (postponed) or on a whole bad one
+    // (refused), depending on where in the cycle it falls: either shows that a reload ran
+    // in the middle of the storm, which is what the requests above were exposed to.
+    let seen = [
+        "configuration reload postponed; the previous configuration keeps serving",
+        "configuration reload refused; the previous configuration keeps serving",
+    ]
+    .iter()
+    .map(|m| events(&sk, m).len())
+    .sum::<usize>();
+    assert!(seen > 0, "no reload ran during the storm:\n{}", sk.logs());
     let c = TestClient::default();
     assert_eq!(get(&c, &sk, "c5").await.text(), "key-5");
 }

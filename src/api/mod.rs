@@ -126,7 +126,19 @@ impl ApiError {
                 .collect();
         }
         let body = json!({ "error": error }).to_string();
-        json_response(self.status, Bytes::from(body), Some(self.code))
+        let mut res = json_response(self.status, Bytes::from(body), Some(self.code));
+        // Refused before its body was read: the connection cannot carry another request, so
+        // say so rather than let the client send one into a connection about to close.
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        ) {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        res
     }
 }
 

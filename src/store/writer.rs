@@ -84,12 +84,14 @@ impl Writer {
     }
 }
 
-/// The longest a small group waits for more writes (see [`run`]).
-const MAX_GATHER: Duration = Duration::from_millis(2);
+/// The longest a group waits for more writes (see [`run`]).
+const MAX_GATHER: Duration = Duration::from_millis(5);
 
 async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pending>) {
-    // The size and duration of the last group: what the writers answered by it will send next.
-    let mut last = (0usize, Duration::ZERO);
+    // How many writes the last commit saw in the system (the group it answered plus those
+    // queued behind it), and how long it took.
+    let mut in_system = 0usize;
+    let mut last_commit = Duration::ZERO;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -98,15 +100,16 @@ async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        // Writers answered by the last group send their next writes a round trip later, while
-        // a write that arrived during that commit is already waiting: committed alone at once,
-        // it would cost a whole rewrite, and the others would wait for it and then form the
-        // next group, so groups alternated 15 and 1 with 16 writers (measured; BENCHMARKS.md).
-        // So a group much smaller than the last one waits a little for the rest: a tenth of
-        // the last commit, at most MAX_GATHER. A lone writer (last group of one) never waits.
-        if batch.len() * 2 <= last.0 {
-            let deadline = tokio::time::Instant::now() + (last.1 / 10).min(MAX_GATHER);
-            while batch.len() < last.0.min(MAX_GROUP) {
+        // The writers the last group answered send their next writes a round trip later,
+        // while those that arrived during the commit are already queued. Committing only the
+        // queued ones splits steady writers into two halves that take turns (16 writers made
+        // groups of 8 and 8: half the writes per rewrite; measured, BENCHMARKS.md). So a group
+        // smaller than what the last commit saw waits a little for the rest: a quarter of the
+        // last commit, at most MAX_GATHER. A lone writer never waits.
+        let want = in_system.min(MAX_GROUP);
+        if batch.len() < want {
+            let deadline = tokio::time::Instant::now() + (last_commit / 4).min(MAX_GATHER);
+            while batch.len() < want {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(p)) => batch.push(p),
                     Ok(None) | Err(_) => break,
@@ -116,7 +119,8 @@ async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<
         let size = batch.len();
         let started = std::time::Instant::now();
         commit_group(&app, backend.as_ref(), batch).await;
-        last = (size, started.elapsed());
+        last_commit = started.elapsed();
+        in_system = size + rx.len();
     }
 }
 
