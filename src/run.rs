@@ -209,7 +209,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         .store(Arc::new(backend))
         .build()?;
     if let (Some(_), Some(writer)) = (&vault_for_writes, &app.writer) {
-        app.state.oauth.use_store(writer.clone());
+        app.state.oauth.use_store(Arc::new(writer.clone()));
     }
     reloader.spawn(app.state.clone(), watch);
     Ok(Started {

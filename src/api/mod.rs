@@ -398,7 +398,7 @@ pub(crate) fn decode(s: &str) -> String {
 
 /// Now, as the API writes timestamps: RFC 3339 UTC with milliseconds.
 pub(crate) fn now() -> String {
-    format!("{:.3}", jiff::Timestamp::now())
+    crate::config::vault::now()
 }
 
 #[cfg(test)]

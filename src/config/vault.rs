@@ -333,6 +333,12 @@ impl RawCredentials {
     }
 }
 
+/// The current time as records carry it (`created_at`, `updated_at`): RFC 3339 in UTC with
+/// milliseconds, as Nango's API writes them.
+pub fn now() -> String {
+    format!("{:.3}", jiff::Timestamp::now())
+}
+
 /// The comment block at the top of a vault (blank lines dropped): what every rewrite of the
 /// vault keeps, since a YAML value carries no comments.
 pub fn leading_comments(text: &str) -> String {

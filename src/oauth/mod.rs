@@ -178,7 +178,23 @@ pub struct TokenManager {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The store's writer, when the vault takes writes: refreshed credentials are committed
     /// through it (else `store` keeps them in its state file, or in memory).
-    writer: std::sync::OnceLock<crate::store::writer::Writer>,
+    writer: std::sync::OnceLock<Arc<dyn TokenWriter>>,
+}
+
+/// Commits refreshed credentials as store writes. The store's writer implements it
+/// (`store::writer`): the token manager sits below the store in the module graph, so it names
+/// only this.
+pub trait TokenWriter: Send + Sync {
+    /// Commits `cred` into the connection's record at a new version, durable and published
+    /// before the future resolves, unless the record's credential is no longer one of `known`
+    /// (a hand edit wins). `None` when the store could not take the write at all (read-only,
+    /// unavailable): the caller falls back to the state file.
+    fn persist<'a>(
+        &'a self,
+        key: &'a Key,
+        cred: &'a StoredCredential,
+        known: &'a [[u8; 32]],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Persisted>> + Send + 'a>>;
 }
 
 impl TokenManager {
@@ -202,7 +218,7 @@ impl TokenManager {
 
     /// Persists refreshed credentials through the store's writer from now on (a writable
     /// vault). Set once, after the writer starts; later calls are ignored.
-    pub fn use_store(&self, writer: crate::store::writer::Writer) {
+    pub fn use_store(&self, writer: Arc<dyn TokenWriter>) {
         let _ = self.writer.set(writer);
     }
 
@@ -535,7 +551,7 @@ impl TokenManager {
         };
         let k = key(conn);
         let through_store = match self.writer.get() {
-            Some(w) => persist_through_store(w, &k, &stored, &known).await,
+            Some(w) => w.persist(&k, &stored, &known).await,
             None => None,
         };
         let outcome = match through_store {
@@ -579,61 +595,6 @@ impl TokenManager {
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");
         Ok(token)
-    }
-}
-
-/// Commits a refreshed credential as a store write: the connection's record as it is at commit
-/// time (so an API write of its metadata meanwhile is kept) with the new token in it, at a new
-/// version, durable and published before this returns. Only while the record still holds a
-/// credential this manager knows: one changed by hand meanwhile (the writer reads a vault
-/// edited behind its back before it applies) wins, and nothing is written. `None` when the
-/// store could not take the write at all (read-only, unavailable): the caller falls back to the
-/// state file.
-async fn persist_through_store(
-    writer: &crate::store::writer::Writer,
-    key: &Key,
-    cred: &StoredCredential,
-    known: &[[u8; 32]],
-) -> Option<Persisted> {
-    use crate::store::{Expect, StoreError};
-    let (pck, cid, cred, known) = (key.0.clone(), key.1.clone(), cred.clone(), known.to_vec());
-    let compute = Box::new(move |snap: &Snapshot| {
-        let Some(c) = snap.connection(&pck, &cid) else {
-            return Err(StoreError::Precondition(Expect::ConnectionExists {
-                provider_config_key: pck.clone(),
-                connection_id: cid.clone(),
-            }));
-        };
-        let mut record = c.record();
-        if !known.contains(&c.fingerprint())
-            || !crate::credstore::apply_refreshed(&mut record.credentials, &cred)
-        {
-            return Err(StoreError::Precondition(Expect::ConnectionVersion {
-                provider_config_key: pck.clone(),
-                connection_id: cid.clone(),
-                version: c.version,
-            }));
-        }
-        record.updated_at = Some(crate::api::now());
-        Ok(vec![crate::config::Change::PutConnection(record, 0)])
-    });
-    match writer.update(compute).await {
-        Ok(snap) => Some(match snap.connection(&key.0, &key.1) {
-            Some(c) => Persisted::Vault(c.fingerprint()),
-            None => Persisted::Skipped("the connection is no longer in the vault".into()),
-        }),
-        Err(StoreError::Precondition(Expect::ConnectionExists { .. })) => Some(Persisted::Skipped(
-            "the connection is no longer in the vault".into(),
-        )),
-        Err(StoreError::Precondition(_)) => Some(Persisted::Skipped(
-            "the connection's credential was changed in the vault meanwhile".into(),
-        )),
-        Err(e) => {
-            tracing::warn!(target: "sidekey::oauth", provider_config_key = %key.0,
-                connection_id = %key.1, error = %e,
-                "cannot write the refreshed credential to the vault; trying the state file");
-            None
-        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod file;
 pub mod render;
+mod tokens;
 pub mod writer;
 
 use std::future::Future;

@@ -1,0 +1,70 @@
+//! Refreshed OAuth tokens as store writes: the store's [`Writer`] is the token manager's
+//! [`TokenWriter`], so a refreshed credential reaches the vault through the one writer, at a
+//! new version, like any API write.
+//!
+//! The write is computed at commit time from the connection's record as it is then (an API
+//! write of its metadata meanwhile is kept), with the new token in it. It happens only while
+//! the record still holds a credential the token manager knows: one changed by hand
+//! meanwhile (the writer reads a vault edited behind its back before it applies) wins, and
+//! nothing is written.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::writer::Writer;
+use super::{Expect, StoreError};
+use crate::config::Snapshot;
+use crate::credstore::{Key, Persisted, StoredCredential};
+use crate::oauth::TokenWriter;
+
+impl TokenWriter for Writer {
+    fn persist<'a>(
+        &'a self,
+        key: &'a Key,
+        cred: &'a StoredCredential,
+        known: &'a [[u8; 32]],
+    ) -> Pin<Box<dyn Future<Output = Option<Persisted>> + Send + 'a>> {
+        Box::pin(async move {
+            let (pck, cid, cred, known) =
+                (key.0.clone(), key.1.clone(), cred.clone(), known.to_vec());
+            let compute = Box::new(move |snap: &Snapshot| {
+                let Some(c) = snap.connection(&pck, &cid) else {
+                    return Err(StoreError::Precondition(Expect::ConnectionExists {
+                        provider_config_key: pck.clone(),
+                        connection_id: cid.clone(),
+                    }));
+                };
+                let mut record = c.record();
+                if !known.contains(&c.fingerprint())
+                    || !crate::credstore::apply_refreshed(&mut record.credentials, &cred)
+                {
+                    return Err(StoreError::Precondition(Expect::ConnectionVersion {
+                        provider_config_key: pck.clone(),
+                        connection_id: cid.clone(),
+                        version: c.version,
+                    }));
+                }
+                record.updated_at = Some(crate::config::vault::now());
+                Ok(vec![crate::config::Change::PutConnection(record, 0)])
+            });
+            match self.update(compute).await {
+                Ok(snap) => Some(match snap.connection(&key.0, &key.1) {
+                    Some(c) => Persisted::Vault(c.fingerprint()),
+                    None => Persisted::Skipped("the connection is no longer in the vault".into()),
+                }),
+                Err(StoreError::Precondition(Expect::ConnectionExists { .. })) => Some(
+                    Persisted::Skipped("the connection is no longer in the vault".into()),
+                ),
+                Err(StoreError::Precondition(_)) => Some(Persisted::Skipped(
+                    "the connection's credential was changed in the vault meanwhile".into(),
+                )),
+                Err(e) => {
+                    tracing::warn!(target: "sidekey::oauth", provider_config_key = %key.0,
+                        connection_id = %key.1, error = %e,
+                        "cannot write the refreshed credential to the vault; trying the state file");
+                    None
+                }
+            }
+        })
+    }
+}
