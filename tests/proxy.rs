@@ -953,6 +953,11 @@ async fn records_applied_through_the_writer_serve_the_next_request() {
         format!("Bearer {SECRET}").as_str()
     );
     let vault = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
-    assert!(vault.contains("connection_id: late"), "{vault}");
+    let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&vault).expect("the vault parses");
+    assert_eq!(
+        parsed["connections"][0]["connection_id"].as_str(),
+        Some("late"),
+        "{vault}"
+    );
     sk.stop().await;
 }
