@@ -617,16 +617,40 @@ async fn a_storm_of_good_and_bad_writes_never_fails_a_request() {
         }));
     }
 
-    // 400 alternating writes, each split in two with a pause between the halves. The constant
-    // events force a reload every ten settle periods (10 s), in the middle of the writes.
+    // Alternating bad and good writes, each split in two with a pause between the halves. The
+    // constant events force a reload every ten settle periods (10 s), in the middle of the
+    // writes: the storm goes on until such a reload has been seen (or 60 s), so a quick
+    // machine cannot finish it before the first forced reload comes.
+    const MID_STORM: [&str; 2] = [
+        "configuration reload postponed; the previous configuration keeps serving",
+        "configuration reload refused; the previous configuration keeps serving",
+    ];
     let path = sk.path("vault.yaml");
-    let writer = std::thread::spawn(move || {
-        for i in 0..400 {
-            let text = if i % 2 == 0 { &bad } else { &good };
-            write_in_two_steps(&path, text, Duration::from_millis(15));
-            std::thread::sleep(Duration::from_millis(10));
+    let reload_seen = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let reload_seen = reload_seen.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut i = 0u32;
+            // Always ends on a good file (odd i), after at least 400 writes.
+            while i < 400
+                || i % 2 == 1
+                || !(reload_seen.load(Ordering::SeqCst)
+                    || started.elapsed() > Duration::from_secs(60))
+            {
+                let text = if i % 2 == 0 { &bad } else { &good };
+                write_in_two_steps(&path, text, Duration::from_millis(15));
+                std::thread::sleep(Duration::from_millis(10));
+                i += 1;
+            }
+        })
+    };
+    while !writer.is_finished() {
+        if MID_STORM.iter().any(|m| !events(&sk, m).is_empty()) {
+            reload_seen.store(true, Ordering::SeqCst);
         }
-    });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tokio::task::spawn_blocking(move || writer.join().expect("writer"))
         .await
         .expect("join");
@@ -648,13 +672,7 @@ async fn a_storm_of_good_and_bad_writes_never_fails_a_request() {
     // The forced reload lands on a half-written file (postponed) or on a whole bad one
     // (refused), depending on where in the cycle it falls: either shows that a reload ran
     // in the middle of the storm, which is what the requests above were exposed to.
-    let seen = [
-        "configuration reload postponed; the previous configuration keeps serving",
-        "configuration reload refused; the previous configuration keeps serving",
-    ]
-    .iter()
-    .map(|m| events(&sk, m).len())
-    .sum::<usize>();
+    let seen: usize = MID_STORM.iter().map(|m| events(&sk, m).len()).sum();
     assert!(seen > 0, "no reload ran during the storm:\n{}", sk.logs());
     let c = TestClient::default();
     assert_eq!(get(&c, &sk, "c5").await.text(), "key-5");
