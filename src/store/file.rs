@@ -43,10 +43,13 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The nice value of the thread that renders, writes and fsyncs the vault. A commit of a large
 /// vault is milliseconds of CPU; at the default priority it takes them from the proxy's
-/// requests on the same core (the proxy's p99 rose 1.65 × while writes ran, issue 12). At 10
-/// the scheduler gives a busy request thread about ten times its share, so the commit uses
-/// idle time first; writes still finish, just later when the core is saturated.
-const COMMIT_NICE: i32 = 10;
+/// requests on the same core (the proxy's p99 rose 1.65 × while writes ran, issue 12). At 19,
+/// the lowest priority, a busy request thread gets about seventy times its share, so the
+/// commit uses idle time first; writes still finish, just later when the core is saturated.
+/// (A quiet run at nice 10 still showed the proxy's p99 several times higher while writing;
+/// SCHED_IDLE would be stronger, but rustix does not offer `sched_setscheduler` and this
+/// crate has no `unsafe`.)
+const COMMIT_NICE: i32 = 19;
 
 struct Inner {
     reloader: Arc<Reloader>,
