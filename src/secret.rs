@@ -6,14 +6,16 @@
 use std::borrow::Cow;
 use std::fmt;
 
-/// A secret string; `Debug` prints `Secret(***)`.
+/// A secret string; `Debug` prints `Secret(***)`. A `Box<str>` rather than a `String`: a
+/// secret never grows in place, and the 8 bytes saved are per credential field in every
+/// connection of the snapshot.
 #[derive(Clone, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret(Box<str>);
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+        Self(s.into().into_boxed_str())
     }
 
     /// The secret value, for the few places that must use it (injection, token calls).
@@ -34,7 +36,7 @@ impl fmt::Debug for Secret {
 
 impl From<String> for Secret {
     fn from(s: String) -> Self {
-        Self(s)
+        Self(s.into_boxed_str())
     }
 }
 

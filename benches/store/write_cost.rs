@@ -68,8 +68,13 @@ fn vault_text(n: usize) -> String {
         let _ = writeln!(v, "  - {{unique_key: {p}-int, provider: {p}}}");
     }
     v.push_str("connections:\n");
+    // `WRITE_COST_KIND=0..3` makes every connection of one kind (header, query, basic, OAuth),
+    // to split the per-connection figure by kind.
+    let only: Option<usize> = std::env::var("WRITE_COST_KIND")
+        .ok()
+        .and_then(|k| k.parse().ok());
     for i in 0..n {
-        let _ = match i % 4 {
+        let _ = match only.unwrap_or(i % 4) {
             0 => writeln!(
                 v,
                 "  - connection_id: user-{i}\n    provider_config_key: hdr-int\n    credentials: {{type: API_KEY, apiKey: \"sk_live_{i:016x}abcdef\"}}\n    connection_config: {{subdomain: tenant{i}, tenant: t{i}}}\n    metadata: {{owner: team-{}}}",
@@ -261,6 +266,27 @@ fn parts(what: &str, n: usize) -> anyhow::Result<()> {
                 }
             }
             status_kib("VmHWM:").saturating_sub(before) as f64 * 1024.0 / n as f64
+        }
+        // What the built snapshot keeps per connection once the text and the build's
+        // transient state are gone (run with `MIMALLOC_PURGE_DELAY=0` so freed pages leave
+        // RSS at once).
+        "snapshot" => {
+            let before = rss();
+            let src = sources(n);
+            let snap = snapshot::build(&src, &BuildOptions::default())
+                .map_err(|d| anyhow::anyhow!("{} problems, first: {:?}", d.len(), d.first()))?;
+            drop(src);
+            let after = rss();
+            black_box(&snap);
+            after.saturating_sub(before) as f64 * 1024.0 / n as f64
+        }
+        // What is left in RSS after the text alone was made and dropped: the floor of
+        // "snapshot" (the allocator may keep some of a freed text's pages).
+        "text" => {
+            let before = rss();
+            drop(black_box(sources(n)));
+            let after = rss();
+            after.saturating_sub(before) as f64 * 1024.0 / n as f64
         }
         other => anyhow::bail!("unknown part {other}"),
     };

@@ -13,6 +13,7 @@ use super::{decode, ok, query_pairs, query_param, strict_query, ApiError, ApiReq
 use crate::app::App;
 use crate::auth::Scope;
 use crate::body::ProxyBody;
+use crate::config::snapshot::ClientCredentials;
 use crate::config::{Connection, Credential, Integration, Snapshot};
 
 pub(crate) fn integration_json(i: &Integration) -> Value {
@@ -49,7 +50,7 @@ fn credential_type(c: &Credential) -> &'static str {
         Credential::ApiKey(_) => "API_KEY",
         Credential::Basic { .. } => "BASIC",
         Credential::OAuth2 { .. } => "OAUTH2",
-        Credential::OAuth2Cc { .. } => "OAUTH2_CC",
+        Credential::OAuth2Cc(_) => "OAUTH2_CC",
     }
 }
 
@@ -59,7 +60,7 @@ fn list_json(c: &Connection) -> Value {
     json!({
         "id": c.connection_id,
         "connection_id": c.connection_id,
-        "provider_config_key": c.provider_config_key,
+        "provider_config_key": &*c.provider_config_key,
         "provider": c.integration.provider.name,
         "errors": [],
         "end_user": e.end_user,
@@ -76,7 +77,7 @@ pub(crate) fn connection_json(c: &Connection, credentials: Value) -> Value {
     json!({
         "id": c.connection_id,
         "connection_id": c.connection_id,
-        "provider_config_key": c.provider_config_key,
+        "provider_config_key": &*c.provider_config_key,
         "provider": c.integration.provider.name,
         "errors": [],
         "end_user": e.end_user,
@@ -137,12 +138,13 @@ pub(crate) fn credentials_json(
             raw.insert("type".into(), "OAUTH2".into());
             m.insert("raw".into(), Value::Object(raw));
         }
-        Credential::OAuth2Cc {
-            client_id,
-            client_secret,
-            token,
-            expires_at,
-        } => {
+        Credential::OAuth2Cc(cc) => {
+            let ClientCredentials {
+                client_id,
+                client_secret,
+                token,
+                expires_at,
+            } = &**cc;
             let (token, expires) = match &current {
                 Some((t, _, e)) => (Some(t.clone()), *e),
                 None => (token.clone(), *expires_at),
@@ -475,7 +477,7 @@ fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>,
                 .is_none_or(|l| l.iter().any(|i| **i == ***k))
         })
         .flat_map(|(_, m)| m.values().map(AsRef::as_ref))
-        .filter(|c| want_id.as_deref().is_none_or(|w| w == c.connection_id))
+        .filter(|c| want_id.as_deref().is_none_or(|w| w == &*c.connection_id))
         .filter(|c| {
             end_user
                 .as_deref()

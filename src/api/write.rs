@@ -777,8 +777,8 @@ async fn patch_connection(
     record.updated_at = Some(super::now());
     let w =
         Write::new(vec![Change::PutConnection(record, 0)]).expecting(Expect::ConnectionVersion {
-            provider_config_key: conn.provider_config_key.clone(),
-            connection_id: conn.connection_id.clone(),
+            provider_config_key: conn.provider_config_key.to_string(),
+            connection_id: conn.connection_id.to_string(),
             version: conn.version,
         });
     commit(app, w).await.map_err(|e| {
@@ -806,7 +806,10 @@ async fn delete_connection(
         errors: Vec::new(),
     };
     let conn = named_connection(&snapshot, id, req.query, unknown())?;
-    let key = (conn.provider_config_key.clone(), conn.connection_id.clone());
+    let key = (
+        conn.provider_config_key.to_string(),
+        conn.connection_id.to_string(),
+    );
     let w = Write::new(vec![Change::DeleteConnection {
         provider_config_key: key.0.clone(),
         connection_id: key.1.clone(),

@@ -150,6 +150,9 @@ impl BaseUrl {
 #[derive(Debug)]
 pub struct Integration {
     pub unique_key: String,
+    /// The same key, shared by every connection of this integration as its
+    /// `provider_config_key` (one allocation instead of one per connection).
+    pub key: Arc<str>,
     pub display_name: Option<String>,
     pub provider: Arc<Provider>,
     pub base_url: Option<BaseUrlTemplate>,
@@ -184,12 +187,18 @@ pub enum Credential {
         refresh_token: Option<Secret>,
         expires_at: Option<jiff::Timestamp>,
     },
-    OAuth2Cc {
-        client_id: Option<Secret>,
-        client_secret: Option<Secret>,
-        token: Option<Secret>,
-        expires_at: Option<jiff::Timestamp>,
-    },
+    /// Boxed: OAUTH2_CC connections are rare, and unboxed this variant alone would make every
+    /// connection's credential (so every `Connection`) 32 bytes larger.
+    OAuth2Cc(Box<ClientCredentials>),
+}
+
+/// An OAUTH2_CC connection's credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCredentials {
+    pub client_id: Option<Secret>,
+    pub client_secret: Option<Secret>,
+    pub token: Option<Secret>,
+    pub expires_at: Option<jiff::Timestamp>,
 }
 
 impl Credential {
@@ -211,16 +220,11 @@ impl Credential {
                 refresh_token: refresh_token.clone(),
                 expires_at: ts(expires_at),
             },
-            Self::OAuth2Cc {
-                client_id,
-                client_secret,
-                token,
-                expires_at,
-            } => RawCredentials::OAuth2Cc {
-                client_id: client_id.clone(),
-                client_secret: client_secret.clone(),
-                token: token.clone(),
-                expires_at: ts(expires_at),
+            Self::OAuth2Cc(cc) => RawCredentials::OAuth2Cc {
+                client_id: cc.client_id.clone(),
+                client_secret: cc.client_secret.clone(),
+                token: cc.token.clone(),
+                expires_at: ts(&cc.expires_at),
             },
         }
     }
@@ -233,8 +237,9 @@ impl Credential {
 /// `end_user`, `tags`, timestamps) is one compact JSON text, decoded on demand.
 #[derive(Debug)]
 pub struct Connection {
-    pub connection_id: String,
-    pub provider_config_key: String,
+    pub connection_id: Box<str>,
+    /// The integration's key, shared with the integrations table (no copy per connection).
+    pub provider_config_key: Arc<str>,
     pub integration: Arc<Integration>,
     pub credential: Credential,
     /// `None` when no base URL is configured anywhere: requests need `Base-Url-Override`.
@@ -372,8 +377,8 @@ impl Connection {
     pub fn record(&self) -> RawConnection {
         let e = self.extra();
         RawConnection {
-            connection_id: self.connection_id.clone(),
-            provider_config_key: self.provider_config_key.clone(),
+            connection_id: self.connection_id.to_string(),
+            provider_config_key: self.provider_config_key.to_string(),
             credentials: self.credential.to_raw(),
             connection_config: e.connection_config,
             metadata: e.metadata,
@@ -545,7 +550,7 @@ impl Snapshot {
 
     /// Adds (or replaces) a connection in both lookups.
     fn insert_connection(&mut self, conn: Arc<Connection>) {
-        let pck: Arc<str> = Arc::from(conn.provider_config_key.as_str());
+        let pck: Arc<str> = conn.provider_config_key.clone();
         let mut table = self.connections.get(&*pck).cloned().unwrap_or_default();
         table.insert(conn.clone());
         self.connections.insert(pck, table);
@@ -761,9 +766,9 @@ fn build_records_reusing(
             },
         };
         let table = connections
-            .entry(Arc::from(conn.provider_config_key.as_str()))
+            .entry(conn.provider_config_key.clone())
             .or_default();
-        if table.contains_key(conn.connection_id.as_str()) {
+        if table.contains_key(&conn.connection_id) {
             b.error(
                 at,
                 format!(
@@ -999,6 +1004,7 @@ impl<'a> Builder<'a> {
             !dynamic.is_empty() || provider.token_url.is_some() || provider.refresh_url.is_some();
         Some(Integration {
             unique_key: raw.unique_key.clone(),
+            key: Arc::from(raw.unique_key.as_str()),
             display_name: raw.display_name.clone(),
             provider,
             base_url,
@@ -1104,12 +1110,12 @@ impl<'a> Builder<'a> {
                         format!("provider `{}` has no token_url", int.provider.name),
                     );
                 }
-                Credential::OAuth2Cc {
+                Credential::OAuth2Cc(Box::new(ClientCredentials {
                     client_id,
                     client_secret,
                     token,
                     expires_at: timestamp(self, &expires_at),
-                }
+                }))
             }
         };
         let extra = Extra {
@@ -1132,8 +1138,8 @@ impl<'a> Builder<'a> {
             }
         };
         let mut conn = Connection {
-            connection_id: raw.connection_id,
-            provider_config_key: raw.provider_config_key,
+            connection_id: raw.connection_id.into_boxed_str(),
+            provider_config_key: int.key.clone(),
             integration: int.clone(),
             credential,
             base_url: None,
@@ -1328,6 +1334,18 @@ plain: {auth_mode: API_KEY, proxy: {base_url: "https://p.example", headers: {aut
         errs.iter().map(ToString::to_string).collect()
     }
 
+    /// 100k connections in 64 MiB (issue 12) leaves no room for a fatter `Connection`: with
+    /// its `Arc` counts it must stay inside mimalloc's 192-byte size class.
+    #[test]
+    fn a_connection_fits_the_192_byte_class() {
+        let with_counts = std::mem::size_of::<Connection>() + 2 * std::mem::size_of::<usize>();
+        assert!(
+            with_counts <= 192,
+            "Arc<Connection> takes {with_counts} bytes"
+        );
+        assert!(std::mem::size_of::<Credential>() <= 56);
+    }
+
     #[test]
     fn host_header_drops_user_info_and_default_ports() {
         let h = |s: &str, a: &str| {
@@ -1515,7 +1533,7 @@ connections:
                 c.static_query,
                 c.dynamic().len(),
                 Arc::as_ptr(&c.integration)
-                    == Arc::as_ptr(&s.integrations[c.provider_config_key.as_str()]),
+                    == Arc::as_ptr(&s.integrations[&*c.provider_config_key]),
             ));
         }
         let mut by_id: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();

@@ -405,7 +405,7 @@ mod tests {
                 let want = model.get(&(0, i));
                 let got = table.get(&id);
                 proptest::prop_assert_eq!(got.map(Arc::as_ptr), want.map(Arc::as_ptr));
-                let mut ints: Vec<&str> = by_id.get(&id).map(|c| c.provider_config_key.as_str()).collect();
+                let mut ints: Vec<&str> = by_id.get(&id).map(|c| &*c.provider_config_key).collect();
                 ints.sort_unstable();
                 let mut expect: Vec<&str> = (0..3)
                     .filter(|int| model.contains_key(&(*int, i)))

@@ -378,8 +378,8 @@ impl TokenManager {
         let existing = {
             let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             slots
-                .get(&conn.provider_config_key)
-                .and_then(|m| m.get(&conn.connection_id))
+                .get(&*conn.provider_config_key)
+                .and_then(|m| m.get(&*conn.connection_id))
                 .cloned()
         };
         let slot = match existing {
@@ -387,9 +387,9 @@ impl TokenManager {
             None => {
                 let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = slots
-                    .entry(conn.provider_config_key.clone())
+                    .entry(conn.provider_config_key.to_string())
                     .or_default()
-                    .entry(conn.connection_id.clone());
+                    .entry(conn.connection_id.to_string());
                 match entry {
                     std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
                     std::collections::hash_map::Entry::Vacant(e) => {
@@ -435,10 +435,9 @@ impl TokenManager {
                 }),
                 Credential::OAuth2 { .. },
             ) => (Some(access_token), refresh_token, parse(&expires_at)),
-            (
-                Some(StoredCredential::OAuth2Cc { token, expires_at }),
-                Credential::OAuth2Cc { .. },
-            ) => (Some(token), None, parse(&expires_at)),
+            (Some(StoredCredential::OAuth2Cc { token, expires_at }), Credential::OAuth2Cc(_)) => {
+                (Some(token), None, parse(&expires_at))
+            }
             (
                 _,
                 Credential::OAuth2 {
@@ -451,12 +450,7 @@ impl TokenManager {
                 refresh_token.clone(),
                 *expires_at,
             ),
-            (
-                _,
-                Credential::OAuth2Cc {
-                    token, expires_at, ..
-                },
-            ) => (token.clone(), None, *expires_at),
+            (_, Credential::OAuth2Cc(cc)) => (cc.token.clone(), None, cc.expires_at),
             _ => (None, None, None),
         };
         SlotState {
@@ -482,7 +476,7 @@ impl TokenManager {
             (st.epoch, st.refresh_token.clone())
         };
         let grant_type = match conn.credential {
-            Credential::OAuth2Cc { .. } => "client_credentials",
+            Credential::OAuth2Cc(_) => "client_credentials",
             _ => "refresh_token",
         };
         let trace = crate::otel::TokenSpan::start(conn, grant_type, trigger.as_str());
@@ -529,7 +523,7 @@ impl TokenManager {
             st.failure = None;
             let expires = expires_at.map(|t| t.to_string());
             let stored = match conn.credential {
-                Credential::OAuth2Cc { .. } => StoredCredential::OAuth2Cc {
+                Credential::OAuth2Cc(_) => StoredCredential::OAuth2Cc {
                     token: grant.access_token,
                     expires_at: expires,
                 },
@@ -611,12 +605,15 @@ fn remember(known: &mut Vec<[u8; 32]>, fp: [u8; 32]) {
 fn is_oauth(conn: &Connection) -> bool {
     matches!(
         conn.credential,
-        Credential::OAuth2 { .. } | Credential::OAuth2Cc { .. }
+        Credential::OAuth2 { .. } | Credential::OAuth2Cc(_)
     )
 }
 
 fn key(conn: &Connection) -> Key {
-    (conn.provider_config_key.clone(), conn.connection_id.clone())
+    (
+        conn.provider_config_key.to_string(),
+        conn.connection_id.to_string(),
+    )
 }
 
 fn refresh_failed(provider_error: Option<String>) -> ProxyError {
@@ -657,11 +654,8 @@ fn build_request(
                 int.oauth_client_secret.as_ref(),
             )
         }
-        Credential::OAuth2Cc {
-            client_id,
-            client_secret,
-            ..
-        } => {
+        Credential::OAuth2Cc(cc) => {
+            let (client_id, client_secret) = (&cc.client_id, &cc.client_secret);
             req.set("grant_type", Secret::new("client_credentials"));
             // Nango stores scopes comma-separated; the OAuth `scope` parameter is space-separated.
             let scope: Vec<&str> = int

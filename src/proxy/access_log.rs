@@ -175,7 +175,7 @@ impl RequestLog {
             target: ACCESS_TARGET,
             method = %self.method,
             integration = self.integration.as_deref().map(|i| i.unique_key.as_str()),
-            connection_id = conn.map(|c| c.connection_id.as_str()),
+            connection_id = conn.map(|c| &*c.connection_id),
             upstream_host,
             upstream_path = upstream_path.as_deref(),
             status = self.status,

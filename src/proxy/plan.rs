@@ -206,10 +206,10 @@ fn find_connection(
     for c in by_id.chain(by_int.into_iter().flat_map(|m| m.values())) {
         let wanted = controls
             .provider_config_key
-            .is_none_or(|p| c.provider_config_key == p)
+            .is_none_or(|p| &*c.provider_config_key == p)
             && controls
                 .connection_id
-                .is_none_or(|id| c.connection_id == id);
+                .is_none_or(|id| &*c.connection_id == id);
         // A connection whose id is also its integration's key is found both ways: once is enough.
         if wanted && !candidates.iter().any(|k| Arc::ptr_eq(k, c)) {
             candidates.push(c);

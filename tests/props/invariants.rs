@@ -490,10 +490,7 @@ pub fn check_config(data: &[u8]) {
                     "connections of unknown `{key}`"
                 );
                 for (id, c) in conns {
-                    assert_eq!(
-                        (c.provider_config_key.as_str(), c.connection_id.as_str()),
-                        (&**key, id)
-                    );
+                    assert_eq!((&*c.provider_config_key, &*c.connection_id), (&**key, id));
                 }
             }
         }
