@@ -53,8 +53,9 @@ pub struct BuildOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
     Header(HeaderName),
-    /// A query parameter; the name is already percent-encoded.
-    Query(String),
+    /// A query parameter; the name is already percent-encoded. Shared by every connection of
+    /// the integration that injects it.
+    Query(Arc<str>),
 }
 
 /// A template and where its value goes.
@@ -65,17 +66,21 @@ pub struct Injection {
 }
 
 /// A parsed upstream base URL.
+///
+/// Connections whose base URL is a template (`https://${connectionConfig.subdomain}.…`) each
+/// hold one, so it is kept small: the authority and the Host header share one buffer, and the
+/// path and query are one string (128 bytes with the `Arc`, against 192 plus three more
+/// allocations when host, path and query were `String`s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
     pub scheme: Scheme,
     pub authority: Authority,
-    /// Host without brackets or port, lowercase.
-    pub host: String,
     pub port: u16,
-    /// The base path without a trailing slash ("" for the root).
-    pub path: String,
-    /// The base URL's own query, if any (without `?`).
-    pub query: Option<String>,
+    /// Where the path ends in `path_query`.
+    path_len: u32,
+    /// The base path without a trailing slash ("" for the root), then `?` and the base URL's
+    /// own query when it has one.
+    path_query: Box<str>,
     /// The Host header for this authority: the port only when it is not the scheme's default.
     pub host_header: http::HeaderValue,
 }
@@ -95,6 +100,33 @@ pub fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue
 }
 
 impl BaseUrl {
+    /// The base path without a trailing slash ("" for the root).
+    pub fn path(&self) -> &str {
+        self.path_query
+            .get(..self.path_len as usize)
+            .unwrap_or(&self.path_query)
+    }
+
+    /// The base URL's own query, if any (without `?`).
+    pub fn query(&self) -> Option<&str> {
+        self.path_query.get(self.path_len as usize + 1..)
+    }
+
+    /// The same base with the root path (its query kept).
+    pub fn with_root_path(&self) -> Self {
+        let query = self.query().map(|q| format!("?{q}")).unwrap_or_default();
+        Self {
+            path_len: 0,
+            path_query: query.into_boxed_str(),
+            ..self.clone()
+        }
+    }
+
+    /// The host without brackets or port, lowercase.
+    pub fn host(&self) -> String {
+        bare_host(&self.authority)
+    }
+
     /// Parses an absolute `http` or `https` URL. Error messages quote the URL with its user
     /// info masked ([`crate::secret::redact_urls`]).
     pub fn parse(url: &str) -> Result<Self, String> {
@@ -122,28 +154,50 @@ impl BaseUrl {
         if authority.as_str().contains('@') {
             return Err(format!("`{s}`: user info in a base URL is not supported"));
         }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if host.is_empty() {
+        if bare_host(&authority).is_empty() {
             return Err(format!("`{s}` has no host"));
         }
-        let path = uri.path().trim_end_matches('/').to_string();
         let port = authority.port_u16().unwrap_or(default_port);
         let host_header = host_header(&scheme, &authority)
             .ok_or_else(|| format!("`{s}` has a host that cannot be sent in a header"))?;
+        // One buffer for the authority and the Host header (the header is the authority, or
+        // its host part when the port is the scheme's default): `Uri` parsing kept the whole
+        // URL text alive behind both.
+        let shared = bytes::Bytes::copy_from_slice(authority.as_str().as_bytes());
+        let authority = Authority::from_maybe_shared(shared.clone()).unwrap_or(authority);
+        let host_header = match shared
+            .windows(host_header.len())
+            .position(|w| w == host_header.as_bytes())
+        {
+            Some(at) => HeaderValue::from_maybe_shared(shared.slice(at..at + host_header.len()))
+                .unwrap_or(host_header),
+            None => host_header,
+        };
+        let path = uri.path().trim_end_matches('/');
+        let path_len = u32::try_from(path.len()).map_err(|_| format!("`{s}` is too long"))?;
+        let mut path_query = String::from(path);
+        if let Some(q) = uri.query() {
+            path_query.push('?');
+            path_query.push_str(q);
+        }
         Ok(Self {
             scheme,
             host_header,
             port,
             authority,
-            host,
-            path,
-            query: uri.query().map(str::to_string),
+            path_len,
+            path_query: path_query.into_boxed_str(),
         })
     }
+}
+
+/// An authority's host without brackets or port, lowercase.
+fn bare_host(authority: &Authority) -> String {
+    authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
 /// An integration: a provider plus the operator's settings for it.
@@ -249,7 +303,7 @@ pub struct Connection {
     /// `Vec`s: 8 bytes each, which keep `Arc<Connection>` inside mimalloc's 256-byte class.
     pub static_headers: Box<[(HeaderName, HeaderValue)]>,
     /// Injected query pairs known at load time, percent-encoded.
-    pub static_query: Box<[(String, String)]>,
+    pub static_query: Box<[(Arc<str>, Box<str>)]>,
     /// The record's cold fields as compact JSON ([`Extra`]); `None` when all are empty.
     extra: Option<Box<str>>,
     /// `connection_config` and `metadata` decoded, kept only when something renders templates
@@ -919,7 +973,7 @@ impl<'a> Builder<'a> {
                 template: t.clone(),
             })
             .chain(provider.query.iter().map(|(q, t)| Injection {
-                placement: Placement::Query(encode_query_component(q)),
+                placement: Placement::Query(encode_query_component(q).into()),
                 template: t.clone(),
             }))
             .collect();
@@ -932,7 +986,9 @@ impl<'a> Builder<'a> {
                         None
                     }
                 },
-                KeyPlacement::Query => Some(Placement::Query(encode_query_component(name.trim()))),
+                KeyPlacement::Query => {
+                    Some(Placement::Query(encode_query_component(name.trim()).into()))
+                }
             };
             let template = cfg.value_template.as_deref().unwrap_or("${apiKey}");
             match (placement, Template::compile(template)) {
@@ -1200,7 +1256,7 @@ impl<'a> Builder<'a> {
                     ),
                 },
                 Placement::Query(q) => {
-                    static_query.push((q.clone(), encode_query_component(&value)))
+                    static_query.push((q.clone(), encode_query_component(&value).into()))
                 }
             }
         }
@@ -1347,6 +1403,21 @@ plain: {auth_mode: API_KEY, proxy: {base_url: "https://p.example", headers: {aut
     }
 
     #[test]
+    fn base_url_parts() {
+        let b = BaseUrl::parse("https://API.Example.com:8443/v1/?a=b&c").expect("parses");
+        assert_eq!((b.path(), b.query()), ("/v1", Some("a=b&c")));
+        assert_eq!((b.host().as_str(), b.port), ("api.example.com", 8443));
+        assert_eq!(b.host_header, "API.Example.com:8443");
+        assert_eq!(b.authority.as_str(), "API.Example.com:8443");
+        let root = b.with_root_path();
+        assert_eq!((root.path(), root.query()), ("", Some("a=b&c")));
+        let plain = BaseUrl::parse("http://h.example:80").expect("parses");
+        assert_eq!((plain.path(), plain.query()), ("", None));
+        assert_eq!(plain.host_header, "h.example");
+        assert_eq!(plain.with_root_path(), plain);
+    }
+
+    #[test]
     fn host_header_drops_user_info_and_default_ports() {
         let h = |s: &str, a: &str| {
             let scheme: Scheme = s.parse().expect("scheme");
@@ -1381,18 +1452,15 @@ connections:
         .expect("builds");
         let c = s.connection("i", "c").expect("present");
         let base = c.base_url.as_ref().expect("base");
-        assert_eq!(base.host, "acme.example.com");
-        assert_eq!(base.path, "/v1");
+        assert_eq!(base.host(), "acme.example.com");
+        assert_eq!(base.path(), "/v1");
         assert_eq!(
             c.static_headers.len(),
             1,
             "x-tenant left out: placeholder unresolved"
         );
         assert!(c.static_headers[0].1.is_sensitive());
-        assert_eq!(
-            c.static_query,
-            [("key".to_string(), "k%20y".to_string())].into()
-        );
+        assert_eq!(c.static_query, [("key".into(), "k%20y".into())].into());
     }
 
     #[test]
@@ -1468,11 +1536,8 @@ connections:
         )
         .expect("builds");
         let c = s.connection("g", "c").expect("present");
-        assert_eq!(
-            c.static_query,
-            [("api_key".to_string(), "K-s".to_string())].into()
-        );
-        assert_eq!(c.base_url.as_ref().map(|b| b.path.as_str()), Some("/api"));
+        assert_eq!(c.static_query, [("api_key".into(), "K-s".into())].into());
+        assert_eq!(c.base_url.as_ref().map(|b| b.path()), Some("/api"));
     }
 
     #[test]
@@ -1528,7 +1593,9 @@ connections:
                 c.connection_id,
                 c.version,
                 c.record(),
-                c.base_url.as_ref().map(|b| (&b.host, &b.path)),
+                c.base_url
+                    .as_ref()
+                    .map(|b| (b.host(), b.path().to_string())),
                 headers,
                 c.static_query,
                 c.dynamic().len(),
@@ -1773,7 +1840,7 @@ connections:
         assert!(!shared(&moved, "b", "e") && shared(&moved, "i", "d"));
         let e = moved.connection("b", "e").expect("present");
         assert_eq!(
-            e.base_url.as_ref().map(|b| b.host.as_str()),
+            e.base_url.as_ref().map(|b| b.host()).as_deref(),
             Some("b2.example")
         );
     }

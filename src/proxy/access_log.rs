@@ -205,10 +205,10 @@ impl Drop for RequestLog {
 pub fn masked_path(uri: &Uri, conn: Option<&Connection>) -> String {
     mask_query(uri.path(), uri.query(), |name| {
         conn.is_some_and(|c| {
-            c.static_query.iter().any(|(n, _)| n == name)
+            c.static_query.iter().any(|(n, _)| &**n == name)
                 || c.dynamic()
                     .iter()
-                    .any(|d| matches!(&d.placement, Placement::Query(n) if n == name))
+                    .any(|d| matches!(&d.placement, Placement::Query(n) if &**n == name))
         })
     })
 }

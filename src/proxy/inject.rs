@@ -11,7 +11,7 @@ use crate::config::{Connection, Placement};
 use crate::error::ProxyError;
 
 /// Query pairs rendered per request from access-token templates (owned, percent-encoded).
-pub type DynamicQuery = Vec<(String, String)>;
+pub type DynamicQuery = Vec<(std::sync::Arc<str>, String)>;
 
 /// Inserts the connection's credential headers into `headers` and returns the query pairs
 /// that depend on the access token.

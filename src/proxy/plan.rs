@@ -124,15 +124,16 @@ pub fn target<'r>(
             Some(b) => b,
             None => conn.base_url.as_deref().ok_or_else(|| no_base(&conn))?,
         };
-        if full.host != current.host || full.port != current.port || full.scheme != current.scheme {
+        if full.host() != current.host()
+            || full.port != current.port
+            || full.scheme != current.scheme
+        {
             return Err(ProxyError::InvalidEndpoint(format!(
                 "a full URL must be on the connection's host `{}`",
-                current.host
+                current.host()
             )));
         }
-        let mut b = current.clone();
-        b.path.clear();
-        base = Some(b);
+        base = Some(current.with_root_path());
         endpoint = abs.path;
     }
     Ok(Target {
@@ -161,8 +162,8 @@ pub fn upstream_head(
     let injected: Vec<(&str, &str)> = conn
         .static_query
         .iter()
-        .chain(dynamic_query.iter())
-        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .map(|(n, v)| (&**n, &**v))
+        .chain(dynamic_query.iter().map(|(n, v)| (&**n, v.as_str())))
         .collect();
     let uri = rewrite::upstream_uri(base, target.endpoint, parts.uri.query(), &injected)?;
     Ok((uri, headers))
@@ -245,7 +246,7 @@ fn choose_base(
         OverridePolicy::Deny => Err(refused("Base-Url-Override is disabled on this proxy")),
         OverridePolicy::Any => Ok((Some(base), Pool::Trusted)),
         OverridePolicy::Public => {
-            if let Ok(ip) = base.host.parse::<std::net::IpAddr>() {
+            if let Ok(ip) = base.host().parse::<std::net::IpAddr>() {
                 if !crate::netpolicy::is_public(ip) {
                     return Err(refused(
                         "Base-Url-Override may not reach loopback, private, link-local or metadata addresses",

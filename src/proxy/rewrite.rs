@@ -237,8 +237,8 @@ pub fn upstream_uri(
         ));
     }
     let tail = endpoint.trim_start_matches('/');
-    let mut pq = String::with_capacity(base.path.len() + endpoint.len() + 64);
-    pq.push_str(&base.path);
+    let mut pq = String::with_capacity(base.path().len() + endpoint.len() + 64);
+    pq.push_str(base.path());
     pq.push('/');
     pq.push_str(tail);
     let mut first = true;
@@ -247,7 +247,7 @@ pub fn upstream_uri(
         first = false;
         pq.push_str(param);
     };
-    for q in [base.query.as_deref(), caller_query].into_iter().flatten() {
+    for q in [base.query(), caller_query].into_iter().flatten() {
         if injected.is_empty() {
             // Nothing to replace: the query passes byte for byte, empty segments included.
             push_param(&mut pq, q);

@@ -191,15 +191,15 @@ pub fn check_join(data: &[u8]) {
             assert_eq!(uri.authority(), Some(&base.authority));
             assert_eq!(
                 uri.path(),
-                format!("{}/{}", base.path, endpoint.trim_start_matches('/')),
+                format!("{}/{}", base.path(), endpoint.trim_start_matches('/')),
                 "the path is not base + endpoint byte for byte"
             );
-            let base_segs = normalized_segments(&base.path);
+            let base_segs = normalized_segments(base.path());
             let joined = normalized_segments(uri.path());
             assert!(
                 joined.starts_with(&base_segs),
                 "{target:?} escapes the base {:?}: {}",
-                base.path,
+                base.path(),
                 uri.path()
             );
             let query = uri.query().unwrap_or_default();
