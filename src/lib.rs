@@ -10,6 +10,7 @@
 //! - [`secret`], [`body`], [`atomic_file`], [`template`], [`netpolicy`], [`error`]: redacted
 //!   secrets, the body type, crash-safe writes, `${...}` templates, which addresses a caller's
 //!   `Base-Url-Override` may reach, the one error type and its JSON response.
+//! - [`memory`]: freed memory handed back to the OS after a snapshot is built.
 //! - [`metrics`]: the Prometheus registry and the calls that record into it.
 //! - [`auth`]: caller keys: SHA-256 digests checked in constant time, scopes.
 //! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`];
@@ -58,6 +59,7 @@ pub mod config;
 pub mod conn;
 pub mod credstore;
 pub mod error;
+pub mod memory;
 pub mod metrics;
 pub mod netpolicy;
 pub mod oauth;

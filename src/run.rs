@@ -124,6 +124,9 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
         RunError::Config(lines.join("\n"))
     })?;
+    // The load's text and transient state are gone: give their pages back now, not at the
+    // allocator's leisure (an idle sidecar would otherwise keep its load peak).
+    crate::memory::release_freed();
     for w in snapshot.warnings.iter() {
         if crate::config::sealed::is_sealing_warning(w) {
             tracing::warn!(warning = %w, "configuration warning");

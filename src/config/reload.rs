@@ -386,6 +386,7 @@ impl Reloader {
         // Freeing a large snapshot takes time too; do it here rather than on a request thread
         // (unless a request still holds it, in which case that request frees it when done).
         drop(old);
+        crate::memory::release_freed();
         Outcome::Reloaded {
             generation,
             changes,
