@@ -130,7 +130,7 @@ fn thread_ticks() -> u64 {
         .ok()
         .and_then(|s| {
             // After the command name, which may hold spaces, in parentheses.
-            let rest = &s[s.rfind(')')? + 2..];
+            let rest = s.get(s.rfind(')')? + 2..)?;
             let f: Vec<&str> = rest.split_whitespace().collect();
             Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
         })
