@@ -703,15 +703,35 @@ async fn a_hand_edit_racing_a_write_is_kept() {
     let c = TestClient::default();
     let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-1", "credentials": {"type": "API_KEY", "apiKey": "k1"}})).await;
     assert_eq!(res.status, 201);
-    // The operator appends a connection by hand; the next API write happens before any reload.
+    // A second write: spliced onto the file the first one wrote (store::splice).
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-0", "credentials": {"type": "API_KEY", "apiKey": "k0"}})).await;
+    assert_eq!(res.status, 201);
+    // The operator changes a connection (moving every byte offset after it) and appends one by
+    // hand; the next API write happens before any reload, and must not splice from the old
+    // offsets.
     let path = sk.path("vault.yaml");
-    let mut text = std::fs::read_to_string(&path).expect("vault");
+    let text = std::fs::read_to_string(&path).expect("vault");
+    let mut text = text.replacen("\"k1\"", "\"edited-by-hand\"", 1);
+    assert!(text.contains("edited-by-hand"), "{text}");
     text.push_str("- connection_id: by-hand\n  provider_config_key: gh\n  credentials: {type: API_KEY, apiKey: hand}\n");
     std::fs::write(&path, &text).expect("hand edit");
     let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-2", "credentials": {"type": "API_KEY", "apiKey": "k2"}})).await;
     assert_eq!(res.status, 201, "{}", res.text());
     let after = std::fs::read_to_string(&path).expect("vault");
-    for id in ["api-1", "by-hand", "api-2"] {
+    assert!(after.contains("edited-by-hand"), "{after}");
+    let (code, out, _) = run_cli(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        sk.dir(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("4 connections"), "{out}");
+    for id in ["api-1", "api-0", "by-hand", "api-2"] {
         assert!(after.contains(id), "{id} missing:\n{after}");
         assert_eq!(
             c.proxy(&sk.url(""), "/x", id, "gh").await.status,

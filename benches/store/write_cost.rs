@@ -14,7 +14,10 @@
 //!   directory); then the same commit as the file store makes it now: a stat instead of the
 //!   read and hash, and `store::render::write_snapshot` streamed through
 //!   `atomic_file::write_with` (plus the render alone, with and without sealing), checking
-//!   that the streamed file reads back as the snapshot's records.
+//!   that the streamed file reads back as the snapshot's records; and a group commit of 16
+//!   puts as the file store makes it after the first, spliced by `store::splice` (the old
+//!   file's unchanged items copied, 16 rendered), beside the same group rendered whole, plain
+//!   and sealed, with the thread's CPU time.
 //!
 //! `--parts N` instead measures, each in a fresh process, what the building blocks of a
 //! snapshot cost per entry: a persistent `Table` (imbl) against a `std` hash map with the same
@@ -119,6 +122,19 @@ fn rss() -> u64 {
 /// Resets VmHWM to the current RSS, so the next reading is the peak of what follows.
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This thread's user + system time in clock ticks (1/100 s on Linux; 0 elsewhere).
+fn thread_ticks() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            // After the command name, which may hold spaces, in parentheses.
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -502,6 +518,86 @@ fn main() -> anyhow::Result<()> {
         println!("| `atomic_file::write_with` streaming it (render, fsync, rename, dir fsync) | {stream_ms:.2} |");
         let new_total = 2.0 * stat_ms + with + stream_ms;
         println!("| **sum: one group commit (now)** | **{new_total:.1}** |");
+        // The commit as `store::file` makes it after the first: spliced (`store::splice`), a
+        // group of 16 puts of existing connections, plain and sealed, against the full render
+        // streamed the same way. Wall time includes the fsyncs; CPU is this thread's user +
+        // system time (the kernel's copy counts), from /proc/thread-self/stat over every run.
+        println!(
+            "\n| a 16-write group commit written through `store::splice::Splicer` (median of {splice_runs}) | wall ms | CPU ms |\n|---|---:|---:|",
+            splice_runs = 4 * runs
+        );
+        for (label, sealed) in [
+            ("plain", false),
+            ("sealed (`SIDEKEY_ENCRYPTION_KEY`)", true),
+        ] {
+            let k = sealed.then_some(&key);
+            for spliced in [false, true] {
+                let mut splicer = sidekey::store::splice::Splicer::new();
+                let mut cur = snap.clone();
+                cur.generation = 1;
+                splicer
+                    .write(&path, "", &cur, &[], k)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut walls = Vec::new();
+                let mut cpu_ticks = 0;
+                let mut how = None;
+                for r in 0..4 * runs {
+                    let changes: Vec<Change> = (0..16)
+                        .map(|j| put(&format!("user-{}", 4 * ((r * 16 + j) % (n / 4)) + 1)))
+                        .collect();
+                    let mut next = cur.clone();
+                    for ch in &changes {
+                        next = next
+                            .with(ch.clone())
+                            .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+                    }
+                    next.generation = cur.generation + 1;
+                    if !spliced {
+                        splicer.forget();
+                    }
+                    let (t0, c0) = (Instant::now(), thread_ticks());
+                    let (_, w) = splicer
+                        .write(&path, "", &next, &changes, k)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    walls.push(t0.elapsed().as_secs_f64() * 1e3);
+                    cpu_ticks += thread_ticks() - c0;
+                    how = Some(w);
+                    cur = next;
+                }
+                walls.sort_by(f64::total_cmp);
+                let cpu_ms = cpu_ticks as f64 * 10.0 / walls.len() as f64;
+                println!(
+                    "| {label}, {} ({how:?}) | {:.2} | {cpu_ms:.2} |",
+                    if spliced { "spliced" } else { "rendered whole" },
+                    walls[walls.len() / 2]
+                );
+                // The spliced file reads back as the snapshot, sealed or not.
+                let text = std::fs::read_to_string(&path)?;
+                let mut back = sidekey::config::vault::parse("vault.yaml", &text)
+                    .map_err(|d| anyhow::anyhow!("{d}"))?;
+                sidekey::config::sealed::open_vault(&mut back, k)
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                back.connections.sort_by(|a, b| {
+                    (&a.provider_config_key, &a.connection_id)
+                        .cmp(&(&b.provider_config_key, &b.connection_id))
+                });
+                let mut expect = cur.records();
+                expect.secret_keys = back.secret_keys.clone();
+                anyhow::ensure!(back == expect, "the spliced vault does not read back");
+                if spliced {
+                    println!(
+                        "| (its index: {} bytes, {:.1} a connection) | | |",
+                        splicer.index_bytes(),
+                        splicer.index_bytes() as f64 / n as f64
+                    );
+                }
+            }
+        }
+        std::fs::write(&path, "")?;
+        sidekey::atomic_file::write_with(&path, 0o600, |w| {
+            render::write_snapshot(w, "", &snap, None).map_err(std::io::Error::other)
+        })?;
+
         // What was written reads back as the snapshot's records.
         let text = std::fs::read_to_string(&path)?;
         let back = sidekey::config::vault::parse("vault.yaml", &text)

@@ -1,6 +1,9 @@
-//! The vault file as a store: the records live in `vault.yaml`, rewritten whole on each
-//! commit (temporary file, fsync, rename, fsync of the directory, mode 0600), streamed record
-//! by record from the snapshot by [`super::render`] with the old file's leading comments kept.
+//! The vault file as a store: the records live in `vault.yaml`, replaced on each commit
+//! (temporary file, fsync, rename, fsync of the directory, mode 0600). The first commit, and
+//! the first after a hand edit, streams the whole snapshot record by record through
+//! [`super::render`] with the old file's leading comments kept; later ones are spliced by
+//! [`super::splice`]: the old file's bytes for every unchanged connection, copied file to
+//! file, and fresh text only for the connections the group put.
 //!
 //! The file is also edited by hand, so every commit first asks whether it still is the file
 //! sidekey last read or wrote: its stamp (device, inode, size, modification time; see
@@ -15,7 +18,10 @@
 //! files, finds them unchanged, and neither reads nor parses what sidekey itself wrote.
 //!
 //! With `SIDEKEY_ENCRYPTION_KEY` set, every secret is sealed before the file is written
-//! ([`crate::config::sealed`]), so an API write never puts a plaintext secret on disk.
+//! ([`crate::config::sealed`]), so an API write never puts a plaintext secret on disk: a
+//! spliced commit seals the records it renders, and copies the others' sealed bytes as they
+//! are (a hand edit that put a plaintext secret in is re-read first, which drops the splice
+//! index, so that commit renders, and seals, everything).
 //!
 //! Versions are assigned here: a counter that starts at the current time in microseconds, so
 //! versions keep increasing across restarts without being stored in the file.
@@ -27,6 +33,7 @@ use std::sync::Arc;
 use std::io::Read as _;
 
 use super::render::RenderError;
+use super::splice::Splicer;
 use super::{Backend, BoxFuture, StoreError};
 use crate::config::reload::{FileStamps, Reloader, Seen};
 use crate::config::{load_files, snapshot, Change, Snapshot};
@@ -54,6 +61,9 @@ const COMMIT_NICE: i32 = 19;
 struct Inner {
     reloader: Arc<Reloader>,
     read_only: bool,
+    /// Where each connection is in the file last written, so a commit renders only what
+    /// changed ([`super::splice`]). Used by the commit thread alone; the lock is for `Sync`.
+    splicer: std::sync::Mutex<Splicer>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -88,6 +98,7 @@ impl FileStore {
             inner: Arc::new(Inner {
                 reloader,
                 read_only,
+                splicer: std::sync::Mutex::new(Splicer::new()),
             }),
             version: AtomicU64::new(now),
             jobs: std::sync::Mutex::new(tx),
@@ -172,7 +183,7 @@ impl Inner {
         Ok(Some(fresh))
     }
 
-    fn commit_blocking(&self, next: &Snapshot) -> Result<(), StoreError> {
+    fn commit_blocking(&self, next: &Snapshot, changes: &[Change]) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly(
                 "the vault is read-only (--vault-read-only); change it where it is managed".into(),
@@ -198,34 +209,30 @@ impl Inner {
         let header = read_header(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot read the vault: {e}")))?;
         let key = self.reloader.encryption_key().map(|k| &**k);
-        let mut failed = None;
         let started = std::time::Instant::now();
-        let mut rendered = std::time::Duration::ZERO;
-        let written = crate::atomic_file::write_with(&path, 0o600, |w| {
-            let r = super::render::write_snapshot(w, &header, next, key);
-            rendered = started.elapsed();
-            r.map_err(|e| match e {
-                RenderError::Io(e) => e,
-                other => {
-                    let msg = other.to_string();
-                    failed = Some(other);
-                    std::io::Error::other(msg)
-                }
-            })
-        });
-        let stamp = match (written, failed) {
-            (Ok(stamp), _) => stamp,
-            (Err(_), Some(e)) => return Err(StoreError::Unavailable(e.to_string())),
-            (Err(e), None) => {
+        let written = self
+            .splicer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&path, &header, next, changes, key);
+        let (stamp, how) = match written {
+            Ok(w) => w,
+            Err(RenderError::Changed) => {
+                return Err(StoreError::Conflict(
+                    "the vault was edited while this write was being made".into(),
+                ))
+            }
+            Err(RenderError::Io(e)) => {
                 return Err(StoreError::Unavailable(format!(
                     "cannot write the vault: {e}"
                 )))
             }
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
         };
         tracing::debug!(
             generation = next.generation,
-            render_us = rendered.as_micros() as u64,
-            sync_us = (started.elapsed() - rendered).as_micros() as u64,
+            written = ?how,
+            write_us = started.elapsed().as_micros() as u64,
             "vault written"
         );
         // The text is not hashed: the stamp is enough to know the file is this one.
@@ -282,10 +289,10 @@ impl Backend for FileStore {
     fn commit(
         &self,
         next: Arc<Snapshot>,
-        _changes: Vec<Change>,
+        changes: Vec<Change>,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let inner = self.inner.clone();
-        Box::pin(self.blocking(move || inner.commit_blocking(&next)))
+        Box::pin(self.blocking(move || inner.commit_blocking(&next, &changes)))
     }
 
     fn next_version(&self) -> u64 {

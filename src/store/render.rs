@@ -35,11 +35,65 @@ pub enum RenderError {
     Io(#[from] io::Error),
     #[error("cannot seal the vault: {0}")]
     Seal(#[from] SealError),
+    /// The file a spliced commit copies from was changed in place while it was copied.
+    #[error("the vault was edited while it was being rewritten")]
+    Changed,
 }
 
 /// Writes the vault for `snap`: `header` (the old file's leading comments), then its vault
 /// caller keys, integrations and connections in a stable order, secrets sealed with `key`.
 pub fn write_snapshot(
+    out: &mut impl Write,
+    header: &str,
+    snap: &Snapshot,
+    key: Option<&EncryptionKey>,
+) -> Result<(), RenderError> {
+    write_snapshot_spans(out, header, snap, key, |_, _, _| {}).map(|_| ())
+}
+
+/// [`write_snapshot`], telling `on_connection` each connection's integration key, id and the
+/// length in bytes of its text, in the order they are written; returns the offset (from the
+/// start of `out`) at which the first connection starts. What [`super::splice`] indexes.
+pub fn write_snapshot_spans(
+    out: &mut impl Write,
+    header: &str,
+    snap: &Snapshot,
+    key: Option<&EncryptionKey>,
+    mut on_connection: impl FnMut(&str, &str, u64),
+) -> Result<u64, RenderError> {
+    let mut out = Counting { inner: out, n: 0 };
+    write_head(&mut out, header, snap, key)?;
+    // Both tables are keyed by the ids, so the order needs no record: sort references only.
+    let mut tables: Vec<_> = snap.connections.iter().collect();
+    tables.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut start = None;
+    let mut conns: Vec<(&str, &Arc<Connection>)> = Vec::new();
+    for (pck, table) in tables {
+        conns.clear();
+        conns.extend(table.iter());
+        conns.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (id, c) in &conns {
+            if start.is_none() {
+                out.write_all(b"connections:\n")?;
+                start = Some(out.n);
+            }
+            let before = out.n;
+            write_connection(&mut out, c.record(), key)?;
+            on_connection(pck, id, out.n - before);
+        }
+    }
+    match start {
+        Some(start) => Ok(start),
+        None => {
+            out.write_all(b"connections: []\n")?;
+            Ok(out.n)
+        }
+    }
+}
+
+/// Everything before the connections: `header`, the vault caller keys and the integrations
+/// (few records, rendered whole on every commit, spliced or not).
+pub fn write_head(
     out: &mut impl Write,
     header: &str,
     snap: &Snapshot,
@@ -52,32 +106,43 @@ pub fn write_snapshot(
         .filter_map(|k| k.record.as_ref())
         .collect();
     write_keys(out, &keys)?;
-
     let mut ints: Vec<&Arc<Integration>> = snap.integrations.values().collect();
     ints.sort_unstable_by(|a, b| a.record.unique_key.cmp(&b.record.unique_key));
-    write_integrations(out, ints.iter().map(|i| &i.record), key)?;
+    write_integrations(out, ints.iter().map(|i| &i.record), key)
+}
 
-    // Both tables are keyed by the ids, so the order needs no record: sort references only.
-    let mut tables: Vec<_> = snap.connections.iter().collect();
-    tables.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut any = false;
-    let mut conns: Vec<(&str, &Arc<Connection>)> = Vec::new();
-    for (_, table) in tables {
-        conns.clear();
-        conns.extend(table.iter());
-        conns.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (_, c) in &conns {
-            if !any {
-                out.write_all(b"connections:\n")?;
-                any = true;
-            }
-            write_connection(out, c.record(), key)?;
-        }
+/// One connection's item of the `connections:` sequence (sealed with `key`): the text a
+/// spliced commit renders for a connection that was put.
+pub fn write_one_connection(
+    out: &mut impl Write,
+    c: &Connection,
+    key: Option<&EncryptionKey>,
+) -> Result<(), RenderError> {
+    write_connection(out, c.record(), key)
+}
+
+/// Counts what goes through it, for the spans of [`write_snapshot_spans`].
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
     }
-    if !any {
-        out.write_all(b"connections: []\n")?;
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.n += buf.len() as u64;
+        Ok(())
     }
-    Ok(())
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The same text from records (what the tests and `write-cost` compare against serde).
