@@ -81,6 +81,7 @@ fn check(files: &FileArgs) -> ExitCode {
         env_keys: env_keys(),
         generation: 0,
         encryption_key: key,
+        versions: None,
     };
     let result = config::load_files(&paths).and_then(|src| config::snapshot::build(&src, &opts));
     match result {
@@ -182,6 +183,7 @@ fn reseal_file(
         env_keys: env_keys(),
         generation: 0,
         encryption_key: Some(old.clone()),
+        versions: None,
     };
     config::snapshot::build(&src, &opts).map_err(|d| {
         format!(

@@ -195,9 +195,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
     }
     // A writable vault is written by the store alone (refreshed tokens go through its writer,
     // below); the credential store keeps only the state file of a read-only vault.
-    let credentials = CredStore::open(None, paths.state.clone())
-        .map_err(RunError::Credentials)?
-        .with_vault_lock(reloader.clone());
+    let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
     let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
     let app = App::builder(snapshot)
         .client(client)

@@ -162,7 +162,7 @@ fn only_regular_files_are_read() {
     );
 
     // The state file goes through the same reader.
-    let e = sidekey::credstore::CredStore::open(None, Some(fifo)).expect_err("refused");
+    let e = sidekey::credstore::CredStore::open(Some(fifo)).expect_err("refused");
     assert!(e.contains("not a regular file (a FIFO)"), "{e}");
 }
 

@@ -55,6 +55,27 @@ pub enum Source {
     Other(&'static str),
 }
 
+/// The store's record versions: increasing and never reused within a process, and starting at
+/// the current time in microseconds so that they keep increasing across restarts without being
+/// stored in the file. One counter per store, shared by its writes (`store::Backend::
+/// next_version`) and by the builds of its file (a reload gives a new or changed record the
+/// next version and keeps the version of every record that did not change), so a version
+/// tells any change of a record — an API write, a refreshed token, a hand edit — from none.
+#[derive(Debug)]
+pub struct Versions(std::sync::atomic::AtomicU64);
+
+impl Versions {
+    pub fn starting_now() -> Self {
+        let now = jiff::Timestamp::now().as_microsecond().max(1) as u64;
+        Self(std::sync::atomic::AtomicU64::new(now))
+    }
+
+    /// A version no record has had yet.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The providers.yaml compiled into the binary, used when none is given or found.
 pub const BUNDLED_PROVIDERS: &str = include_str!("../../providers.yaml");
 

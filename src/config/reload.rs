@@ -143,6 +143,9 @@ pub struct Reloader {
     /// `SIDEKEY_ENCRYPTION_KEY`, read once at startup: opens sealed values on every reload.
     encryption_key: Option<Arc<crate::config::sealed::EncryptionKey>>,
     settle: Duration,
+    /// The file store's record versions (see [`crate::config::Versions`]): every build of the
+    /// files gives new and changed records the next one.
+    versions: Arc<crate::config::Versions>,
     /// The generation of the snapshot serving now, as far as the file source knows (the file
     /// store raises it for its commits): the next build counts on from it.
     generation: AtomicU64,
@@ -163,6 +166,7 @@ impl Reloader {
             env_keys,
             encryption_key: None,
             settle: settle.min(MAX_SETTLE),
+            versions: Arc::new(crate::config::Versions::starting_now()),
             generation: AtomicU64::new(0),
             last_seen: Mutex::new(Seen::default()),
             had_content: Mutex::new((false, false)),
@@ -193,6 +197,11 @@ impl Reloader {
         self.generation.fetch_max(generation, Ordering::Relaxed);
     }
 
+    /// The record versions the file's builds and the file store's writes share.
+    pub(crate) fn versions(&self) -> &crate::config::Versions {
+        &self.versions
+    }
+
     pub fn paths(&self) -> &Paths {
         &self.paths
     }
@@ -202,6 +211,7 @@ impl Reloader {
             env_keys: self.env_keys.clone(),
             generation,
             encryption_key: self.encryption_key.clone(),
+            versions: Some(self.versions.clone()),
         }
     }
 
@@ -758,6 +768,83 @@ mod tests {
         assert_eq!(
             r.reload_blocking(&slot, Trigger::FileChange),
             Outcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_version_of_every_record_it_did_not_see_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let providers = dir.path().join("providers.yaml");
+        let vault = dir.path().join("vault.yaml");
+        let oauth = "o: {auth_mode: OAUTH2, token_url: \"https://t.example/t\", proxy: {base_url: \"https://o.example\"}}\n";
+        std::fs::write(&providers, format!("{PROVIDERS}{oauth}")).expect("write");
+        let text = |b_provider: &str, key: &str, extra: &str| {
+            format!(
+                "integrations: [{{unique_key: a, provider: hdr}}, {{unique_key: b, provider: {b_provider}}}, {{unique_key: o, provider: o, credentials: {{oauth_client_id: i, oauth_client_secret: s}}}}]
+connections:
+  - {{connection_id: same, provider_config_key: a, credentials: {{type: API_KEY, apiKey: k}}}}
+  - {{connection_id: key, provider_config_key: a, credentials: {{type: API_KEY, apiKey: {key}}}}}
+  - {{connection_id: moved, provider_config_key: b, credentials: {{type: API_KEY, apiKey: k}}}}
+  - {{connection_id: tok, provider_config_key: o, credentials: {{type: OAUTH2, access_token: t, refresh_token: r, expires_at: \"2030-01-01T00:00:00.000+00:00\"}}}}
+{extra}"
+            )
+        };
+        std::fs::write(&vault, text("hdr", "k", "")).expect("write");
+        let r = Reloader::new(
+            Paths {
+                providers: Some(providers),
+                vault: vault.clone(),
+                state: None,
+            },
+            Vec::new(),
+            Duration::ZERO,
+        );
+        let slot = Slot::new(r.load_initial().expect("loads"));
+        let before = slot.load_full();
+        let v = |s: &Snapshot, i: &str, c: &str| s.connection(i, c).expect("connection").version;
+        let first: Vec<u64> = [("a", "same"), ("a", "key"), ("b", "moved"), ("o", "tok")]
+            .iter()
+            .map(|(i, c)| v(&before, i, c))
+            .collect();
+        assert!(
+            first.iter().all(|v| *v > 0),
+            "the first load versions every record: {first:?}"
+        );
+        let mut distinct = first.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), first.len(), "{first:?}");
+
+        // A rotated key, a changed integration around an unchanged record, a new record.
+        let added = "  - {connection_id: added, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}\n";
+        std::fs::write(&vault, text("other", "rotated", added)).expect("write");
+        assert!(matches!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Reloaded { .. }
+        ));
+        let after = slot.load_full();
+        assert_eq!(v(&after, "a", "same"), first[0], "unchanged");
+        assert!(Arc::ptr_eq(
+            before.connection("a", "same").expect("old"),
+            after.connection("a", "same").expect("new")
+        ));
+        let newest = *first.iter().max().expect("versions");
+        assert!(
+            v(&after, "a", "key") > newest,
+            "a changed record gets a new version"
+        );
+        assert_eq!(
+            v(&after, "b", "moved"),
+            first[2],
+            "the record did not change, its integration did"
+        );
+        assert_eq!(
+            v(&after, "o", "tok"),
+            first[3],
+            "an expires_at written another way than sidekey prints it is no change"
+        );
+        assert!(
+            v(&after, "a", "added") > newest,
+            "a new record gets a new version"
         );
     }
 

@@ -47,6 +47,10 @@ pub struct BuildOptions {
     pub generation: u64,
     /// `SIDEKEY_ENCRYPTION_KEY`: opens the vault's sealed values (see [`crate::config::sealed`]).
     pub encryption_key: Option<Arc<crate::config::sealed::EncryptionKey>>,
+    /// The store's version counter: a new or changed record gets its next version, an
+    /// unchanged one keeps the version it had in the previous snapshot. `None` (`sidekey
+    /// check`, tests): every record built gets version 0.
+    pub versions: Option<Arc<crate::config::Versions>>,
 }
 
 /// Where an injected value goes.
@@ -262,9 +266,6 @@ struct TemplateMaps {
     /// `connection_config` and `metadata`, decoded, for templates rendered after the build.
     connection_config: Map<String, Value>,
     metadata: Map<String, Value>,
-    /// The fingerprint of an OAUTH2 credential as written (its `expires_at` text may not
-    /// survive the parse to a timestamp, so it is not recomputed from [`Credential`]).
-    oauth2_fingerprint: Option<[u8; 32]>,
 }
 
 /// The fields of a connection record that the request path never reads, as stored (compact
@@ -355,17 +356,12 @@ impl Connection {
         &self.integration.dynamic
     }
 
-    /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one
-    /// (computed when asked: only OAuth connections ask, not per connection in memory).
+    /// SHA-256 over the credential (in its canonical form: `expires_at` as sidekey prints
+    /// it), computed when asked: the read-only vault's state file names the credential an
+    /// entry replaces by it, across restarts. Within a process, a changed record is told by
+    /// its [`Connection::version`].
     pub fn fingerprint(&self) -> [u8; 32] {
-        match self
-            .template_maps
-            .as_deref()
-            .and_then(|m| m.oauth2_fingerprint)
-        {
-            Some(f) => f,
-            None => fingerprint(&self.credential.to_raw()),
-        }
+        fingerprint(&self.credential.to_raw())
     }
 
     /// The record this connection was compiled from.
@@ -675,17 +671,60 @@ fn reusable_integration(
     .then(|| old.clone())
 }
 
-/// A connection of `previous` that compiling `raw` against `int` would give again: same
-/// integration (shared, so compiled from the same inputs), same record, and the version a
-/// build assigns (0: the store's versions come from its writes, not from a build).
-fn reusable_connection(
+/// What a build does with a connection record, given the snapshot it replaces.
+enum Previous {
+    /// Compiling the record again would give this connection (same integration, shared, so
+    /// compiled from the same inputs; same record): share it, version included.
+    Reuse(Arc<Connection>),
+    /// The same record under a changed integration: compile it again, keeping its version.
+    Keep(u64),
+    /// A new or changed record.
+    New,
+}
+
+fn previous_connection(
     previous: Option<&Snapshot>,
     int: &Arc<Integration>,
     raw: &RawConnection,
-) -> Option<Arc<Connection>> {
-    let old = previous?.connection(&raw.provider_config_key, &raw.connection_id)?;
-    (Arc::ptr_eq(&old.integration, int) && old.version == 0 && old.record() == *raw)
-        .then(|| old.clone())
+) -> Previous {
+    let Some(old) =
+        previous.and_then(|p| p.connection(&raw.provider_config_key, &raw.connection_id))
+    else {
+        return Previous::New;
+    };
+    if !same_record(old, raw) {
+        Previous::New
+    } else if Arc::ptr_eq(&old.integration, int) {
+        Previous::Reuse(old.clone())
+    } else {
+        Previous::Keep(old.version)
+    }
+}
+
+/// Whether `raw` is the record `old` was compiled from. An `expires_at` is compared as a
+/// timestamp: the record a connection gives back prints it in sidekey's form, which a
+/// hand-written vault need not use, and writing it another way is no change.
+fn same_record(old: &Connection, raw: &RawConnection) -> bool {
+    let record = old.record();
+    if record == *raw {
+        return true;
+    }
+    let canonical = |e: &mut Option<String>| {
+        if let Some(t) = e
+            .as_deref()
+            .and_then(|s| s.trim().parse::<jiff::Timestamp>().ok())
+        {
+            *e = Some(t.to_string());
+        }
+    };
+    let mut raw = raw.clone();
+    match &mut raw.credentials {
+        RawCredentials::OAuth2 { expires_at, .. } | RawCredentials::OAuth2Cc { expires_at, .. } => {
+            canonical(expires_at)
+        }
+        _ => return false,
+    }
+    record == raw
 }
 
 fn build_records_reusing(
@@ -753,9 +792,14 @@ fn build_records_reusing(
             failed_known = true;
             continue;
         };
-        let conn = match reusable_connection(previous, &int, &raw_conn) {
-            Some(old) => old,
-            None => match b.connection(&at, raw_conn, &int, 0) {
+        let version = match previous_connection(previous, &int, &raw_conn) {
+            Previous::Reuse(old) => Ok(old),
+            Previous::Keep(v) => Err(v),
+            Previous::New => Err(opts.versions.as_ref().map_or(0, |v| v.next())),
+        };
+        let conn = match version {
+            Ok(old) => old,
+            Err(version) => match b.connection(&at, raw_conn, &int, version) {
                 Some(c) => Arc::new(c),
                 None => continue,
             },
@@ -1056,8 +1100,6 @@ impl<'a> Builder<'a> {
                     }
                 })
         };
-        let oauth2_fingerprint = matches!(raw.credentials, RawCredentials::OAuth2 { .. })
-            .then(|| fingerprint(&raw.credentials));
         let creds_map = int
             .uses_credentials
             .then(|| credentials_map(&raw.credentials));
@@ -1222,16 +1264,10 @@ impl<'a> Builder<'a> {
         conn.static_query = static_query.into_boxed_slice();
         let keep_maps =
             int.renders_later && !(extra.connection_config.is_empty() && extra.metadata.is_empty());
-        if keep_maps || oauth2_fingerprint.is_some() {
-            let (connection_config, metadata) = if keep_maps {
-                (extra.connection_config, extra.metadata)
-            } else {
-                Default::default()
-            };
+        if keep_maps {
             conn.template_maps = Some(Box::new(TemplateMaps {
-                connection_config,
-                metadata,
-                oauth2_fingerprint,
+                connection_config: extra.connection_config,
+                metadata: extra.metadata,
             }));
         }
         Some(conn)
@@ -1650,7 +1686,7 @@ connections:
         #[test]
         fn incremental_apply_equals_build_from_scratch(ops in proptest::collection::vec(op(), 0..40)) {
             let catalog = catalog();
-            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0, encryption_key: None };
+            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0, encryption_key: None, versions: None };
             let mut snap = build_records("v", catalog.clone(), RawVault::default(), &opts).expect("empty");
             let mut keys: std::collections::BTreeMap<String, RawSecretKey> = Default::default();
             let mut versions: HashMap<(String, String), u64> = HashMap::new();

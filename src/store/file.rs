@@ -17,11 +17,11 @@
 //! With `SIDEKEY_ENCRYPTION_KEY` set, every secret is sealed before the file is written
 //! ([`crate::config::sealed`]), so an API write never puts a plaintext secret on disk.
 //!
-//! Versions are assigned here: a counter that starts at the current time in microseconds, so
-//! versions keep increasing across restarts without being stored in the file.
+//! Versions come from the reloader's counter ([`crate::config::Versions`]), shared with the
+//! builds of the file: a write and a reload never hand out the same version, and a reload
+//! keeps the version of every record it did not see change.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::io::Read as _;
@@ -34,7 +34,6 @@ use crate::config::{load_files, snapshot, Change, Snapshot};
 /// The vault file store.
 pub struct FileStore {
     inner: Arc<Inner>,
-    version: AtomicU64,
     /// The commit thread's queue (see [`COMMIT_NICE`]).
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
 }
@@ -67,7 +66,6 @@ impl std::fmt::Debug for FileStore {
 
 impl FileStore {
     pub fn new(reloader: Arc<Reloader>, read_only: bool) -> Self {
-        let now = jiff::Timestamp::now().as_microsecond().max(1) as u64;
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         // One thread for all the store's file work: commits are serialised by the writer
         // anyway, and a thread of its own can run at a lower priority than the request path.
@@ -89,7 +87,6 @@ impl FileStore {
                 reloader,
                 read_only,
             }),
-            version: AtomicU64::new(now),
             jobs: std::sync::Mutex::new(tx),
         }
     }
@@ -289,6 +286,6 @@ impl Backend for FileStore {
     }
 
     fn next_version(&self) -> u64 {
-        self.version.fetch_add(1, Ordering::Relaxed)
+        self.inner.reloader.versions().next()
     }
 }
