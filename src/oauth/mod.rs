@@ -19,8 +19,9 @@
 //! refresh token replaces the old one before the lock is released, and the credential is
 //! persisted before the next refresh may start, so writes land in order.
 //!
-//! Each refresh emits one `sidekey::oauth` event with `result = "ok" | "error"` (the hook for
-//! metrics), and [`Counters`] count them; neither ever carries a token.
+//! Each refresh emits one `sidekey::oauth` event with `result = "ok" | "error"`, and the
+//! metrics count it (`sidekey_token_refreshes_total`, once the app attaches them); neither ever
+//! carries a token.
 
 pub mod endpoint;
 
@@ -78,15 +79,6 @@ impl std::fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AccessToken(***, generation {})", self.generation)
     }
-}
-
-/// Refresh outcomes since start, for metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub refresh_ok: AtomicU64,
-    pub refresh_error: AtomicU64,
-    /// Requests answered from the cool-down without calling the token endpoint.
-    pub fail_fast: AtomicU64,
 }
 
 struct Failure {
@@ -175,8 +167,8 @@ pub struct TokenManager {
     /// How many slots `slots` holds, kept as they are added and recounted by `prune`.
     tracked: AtomicUsize,
     generation: AtomicU64,
-    pub counters: Counters,
-    /// Where refresh outcomes are also counted for `/metrics`, once the app attaches it.
+    /// Where refresh outcomes are counted for `/metrics` (`fail_fast`: answered from the
+    /// cool-down without a call), once the app attaches it.
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The store's writer, when the vault takes writes: refreshed credentials are committed
     /// through it (else `store` keeps them in its state file, or in memory).
@@ -213,7 +205,6 @@ impl TokenManager {
             slots: Mutex::default(),
             tracked: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
-            counters: Counters::default(),
             metrics: None,
             writer: std::sync::OnceLock::new(),
         }
@@ -225,13 +216,12 @@ impl TokenManager {
         let _ = self.writer.set(writer);
     }
 
-    /// Counts refresh outcomes in `metrics` too (`sidekey_token_refreshes_total{result}`).
+    /// Counts refresh outcomes in `metrics` (`sidekey_token_refreshes_total{result}`).
     pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
         self.metrics = Some(metrics);
     }
 
-    fn count(&self, counter: &AtomicU64, result: &'static str) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, result: &'static str) {
         if let Some(m) = &self.metrics {
             m.token_refresh(result);
         }
@@ -322,7 +312,7 @@ impl TokenManager {
                 if let Some(t) = st.unexpired(now) {
                     return Ok(Some(t));
                 }
-                self.count(&self.counters.fail_fast, "fail_fast");
+                self.count("fail_fast");
                 return Err(refresh_failed(f.provider_error.clone()));
             }
         }
@@ -357,7 +347,7 @@ impl TokenManager {
                 return Ok(t.clone());
             }
             if let Some(f) = st.cooling_down() {
-                self.count(&self.counters.fail_fast, "fail_fast");
+                self.count("fail_fast");
                 return Err(refresh_failed(f.provider_error.clone()));
             }
         }
@@ -500,7 +490,7 @@ impl TokenManager {
         let grant = match result {
             Ok(g) => g,
             Err(f) => {
-                self.count(&self.counters.refresh_error, "error");
+                self.count("error");
                 tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
                     connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
                     result = "error", provider_error = f.provider_error.as_deref().unwrap_or(""),
@@ -590,7 +580,7 @@ impl TokenManager {
                 "memory"
             }
         };
-        self.count(&self.counters.refresh_ok, "ok");
+        self.count("ok");
         tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");

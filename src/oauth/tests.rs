@@ -290,7 +290,16 @@ async fn failure_answers_the_provider_code_and_fails_fast_during_the_cooldown() 
         ..Fake::default()
     });
     fake.fail.store(true, Ordering::SeqCst);
-    let m = manager(fake.clone(), Duration::from_millis(300));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut manager = TokenManager::new(
+        fake.clone(),
+        Arc::new(CredStore::memory()),
+        OAuthOptions {
+            refresh_cooldown: Duration::from_millis(300),
+        },
+    );
+    manager.set_metrics(metrics.clone());
+    let m = Arc::new(manager);
     let c = conn(&snapshot(&oauth_vault("old", Some(&ts(-5)))));
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -309,7 +318,12 @@ async fn failure_answers_the_provider_code_and_fails_fast_during_the_cooldown() 
     assert_eq!(fake.calls(), 1, "waiters share the failure");
     assert!(m.access_token(&c).await.is_err());
     assert_eq!(fake.calls(), 1, "fail fast during the cool-down");
-    assert!(m.counters.fail_fast.load(Ordering::Relaxed) >= 1);
+    let text = metrics.encode();
+    assert!(
+        text.contains("sidekey_token_refreshes_total{result=\"fail_fast\"}")
+            && text.contains("sidekey_token_refreshes_total{result=\"error\"} 1"),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(350)).await;
     fake.fail.store(false, Ordering::SeqCst);
     assert_eq!(
