@@ -65,6 +65,31 @@ struct StateFile {
 
 const STATE_HEADER: &str = "# sidekey state: OAuth credentials refreshed while the vault was read-only.\n# Each entry applies only while the vault still holds the credential it `replaces`.\n";
 
+/// Why the state file could not be read or written. Never quotes the file's values (it holds
+/// tokens): a parse error says only where.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: crate::config::limits::ReadError,
+    },
+    #[error("{path}: {source}")]
+    Refused {
+        path: String,
+        source: crate::config::limits::Refused,
+    },
+    #[error("{path}: not a sidekey state file (at `{at}`)")]
+    NotState { path: String, at: String },
+    #[error("cannot write the state file: {0}")]
+    Serialize(String),
+    #[error("{path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
 /// Where a refreshed credential ended up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Persisted {
@@ -98,18 +123,23 @@ impl CredStore {
 
     /// Opens the store, reading the state file if it exists. An unreadable or malformed state
     /// file is an error: starting without it could resurrect a rotated-away refresh token.
-    pub fn open(state: Option<PathBuf>) -> Result<Self, String> {
+    pub fn open(state: Option<PathBuf>) -> Result<Self, StateFileError> {
         let mut entries = HashMap::new();
         if let Some(p) = &state {
             // The same limits as the other configuration files: a regular file, size-capped.
             match crate::config::limits::read_file_if_exists(p) {
                 Ok(Some(f)) => {
-                    for e in parse_state(&f.text).map_err(|e| format!("{}: {e}", p.display()))? {
+                    for e in parse_state(p, &f.text)? {
                         entries.insert((e.provider_config_key.clone(), e.connection_id.clone()), e);
                     }
                 }
                 Ok(None) => {}
-                Err(e) => return Err(format!("{}: {e}", p.display())),
+                Err(source) => {
+                    return Err(StateFileError::Read {
+                        path: p.display().to_string(),
+                        source,
+                    })
+                }
             }
         }
         Ok(Self {
@@ -190,7 +220,7 @@ impl CredStore {
         }
     }
 
-    fn write_state(&self, mut entries: Vec<StateEntry>) -> Result<(), String> {
+    fn write_state(&self, mut entries: Vec<StateEntry>) -> Result<(), StateFileError> {
         let Some(path) = &self.state else {
             return Ok(());
         };
@@ -201,23 +231,34 @@ impl CredStore {
         let body = serde_yaml_ng::to_string(&StateFile {
             connections: entries,
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StateFileError::Serialize(e.to_string()))?;
         let text = format!("{STATE_HEADER}{body}");
-        crate::atomic_file::write(path, text.as_bytes(), 0o600)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        crate::atomic_file::write(path, text.as_bytes(), 0o600).map_err(|source| {
+            StateFileError::Write {
+                path: path.display().to_string(),
+                source,
+            }
+        })
     }
 }
 
-fn parse_state(text: &str) -> Result<Vec<StateEntry>, String> {
+fn parse_state(path: &std::path::Path, text: &str) -> Result<Vec<StateEntry>, StateFileError> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    crate::config::limits::check_yaml(text).map_err(|r| r.to_string())?;
+    let path = || path.display().to_string();
+    crate::config::limits::check_yaml(text).map_err(|source| StateFileError::Refused {
+        path: path(),
+        source,
+    })?;
     // Messages from serde may quote a value; the state file holds tokens, so say only where.
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize::<_, StateFile>(de)
         .map(|f| f.connections)
-        .map_err(|e| format!("not a sidekey state file (at `{}`)", e.path()))
+        .map_err(|e| StateFileError::NotState {
+            path: path(),
+            at: e.path().to_string(),
+        })
 }
 
 fn now_rfc3339() -> String {
@@ -347,6 +388,6 @@ mod tests {
         )
         .expect("write");
         let err = CredStore::open(Some(state)).expect_err("refused");
-        assert!(!err.contains("sk_hidden"), "{err}");
+        assert!(!err.to_string().contains("sk_hidden"), "{err}");
     }
 }

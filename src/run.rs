@@ -44,7 +44,7 @@ pub struct Listeners {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("--otlp-endpoint: {0}")]
-    OtlpEndpoint(String),
+    OtlpEndpoint(crate::otel::EndpointError),
     #[error("cannot create the vault {path}: {source}")]
     FirstRun {
         path: String,
@@ -54,15 +54,15 @@ pub enum RunError {
     #[error("configuration refused:\n{0}")]
     Config(String),
     #[error("{0}")]
-    ExtraCa(String),
+    ExtraCa(crate::upstream::ClientTlsError),
     #[error("{0}")]
-    Upstream(String),
+    Upstream(crate::upstream::ClientTlsError),
     #[error("{0}")]
-    Otel(String),
+    Otel(crate::otel::InitError),
     #[error("{0}")]
-    ListenerTls(String),
-    #[error("{0}")]
-    Credentials(String),
+    ListenerTls(crate::tls::TlsError),
+    #[error(transparent)]
+    Credentials(#[from] crate::credstore::StateFileError),
     #[error(transparent)]
     Build(#[from] crate::app::BuildError),
     #[error("cannot read a listener's address: {0}")]

@@ -200,7 +200,7 @@ pub fn load_files_stamped(paths: &Paths) -> Result<(Sources, Stamps), Vec<Diagno
                 f.text
             }
             Err(e) => {
-                errors.push(Diagnostic::error(name, "", e));
+                errors.push(Diagnostic::error(name, "", e.to_string()));
                 String::new()
             }
         };
