@@ -21,6 +21,10 @@ use crate::upstream::ResolvePin;
 /// The longest duration any flag accepts; larger values would overflow deadline arithmetic.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+// The value parsers below return `String` errors on purpose: clap takes any error that converts
+// into `Box<dyn Error>`, prints only its Display after the flag's name, and never matches on it,
+// so a typed error would add a type and change nothing anyone sees or handles.
+
 fn duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 250ms, 30s or 5m: {e}"))?;

@@ -98,33 +98,54 @@ pub fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue
     HeaderValue::from_str(host).ok()
 }
 
+/// Why a base URL was refused. Each variant holds the URL with its user info masked
+/// ([`crate::secret::redact_urls`]), never as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaseUrlError {
+    #[error("`{url}` is not a URL: {detail}")]
+    NotAUrl { url: String, detail: String },
+    #[error("`{0}` has no scheme")]
+    NoScheme(String),
+    #[error("`{0}`: only http and https are supported")]
+    Scheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}`: user info in a base URL is not supported")]
+    UserInfo(String),
+    #[error("`{0}` has a host that cannot be sent in a header")]
+    Host(String),
+}
+
 impl BaseUrl {
     /// Parses an absolute `http` or `https` URL. Error messages quote the URL with its user
     /// info masked ([`crate::secret::redact_urls`]).
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, BaseUrlError> {
         let shown = crate::secret::redact_urls(url);
-        let s: &str = &shown;
-        let uri: Uri = url
-            .trim()
-            .parse()
-            .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        let s = || shown.to_string();
+        let uri: Uri =
+            url.trim()
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| BaseUrlError::NotAUrl {
+                    url: s(),
+                    detail: e.to_string(),
+                })?;
         let scheme = uri
             .scheme()
             .cloned()
-            .ok_or_else(|| format!("`{s}` has no scheme"))?;
+            .ok_or_else(|| BaseUrlError::NoScheme(s()))?;
         let default_port = if scheme == Scheme::HTTPS {
             443
         } else if scheme == Scheme::HTTP {
             80
         } else {
-            return Err(format!("`{s}`: only http and https are supported"));
+            return Err(BaseUrlError::Scheme(s()));
         };
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| format!("`{s}` has no host"))?;
+            .ok_or_else(|| BaseUrlError::NoHost(s()))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{s}`: user info in a base URL is not supported"));
+            return Err(BaseUrlError::UserInfo(s()));
         }
         let host = authority
             .host()
@@ -132,12 +153,12 @@ impl BaseUrl {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         if host.is_empty() {
-            return Err(format!("`{s}` has no host"));
+            return Err(BaseUrlError::NoHost(s()));
         }
         let path = uri.path().trim_end_matches('/').to_string();
         let port = authority.port_u16().unwrap_or(default_port);
-        let host_header = host_header(&scheme, &authority)
-            .ok_or_else(|| format!("`{s}` has a host that cannot be sent in a header"))?;
+        let host_header =
+            host_header(&scheme, &authority).ok_or_else(|| BaseUrlError::Host(s()))?;
         Ok(Self {
             scheme,
             host_header,
@@ -909,7 +930,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Parses a base URL, reusing the integration's previous result when the string is the same.
-    fn base_url(&mut self, int: &str, s: String) -> Result<Arc<BaseUrl>, String> {
+    fn base_url(&mut self, int: &str, s: String) -> Result<Arc<BaseUrl>, BaseUrlError> {
         if let Some((prev, parsed)) = self.last_base.get(int) {
             if *prev == s {
                 return Ok(parsed.clone());
