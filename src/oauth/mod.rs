@@ -544,12 +544,20 @@ impl TokenManager {
         let k = key(conn);
         let through_store = match self.writer.get() {
             Some(w) => {
+                // Cleared however this ends: a request dropped mid-write (its client went
+                // away) must not leave the state deaf to the operator's edits.
+                let writing = Writing(slot);
                 let done = w.persist(&k, &stored, version).await;
-                let mut st = slot.lock();
-                st.writing = false;
-                if let (Some(Persisted::Vault(v)), true) = (&done, st.epoch == epoch) {
-                    st.version = *v;
+                {
+                    // The new version and the end of the write under one lock: no request
+                    // sees the one without the other.
+                    let mut st = slot.lock();
+                    if let (Some(Persisted::Vault(v)), true) = (&done, st.epoch == epoch) {
+                        st.version = *v;
+                    }
+                    st.writing = false;
                 }
+                drop(writing);
                 done
             }
             None => None,
@@ -585,6 +593,15 @@ impl TokenManager {
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");
         Ok(token)
+    }
+}
+
+/// Clears a slot's `writing` flag when dropped.
+struct Writing<'a>(&'a Slot);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().writing = false;
     }
 }
 

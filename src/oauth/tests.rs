@@ -560,6 +560,47 @@ async fn rotated_credentials_reach_the_store_and_its_new_version_is_not_a_hand_e
     assert_eq!((t.expose(), fake.calls()), ("by-hand", 1));
 }
 
+/// A store writer that never answers (a commit stuck behind a slow disk).
+struct StuckWriter;
+
+impl TokenWriter for StuckWriter {
+    fn persist<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a StoredCredential,
+        _: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Persisted>> + Send + 'a>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_request_dropped_while_its_token_is_written_does_not_hide_later_edits() {
+    let fake = Arc::new(Fake {
+        expires_in: Some(3600),
+        ..Fake::default()
+    });
+    let m = TokenManager::new(
+        fake.clone(),
+        Arc::new(CredStore::memory()),
+        OAuthOptions::default(),
+    );
+    m.use_store(Arc::new(StuckWriter));
+    let first = reload(&snapshot(""), &oauth_vault("old", Some(&ts(-5))));
+    // The client goes away while the refreshed token is being written.
+    let c = conn(&first);
+    let dropped = tokio::time::timeout(Duration::from_millis(50), m.access_token(&c));
+    assert!(dropped.await.is_err(), "the write never finishes");
+    assert_eq!(fake.calls(), 1);
+    let edited = reload(&first, &oauth_vault("by-hand", Some(&ts(3600))));
+    let t = m
+        .access_token(&conn(&edited))
+        .await
+        .expect("ok")
+        .expect("t");
+    assert_eq!(t.expose(), "by-hand", "the operator's edit still wins");
+}
+
 #[tokio::test]
 async fn a_refreshed_credential_is_not_written_over_a_record_changed_meanwhile() {
     let fake = Arc::new(Fake {
