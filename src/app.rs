@@ -70,7 +70,7 @@ pub struct AppBuilder {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("cannot build the upstream client: {0}")]
-    Upstream(String),
+    Upstream(crate::upstream::ClientTlsError),
 }
 
 impl AppBuilder {

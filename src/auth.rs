@@ -74,15 +74,16 @@ impl Scopes {
         self.0 & s as u16 != 0
     }
 
-    /// Parses scope names; `*` or `environment:*` is every scope. Returns the first unknown name.
-    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
+    /// Parses scope names; `*` or `environment:*` is every scope. The error names the first
+    /// unknown one.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, UnknownScope> {
         let mut set = 0u16;
         for n in names {
             let n = n.as_ref();
             if matches!(n.trim(), "*" | "environment:*") {
                 return Ok(Self::ALL);
             }
-            set |= Scope::from_name(n).ok_or_else(|| n.to_string())? as u16;
+            set |= Scope::from_name(n).ok_or_else(|| UnknownScope(n.to_string()))? as u16;
         }
         Ok(Self(set))
     }
@@ -96,6 +97,11 @@ impl Scopes {
             .collect()
     }
 }
+
+/// A scope name sidekey does not know; Display is the name alone (callers say what it is).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownScope(pub String);
 
 /// The SHA-256 digest of a key's UTF-8 bytes.
 pub fn digest(key: &str) -> [u8; 32] {
@@ -226,7 +232,10 @@ mod tests {
                 .names(),
             ["connections:read", "integrations:write"]
         );
-        assert_eq!(Scopes::parse(&["nope"]), Err("nope".to_string()));
+        assert_eq!(
+            Scopes::parse(&["nope"]),
+            Err(UnknownScope("nope".to_string()))
+        );
         assert_eq!(Scopes::parse(&["environment:*"]), Ok(Scopes::ALL));
     }
 

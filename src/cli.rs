@@ -21,6 +21,10 @@ use crate::upstream::ResolvePin;
 /// The longest duration any flag accepts; larger values would overflow deadline arithmetic.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+// The value parsers below return `String` errors on purpose: clap takes any error that converts
+// into `Box<dyn Error>`, prints only its Display after the flag's name, and never matches on it,
+// so a typed error would add a type and change nothing anyone sees or handles.
+
 fn duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 250ms, 30s or 5m: {e}"))?;
@@ -91,6 +95,41 @@ pub struct Cli {
     /// Flags of `serve`, which runs when no subcommand is given.
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+impl Cli {
+    /// Parses `argv` as the binary does, but with every `SIDEKEY_*` variable ignored, so the
+    /// flags alone decide: clap reads the environment while it parses, and an in-process test
+    /// (`tests/support/app.rs`) must not take settings from the environment of whoever runs it.
+    pub fn parse_ignoring_env<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = without_env(Self::command()).try_get_matches_from(argv)?;
+        Self::from_arg_matches(&matches)
+    }
+}
+
+/// `cmd` with no argument read from the environment, in it or any of its subcommands.
+fn without_env(mut cmd: clap::Command) -> clap::Command {
+    let args: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.get_env().is_some())
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in args {
+        cmd = cmd.mut_arg(id, |a| a.env(None::<&'static str>));
+    }
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    for name in subcommands {
+        cmd = cmd.mut_subcommand(name, without_env);
+    }
+    cmd
 }
 
 #[derive(Debug, Subcommand)]
@@ -396,5 +435,44 @@ impl ServeArgs {
             ..proxy.clone()
         };
         (proxy, admin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of `cmd` and its subcommands that reads a variable, by name.
+    fn env_args(cmd: &clap::Command, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(env) = a.get_env() {
+                out.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for c in cmd.get_subcommands() {
+            env_args(c, out);
+        }
+    }
+
+    #[test]
+    fn parsing_for_tests_reads_no_variable() {
+        use clap::CommandFactory as _;
+        let mut with = Vec::new();
+        env_args(&Cli::command(), &mut with);
+        assert!(
+            with.iter().any(|e| e == "SIDEKEY_LISTEN") && with.len() > 20,
+            "the binary's parser reads the environment: {with:?}"
+        );
+        let mut without = Vec::new();
+        env_args(&without_env(Cli::command()), &mut without);
+        assert_eq!(without, Vec::<String>::new());
+        let cli =
+            Cli::parse_ignoring_env(["sidekey", "serve", "--listen=127.0.0.1:1"]).expect("parses");
+        match cli.command {
+            Some(Command::Serve(args)) => {
+                assert_eq!(args.listen, "127.0.0.1:1".parse().expect("addr"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -81,6 +81,7 @@ fn check(files: &FileArgs) -> ExitCode {
         env_keys: env_keys(),
         generation: 0,
         encryption_key: key,
+        versions: None,
     };
     let result = config::load_files(&paths).and_then(|src| config::snapshot::build(&src, &opts));
     match result {
@@ -114,7 +115,7 @@ fn vault(cmd: VaultCommand) -> ExitCode {
     let result = match cmd {
         VaultCommand::NewKey => EncryptionKey::generate_base64()
             .map(|k| println!("{}", k.as_str()))
-            .map_err(|e| e.to_string()),
+            .map_err(VaultCommandError::NewKey),
         VaultCommand::Encrypt(files) => vault_encrypt(&files),
         VaultCommand::Rekey(files) => vault_rekey(&files),
     };
@@ -127,18 +128,56 @@ fn vault(cmd: VaultCommand) -> ExitCode {
     }
 }
 
+/// Why `sidekey vault encrypt | rekey` changed nothing; printed after `sidekey: `. Never holds
+/// a secret: diagnostics and sealing errors name fields, not values.
+#[derive(Debug, thiserror::Error)]
+enum VaultCommandError {
+    #[error("{var} is not set: it must hold {what} (make a key with `sidekey vault new-key`)")]
+    NoKey {
+        var: &'static str,
+        what: &'static str,
+    },
+    #[error("{0}")]
+    Key(#[from] sealed::KeyError),
+    #[error("{0}")]
+    NewKey(sealed::SealError),
+    #[error("{}", lines(.0))]
+    Files(Vec<config::Diagnostic>),
+    #[error("{}\nthe vault was not changed: fix it first (see `sidekey check`)", lines(.0))]
+    Invalid(Vec<config::Diagnostic>),
+    #[error("{0}")]
+    Parse(config::Diagnostic),
+    #[error("{file}: {source}")]
+    Reseal {
+        file: String,
+        source: sealed::ResealError,
+    },
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: the file changed while it was being sealed; nothing was written, run the command again")]
+    Changed(String),
+    #[error("{file}: cannot write: {source}")]
+    Write {
+        file: String,
+        source: std::io::Error,
+    },
+}
+
 /// The key in `var`, which this command cannot do without.
-fn required_key(var: &'static str, what: &str) -> Result<Arc<EncryptionKey>, String> {
-    match EncryptionKey::from_env_var(var) {
-        Ok(Some(k)) => Ok(Arc::new(k)),
-        Ok(None) => Err(format!(
-            "{var} is not set: it must hold {what} (make a key with `sidekey vault new-key`)"
-        )),
-        Err(e) => Err(e.to_string()),
+fn required_key(
+    var: &'static str,
+    what: &'static str,
+) -> Result<Arc<EncryptionKey>, VaultCommandError> {
+    match EncryptionKey::from_env_var(var)? {
+        Some(k) => Ok(Arc::new(k)),
+        None => Err(VaultCommandError::NoKey { var, what }),
     }
 }
 
-fn vault_encrypt(files: &VaultFileArgs) -> Result<(), String> {
+fn vault_encrypt(files: &VaultFileArgs) -> Result<(), VaultCommandError> {
     let key = required_key(sealed::ENV_KEY, "the key to seal the vault with")?;
     let (file, summary) = reseal_file(files, &key, &key, |s| s.opened < s.sealed)?;
     match summary {
@@ -151,7 +190,7 @@ fn vault_encrypt(files: &VaultFileArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn vault_rekey(files: &VaultFileArgs) -> Result<(), String> {
+fn vault_rekey(files: &VaultFileArgs) -> Result<(), VaultCommandError> {
     let old = required_key(sealed::ENV_KEY, "the vault's current key")?;
     let new = required_key(sealed::ENV_NEW_KEY, "the new key")?;
     let (file, summary) = reseal_file(files, &old, &new, |s| s.sealed > 0)?;
@@ -174,46 +213,49 @@ fn reseal_file(
     old: &Arc<EncryptionKey>,
     new: &EncryptionKey,
     worth_writing: impl Fn(&sealed::ResealSummary) -> bool,
-) -> Result<(String, Option<sealed::ResealSummary>), String> {
+) -> Result<(String, Option<sealed::ResealSummary>), VaultCommandError> {
     let paths = Paths::new(files.providers.clone(), files.vault.clone(), None);
-    let src = config::load_files(&paths).map_err(lines)?;
+    let src = config::load_files(&paths).map_err(VaultCommandError::Files)?;
     // The same checks as `sidekey check`, so a vault is never rewritten while it is broken.
     let opts = BuildOptions {
         env_keys: env_keys(),
         generation: 0,
         encryption_key: Some(old.clone()),
+        versions: None,
     };
-    config::snapshot::build(&src, &opts).map_err(|d| {
-        format!(
-            "{}\nthe vault was not changed: fix it first (see `sidekey check`)",
-            lines(d)
-        )
-    })?;
+    config::snapshot::build(&src, &opts).map_err(VaultCommandError::Invalid)?;
     let (text, summary) = sealed::reseal_text(&src.vault_name, &src.vault, Some(old.as_ref()), new)
         .map_err(|e| match e {
-            sealed::ResealError::Parse(d) => d.to_string(),
-            e => format!("{}: {e}", src.vault_name),
+            sealed::ResealError::Parse(d) => VaultCommandError::Parse(d),
+            source => VaultCommandError::Reseal {
+                file: src.vault_name.clone(),
+                source,
+            },
         })?;
     if !worth_writing(&summary) {
         return Ok((src.vault_name, None));
     }
     // Through a symlink to its target, as the credential writer does.
-    let target =
-        std::fs::canonicalize(&files.vault).map_err(|e| format!("{}: {e}", src.vault_name))?;
+    let io = |source| VaultCommandError::Io {
+        file: src.vault_name.clone(),
+        source,
+    };
+    let target = std::fs::canonicalize(&files.vault).map_err(io)?;
     // A sidekey that refreshed a token meanwhile must not lose its write to ours.
-    let now = std::fs::read_to_string(&target).map_err(|e| format!("{}: {e}", src.vault_name))?;
+    let now = std::fs::read_to_string(&target).map_err(io)?;
     if now != src.vault {
-        return Err(format!(
-            "{}: the file changed while it was being sealed; nothing was written, run the command again",
-            src.vault_name
-        ));
+        return Err(VaultCommandError::Changed(src.vault_name));
     }
-    sidekey::atomic_file::write(&target, text.as_bytes(), 0o600)
-        .map_err(|e| format!("{}: cannot write: {e}", src.vault_name))?;
+    sidekey::atomic_file::write(&target, text.as_bytes(), 0o600).map_err(|source| {
+        VaultCommandError::Write {
+            file: src.vault_name.clone(),
+            source,
+        }
+    })?;
     Ok((src.vault_name, Some(summary)))
 }
 
-fn lines(diags: Vec<config::Diagnostic>) -> String {
+fn lines(diags: &[config::Diagnostic]) -> String {
     let v: Vec<String> = diags.iter().map(ToString::to_string).collect();
     v.join("\n")
 }

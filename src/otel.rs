@@ -106,26 +106,24 @@ fn active() -> Option<&'static Active> {
 /// is appended to its path unless the path already ends with it, as the OpenTelemetry
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` convention does (`http://collector:4318` posts to
 /// `http://collector:4318/v1/traces`).
-pub fn traces_url(s: &str) -> Result<Uri, String> {
+pub fn traces_url(s: &str) -> Result<Uri, EndpointError> {
     // Checked first, so that no message below repeats a URL holding a password.
     if s.contains('@') {
-        return Err(
-            "the OTLP endpoint may not carry credentials; set OTEL_EXPORTER_OTLP_HEADERS instead"
-                .into(),
-        );
+        return Err(EndpointError::Credentials);
     }
+    let url = || s.to_string();
     let uri: Uri = s
         .trim()
         .parse()
-        .map_err(|_| format!("`{s}` is not a URL like http://127.0.0.1:4318"))?;
+        .map_err(|_| EndpointError::NotAUrl(url()))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err(format!("`{s}` must start with http:// or https://"));
+        return Err(EndpointError::Scheme(url()));
     }
     let Some(authority) = uri.authority() else {
-        return Err(format!("`{s}` has no host"));
+        return Err(EndpointError::NoHost(url()));
     };
     if uri.query().is_some() {
-        return Err(format!("`{s}` may not have a query"));
+        return Err(EndpointError::Query(url()));
     }
     let path = uri.path().trim_end_matches('/');
     let path = if path.ends_with("/v1/traces") {
@@ -136,7 +134,36 @@ pub fn traces_url(s: &str) -> Result<Uri, String> {
     let scheme = uri.scheme_str().unwrap_or("http");
     format!("{scheme}://{authority}{path}")
         .parse()
-        .map_err(|_| format!("`{s}` is not a valid URL"))
+        .map_err(|_| EndpointError::Invalid(url()))
+}
+
+/// Why `--otlp-endpoint` was refused. A URL with user info is refused before anything quotes
+/// it, so no variant ever holds a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("the OTLP endpoint may not carry credentials; set OTEL_EXPORTER_OTLP_HEADERS instead")]
+    Credentials,
+    #[error("`{0}` is not a URL like http://127.0.0.1:4318")]
+    NotAUrl(String),
+    #[error("`{0}` must start with http:// or https://")]
+    Scheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}` may not have a query")]
+    Query(String),
+    #[error("`{0}` is not a valid URL")]
+    Invalid(String),
+}
+
+/// Why the trace exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("OpenTelemetry export needs the tokio runtime")]
+    NoRuntime,
+    #[error("OpenTelemetry is already set up")]
+    AlreadySetUp,
+    #[error("--otlp-endpoint: {0}")]
+    Exporter(opentelemetry_otlp::ExporterBuildError),
 }
 
 /// The running exporter; [`Exporter::shutdown`] flushes it.
@@ -146,11 +173,10 @@ pub struct Exporter {
 
 /// Starts exporting to `settings.endpoint` through `client` (sidekey's trusted pool). Call once,
 /// inside the tokio runtime that will carry the exports.
-pub fn init(settings: &Settings, client: HttpClient) -> Result<Exporter, String> {
+pub fn init(settings: &Settings, client: HttpClient) -> Result<Exporter, InitError> {
     let transport = Transport {
         client,
-        runtime: tokio::runtime::Handle::try_current()
-            .map_err(|_| "OpenTelemetry export needs the tokio runtime".to_string())?,
+        runtime: tokio::runtime::Handle::try_current().map_err(|_| InitError::NoRuntime)?,
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -159,7 +185,7 @@ pub fn init(settings: &Settings, client: HttpClient) -> Result<Exporter, String>
         .with_endpoint(settings.endpoint.to_string())
         .with_timeout(EXPORT_TIMEOUT)
         .build()
-        .map_err(|e| format!("--otlp-endpoint: {e}"))?;
+        .map_err(InitError::Exporter)?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource())
@@ -172,9 +198,7 @@ pub fn init(settings: &Settings, client: HttpClient) -> Result<Exporter, String>
         propagator: TraceContextPropagator::new(),
         connection_id: settings.connection_id,
     };
-    ACTIVE
-        .set(active)
-        .map_err(|_| "OpenTelemetry is already set up".to_string())?;
+    ACTIVE.set(active).map_err(|_| InitError::AlreadySetUp)?;
     Ok(Exporter { provider })
 }
 
@@ -569,7 +593,7 @@ mod tests {
             "http://c/?a=1",
             "",
         ] {
-            let err = traces_url(bad).expect_err(bad);
+            let err = traces_url(bad).expect_err(bad).to_string();
             assert!(!err.contains("pw"), "{err}");
         }
     }

@@ -44,7 +44,7 @@ pub struct Listeners {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("--otlp-endpoint: {0}")]
-    OtlpEndpoint(String),
+    OtlpEndpoint(crate::otel::EndpointError),
     #[error("cannot create the vault {path}: {source}")]
     FirstRun {
         path: String,
@@ -54,15 +54,15 @@ pub enum RunError {
     #[error("configuration refused:\n{0}")]
     Config(String),
     #[error("{0}")]
-    ExtraCa(String),
+    ExtraCa(crate::upstream::ClientTlsError),
     #[error("{0}")]
-    Upstream(String),
+    Upstream(crate::upstream::ClientTlsError),
     #[error("{0}")]
-    Otel(String),
+    Otel(crate::otel::InitError),
     #[error("{0}")]
-    ListenerTls(String),
-    #[error("{0}")]
-    Credentials(String),
+    ListenerTls(crate::tls::TlsError),
+    #[error(transparent)]
+    Credentials(#[from] crate::credstore::StateFileError),
     #[error(transparent)]
     Build(#[from] crate::app::BuildError),
     #[error("cannot read a listener's address: {0}")]
@@ -198,9 +198,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
     }
     // A writable vault is written by the store alone (refreshed tokens go through its writer,
     // below); the credential store keeps only the state file of a read-only vault.
-    let credentials = CredStore::open(None, paths.state.clone())
-        .map_err(RunError::Credentials)?
-        .with_vault_lock(reloader.clone());
+    let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
     let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
     let app = App::builder(snapshot)
         .client(client)

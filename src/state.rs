@@ -1,16 +1,19 @@
 //! The apply path: how a new snapshot becomes the one serving.
 //!
-//! Every source of change ends here — a file reload, an API write, later a database
-//! notification: swap the snapshot in one step, log what changed (counts, never values),
-//! forget the token state of connections that are gone, and move the generation gauge.
-//! Requests that loaded the previous snapshot finish on it.
+//! Every source of change ends here — a file reload, a hand edit the store's writer noticed,
+//! an API write, later a database notification: swap the snapshot in one step, log what
+//! changed (counts, never values), forget the token state of connections that are gone, and
+//! move the metrics (the generation gauge; `sidekey_reloads_total` for reloads). Requests that
+//! loaded the previous snapshot finish on it. The sources only build: the file reloader
+//! (`config::reload`, below this module) reaches [`publish`] through `config::Publish`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use crate::config::diff::{diff, Changes, Counts};
-use crate::config::{Change, Snapshot};
+use crate::config::{Change, Snapshot, Source};
 use crate::metrics::Metrics;
 use crate::oauth::TokenManager;
 
@@ -25,28 +28,42 @@ pub struct State {
     pub metrics: Arc<Metrics>,
 }
 
-/// The file reload loop lives in `config`, below this module: it reaches the state through
-/// this trait.
-impl crate::config::ReloadTarget for State {
-    fn snapshot(&self) -> &ArcSwap<Snapshot> {
-        &self.snapshot
+/// The file reload loop and the store's hand-edit check live below this module: they publish
+/// through this trait, into the same apply path as everything else.
+impl crate::config::Publish for State {
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
-    fn prune_tokens(&self, snapshot: &Snapshot) {
-        self.oauth.prune(snapshot);
+    fn publish(&self, new: Arc<Snapshot>, source: Source) -> Changes {
+        publish(self, new, source)
     }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
+    fn refused(&self) {
+        self.metrics.reload("failure");
     }
 }
 
 /// Publishes a snapshot built from scratch (a reload, a hand edit seen by the writer): the
-/// changes are worked out by comparing the two snapshots.
-pub fn publish(app: &State, new: Arc<Snapshot>, source: &str) -> Changes {
+/// changes are worked out by comparing the two snapshots. A reload also drops the state-file
+/// entries the new vault supersedes, which is file I/O: reloads publish from a blocking
+/// thread, and the other sources prune memory only.
+pub fn publish(app: &State, new: Arc<Snapshot>, source: Source) -> Changes {
     let old = app.snapshot.swap(new.clone());
     let changes = diff(&old, &new);
-    log(&new, &changes, source);
-    app.oauth.prune_memory(&new);
+    match source {
+        Source::Reload { trigger, started } => {
+            log_reload(&new, &changes, trigger, started);
+            app.oauth.prune(&new);
+            app.metrics.reload("success");
+        }
+        Source::Other(name) => {
+            log(&new, &changes, name);
+            app.oauth.prune_memory(&new);
+        }
+    }
     app.metrics.set_generation(new.generation);
+    // Freeing a large snapshot takes time too: here (a reload's blocking thread, the writer's
+    // task) rather than on a request thread, unless a request still holds it.
+    drop(old);
     changes
 }
 
@@ -108,6 +125,26 @@ pub fn publish_changes(
     }
     app.metrics.set_generation(new.generation);
     c
+}
+
+/// The event operators and tests read after a file reload.
+fn log_reload(new: &Snapshot, changes: &Changes, trigger: &str, started: Instant) {
+    tracing::info!(
+        generation = new.generation,
+        trigger,
+        integrations = new.integrations.len(),
+        connections = new.connection_count(),
+        integrations_added = changes.integrations.added,
+        integrations_removed = changes.integrations.removed,
+        integrations_changed = changes.integrations.changed,
+        connections_added = changes.connections.added,
+        connections_removed = changes.connections.removed,
+        connections_changed = changes.connections.changed,
+        caller_keys_added = changes.caller_keys_added,
+        caller_keys_removed = changes.caller_keys_removed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "configuration reloaded"
+    );
 }
 
 fn log(new: &Snapshot, changes: &Changes, source: &str) {

@@ -62,6 +62,33 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why the listener's certificate and key were not loaded. Messages name the files, never
+/// their contents.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: not a PEM certificate chain: {detail}")]
+    NotAChain { file: String, detail: String },
+    #[error("{file}: no certificate found")]
+    NoCertificate { file: String },
+    #[error("{file}: no private key found")]
+    NoKey { file: String },
+    #[error("{file}: not a PEM private key")]
+    NotAKey { file: String },
+    #[error("{cert} and {key} do not form a usable pair: {source}")]
+    NotAPair {
+        cert: String,
+        key: String,
+        source: rustls::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+}
+
 /// Parses a PEM certificate chain and private key into a certified key whose key matches.
 /// Errors name the file, never its contents.
 pub fn parse(
@@ -69,23 +96,39 @@ pub fn parse(
     key_pem: &[u8],
     cert_name: &str,
     key_name: &str,
-) -> Result<CertifiedKey, String> {
+) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{cert_name}: not a PEM certificate chain: {e}"))?;
+        .map_err(|e| TlsError::NotAChain {
+            file: cert_name.to_string(),
+            detail: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(format!("{cert_name}: no certificate found"));
+        return Err(TlsError::NoCertificate {
+            file: cert_name.to_string(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
-        pem::Error::NoItemsFound => format!("{key_name}: no private key found"),
-        _ => format!("{key_name}: not a PEM private key"),
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        let file = key_name.to_string();
+        match e {
+            pem::Error::NoItemsFound => TlsError::NoKey { file },
+            _ => TlsError::NotAKey { file },
+        }
     })?;
-    CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|e| format!("{cert_name} and {key_name} do not form a usable pair: {e}"))
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|source| TlsError::NotAPair {
+        cert: cert_name.to_string(),
+        key: key_name.to_string(),
+        source,
+    })
 }
 
-fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
     Ok((read(cert)?, read(key)?))
 }
 
@@ -107,7 +150,7 @@ pub fn fingerprint(ck: &CertifiedKey) -> String {
 
 impl CertStore {
     /// Loads the certificate and key; an error stops startup.
-    pub fn open(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, String> {
+    pub fn open(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
         let (cert, key) = read_pair(cert_path, key_path)?;
         let ck = parse(
             &cert,
@@ -130,7 +173,7 @@ impl CertStore {
 
     /// Re-reads both files; swaps in the new pair if it changed and is valid. `Ok(true)` when
     /// a new certificate is now served, `Ok(false)` when the files are as last read.
-    pub fn reload(&self) -> Result<bool, String> {
+    pub fn reload(&self) -> Result<bool, TlsError> {
         let (cert, key) = read_pair(&self.cert_path, &self.key_path)?;
         let d = digest(&cert, &key);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,10 +268,10 @@ impl CertStore {
 }
 
 /// The proxy listener's rustls config: certificates from `store`, ALPN `h2` then `http/1.1`.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(store);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -242,10 +285,11 @@ mod tests {
     #[test]
     fn garbage_is_refused_without_echoing_it() {
         let err = parse(b"not pem", b"hunter2-private", "c.pem", "k.pem").expect_err("refused");
+        let err = err.to_string();
         assert!(err.contains("c.pem"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         let err = parse(b"", b"", "c.pem", "k.pem").expect_err("refused");
-        assert!(err.contains("no certificate"), "{err}");
+        assert!(err.to_string().contains("no certificate"), "{err}");
     }
 
     fn pair(name: &str) -> (String, String, Vec<u8>) {
@@ -266,19 +310,19 @@ mod tests {
         std::fs::write(&c, &cert_a).expect("write");
         std::fs::write(&k, &key_a).expect("write");
         let store = CertStore::open(&c, &k).expect("open");
-        assert_eq!(store.reload(), Ok(false));
+        assert_eq!(store.reload().ok(), Some(false));
         // Certificate B with key A: refused once, A still served.
         std::fs::write(&c, &cert_b).expect("write");
         let err = store.reload().expect_err("mismatch refused");
-        assert!(!err.contains("PRIVATE KEY"), "{err}");
+        assert!(!err.to_string().contains("PRIVATE KEY"), "{err}");
         assert_eq!(
-            store.reload(),
-            Ok(false),
+            store.reload().ok(),
+            Some(false),
             "the same refused pair is not retried"
         );
         assert_eq!(store.current().cert[0].as_ref(), der_a.as_slice());
         std::fs::write(&k, &key_b).expect("write");
-        assert_eq!(store.reload(), Ok(true));
+        assert_eq!(store.reload().ok(), Some(true));
         assert_eq!(store.current().cert[0].as_ref(), der_b.as_slice());
         std::fs::remove_file(&k).expect("rm");
         assert!(store.reload().is_err(), "a missing key is an error");

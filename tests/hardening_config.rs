@@ -162,8 +162,8 @@ fn only_regular_files_are_read() {
     );
 
     // The state file goes through the same reader.
-    let e = sidekey::credstore::CredStore::open(None, Some(fifo)).expect_err("refused");
-    assert!(e.contains("not a regular file (a FIFO)"), "{e}");
+    let e = sidekey::credstore::CredStore::open(Some(fifo)).expect_err("refused");
+    assert!(e.to_string().contains("not a regular file (a FIFO)"), "{e}");
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn files_above_the_size_cap_are_refused_unread() {
     );
     let small = write(dir.path(), "small.yaml", "a: 1\n");
     let e = sidekey::config::limits::read_file_limited(&small, 4).expect_err("refused");
-    assert!(e.contains("more than the limit"), "{e}");
+    assert!(e.to_string().contains("more than the limit"), "{e}");
 }
 
 /// A vault above 1 MiB whose `connections:` lines sit inside a multi-line quoted `label`. YAML

@@ -493,6 +493,82 @@ async fn rotation_is_persisted_to_the_vault_and_used_after_a_restart() {
     assert_no_secrets(&sk.logs(), &["rt-2", "rt-3", "at-2", CLIENT_SECRET]);
 }
 
+/// Replaces the vault like an editor's rename-on-save, then waits until sidekey has logged
+/// `reloads` reloads in all.
+fn edit_vault(sk: &Sidekey, edit: impl Fn(&str) -> String, reloads: usize) {
+    let path = sk.path("vault.yaml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let edited = edit(&text);
+    assert_ne!(edited, text, "the edit changes the vault");
+    let tmp = path.with_file_name(".vault.yaml.tmp");
+    std::fs::write(&tmp, edited).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sk.logs().matches("configuration reloaded").count() < reloads {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            sk.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn a_live_hand_edit_of_a_refreshed_credential_wins_and_other_edits_keep_the_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = TokenServer::start(rotating(), true, dir.path()).await;
+    let refuse = Arc::new(Mutex::new(vec!["at-old".to_string()]));
+    let up = Upstream::start(api(refuse.clone())).await;
+    let v = vault(
+        "oa",
+        &[
+            oauth_conn("c", "at-old", "rt-1", Some(&ts(-60))),
+            oauth_conn("other", "at-other", "rt-other", None),
+        ],
+    );
+    let p = providers(&token.base, &up.url(""));
+    let sk = start(&p, &v, dir, &token.args);
+    let c = TestClient::default();
+    assert_eq!(c.proxy(&sk.url(""), "/x", "c", "i").await.status, 200);
+    assert_eq!(token.count(), 1);
+    let path = sk.path("vault.yaml");
+    assert_eq!(
+        vault_credentials(&path, "c")["access_token"].as_str(),
+        Some("at-1")
+    );
+
+    // An edit of another connection: `c`'s record is unchanged (it keeps its version), so
+    // the manager's state stands, and no refresh is made.
+    edit_vault(&sk, |t| t.replace("at-other", "at-other-2"), 1);
+    assert_eq!(c.proxy(&sk.url(""), "/x", "c", "i").await.status, 200);
+    assert_eq!(bearer(&up.requests()[up.count() - 1]), "at-1");
+    assert_eq!(token.count(), 1);
+    let vault_won = "the vault's credential changed; using it";
+    assert!(!sk.logs().contains(vault_won), "{}", sk.logs());
+
+    // The operator replaces `c`'s access token by hand: a new version, and it wins.
+    edit_vault(&sk, |t| t.replace("at-1", "at-by-hand"), 2);
+    assert_eq!(c.proxy(&sk.url(""), "/x", "c", "i").await.status, 200);
+    assert_eq!(bearer(&up.requests()[up.count() - 1]), "at-by-hand");
+    assert_eq!(token.count(), 1, "the vault's token is used as it is");
+    assert_eq!(sk.logs().matches(vault_won).count(), 1, "{}", sk.logs());
+    // The next refresh starts from the vault's record and is written on top of the edit.
+    refuse.lock().expect("lock").push("at-by-hand".into());
+    assert_eq!(c.proxy(&sk.url(""), "/x", "c", "i").await.status, 200);
+    assert_eq!(token.count(), 2);
+    assert_eq!(form(&token.calls()[1])["refresh_token"], "rt-2");
+    assert_eq!(
+        vault_credentials(&path, "c")["access_token"].as_str(),
+        Some("at-2")
+    );
+    assert_eq!(
+        vault_credentials(&path, "other")["access_token"].as_str(),
+        Some("at-other-2"),
+        "the other edit survives the token write"
+    );
+}
+
 #[tokio::test]
 async fn client_credentials_go_in_basic_or_in_the_form_as_the_provider_says() {
     let dir = tempfile::tempdir().expect("dir");

@@ -60,15 +60,31 @@ pub struct FileText {
     pub modified: Option<SystemTime>,
 }
 
-/// Reads a configuration file: regular files only, at most [`MAX_FILE_BYTES`], UTF-8. The error
-/// is a message for a `FILE: message` diagnostic.
-pub fn read_file(path: &Path) -> Result<FileText, String> {
+/// Why a configuration file was not read. Its Display is the message of a `FILE: message`
+/// diagnostic (every variant starts "cannot read:").
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot read: not a regular file ({0}); configuration files must be regular files")]
+    NotAFile(&'static str),
+    #[error("cannot read: {size} bytes is more than the limit of {} MiB", .max >> 20)]
+    TooLarge { size: u64, max: u64 },
+    /// The file grew past the cap after it was checked.
+    #[error("cannot read: more than the limit of {} MiB", .max >> 20)]
+    Grew { max: u64 },
+    #[error("cannot read: not UTF-8 text (at byte {valid_up_to})")]
+    NotUtf8 { valid_up_to: usize },
+}
+
+/// Reads a configuration file: regular files only, at most [`MAX_FILE_BYTES`], UTF-8.
+pub fn read_file(path: &Path) -> Result<FileText, ReadError> {
     read_file_limited(path, MAX_FILE_BYTES)
 }
 
 /// [`read_file`], with `None` for a file that does not exist (the `--state` file before the
 /// first write).
-pub fn read_file_if_exists(path: &Path) -> Result<Option<FileText>, String> {
+pub fn read_file_if_exists(path: &Path) -> Result<Option<FileText>, ReadError> {
     match open_nonblocking(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         _ => read_file(path).map(Some),
@@ -76,40 +92,27 @@ pub fn read_file_if_exists(path: &Path) -> Result<Option<FileText>, String> {
 }
 
 /// [`read_file`] with another size cap (for tests).
-pub fn read_file_limited(path: &Path, max: u64) -> Result<FileText, String> {
-    let mut file = open_nonblocking(path).map_err(|e| format!("cannot read: {e}"))?;
+pub fn read_file_limited(path: &Path, max: u64) -> Result<FileText, ReadError> {
+    let mut file = open_nonblocking(path)?;
     // fstat on the descriptor we read from: what was checked is what is read.
-    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata()?;
     if !meta.file_type().is_file() {
-        return Err(format!(
-            "cannot read: not a regular file ({}); configuration files must be regular files",
-            kind(&meta.file_type())
-        ));
+        return Err(ReadError::NotAFile(kind(&meta.file_type())));
     }
     if meta.len() > max {
-        return Err(format!(
-            "cannot read: {} bytes is more than the limit of {} MiB",
-            meta.len(),
-            max >> 20
-        ));
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            max,
+        });
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // The file may grow after the fstat: never read more than the cap.
-    file.by_ref()
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    file.by_ref().take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
-        return Err(format!(
-            "cannot read: more than the limit of {} MiB",
-            max >> 20
-        ));
+        return Err(ReadError::Grew { max });
     }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "cannot read: not UTF-8 text (at byte {})",
-            e.utf8_error().valid_up_to()
-        )
+    let text = String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 {
+        valid_up_to: e.utf8_error().valid_up_to(),
     })?;
     Ok(FileText {
         text,

@@ -27,17 +27,53 @@ pub use snapshot::{
     Placement, Snapshot, Table,
 };
 
-/// Where the file reload loop ([`reload::Reloader`]) swaps a new snapshot, and what it tells
-/// afterwards. The process state (`state::State`, above this module) implements it, so that
-/// the configuration does not depend on what is built from it.
-pub trait ReloadTarget: Send + Sync + 'static {
-    /// The serving snapshot.
-    fn snapshot(&self) -> &arc_swap::ArcSwap<Snapshot>;
-    /// After a reload was swapped in: drop token state the new vault supersedes (file I/O; called
-    /// on a blocking thread).
-    fn prune_tokens(&self, snapshot: &Snapshot);
-    /// Reload counters and the generation gauge.
-    fn metrics(&self) -> &crate::metrics::Metrics;
+/// Where a source of change (the file reloader; the store's writer when it notices a hand
+/// edit) hands a snapshot it built. The process state (`state::State`, above this module)
+/// implements it with the one apply path — swap, diff log, token pruning, metrics — so that the
+/// configuration does not depend on what is built from it, and every source applies the same
+/// way.
+pub trait Publish: Send + Sync + 'static {
+    /// The serving snapshot: what a reload builds on (and shares unchanged records with).
+    fn current(&self) -> std::sync::Arc<Snapshot>;
+    /// Makes `new` the serving snapshot and returns what changed. A [`Source::Reload`] is
+    /// published on a blocking thread, which may do file I/O (the state file's pruning).
+    fn publish(&self, new: std::sync::Arc<Snapshot>, source: Source) -> diff::Changes;
+    /// A reload was refused; the serving snapshot stays (counted in the metrics).
+    fn refused(&self);
+}
+
+/// Who built a published snapshot; decides how its publication is logged.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// The file reloader ("configuration reloaded", with the trigger and the time it took from
+    /// `started`, the moment the reload began).
+    Reload {
+        trigger: &'static str,
+        started: std::time::Instant,
+    },
+    /// Anything else ("state updated", with this name).
+    Other(&'static str),
+}
+
+/// The store's record versions: increasing and never reused within a process, and starting at
+/// the current time in microseconds so that they keep increasing across restarts without being
+/// stored in the file. One counter per store, shared by its writes (`store::Backend::
+/// next_version`) and by the builds of its file (a reload gives a new or changed record the
+/// next version and keeps the version of every record that did not change), so a version
+/// tells any change of a record — an API write, a refreshed token, a hand edit — from none.
+#[derive(Debug)]
+pub struct Versions(std::sync::atomic::AtomicU64);
+
+impl Versions {
+    pub fn starting_now() -> Self {
+        let now = jiff::Timestamp::now().as_microsecond().max(1) as u64;
+        Self(std::sync::atomic::AtomicU64::new(now))
+    }
+
+    /// A version no record has had yet.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The providers.yaml compiled into the binary, used when none is given or found.
@@ -164,7 +200,7 @@ pub fn load_files_stamped(paths: &Paths) -> Result<(Sources, Stamps), Vec<Diagno
                 f.text
             }
             Err(e) => {
-                errors.push(Diagnostic::error(name, "", e));
+                errors.push(Diagnostic::error(name, "", e.to_string()));
                 String::new()
             }
         };

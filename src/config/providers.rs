@@ -150,28 +150,41 @@ impl Catalog {
 /// its own chain, so without a bound a 5 000-step chain costs 5 000² merges and cycle checks.
 pub const MAX_ALIAS_CHAIN: usize = 16;
 
+/// Why an `alias` chain could not be followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AliasError {
+    #[error("`alias` must be a provider name")]
+    NotAName,
+    #[error("alias cycle: {chain} -> {target}")]
+    Cycle { chain: String, target: String },
+    #[error("alias chain longer than {MAX_ALIAS_CHAIN} steps ({first} -> {second} -> …)")]
+    TooLong { first: String, second: String },
+    #[error("alias names unknown provider `{0}`")]
+    Unknown(String),
+}
+
 /// Follows `alias` chains and merges shallowly.
-fn resolve_alias(name: &str, raw: &BTreeMap<String, Mapping>) -> Result<Mapping, String> {
+fn resolve_alias(name: &str, raw: &BTreeMap<String, Mapping>) -> Result<Mapping, AliasError> {
     let mut chain = vec![name.to_string()];
     let mut merged = raw.get(name).cloned().unwrap_or_default();
     let alias_key = Value::String("alias".into());
     while let Some(target) = merged.remove(&alias_key) {
-        let target = target
-            .as_str()
-            .ok_or("`alias` must be a provider name")?
-            .to_string();
+        let target = target.as_str().ok_or(AliasError::NotAName)?.to_string();
         if chain.contains(&target) {
-            return Err(format!("alias cycle: {} -> {target}", chain.join(" -> ")));
+            return Err(AliasError::Cycle {
+                chain: chain.join(" -> "),
+                target,
+            });
         }
         if chain.len() > MAX_ALIAS_CHAIN {
-            return Err(format!(
-                "alias chain longer than {MAX_ALIAS_CHAIN} steps ({} -> {} -> …)",
-                chain[0], chain[1]
-            ));
+            return Err(AliasError::TooLong {
+                first: chain[0].clone(),
+                second: chain[1].clone(),
+            });
         }
         let base = raw
             .get(&target)
-            .ok_or_else(|| format!("alias names unknown provider `{target}`"))?;
+            .ok_or_else(|| AliasError::Unknown(target.clone()))?;
         let mut next = base.clone();
         for (k, v) in merged {
             next.insert(k, v);
@@ -258,7 +271,7 @@ fn compile_entry(
     name: &str,
     raw: &BTreeMap<String, Mapping>,
 ) -> Result<Arc<Provider>, Vec<String>> {
-    let merged = resolve_alias(name, raw).map_err(|e| vec![e])?;
+    let merged = resolve_alias(name, raw).map_err(|e| vec![e.to_string()])?;
     let entry: RawProvider = serde_path_to_error::deserialize(Value::Mapping(merged))
         .map_err(|e| vec![format!("{}: {}", e.path(), e.inner())])?;
     let mut errors = Vec::new();

@@ -20,9 +20,12 @@
 //! serving, warns, and looks again on the next event. Both cases once let a half-written file
 //! through as a valid, smaller configuration, and every connection it lacked answered 404.
 //!
-//! The build runs on a blocking thread; requests keep the snapshot they loaded (`load_full`),
-//! so a swap never fails a request in flight. Counters of reloads by result and the current
-//! generation are plain atomics, read by whoever exports metrics.
+//! This module is the file *source*: it decides when to read, reads, validates and builds. The
+//! snapshot it built is handed to [`Publish`] — the process state's one apply path, which
+//! swaps it in, logs what changed ("configuration reloaded"), prunes token state and counts
+//! the reload in the metrics, exactly as for an API write. The build runs on a blocking
+//! thread; requests keep the snapshot they loaded (`load_full`), so a swap never fails a
+//! request in flight.
 
 use std::ffi::OsString;
 use std::hash::{Hash as _, Hasher as _};
@@ -31,14 +34,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use super::diff::{diff, Changes};
+use super::diff::Changes;
 use super::snapshot::{self, BuildOptions, Snapshot};
-use super::{limits, load_files_stamped, Diagnostic, Paths, ReloadTarget, Sources, Stamps};
+use super::{limits, load_files_stamped, Diagnostic, Paths, Publish, Source, Sources, Stamps};
 use crate::atomic_file::FileStamp;
 
 /// The stamps of both files (`providers: None` for the bundled catalogue).
@@ -131,7 +133,8 @@ pub enum Outcome {
 /// period is).
 const MAX_QUIET: Duration = Duration::from_secs(1);
 
-/// Owns where the files are and how to build them, and the counters of what happened.
+/// Owns where the files are and how to build them. What happened is counted by the metrics,
+/// through [`Publish`].
 #[derive(Debug)]
 pub struct Reloader {
     paths: Paths,
@@ -140,9 +143,12 @@ pub struct Reloader {
     /// `SIDEKEY_ENCRYPTION_KEY`, read once at startup: opens sealed values on every reload.
     encryption_key: Option<Arc<crate::config::sealed::EncryptionKey>>,
     settle: Duration,
+    /// The file store's record versions (see [`crate::config::Versions`]): every build of the
+    /// files gives new and changed records the next one.
+    versions: Arc<crate::config::Versions>,
+    /// The generation of the snapshot serving now, as far as the file source knows (the file
+    /// store raises it for its commits): the next build counts on from it.
     generation: AtomicU64,
-    ok: AtomicU64,
-    failed: AtomicU64,
     /// What the last attempt (good or bad) read, or what the file store last wrote, so that the
     /// same broken file is not reported again on every unrelated event and sidekey's own writes
     /// are not read back. Held for a whole reload or commit, so those never overlap.
@@ -160,9 +166,8 @@ impl Reloader {
             env_keys,
             encryption_key: None,
             settle: settle.min(MAX_SETTLE),
+            versions: Arc::new(crate::config::Versions::starting_now()),
             generation: AtomicU64::new(0),
-            ok: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
             last_seen: Mutex::new(Seen::default()),
             had_content: Mutex::new((false, false)),
         }
@@ -192,14 +197,9 @@ impl Reloader {
         self.generation.fetch_max(generation, Ordering::Relaxed);
     }
 
-    /// Reloads that swapped in a new snapshot (the first load is not counted).
-    pub fn reloads_ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Reloads refused because a file could not be read or validated.
-    pub fn reloads_failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
+    /// The record versions the file's builds and the file store's writes share.
+    pub(crate) fn versions(&self) -> &crate::config::Versions {
+        &self.versions
     }
 
     pub fn paths(&self) -> &Paths {
@@ -211,6 +211,7 @@ impl Reloader {
             env_keys: self.env_keys.clone(),
             generation,
             encryption_key: self.encryption_key.clone(),
+            versions: Some(self.versions.clone()),
         }
     }
 
@@ -307,10 +308,10 @@ impl Reloader {
         h.finish()
     }
 
-    /// Re-reads the files and, if they changed (or on SIGHUP), builds and swaps a new snapshot
-    /// into `slot`. Blocking: parsing a large vault takes a while, so call it off the runtime's
-    /// worker threads (see [`Reloader::reload`]).
-    pub fn reload_blocking(&self, slot: &ArcSwap<Snapshot>, trigger: Trigger) -> Outcome {
+    /// Re-reads the files and, if they changed (or on SIGHUP), builds a new snapshot and
+    /// publishes it into `target`. Blocking: parsing a large vault takes a while, so call it
+    /// off the runtime's worker threads (see [`Reloader::reload`]).
+    pub fn reload_blocking(&self, target: &dyn Publish, trigger: Trigger) -> Outcome {
         let started = Instant::now();
         let mut last = self.lock_last_seen();
         let file_stamps = self.stamp_files();
@@ -324,7 +325,7 @@ impl Reloader {
             Ok(src) => src,
             Err(errors) => {
                 *last = Seen::default(); // retry on the next event whatever it is
-                return self.refused(trigger, errors);
+                return self.refused(target, trigger, errors);
             }
         };
         let hash = self.content_hash(&src);
@@ -339,11 +340,12 @@ impl Reloader {
         }
         *last = Seen::read(hash, file_stamps);
         let generation = self.generation() + 1;
-        let current = slot.load_full();
+        let current = target.current();
         let new = match snapshot::build_reusing(&src, &self.options(generation), Some(&current)) {
             Ok(s) => Arc::new(s),
-            Err(errors) => return self.refused(trigger, errors),
+            Err(errors) => return self.refused(target, trigger, errors),
         };
+        drop(current);
         if self.changed_since(&stamps) {
             *last = Seen::default();
             let outcome = Outcome::NotReady {
@@ -362,30 +364,17 @@ impl Reloader {
                 tracing::debug!(warning = %w, "configuration warning");
             }
         }
-        let changes = diff(&slot.load(), &new);
-        let (integrations, connections) = (new.integrations.len(), new.connection_count());
-        let old = slot.swap(new);
         self.generation.store(generation, Ordering::Relaxed);
-        self.ok.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            generation,
-            trigger = trigger.as_str(),
-            integrations,
-            connections,
-            integrations_added = changes.integrations.added,
-            integrations_removed = changes.integrations.removed,
-            integrations_changed = changes.integrations.changed,
-            connections_added = changes.connections.added,
-            connections_removed = changes.connections.removed,
-            connections_changed = changes.connections.changed,
-            caller_keys_added = changes.caller_keys_added,
-            caller_keys_removed = changes.caller_keys_removed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "configuration reloaded"
+        // The one apply path logs "configuration reloaded", prunes token state and counts it.
+        let changes = target.publish(
+            new,
+            Source::Reload {
+                trigger: trigger.as_str(),
+                started,
+            },
         );
-        // Freeing a large snapshot takes time too; do it here rather than on a request thread
-        // (unless a request still holds it, in which case that request frees it when done).
-        drop(old);
+        // The old snapshot's unique parts and the build's transient state were just freed
+        // (unless a request still holds the old one): give their pages back now.
         crate::memory::release_freed();
         Outcome::Reloaded {
             generation,
@@ -405,8 +394,8 @@ impl Reloader {
         outcome
     }
 
-    fn refused(&self, trigger: Trigger, errors: Vec<Diagnostic>) -> Outcome {
-        self.failed.fetch_add(1, Ordering::Relaxed);
+    fn refused(&self, target: &dyn Publish, trigger: Trigger, errors: Vec<Diagnostic>) -> Outcome {
+        target.refused();
         let serving = self.generation();
         for d in &errors {
             // Diagnostics name file and path and never quote values, so they are safe to log.
@@ -427,38 +416,16 @@ impl Reloader {
     }
 
     /// [`Reloader::reload_blocking`] on a blocking thread.
-    pub async fn reload(
-        self: &Arc<Self>,
-        app: &Arc<dyn ReloadTarget>,
-        trigger: Trigger,
-    ) -> Outcome {
-        let (this, worker) = (self.clone(), app.clone());
-        let outcome = match tokio::task::spawn_blocking(move || {
-            let outcome = this.reload_blocking(worker.snapshot(), trigger);
-            if matches!(outcome, Outcome::Reloaded { .. }) {
-                // Drop state-file entries that the new vault supersedes (file I/O: on this thread).
-                worker.prune_tokens(&worker.snapshot().load());
-            }
-            outcome
-        })
-        .await
-        {
+    pub async fn reload(self: &Arc<Self>, target: &Arc<dyn Publish>, trigger: Trigger) -> Outcome {
+        let (this, worker) = (self.clone(), target.clone());
+        match tokio::task::spawn_blocking(move || this.reload_blocking(&*worker, trigger)).await {
             Ok(outcome) => outcome,
             Err(e) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+                target.refused();
                 tracing::error!(error = %e, "configuration reload crashed; the previous configuration keeps serving");
                 Outcome::Failed { errors: Vec::new() }
             }
-        };
-        match &outcome {
-            Outcome::Reloaded { generation, .. } => {
-                app.metrics().reload("success");
-                app.metrics().set_generation(*generation);
-            }
-            Outcome::Failed { .. } => app.metrics().reload("failure"),
-            Outcome::Unchanged | Outcome::NotReady { .. } => {}
         }
-        outcome
     }
 
     /// The directories to watch and the file names that matter in them.
@@ -496,10 +463,10 @@ impl Reloader {
         }
     }
 
-    /// Spawns the reload loop, which swaps new snapshots into `app`.
+    /// Spawns the reload loop, which publishes new snapshots into `app`.
     pub fn spawn(
         self: Arc<Self>,
-        app: Arc<dyn ReloadTarget>,
+        app: Arc<dyn Publish>,
         watch: Watch,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.run(app, watch))
@@ -537,7 +504,7 @@ impl Reloader {
         Some(watcher)
     }
 
-    async fn run(self: Arc<Self>, app: Arc<dyn ReloadTarget>, mut watch: Watch) {
+    async fn run(self: Arc<Self>, app: Arc<dyn Publish>, mut watch: Watch) {
         use tokio::time::Instant;
         // While settling: (quiet until, give up waiting for quiet at).
         let mut pending: Option<(Instant, Instant)> = None;
@@ -642,6 +609,44 @@ mod tests {
 
     // The same before/after vaults as the diff tests, so both agree on what changed.
     use crate::config::diff::tests::{AFTER, BEFORE, PROVIDERS};
+    use arc_swap::ArcSwap;
+
+    /// A bare [`Publish`]: swaps and counts, as the state's apply path does without the rest.
+    struct Slot {
+        snapshot: ArcSwap<Snapshot>,
+        published: AtomicU64,
+        refused: AtomicU64,
+    }
+
+    impl Slot {
+        fn new(s: Snapshot) -> Self {
+            Self {
+                snapshot: ArcSwap::from_pointee(s),
+                published: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+            }
+        }
+        fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+            self.snapshot.load()
+        }
+        fn load_full(&self) -> Arc<Snapshot> {
+            self.snapshot.load_full()
+        }
+    }
+
+    impl Publish for Slot {
+        fn current(&self) -> Arc<Snapshot> {
+            self.snapshot.load_full()
+        }
+        fn publish(&self, new: Arc<Snapshot>, _: Source) -> Changes {
+            self.published.fetch_add(1, Ordering::Relaxed);
+            let old = self.snapshot.swap(new.clone());
+            crate::config::diff::diff(&old, &new)
+        }
+        fn refused(&self) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 
     fn event(kind: EventKind, path: &str) -> Event {
         Event::new(kind).add_path(PathBuf::from(path))
@@ -724,7 +729,7 @@ mod tests {
             Vec::new(),
             Duration::ZERO,
         );
-        let slot = ArcSwap::from_pointee(r.load_initial().expect("loads"));
+        let slot = Slot::new(r.load_initial().expect("loads"));
         // What the file store does on a commit: write a new vault, record its stamp, no hash.
         {
             let mut seen = r.lock_last_seen();
@@ -770,6 +775,83 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_version_of_every_record_it_did_not_see_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let providers = dir.path().join("providers.yaml");
+        let vault = dir.path().join("vault.yaml");
+        let oauth = "o: {auth_mode: OAUTH2, token_url: \"https://t.example/t\", proxy: {base_url: \"https://o.example\"}}\n";
+        std::fs::write(&providers, format!("{PROVIDERS}{oauth}")).expect("write");
+        let text = |b_provider: &str, key: &str, extra: &str| {
+            format!(
+                "integrations: [{{unique_key: a, provider: hdr}}, {{unique_key: b, provider: {b_provider}}}, {{unique_key: o, provider: o, credentials: {{oauth_client_id: i, oauth_client_secret: s}}}}]
+connections:
+  - {{connection_id: same, provider_config_key: a, credentials: {{type: API_KEY, apiKey: k}}}}
+  - {{connection_id: key, provider_config_key: a, credentials: {{type: API_KEY, apiKey: {key}}}}}
+  - {{connection_id: moved, provider_config_key: b, credentials: {{type: API_KEY, apiKey: k}}}}
+  - {{connection_id: tok, provider_config_key: o, credentials: {{type: OAUTH2, access_token: t, refresh_token: r, expires_at: \"2030-01-01T00:00:00.000+00:00\"}}}}
+{extra}"
+            )
+        };
+        std::fs::write(&vault, text("hdr", "k", "")).expect("write");
+        let r = Reloader::new(
+            Paths {
+                providers: Some(providers),
+                vault: vault.clone(),
+                state: None,
+            },
+            Vec::new(),
+            Duration::ZERO,
+        );
+        let slot = Slot::new(r.load_initial().expect("loads"));
+        let before = slot.load_full();
+        let v = |s: &Snapshot, i: &str, c: &str| s.connection(i, c).expect("connection").version;
+        let first: Vec<u64> = [("a", "same"), ("a", "key"), ("b", "moved"), ("o", "tok")]
+            .iter()
+            .map(|(i, c)| v(&before, i, c))
+            .collect();
+        assert!(
+            first.iter().all(|v| *v > 0),
+            "the first load versions every record: {first:?}"
+        );
+        let mut distinct = first.clone();
+        distinct.dedup();
+        assert_eq!(distinct.len(), first.len(), "{first:?}");
+
+        // A rotated key, a changed integration around an unchanged record, a new record.
+        let added = "  - {connection_id: added, provider_config_key: a, credentials: {type: API_KEY, apiKey: k}}\n";
+        std::fs::write(&vault, text("other", "rotated", added)).expect("write");
+        assert!(matches!(
+            r.reload_blocking(&slot, Trigger::FileChange),
+            Outcome::Reloaded { .. }
+        ));
+        let after = slot.load_full();
+        assert_eq!(v(&after, "a", "same"), first[0], "unchanged");
+        assert!(Arc::ptr_eq(
+            before.connection("a", "same").expect("old"),
+            after.connection("a", "same").expect("new")
+        ));
+        let newest = *first.iter().max().expect("versions");
+        assert!(
+            v(&after, "a", "key") > newest,
+            "a changed record gets a new version"
+        );
+        assert_eq!(
+            v(&after, "b", "moved"),
+            first[2],
+            "the record did not change, its integration did"
+        );
+        assert_eq!(
+            v(&after, "o", "tok"),
+            first[3],
+            "an expires_at written another way than sidekey prints it is no change"
+        );
+        assert!(
+            v(&after, "a", "added") > newest,
+            "a new record gets a new version"
+        );
+    }
+
+    #[test]
     fn reload_swaps_only_good_changed_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let providers = dir.path().join("providers.yaml");
@@ -785,7 +867,7 @@ mod tests {
             vec![[7; 32]],
             Duration::ZERO, // files written just now are read at once
         );
-        let slot = ArcSwap::from_pointee(r.load_initial().expect("loads"));
+        let slot = Slot::new(r.load_initial().expect("loads"));
         assert_eq!((r.generation(), slot.load().generation), (1, 1));
 
         assert_eq!(
@@ -848,7 +930,13 @@ mod tests {
             },
             "SIGHUP rebuilds even unchanged files"
         );
-        assert_eq!((r.reloads_ok(), r.reloads_failed()), (3, 2));
+        assert_eq!(
+            (
+                slot.published.load(Ordering::Relaxed),
+                slot.refused.load(Ordering::Relaxed)
+            ),
+            (3, 2)
+        );
 
         std::fs::remove_file(&vault).expect("remove");
         assert!(matches!(

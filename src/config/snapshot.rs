@@ -47,6 +47,10 @@ pub struct BuildOptions {
     pub generation: u64,
     /// `SIDEKEY_ENCRYPTION_KEY`: opens the vault's sealed values (see [`crate::config::sealed`]).
     pub encryption_key: Option<Arc<crate::config::sealed::EncryptionKey>>,
+    /// The store's version counter: a new or changed record gets its next version, an
+    /// unchanged one keeps the version it had in the previous snapshot. `None` (`sidekey
+    /// check`, tests): every record built gets version 0.
+    pub versions: Option<Arc<crate::config::Versions>>,
 }
 
 /// Where an injected value goes.
@@ -99,6 +103,26 @@ pub fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue
     HeaderValue::from_str(host).ok()
 }
 
+/// Why a base URL was refused. Each variant holds the URL with its user info masked
+/// ([`crate::secret::redact_urls`]), never as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaseUrlError {
+    #[error("`{url}` is not a URL: {detail}")]
+    NotAUrl { url: String, detail: String },
+    #[error("`{0}` has no scheme")]
+    NoScheme(String),
+    #[error("`{0}`: only http and https are supported")]
+    Scheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}`: user info in a base URL is not supported")]
+    UserInfo(String),
+    #[error("`{0}` has a host that cannot be sent in a header")]
+    Host(String),
+    #[error("`{0}` is too long")]
+    TooLong(String),
+}
+
 impl BaseUrl {
     /// The base path without a trailing slash ("" for the root).
     pub fn path(&self) -> &str {
@@ -129,37 +153,40 @@ impl BaseUrl {
 
     /// Parses an absolute `http` or `https` URL. Error messages quote the URL with its user
     /// info masked ([`crate::secret::redact_urls`]).
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, BaseUrlError> {
         let shown = crate::secret::redact_urls(url);
-        let s: &str = &shown;
-        let uri: Uri = url
-            .trim()
-            .parse()
-            .map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        let s = || shown.to_string();
+        let uri: Uri =
+            url.trim()
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| BaseUrlError::NotAUrl {
+                    url: s(),
+                    detail: e.to_string(),
+                })?;
         let scheme = uri
             .scheme()
             .cloned()
-            .ok_or_else(|| format!("`{s}` has no scheme"))?;
+            .ok_or_else(|| BaseUrlError::NoScheme(s()))?;
         let default_port = if scheme == Scheme::HTTPS {
             443
         } else if scheme == Scheme::HTTP {
             80
         } else {
-            return Err(format!("`{s}`: only http and https are supported"));
+            return Err(BaseUrlError::Scheme(s()));
         };
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| format!("`{s}` has no host"))?;
+            .ok_or_else(|| BaseUrlError::NoHost(s()))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{s}`: user info in a base URL is not supported"));
+            return Err(BaseUrlError::UserInfo(s()));
         }
         if bare_host(&authority).is_empty() {
-            return Err(format!("`{s}` has no host"));
+            return Err(BaseUrlError::NoHost(s()));
         }
         let port = authority.port_u16().unwrap_or(default_port);
-        let host_header = host_header(&scheme, &authority)
-            .ok_or_else(|| format!("`{s}` has a host that cannot be sent in a header"))?;
+        let host_header =
+            host_header(&scheme, &authority).ok_or_else(|| BaseUrlError::Host(s()))?;
         // One buffer for the authority and the Host header (the header is the authority, or
         // its host part when the port is the scheme's default): `Uri` parsing kept the whole
         // URL text alive behind both.
@@ -174,7 +201,7 @@ impl BaseUrl {
             None => host_header,
         };
         let path = uri.path().trim_end_matches('/');
-        let path_len = u32::try_from(path.len()).map_err(|_| format!("`{s}` is too long"))?;
+        let path_len = u32::try_from(path.len()).map_err(|_| BaseUrlError::TooLong(s()))?;
         let mut path_query = String::from(path);
         if let Some(q) = uri.query() {
             path_query.push('?');
@@ -321,9 +348,6 @@ struct TemplateMaps {
     /// `connection_config` and `metadata`, decoded, for templates rendered after the build.
     connection_config: Map<String, Value>,
     metadata: Map<String, Value>,
-    /// The fingerprint of an OAUTH2 credential as written (its `expires_at` text may not
-    /// survive the parse to a timestamp, so it is not recomputed from [`Credential`]).
-    oauth2_fingerprint: Option<[u8; 32]>,
 }
 
 /// The fields of a connection record that the request path never reads, as stored (compact
@@ -414,17 +438,12 @@ impl Connection {
         &self.integration.dynamic
     }
 
-    /// SHA-256 over the vault credential, to tell a hand-edited credential from a stored one
-    /// (computed when asked: only OAuth connections ask, not per connection in memory).
+    /// SHA-256 over the credential (in its canonical form: `expires_at` as sidekey prints
+    /// it), computed when asked: the read-only vault's state file names the credential an
+    /// entry replaces by it, across restarts. Within a process, a changed record is told by
+    /// its [`Connection::version`].
     pub fn fingerprint(&self) -> [u8; 32] {
-        match self
-            .template_maps
-            .as_deref()
-            .and_then(|m| m.oauth2_fingerprint)
-        {
-            Some(f) => f,
-            None => fingerprint(&self.credential.to_raw()),
-        }
+        fingerprint(&self.credential.to_raw())
     }
 
     /// The record this connection was compiled from.
@@ -734,17 +753,60 @@ fn reusable_integration(
     .then(|| old.clone())
 }
 
-/// A connection of `previous` that compiling `raw` against `int` would give again: same
-/// integration (shared, so compiled from the same inputs), same record, and the version a
-/// build assigns (0: the store's versions come from its writes, not from a build).
-fn reusable_connection(
+/// What a build does with a connection record, given the snapshot it replaces.
+enum Previous {
+    /// Compiling the record again would give this connection (same integration, shared, so
+    /// compiled from the same inputs; same record): share it, version included.
+    Reuse(Arc<Connection>),
+    /// The same record under a changed integration: compile it again, keeping its version.
+    Keep(u64),
+    /// A new or changed record.
+    New,
+}
+
+fn previous_connection(
     previous: Option<&Snapshot>,
     int: &Arc<Integration>,
     raw: &RawConnection,
-) -> Option<Arc<Connection>> {
-    let old = previous?.connection(&raw.provider_config_key, &raw.connection_id)?;
-    (Arc::ptr_eq(&old.integration, int) && old.version == 0 && old.record() == *raw)
-        .then(|| old.clone())
+) -> Previous {
+    let Some(old) =
+        previous.and_then(|p| p.connection(&raw.provider_config_key, &raw.connection_id))
+    else {
+        return Previous::New;
+    };
+    if !same_record(old, raw) {
+        Previous::New
+    } else if Arc::ptr_eq(&old.integration, int) {
+        Previous::Reuse(old.clone())
+    } else {
+        Previous::Keep(old.version)
+    }
+}
+
+/// Whether `raw` is the record `old` was compiled from. An `expires_at` is compared as a
+/// timestamp: the record a connection gives back prints it in sidekey's form, which a
+/// hand-written vault need not use, and writing it another way is no change.
+fn same_record(old: &Connection, raw: &RawConnection) -> bool {
+    let record = old.record();
+    if record == *raw {
+        return true;
+    }
+    let canonical = |e: &mut Option<String>| {
+        if let Some(t) = e
+            .as_deref()
+            .and_then(|s| s.trim().parse::<jiff::Timestamp>().ok())
+        {
+            *e = Some(t.to_string());
+        }
+    };
+    let mut raw = raw.clone();
+    match &mut raw.credentials {
+        RawCredentials::OAuth2 { expires_at, .. } | RawCredentials::OAuth2Cc { expires_at, .. } => {
+            canonical(expires_at)
+        }
+        _ => return false,
+    }
+    record == raw
 }
 
 fn build_records_reusing(
@@ -812,9 +874,14 @@ fn build_records_reusing(
             failed_known = true;
             continue;
         };
-        let conn = match reusable_connection(previous, &int, &raw_conn) {
-            Some(old) => old,
-            None => match b.connection(&at, raw_conn, &int, 0) {
+        let version = match previous_connection(previous, &int, &raw_conn) {
+            Previous::Reuse(old) => Ok(old),
+            Previous::Keep(v) => Err(v),
+            Previous::New => Err(opts.versions.as_ref().map_or(0, |v| v.next())),
+        };
+        let conn = match version {
+            Ok(old) => old,
+            Err(version) => match b.connection(&at, raw_conn, &int, version) {
                 Some(c) => Arc::new(c),
                 None => continue,
             },
@@ -924,7 +991,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Parses a base URL, reusing the integration's previous result when the string is the same.
-    fn base_url(&mut self, int: &str, s: String) -> Result<Arc<BaseUrl>, String> {
+    fn base_url(&mut self, int: &str, s: String) -> Result<Arc<BaseUrl>, BaseUrlError> {
         if let Some((prev, parsed)) = self.last_base.get(int) {
             if *prev == s {
                 return Ok(parsed.clone());
@@ -1118,8 +1185,6 @@ impl<'a> Builder<'a> {
                     }
                 })
         };
-        let oauth2_fingerprint = matches!(raw.credentials, RawCredentials::OAuth2 { .. })
-            .then(|| fingerprint(&raw.credentials));
         let creds_map = int
             .uses_credentials
             .then(|| credentials_map(&raw.credentials));
@@ -1284,16 +1349,10 @@ impl<'a> Builder<'a> {
         conn.static_query = static_query.into_boxed_slice();
         let keep_maps =
             int.renders_later && !(extra.connection_config.is_empty() && extra.metadata.is_empty());
-        if keep_maps || oauth2_fingerprint.is_some() {
-            let (connection_config, metadata) = if keep_maps {
-                (extra.connection_config, extra.metadata)
-            } else {
-                Default::default()
-            };
+        if keep_maps {
             conn.template_maps = Some(Box::new(TemplateMaps {
-                connection_config,
-                metadata,
-                oauth2_fingerprint,
+                connection_config: extra.connection_config,
+                metadata: extra.metadata,
             }));
         }
         Some(conn)
@@ -1735,7 +1794,7 @@ connections:
         #[test]
         fn incremental_apply_equals_build_from_scratch(ops in proptest::collection::vec(op(), 0..40)) {
             let catalog = catalog();
-            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0, encryption_key: None };
+            let opts = BuildOptions { env_keys: vec![[9; 32]], generation: 0, encryption_key: None, versions: None };
             let mut snap = build_records("v", catalog.clone(), RawVault::default(), &opts).expect("empty");
             let mut keys: std::collections::BTreeMap<String, RawSecretKey> = Default::default();
             let mut versions: HashMap<(String, String), u64> = HashMap::new();

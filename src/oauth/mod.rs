@@ -6,10 +6,12 @@
 //! for a read-only vault, [`crate::credstore`]'s state file.
 //!
 //! State lives per connection (provider_config_key, connection_id) in the [`TokenManager`],
-//! which the proxy owns, so it survives snapshot reloads. A snapshot's credential is trusted
-//! only while its fingerprint is one the manager knows (the one it started from or one it wrote
-//! itself); a credential with any other fingerprint was changed by the operator, and the vault
-//! wins.
+//! which the proxy owns, so it survives snapshot reloads. Each state remembers the store
+//! version of the record it started from or last wrote itself ([`Connection::version`]). A
+//! snapshot whose record has a newer version was changed by someone else — the operator's hand
+//! edit, an API write — and the vault's credential wins; an older version is a request still
+//! finishing on an older snapshot, and changes nothing. While the manager's own write is on its
+//! way (the writer publishes the new record before it answers) a newer version is its own.
 //!
 //! Single-flight: each connection has an async refresh lock. A request that finds its token
 //! stale takes the lock, checks again (a request before it may have refreshed meanwhile), and
@@ -17,8 +19,9 @@
 //! refresh token replaces the old one before the lock is released, and the credential is
 //! persisted before the next refresh may start, so writes land in order.
 //!
-//! Each refresh emits one `sidekey::oauth` event with `result = "ok" | "error"` (the hook for
-//! metrics), and [`Counters`] count them; neither ever carries a token.
+//! Each refresh emits one `sidekey::oauth` event with `result = "ok" | "error"`, and the
+//! metrics count it (`sidekey_token_refreshes_total`, once the app attaches them); neither ever
+//! carries a token.
 
 pub mod endpoint;
 
@@ -38,10 +41,6 @@ use endpoint::{TokenEndpoint, TokenFailure, TokenRequest};
 
 /// Refresh this long before expiry unless the provider sets `token_expiration_buffer`.
 pub const DEFAULT_EXPIRATION_BUFFER: Duration = Duration::from_secs(5 * 60);
-
-/// How many vault fingerprints sidekey remembers writing per connection, so a reload that
-/// reads one of its own older writes is not taken for a hand edit.
-const KNOWN_FINGERPRINTS: usize = 8;
 
 /// Token-manager settings from the command line.
 #[derive(Debug, Clone)]
@@ -82,15 +81,6 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
-/// Refresh outcomes since start, for metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub refresh_ok: AtomicU64,
-    pub refresh_error: AtomicU64,
-    /// Requests answered from the cool-down without calling the token endpoint.
-    pub fail_fast: AtomicU64,
-}
-
 struct Failure {
     until: Instant,
     provider_error: Option<String>,
@@ -101,10 +91,14 @@ struct SlotState {
     token: Option<AccessToken>,
     refresh_token: Option<Secret>,
     expires_at: Option<Timestamp>,
-    /// The fingerprint of the credential the vault holds now, as far as sidekey knows.
+    /// The store version of the record this state started from or last wrote.
+    version: u64,
+    /// The fingerprint of the vault credential this state started from: how the read-only
+    /// vault's state file names the credential an entry replaces, across restarts.
     vault_fp: [u8; 32],
-    /// Vault fingerprints that this state supersedes (the starting one and sidekey's writes).
-    known: Vec<[u8; 32]>,
+    /// A write of a refreshed credential through the store is on its way: the newer version
+    /// it publishes before answering is this state's, not an edit.
+    writing: bool,
     failure: Option<Failure>,
     /// Bumped when the vault wins; a refresh started before then is discarded.
     epoch: u64,
@@ -173,8 +167,8 @@ pub struct TokenManager {
     /// How many slots `slots` holds, kept as they are added and recounted by `prune`.
     tracked: AtomicUsize,
     generation: AtomicU64,
-    pub counters: Counters,
-    /// Where refresh outcomes are also counted for `/metrics`, once the app attaches it.
+    /// Where refresh outcomes are counted for `/metrics` (`fail_fast`: answered from the
+    /// cool-down without a call), once the app attaches it.
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The store's writer, when the vault takes writes: refreshed credentials are committed
     /// through it (else `store` keeps them in its state file, or in memory).
@@ -186,14 +180,15 @@ pub struct TokenManager {
 /// only this.
 pub trait TokenWriter: Send + Sync {
     /// Commits `cred` into the connection's record at a new version, durable and published
-    /// before the future resolves, unless the record's credential is no longer one of `known`
-    /// (a hand edit wins). `None` when the store could not take the write at all (read-only,
-    /// unavailable): the caller falls back to the state file.
+    /// before the future resolves, unless the record is no longer at `version` (someone else
+    /// changed it: their credential wins). `Persisted::Vault` carries the new version. `None`
+    /// when the store could not take the write at all (read-only, unavailable): the caller
+    /// falls back to the state file.
     fn persist<'a>(
         &'a self,
         key: &'a Key,
         cred: &'a StoredCredential,
-        known: &'a [[u8; 32]],
+        version: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Persisted>> + Send + 'a>>;
 }
 
@@ -210,7 +205,6 @@ impl TokenManager {
             slots: Mutex::default(),
             tracked: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
-            counters: Counters::default(),
             metrics: None,
             writer: std::sync::OnceLock::new(),
         }
@@ -222,13 +216,12 @@ impl TokenManager {
         let _ = self.writer.set(writer);
     }
 
-    /// Counts refresh outcomes in `metrics` too (`sidekey_token_refreshes_total{result}`).
+    /// Counts refresh outcomes in `metrics` (`sidekey_token_refreshes_total{result}`).
     pub fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
         self.metrics = Some(metrics);
     }
 
-    fn count(&self, counter: &AtomicU64, result: &'static str) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, result: &'static str) {
         if let Some(m) = &self.metrics {
             m.token_refresh(result);
         }
@@ -319,7 +312,7 @@ impl TokenManager {
                 if let Some(t) = st.unexpired(now) {
                     return Ok(Some(t));
                 }
-                self.count(&self.counters.fail_fast, "fail_fast");
+                self.count("fail_fast");
                 return Err(refresh_failed(f.provider_error.clone()));
             }
         }
@@ -354,7 +347,7 @@ impl TokenManager {
                 return Ok(t.clone());
             }
             if let Some(f) = st.cooling_down() {
-                self.count(&self.counters.fail_fast, "fail_fast");
+                self.count("fail_fast");
                 return Err(refresh_failed(f.provider_error.clone()));
             }
         }
@@ -408,8 +401,9 @@ impl TokenManager {
             }
         };
         let mut st = slot.lock();
-        if !st.known.contains(&conn.fingerprint()) {
-            // The vault holds a credential sidekey never saw: an operator's edit. It wins.
+        if conn.version > st.version && !st.writing {
+            // The record changed since this state read or wrote it: an operator's edit (or an
+            // API write). Its credential wins.
             tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
                 connection_id = %conn.connection_id, "the vault's credential changed; using it");
             let epoch = st.epoch + 1;
@@ -422,8 +416,9 @@ impl TokenManager {
     /// A connection's starting state: the state file's credential if it replaced exactly the
     /// vault's, else the vault's.
     fn initial(&self, conn: &Connection, use_store: bool, epoch: u64) -> SlotState {
+        let vault_fp = conn.fingerprint();
         let stored = use_store
-            .then(|| self.store.lookup(&key(conn), &conn.fingerprint()))
+            .then(|| self.store.lookup(&key(conn), &vault_fp))
             .flatten();
         let parse = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Timestamp>().ok());
         let (token, refresh_token, expires_at) = match (stored, &conn.credential) {
@@ -457,8 +452,9 @@ impl TokenManager {
             token: token.map(|t| self.token(t)),
             refresh_token,
             expires_at,
-            vault_fp: conn.fingerprint(),
-            known: vec![conn.fingerprint()],
+            version: conn.version,
+            vault_fp,
+            writing: false,
             failure: None,
             epoch,
         }
@@ -488,7 +484,7 @@ impl TokenManager {
         let grant = match result {
             Ok(g) => g,
             Err(f) => {
-                self.count(&self.counters.refresh_error, "error");
+                self.count("error");
                 tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
                     connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
                     result = "error", provider_error = f.provider_error.as_deref().unwrap_or(""),
@@ -508,7 +504,7 @@ impl TokenManager {
             )
             .ok()
         });
-        let (token, stored, known, vault_fp) = {
+        let (token, stored, version, vault_fp) = {
             let mut st = slot.lock();
             if st.epoch != epoch {
                 // The vault's credential changed while the call was out; the vault wins.
@@ -533,39 +529,44 @@ impl TokenManager {
                     expires_at: expires,
                 },
             };
-            if self.writer.get().is_some() {
-                // The writer publishes the new record before it answers: requests that see it
-                // first must find its credential known, not take it for a hand edit.
-                let mut creds = conn.credential.to_raw();
-                if crate::credstore::apply_refreshed(&mut creds, &stored) {
-                    remember(&mut st.known, crate::config::snapshot::fingerprint(&creds));
-                }
-            }
-            (token, stored, st.known.clone(), st.vault_fp)
+            // The writer publishes the new record before it answers: requests that see it
+            // first must not take it for a hand edit (the refresh lock, held by the caller,
+            // keeps this the only write of the connection's state on its way).
+            st.writing = self.writer.get().is_some();
+            (token, stored, st.version, st.vault_fp)
         };
         let k = key(conn);
         let through_store = match self.writer.get() {
-            Some(w) => w.persist(&k, &stored, &known).await,
+            Some(w) => {
+                // Cleared however this ends: a request dropped mid-write (its client went
+                // away) must not leave the state deaf to the operator's edits.
+                let writing = Writing(slot);
+                let done = w.persist(&k, &stored, version).await;
+                {
+                    // The new version and the end of the write under one lock: no request
+                    // sees the one without the other.
+                    let mut st = slot.lock();
+                    if let (Some(Persisted::Vault(v)), true) = (&done, st.epoch == epoch) {
+                        st.version = *v;
+                    }
+                    st.writing = false;
+                }
+                drop(writing);
+                done
+            }
             None => None,
         };
         let outcome = match through_store {
             Some(done) => done,
             None => {
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || store.persist(&k, &stored, &known, &vault_fp))
+                tokio::task::spawn_blocking(move || store.persist(&k, &stored, &vault_fp))
                     .await
                     .unwrap_or(Persisted::Memory)
             }
         };
         let stored_in = match &outcome {
-            Persisted::Vault(fp) => {
-                let mut st = slot.lock();
-                if st.epoch == epoch {
-                    st.vault_fp = *fp;
-                    remember(&mut st.known, *fp);
-                }
-                "vault"
-            }
+            Persisted::Vault(_) => "vault",
             Persisted::State => "state",
             Persisted::Skipped(why) => {
                 tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
@@ -573,10 +574,7 @@ impl TokenManager {
                 "skipped"
             }
             Persisted::Memory => {
-                if self.writer.get().is_some()
-                    || self.store.vault_writable()
-                    || self.store.has_state_file()
-                {
+                if self.writer.get().is_some() || self.store.has_state_file() {
                     tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
                         connection_id = %conn.connection_id,
                         "refreshed credential kept in memory only; a restart goes back to the vault's");
@@ -584,7 +582,7 @@ impl TokenManager {
                 "memory"
             }
         };
-        self.count(&self.counters.refresh_ok, "ok");
+        self.count("ok");
         tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");
@@ -592,13 +590,12 @@ impl TokenManager {
     }
 }
 
-/// Adds a fingerprint sidekey wrote to the connection's known ones, keeping the newest few.
-fn remember(known: &mut Vec<[u8; 32]>, fp: [u8; 32]) {
-    if !known.contains(&fp) {
-        known.push(fp);
-    }
-    if known.len() > KNOWN_FINGERPRINTS {
-        known.remove(0);
+/// Clears a slot's `writing` flag when dropped.
+struct Writing<'a>(&'a Slot);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().writing = false;
     }
 }
 

@@ -81,6 +81,29 @@ fn snapshot(vault: &str) -> Snapshot {
     crate::config::snapshot::build(&src, &BuildOptions::default()).expect("snapshot builds")
 }
 
+/// The store's version counter the tests' reloads share (as a process's file store does).
+fn versions() -> Arc<crate::config::Versions> {
+    static V: std::sync::OnceLock<Arc<crate::config::Versions>> = std::sync::OnceLock::new();
+    V.get_or_init(|| Arc::new(crate::config::Versions::starting_now()))
+        .clone()
+}
+
+/// A reload of `vault` over `previous`, as the file source does it: unchanged records keep
+/// their version, changed ones get a new one.
+fn reload(previous: &Snapshot, vault: &str) -> Snapshot {
+    let src = Sources {
+        providers_name: "providers.yaml".into(),
+        providers: PROVIDERS.into(),
+        vault_name: "vault.yaml".into(),
+        vault: vault.into(),
+    };
+    let opts = BuildOptions {
+        versions: Some(versions()),
+        ..BuildOptions::default()
+    };
+    crate::config::snapshot::build_reusing(&src, &opts, Some(previous)).expect("snapshot builds")
+}
+
 fn ts(offset_secs: i64) -> String {
     Timestamp::from_second(Timestamp::now().as_second() + offset_secs)
         .expect("ts")
@@ -206,12 +229,14 @@ connections: [{{connection_id: c, provider_config_key: i, credentials: {{type: O
         )
     };
     // token_expiration_buffer: 60 → a token with 2 min left is still used.
-    let c = conn(&snapshot(&vault(&ts(120))));
+    let first = snapshot(&vault(&ts(120)));
+    let c = conn(&first);
     assert_eq!(
         m.access_token(&c).await.expect("ok").expect("t").expose(),
         "old"
     );
-    let c = conn(&snapshot(&vault(&ts(30))));
+    // The operator writes a sooner expiry (a reload: a new version of the record).
+    let c = conn(&reload(&first, &vault(&ts(30))));
     assert_eq!(
         m.access_token(&c).await.expect("ok").expect("t").expose(),
         "at-1"
@@ -265,7 +290,16 @@ async fn failure_answers_the_provider_code_and_fails_fast_during_the_cooldown() 
         ..Fake::default()
     });
     fake.fail.store(true, Ordering::SeqCst);
-    let m = manager(fake.clone(), Duration::from_millis(300));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut manager = TokenManager::new(
+        fake.clone(),
+        Arc::new(CredStore::memory()),
+        OAuthOptions {
+            refresh_cooldown: Duration::from_millis(300),
+        },
+    );
+    manager.set_metrics(metrics.clone());
+    let m = Arc::new(manager);
     let c = conn(&snapshot(&oauth_vault("old", Some(&ts(-5)))));
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -284,7 +318,12 @@ async fn failure_answers_the_provider_code_and_fails_fast_during_the_cooldown() 
     assert_eq!(fake.calls(), 1, "waiters share the failure");
     assert!(m.access_token(&c).await.is_err());
     assert_eq!(fake.calls(), 1, "fail fast during the cool-down");
-    assert!(m.counters.fail_fast.load(Ordering::Relaxed) >= 1);
+    let text = metrics.encode();
+    assert!(
+        text.contains("sidekey_token_refreshes_total{result=\"fail_fast\"}")
+            && text.contains("sidekey_token_refreshes_total{result=\"error\"} 1"),
+        "{text}"
+    );
     tokio::time::sleep(Duration::from_millis(350)).await;
     fake.fail.store(false, Ordering::SeqCst);
     assert_eq!(
@@ -319,7 +358,8 @@ async fn an_early_refresh_that_fails_keeps_the_unexpired_token() {
 async fn the_vault_wins_when_its_credential_changes() {
     let fake = Arc::new(Fake::default());
     let m = manager(fake.clone(), Duration::from_secs(30));
-    let c = conn(&snapshot(&oauth_vault("old", None)));
+    let s = snapshot(&oauth_vault("old", None));
+    let c = conn(&s);
     let stale = m.access_token(&c).await.expect("ok").expect("t");
     let fresh = m.refresh_after_unauthorized(&c, &stale).await.expect("ok");
     assert_eq!(fresh.expose(), "at-1");
@@ -328,14 +368,40 @@ async fn the_vault_wins_when_its_credential_changes() {
         m.access_token(&c).await.expect("ok").expect("t").expose(),
         "at-1"
     );
-    // A reload with a hand-edited credential: the vault's token is used from now on.
-    let edited = conn(&snapshot(&oauth_vault("by-hand", None)));
+    // A reload of the same file keeps the record's version, and the manager's token.
+    let same = reload(&s, &oauth_vault("old", None));
+    assert_eq!(
+        conn(&same).version,
+        c.version,
+        "an unchanged record keeps its version"
+    );
+    assert_eq!(
+        m.access_token(&conn(&same))
+            .await
+            .expect("ok")
+            .expect("t")
+            .expose(),
+        "at-1"
+    );
+    // A reload with a hand-edited credential: a new version, and the vault's token is used
+    // from now on.
+    let edited_snapshot = reload(&same, &oauth_vault("by-hand", None));
+    let edited = conn(&edited_snapshot);
+    assert!(
+        edited.version > c.version,
+        "an edited record gets a new version"
+    );
     assert_eq!(
         m.access_token(&edited)
             .await
             .expect("ok")
             .expect("t")
             .expose(),
+        "by-hand"
+    );
+    // A request still finishing on the older snapshot does not bring the old state back.
+    assert_eq!(
+        m.access_token(&c).await.expect("ok").expect("t").expose(),
         "by-hand"
     );
     assert_eq!(fake.calls(), 1);
@@ -397,35 +463,176 @@ async fn no_refresh_token_fails_without_a_call() {
     assert_eq!(fake.calls(), 0);
 }
 
+/// The store's writer as the token manager sees it: commits the refreshed credential into
+/// the record at a new version, unless the record moved on, and publishes it first.
+struct FakeWriter {
+    snapshot: arc_swap::ArcSwap<Snapshot>,
+    writes: AtomicUsize,
+}
+
+impl TokenWriter for FakeWriter {
+    fn persist<'a>(
+        &'a self,
+        key: &'a Key,
+        cred: &'a StoredCredential,
+        version: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Persisted>> + Send + 'a>> {
+        Box::pin(async move {
+            let cur = self.snapshot.load_full();
+            let c = cur.connection(&key.0, &key.1)?;
+            if c.version != version {
+                return Some(Persisted::Skipped("changed meanwhile".into()));
+            }
+            let mut record = c.record();
+            assert!(crate::credstore::apply_refreshed(
+                &mut record.credentials,
+                cred
+            ));
+            let v = versions().next();
+            let next = cur
+                .with(crate::config::Change::PutConnection(record, v))
+                .expect("applies");
+            self.snapshot.store(Arc::new(next));
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Some(Persisted::Vault(v))
+        })
+    }
+}
+
 #[tokio::test]
-async fn rotated_credentials_reach_the_vault_and_a_reload_of_them_is_not_a_hand_edit() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("vault.yaml");
-    let text = oauth_vault("old", Some(&ts(-5)));
-    std::fs::write(&path, &text).expect("write");
+async fn rotated_credentials_reach_the_store_and_its_new_version_is_not_a_hand_edit() {
     let fake = Arc::new(Fake {
         expires_in: Some(3600),
         ..Fake::default()
     });
-    let store = Arc::new(CredStore::open(Some(path.clone()), None).expect("store"));
-    let m = TokenManager::new(fake.clone(), store, OAuthOptions::default());
-    let c = conn(&snapshot(&text));
+    let m = TokenManager::new(
+        fake.clone(),
+        Arc::new(CredStore::memory()),
+        OAuthOptions::default(),
+    );
+    let text = oauth_vault("old", Some(&ts(-5)));
+    let first = reload(&snapshot(""), &text);
+    let writer = Arc::new(FakeWriter {
+        snapshot: arc_swap::ArcSwap::from_pointee(first.clone()),
+        writes: AtomicUsize::new(0),
+    });
+    m.use_store(writer.clone());
+    let c = conn(&first);
     assert_eq!(
         m.access_token(&c).await.expect("ok").expect("t").expose(),
         "at-1"
     );
-    let written = std::fs::read_to_string(&path).expect("read");
-    assert!(
-        written.contains("at-1") && written.contains("rt-1"),
-        "{written}"
+    assert_eq!(writer.writes.load(Ordering::SeqCst), 1);
+    let written = writer.snapshot.load_full();
+    let w = conn(&written);
+    assert!(w.version > c.version, "the write took a new version");
+    let Credential::OAuth2 {
+        access_token,
+        refresh_token,
+        ..
+    } = &w.credential
+    else {
+        panic!("oauth2")
+    };
+    assert_eq!(
+        (
+            access_token.expose(),
+            refresh_token.as_ref().map(Secret::expose)
+        ),
+        ("at-1", Some("rt-1"))
     );
-    // The reload of sidekey's own write keeps the manager's state (no refresh, same token).
-    let reloaded = conn(&snapshot(&written));
-    let t = m.access_token(&reloaded).await.expect("ok").expect("t");
+    // The snapshot of sidekey's own write keeps the manager's state (no refresh, same token).
+    let t = m.access_token(&w).await.expect("ok").expect("t");
     assert_eq!((t.expose(), fake.calls()), ("at-1", 1));
-    // So does a late reload of the older file.
+    // So does a late request on the older snapshot.
     let t = m.access_token(&c).await.expect("ok").expect("t");
     assert_eq!((t.expose(), fake.calls()), ("at-1", 1));
+    // The operator edits the credential by hand (a reload gives it a new version): the vault
+    // wins, and the next refresh writes on top of the edit, not over it.
+    let edited = reload(&written, &oauth_vault("by-hand", Some(&ts(3600))));
+    assert!(conn(&edited).version > w.version);
+    writer.snapshot.store(Arc::new(edited.clone()));
+    let t = m
+        .access_token(&conn(&edited))
+        .await
+        .expect("ok")
+        .expect("t");
+    assert_eq!((t.expose(), fake.calls()), ("by-hand", 1));
+}
+
+/// A store writer that never answers (a commit stuck behind a slow disk).
+struct StuckWriter;
+
+impl TokenWriter for StuckWriter {
+    fn persist<'a>(
+        &'a self,
+        _: &'a Key,
+        _: &'a StoredCredential,
+        _: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Persisted>> + Send + 'a>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_request_dropped_while_its_token_is_written_does_not_hide_later_edits() {
+    let fake = Arc::new(Fake {
+        expires_in: Some(3600),
+        ..Fake::default()
+    });
+    let m = TokenManager::new(
+        fake.clone(),
+        Arc::new(CredStore::memory()),
+        OAuthOptions::default(),
+    );
+    m.use_store(Arc::new(StuckWriter));
+    let first = reload(&snapshot(""), &oauth_vault("old", Some(&ts(-5))));
+    // The client goes away while the refreshed token is being written.
+    let c = conn(&first);
+    let dropped = tokio::time::timeout(Duration::from_millis(50), m.access_token(&c));
+    assert!(dropped.await.is_err(), "the write never finishes");
+    assert_eq!(fake.calls(), 1);
+    let edited = reload(&first, &oauth_vault("by-hand", Some(&ts(3600))));
+    let t = m
+        .access_token(&conn(&edited))
+        .await
+        .expect("ok")
+        .expect("t");
+    assert_eq!(t.expose(), "by-hand", "the operator's edit still wins");
+}
+
+#[tokio::test]
+async fn a_refreshed_credential_is_not_written_over_a_record_changed_meanwhile() {
+    let fake = Arc::new(Fake {
+        expires_in: Some(3600),
+        ..Fake::default()
+    });
+    let m = TokenManager::new(
+        fake.clone(),
+        Arc::new(CredStore::memory()),
+        OAuthOptions::default(),
+    );
+    let first = reload(&snapshot(""), &oauth_vault("old", Some(&ts(-5))));
+    // The store already holds a newer record (a hand edit the manager has not seen yet).
+    let edited = reload(&first, &oauth_vault("by-hand", Some(&ts(3600))));
+    let writer = Arc::new(FakeWriter {
+        snapshot: arc_swap::ArcSwap::from_pointee(edited.clone()),
+        writes: AtomicUsize::new(0),
+    });
+    m.use_store(writer.clone());
+    m.access_token(&conn(&first)).await.expect("ok").expect("t");
+    assert_eq!(
+        writer.writes.load(Ordering::SeqCst),
+        0,
+        "the edit is not overwritten"
+    );
+    // The edited record, once seen, wins over the manager's refreshed token.
+    let t = m
+        .access_token(&conn(&edited))
+        .await
+        .expect("ok")
+        .expect("t");
+    assert_eq!(t.expose(), "by-hand");
 }
 
 #[tokio::test]

@@ -119,7 +119,7 @@ pub fn target<'r>(
         (&route, rewrite::absolute_endpoint(endpoint))
     {
         let full = BaseUrl::parse(&format!("{}://{}", abs.scheme, abs.authority))
-            .map_err(ProxyError::InvalidEndpoint)?;
+            .map_err(|e| ProxyError::InvalidEndpoint(e.to_string()))?;
         let current = match &base {
             Some(b) => b,
             None => conn.base_url.as_deref().ok_or_else(|| no_base(&conn))?,

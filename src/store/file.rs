@@ -23,11 +23,11 @@
 //! are (a hand edit that put a plaintext secret in is re-read first, which drops the splice
 //! index, so that commit renders, and seals, everything).
 //!
-//! Versions are assigned here: a counter that starts at the current time in microseconds, so
-//! versions keep increasing across restarts without being stored in the file.
+//! Versions come from the reloader's counter ([`crate::config::Versions`]), shared with the
+//! builds of the file: a write and a reload never hand out the same version, and a reload
+//! keeps the version of every record it did not see change.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::io::Read as _;
@@ -41,7 +41,6 @@ use crate::config::{load_files, snapshot, Change, Snapshot};
 /// The vault file store.
 pub struct FileStore {
     inner: Arc<Inner>,
-    version: AtomicU64,
     /// The commit thread's queue (see [`COMMIT_NICE`]).
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
 }
@@ -77,7 +76,6 @@ impl std::fmt::Debug for FileStore {
 
 impl FileStore {
     pub fn new(reloader: Arc<Reloader>, read_only: bool) -> Self {
-        let now = jiff::Timestamp::now().as_microsecond().max(1) as u64;
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         // One thread for all the store's file work: commits are serialised by the writer
         // anyway, and a thread of its own can run at a lower priority than the request path.
@@ -100,7 +98,6 @@ impl FileStore {
                 read_only,
                 splicer: std::sync::Mutex::new(Splicer::new()),
             }),
-            version: AtomicU64::new(now),
             jobs: std::sync::Mutex::new(tx),
         }
     }
@@ -296,6 +293,6 @@ impl Backend for FileStore {
     }
 
     fn next_version(&self) -> u64 {
-        self.version.fetch_add(1, Ordering::Relaxed)
+        self.inner.reloader.versions().next()
     }
 }

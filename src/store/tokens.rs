@@ -4,9 +4,9 @@
 //!
 //! The write is computed at commit time from the connection's record as it is then (an API
 //! write of its metadata meanwhile is kept), with the new token in it. It happens only while
-//! the record still holds a credential the token manager knows: one changed by hand
-//! meanwhile (the writer reads a vault edited behind its back before it applies) wins, and
-//! nothing is written.
+//! the record is still at the version the token manager started from or last wrote: a record
+//! changed meanwhile (the writer reads a vault edited behind its back before it applies, and
+//! the build gives an edited record a new version) wins, and nothing is written.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,11 +22,10 @@ impl TokenWriter for Writer {
         &'a self,
         key: &'a Key,
         cred: &'a StoredCredential,
-        known: &'a [[u8; 32]],
+        version: u64,
     ) -> Pin<Box<dyn Future<Output = Option<Persisted>> + Send + 'a>> {
         Box::pin(async move {
-            let (pck, cid, cred, known) =
-                (key.0.clone(), key.1.clone(), cred.clone(), known.to_vec());
+            let (pck, cid, cred) = (key.0.clone(), key.1.clone(), cred.clone());
             let compute = Box::new(move |snap: &Snapshot| {
                 let Some(c) = snap.connection(&pck, &cid) else {
                     return Err(StoreError::Precondition(Expect::ConnectionExists {
@@ -35,7 +34,7 @@ impl TokenWriter for Writer {
                     }));
                 };
                 let mut record = c.record();
-                if !known.contains(&c.fingerprint())
+                if c.version != version
                     || !crate::credstore::apply_refreshed(&mut record.credentials, &cred)
                 {
                     return Err(StoreError::Precondition(Expect::ConnectionVersion {
@@ -49,7 +48,7 @@ impl TokenWriter for Writer {
             });
             match self.update(compute).await {
                 Ok(snap) => Some(match snap.connection(&key.0, &key.1) {
-                    Some(c) => Persisted::Vault(c.fingerprint()),
+                    Some(c) => Persisted::Vault(c.version),
                     None => Persisted::Skipped("the connection is no longer in the vault".into()),
                 }),
                 Err(StoreError::Precondition(Expect::ConnectionExists { .. })) => Some(

@@ -131,7 +131,11 @@ async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
         let started = std::time::Instant::now();
         match backend.refresh(app.snapshot.load_full()).await {
             Ok(Some(fresh)) => {
-                crate::state::publish(app, Arc::new(fresh), "vault edited on disk");
+                crate::state::publish(
+                    app,
+                    Arc::new(fresh),
+                    crate::config::Source::Other("vault edited on disk"),
+                );
             }
             Ok(None) => {}
             Err(e) => return answer_all(batch, Err(e)),

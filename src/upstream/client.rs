@@ -550,7 +550,7 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(opts: &ClientOptions) -> Result<Self, String> {
+    pub fn new(opts: &ClientOptions) -> Result<Self, super::tls::ClientTlsError> {
         let tls = tls_config(&opts.extra_ca)?;
         let make = |public_only: bool| {
             let connector = hyper_rustls::HttpsConnectorBuilder::new()

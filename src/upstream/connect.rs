@@ -24,12 +24,17 @@ pub struct ResolvePin {
     pub to_port: Option<u16>,
 }
 
+/// A `--resolve` value that is not `HOST:PORT:ADDR` (clap prints it after the flag).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not HOST:PORT:ADDR")]
+pub struct BadPin(String);
+
 impl std::str::FromStr for ResolvePin {
-    type Err = String;
+    type Err = BadPin;
 
     /// Parses `HOST:PORT:ADDR`, ADDR being `IP`, `IP:PORT`, `[IPv6]` or `[IPv6]:PORT`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not HOST:PORT:ADDR");
+    fn from_str(s: &str) -> Result<Self, BadPin> {
+        let bad = || BadPin(s.to_string());
         let (host, rest) = s.split_once(':').ok_or_else(bad)?;
         let (port, addr) = rest.split_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;

@@ -14,4 +14,4 @@ pub use client::{
     ClientError, ClientOptions, HttpClient, UpstreamBody, UpstreamClient, DEFAULT_POOL_IDLE_TIMEOUT,
 };
 pub use connect::{ConnectError, Connector, ResolvePin};
-pub use tls::{read_pem_certs, tls_config};
+pub use tls::{read_pem_certs, tls_config, ClientTlsError};

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::Parser as _;
 use sidekey::app::App;
 use sidekey::config::{vault, Change, Snapshot};
 use sidekey::store::Write;
@@ -58,8 +57,9 @@ impl TestAppBuilder {
             format!("--vault={}", vault.display()),
         ];
         argv.extend(self.args);
-        // Flags are parsed by the binary's own parser, so defaults are the binary's.
-        let cli = sidekey::cli::Cli::try_parse_from(&argv).expect("serve flags");
+        // Flags are parsed by the binary's own parser, so defaults are the binary's; but no
+        // `SIDEKEY_*` variable of the test's environment is read (they would leak into it).
+        let cli = sidekey::cli::Cli::parse_ignoring_env(&argv).expect("serve flags");
         let serve = match cli.command {
             Some(sidekey::cli::Command::Serve(args)) => *args,
             _ => unreachable!("argv starts with `serve`"),

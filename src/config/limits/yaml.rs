@@ -22,6 +22,8 @@ impl std::fmt::Display for Refused {
     }
 }
 
+impl std::error::Error for Refused {}
+
 /// Pre-scans YAML text in one linear pass (see [`super`]).
 pub fn check_yaml(text: &str) -> Result<(), Refused> {
     Scanner::new(text).run()
