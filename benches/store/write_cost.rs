@@ -253,6 +253,7 @@ fn parts(what: &str, n: usize) -> anyhow::Result<()> {
             let src = sources(n);
             let before = rss();
             reset_peak();
+            let started = Instant::now();
             match what {
                 "events" => {
                     black_box(serde_yaml_ng::from_str::<serde::de::IgnoredAny>(
@@ -299,7 +300,10 @@ fn parts(what: &str, n: usize) -> anyhow::Result<()> {
                     black_box(snapshot::build(&src, &BuildOptions::default()).ok());
                 }
             }
-            status_kib("VmHWM:").saturating_sub(before) as f64 * 1024.0 / n as f64
+            let took = started.elapsed();
+            let peak = status_kib("VmHWM:").saturating_sub(before) as f64 * 1024.0 / n as f64;
+            println!("{what} {peak:.0} {:.0}", took.as_secs_f64() * 1e3);
+            return Ok(());
         }
         other => anyhow::bail!("unknown part {other}"),
     };
@@ -316,7 +320,7 @@ fn main() -> anyhow::Result<()> {
         }
         // Each part in a process of its own, so that one's freed pages do not hide another's.
         let me = std::env::current_exe()?;
-        println!("| {n} entries of | bytes per entry (RSS) |\n|---|---:|");
+        println!("| {n} entries of | bytes per entry (RSS) | ms (loads only) |\n|---|---:|---:|");
         for (what, label) in [
             ("keys", "`Arc<str>` key `user-N` alone"),
             (
@@ -358,7 +362,8 @@ fn main() -> anyhow::Result<()> {
                 .output()?;
             let text = String::from_utf8_lossy(&out.stdout);
             let v = text.split_whitespace().nth(1).unwrap_or("?");
-            println!("| {label} | {v} |");
+            let ms = text.split_whitespace().nth(2).unwrap_or("");
+            println!("| {label} | {v} | {ms} |");
         }
         return Ok(());
     }

@@ -853,6 +853,27 @@ connections:
         }
     }
 
+    /// A vault larger than the parser's read chunk, with multi-byte characters in every
+    /// record, so chunk boundaries fall inside characters, tokens and records.
+    #[test]
+    fn streaming_parse_equals_serde_yaml_ng_across_read_chunks() {
+        let mut text =
+            String::from("integrations:\n  - {unique_key: i, provider: p}\nconnections:\n");
+        for n in 0..400 {
+            text.push_str(&format!(
+                "  - connection_id: \"c{n}-é\"\n    provider_config_key: i\n    credentials: {{type: API_KEY, apiKey: 'k-{n}-😀'}}\n    metadata: {{note: ü{}, n: {n}}}\n",
+                "x".repeat(n % 7)
+            ));
+        }
+        assert!(text.len() > 4 * (8 << 10));
+        same_as_reference(&text);
+        let v = parse("vault.yaml", &text).expect("parses");
+        assert_eq!(v.connections.len(), 400);
+        // An error past the first chunks names the same place.
+        let broken = format!("{text}  - {{connection_id: x, bad\n");
+        same_as_reference(&broken);
+    }
+
     /// The inputs on which libyaml_safer panics are refused with a message, never a panic.
     #[test]
     fn parser_panics_are_refusals() {

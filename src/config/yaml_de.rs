@@ -227,10 +227,13 @@ impl Stop {
     }
 }
 
+/// How much text the parser decodes at a time.
+const READ_CHUNK: usize = 8 << 10;
+
 /// The pull side: libyaml's events for the first document, with the anchored nodes' events
 /// recorded for aliases.
 pub struct Stream<'a> {
-    parser: libyaml_safer::Parser<&'a [u8]>,
+    parser: libyaml_safer::Parser<std::io::BufReader<&'a [u8]>>,
     peeked: Option<(Event, Mark)>,
     stop: Option<Stop>,
     /// The first document's end was read: nothing follows.
@@ -252,7 +255,13 @@ impl<'a> Stream<'a> {
     pub fn new(text: &'a str) -> Self {
         let mut parser = libyaml_safer::Parser::new();
         parser.set_encoding(libyaml_safer::Encoding::Utf8);
-        parser.set_input(text.as_bytes());
+        // In chunks: libyaml_safer decodes whatever `fill_buf` returns into its buffer of
+        // `char`s at once, so the bare slice would hold the whole text again, four bytes a
+        // character (134 MB for a 17.6 MB vault, more while that buffer grows).
+        parser.set_input(std::io::BufReader::with_capacity(
+            READ_CHUNK,
+            text.as_bytes(),
+        ));
         Self {
             parser,
             peeked: None,
