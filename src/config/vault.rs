@@ -884,6 +884,15 @@ connections:
             let e = parse("vault.yaml", src).expect_err("refused");
             assert!(e.message.contains("malformed"), "{e}");
         }
+        // The same, in a second document: refused as a second document, as serde_yaml_ng
+        // refuses it.
+        for src in [
+            "secret_keys: []\n--- [!!str, x]\n",
+            "secret_keys: []\n--- \"\\",
+        ] {
+            let e = parse("vault.yaml", src).expect_err("refused");
+            assert!(e.message.contains("more than one document"), "{e}");
+        }
     }
 
     #[test]

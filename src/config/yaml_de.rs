@@ -407,12 +407,15 @@ impl<'a> Stream<'a> {
     }
 
     fn parser_at_end(&mut self) -> bool {
+        // Caught as in `fill`: whatever follows the first document (even text on which
+        // libyaml_safer panics) is a second document to serde_yaml_ng.
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.parser.parse()));
         matches!(
-            self.parser.parse(),
-            Ok(libyaml_safer::Event {
+            next,
+            Ok(Ok(libyaml_safer::Event {
                 data: libyaml_safer::EventData::StreamEnd,
                 ..
-            })
+            }))
         )
     }
 }
