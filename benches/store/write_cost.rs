@@ -22,8 +22,8 @@
 //! `--parts N` instead measures, each in a fresh process, what the building blocks of a
 //! snapshot cost per entry: a persistent `Table` (imbl) against a `std` hash map with the same
 //! keys and hasher, and a two-entry `serde_json::Map` (the records' `connection_config` and
-//! `metadata`); and the peaks of a load per connection: serde_yaml_ng's event list alone,
-//! `vault::parse`, `snapshot::build`.
+//! `metadata`); and the peaks of a load per connection: serde_yaml_ng's event list alone
+//! (the parse before it streamed), the streaming parse alone, `vault::parse`, `snapshot::build`.
 //!
 //! Like the binary it uses mimalloc, so the RSS figures are what `sidekey serve` sees.
 //! `cargo run --release --example write-cost [N...]`, `… --example write-cost -- --parts 100000`
@@ -262,26 +262,69 @@ fn parts(what: &str, n: usize) -> anyhow::Result<()> {
             })
         }
         // The transient state of a load, as a peak above the text (bytes per connection):
-        // serde_yaml_ng's event list alone (the text parsed into `IgnoredAny`), the records
-        // (`vault::parse`, which holds both at its peak), and a whole `snapshot::build`.
-        "events" | "records" | "build" => {
+        // serde_yaml_ng's event list alone (the text parsed into `IgnoredAny`: what the
+        // vault's parse held before it streamed), the streaming parse alone (each record
+        // dropped as it is read), the records collected (`vault::parse`), and a whole
+        // `snapshot::build` (which compiles each record as it is read).
+        //
+        // `main-records` and `main-build` are the load as it was before the parse streamed,
+        // reproduced here for a baseline in the same minutes: serde_yaml_ng's `from_str` into
+        // `RawVault` (the event list, then every record beside it), then `build_records`.
+        "events" | "stream" | "records" | "build" | "main-records" | "main-build" => {
             let src = sources(n);
             let before = rss();
             reset_peak();
+            let started = Instant::now();
             match what {
                 "events" => {
                     black_box(serde_yaml_ng::from_str::<serde::de::IgnoredAny>(
                         &src.vault,
                     )?);
                 }
+                "stream" => {
+                    black_box(
+                        sidekey::config::vault::parse_each("vault.yaml", &src.vault, &mut |r| {
+                            drop(black_box(r))
+                        })
+                        .ok(),
+                    );
+                }
                 "records" => {
                     black_box(sidekey::config::vault::parse("vault.yaml", &src.vault).ok());
+                }
+                "main-records" => {
+                    black_box(serde_yaml_ng::from_str::<sidekey::config::vault::RawVault>(
+                        &src.vault,
+                    )?);
+                }
+                "main-build" => {
+                    let raw: sidekey::config::vault::RawVault =
+                        serde_yaml_ng::from_str(&src.vault)?;
+                    let catalog = std::sync::Arc::new(
+                        sidekey::config::providers::Catalog::parse(
+                            &src.providers_name,
+                            &src.providers,
+                        )
+                        .map_err(|d| anyhow::anyhow!("{d}"))?,
+                    );
+                    black_box(
+                        snapshot::build_records(
+                            "vault.yaml",
+                            catalog,
+                            raw,
+                            &BuildOptions::default(),
+                        )
+                        .ok(),
+                    );
                 }
                 _ => {
                     black_box(snapshot::build(&src, &BuildOptions::default()).ok());
                 }
             }
-            status_kib("VmHWM:").saturating_sub(before) as f64 * 1024.0 / n as f64
+            let took = started.elapsed();
+            let peak = status_kib("VmHWM:").saturating_sub(before) as f64 * 1024.0 / n as f64;
+            println!("{what} {peak:.0} {:.0}", took.as_secs_f64() * 1e3);
+            return Ok(());
         }
         // What the built snapshot keeps per connection once the text and the build's
         // transient state are gone (run with `MIMALLOC_PURGE_DELAY=0` so freed pages leave
@@ -319,7 +362,7 @@ fn main() -> anyhow::Result<()> {
         }
         // Each part in a process of its own, so that one's freed pages do not hide another's.
         let me = std::env::current_exe()?;
-        println!("| {n} entries of | bytes per entry (RSS) |\n|---|---:|");
+        println!("| {n} entries of | bytes per entry (RSS) | ms (loads only) |\n|---|---:|---:|");
         for (what, label) in [
             ("keys", "`Arc<str>` key `user-N` alone"),
             (
@@ -336,12 +379,24 @@ fn main() -> anyhow::Result<()> {
                 "peak of serde_yaml_ng's event list (parse into `IgnoredAny`), a connection",
             ),
             (
+                "stream",
+                "peak of the streaming parse alone (`vault::parse_each`, records dropped), a connection",
+            ),
+            (
                 "records",
-                "peak of `vault::parse` (events + records), a connection",
+                "peak of `vault::parse` (every record collected), a connection",
             ),
             (
                 "build",
                 "peak of `snapshot::build` from the text, a connection",
+            ),
+            (
+                "main-records",
+                "before streaming: peak of serde_yaml_ng `from_str::<RawVault>`, a connection",
+            ),
+            (
+                "main-build",
+                "before streaming: peak of `from_str` + `build_records`, a connection",
             ),
         ] {
             let out = std::process::Command::new(&me)
@@ -349,7 +404,8 @@ fn main() -> anyhow::Result<()> {
                 .output()?;
             let text = String::from_utf8_lossy(&out.stdout);
             let v = text.split_whitespace().nth(1).unwrap_or("?");
-            println!("| {label} | {v} |");
+            let ms = text.split_whitespace().nth(2).unwrap_or("");
+            println!("| {label} | {v} | {ms} |");
         }
         return Ok(());
     }

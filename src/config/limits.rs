@@ -1,7 +1,8 @@
 //! Input limits for every configuration file (providers.yaml, the vault, the `--state` file) and
 //! the constants later JSON inputs reuse: how files are opened, how large they may be, and a
 //! linear pre-scan of YAML text that refuses what would make the parser slow before
-//! serde_yaml_ng sees it.
+//! the YAML parser (serde_yaml_ng, or the vault's streaming `config::yaml_de`, which applies
+//! the same libyaml scanner) sees it.
 //!
 //! Why a pre-scan: serde_yaml_ng bounds *deserialization* (a recursion limit of 128, and alias
 //! replays to 100 per event), but it first loads every event of the document through the libyaml

@@ -17,6 +17,7 @@ pub mod sealed;
 pub mod snapshot;
 pub mod table;
 pub mod vault;
+pub mod yaml_de;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

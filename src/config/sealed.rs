@@ -484,25 +484,70 @@ pub fn seal_vault(v: &mut RawVault, key: &EncryptionKey) -> Result<usize, SealEr
 /// Stops at the first field that cannot be opened; the vault is then partly opened and must be
 /// discarded.
 pub fn open_vault(v: &mut RawVault, key: Option<&EncryptionKey>) -> Result<OpenReport, OpenError> {
-    let mut report = OpenReport::default();
-    for_each_secret(v, |field, secret| {
-        if !is_sealed(secret.expose()) {
-            if key.is_some() {
-                report.plaintext.push(field.path());
-            }
-            return Ok(());
+    let mut opener = Opener::new(key);
+    for (index, int) in v.integrations.iter_mut().enumerate() {
+        opener.integration(index, int)?;
+    }
+    for (index, conn) in v.connections.iter_mut().enumerate() {
+        opener.connection(index, conn)?;
+    }
+    Ok(opener.report)
+}
+
+/// [`open_vault`] one record at a time, for a build that compiles each record as it is
+/// parsed. Feed integrations before connections, each in file order, to get the same
+/// report and the same first failure as [`open_vault`].
+pub struct Opener<'k> {
+    key: Option<&'k EncryptionKey>,
+    pub report: OpenReport,
+}
+
+impl<'k> Opener<'k> {
+    pub fn new(key: Option<&'k EncryptionKey>) -> Self {
+        Self {
+            key,
+            report: OpenReport::default(),
         }
-        report.sealed_seen = true;
-        let fail = |reason| OpenError {
-            path: field.path(),
-            reason,
-        };
-        let key = key.ok_or_else(|| fail(OpenFailure::NoKey))?;
-        *secret = key.open(&field.aad(), secret.expose()).map_err(fail)?;
-        report.opened += 1;
-        Ok(())
-    })?;
-    Ok(report)
+    }
+
+    /// Opens the sealed secrets of `integrations[index]` in place.
+    pub fn integration(&mut self, index: usize, int: &mut RawIntegration) -> Result<(), OpenError> {
+        let (key, report) = (self.key, &mut self.report);
+        integration_secrets(index, int, &mut |field, secret| {
+            open_one(key, report, field, secret)
+        })
+    }
+
+    /// Opens the sealed secrets of `connections[index]` in place.
+    pub fn connection(&mut self, index: usize, conn: &mut RawConnection) -> Result<(), OpenError> {
+        let (key, report) = (self.key, &mut self.report);
+        connection_secrets(index, conn, &mut |field, secret| {
+            open_one(key, report, field, secret)
+        })
+    }
+}
+
+fn open_one(
+    key: Option<&EncryptionKey>,
+    report: &mut OpenReport,
+    field: &Field<'_>,
+    secret: &mut Secret,
+) -> Result<(), OpenError> {
+    if !is_sealed(secret.expose()) {
+        if key.is_some() {
+            report.plaintext.push(field.path());
+        }
+        return Ok(());
+    }
+    report.sealed_seen = true;
+    let fail = |reason| OpenError {
+        path: field.path(),
+        reason,
+    };
+    let key = key.ok_or_else(|| fail(OpenFailure::NoKey))?;
+    *secret = key.open(&field.aad(), secret.expose()).map_err(fail)?;
+    report.opened += 1;
+    Ok(())
 }
 
 /// Why a vault file could not be sealed again.

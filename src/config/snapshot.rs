@@ -21,6 +21,7 @@ use super::providers::{AuthMode, Catalog, Provider};
 use super::table::{ById, Connections};
 use super::vault::{
     self, KeyPlacement, RawConnection, RawCredentials, RawIntegration, RawSecretKey, RawVault,
+    Record,
 };
 use super::{Diagnostic, Sources};
 use crate::secret::Secret;
@@ -694,34 +695,28 @@ pub fn build_reusing(
             Catalog::default()
         }
     };
-    let mut raw = match vault::parse(&src.vault_name, &src.vault) {
-        Ok(v) => v,
-        Err(d) => {
-            errors.push(d);
-            return Err(errors);
-        }
-    };
-    // Sealed values are opened before anything looks at them, so the rest of the build (and
-    // the snapshot) only ever sees plaintext.
-    let sealing = match crate::config::sealed::open_vault(&mut raw, opts.encryption_key.as_deref())
-    {
-        Ok(report) => report,
-        Err(e) => {
-            errors.push(e.diagnostic(&src.vault_name));
-            return Err(errors);
-        }
-    };
     let catalog = Arc::new(catalog);
-    let mut snapshot = build_records_reusing(&src.vault_name, catalog.clone(), raw, opts, previous)
-        .map_err(|mut e| {
-            errors.append(&mut e);
-            errors.clone()
-        })?;
+    // Each record is compiled as soon as it is parsed and then dropped, so a load holds the
+    // growing snapshot plus one record, never the whole vault as events or records. Sealed
+    // values are opened first, record by record, so the rest of the build (and the snapshot)
+    // only ever sees plaintext.
+    let opener = crate::config::sealed::Opener::new(opts.encryption_key.as_deref());
+    let mut compile = Compile::new(&src.vault_name, &catalog, opts, previous, Some(opener));
+    if let Err(d) = vault::parse_each(&src.vault_name, &src.vault, &mut |r| compile.record(r)) {
+        errors.push(d);
+        return Err(errors);
+    }
+    let (mut snapshot, sealing) = compile.finish().map_err(|mut e| {
+        errors.append(&mut e);
+        errors.clone()
+    })?;
     if !errors.is_empty() {
         return Err(errors);
     }
     let mut warnings = snapshot.warnings.to_vec();
-    warnings.extend(sealing.diagnostics(&src.vault_name));
+    if let Some(sealing) = sealing {
+        warnings.extend(sealing.diagnostics(&src.vault_name));
+    }
     warnings.extend(catalog.warnings(&src.providers_name));
     snapshot.warnings = warnings.into();
     Ok(snapshot)
@@ -816,105 +811,227 @@ fn build_records_reusing(
     opts: &BuildOptions,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
-    let cat = catalog.clone();
-    let mut b = Builder::new(file, &cat);
-    let mut secret_keys: Vec<CallerKey> = opts
-        .env_keys
-        .iter()
-        .map(|d| CallerKey {
-            digest: *d,
-            scopes: crate::auth::Scopes::ALL,
-            from_env: true,
-            record: None,
-        })
-        .collect();
-    for (i, k) in raw.secret_keys.iter().enumerate() {
-        if let Some(key) = b.caller_key(&format!("secret_keys[{i}]"), k) {
-            secret_keys.push(key);
+    let mut compile = Compile::new(file, &catalog, opts, previous, None);
+    for (i, k) in raw.secret_keys.into_iter().enumerate() {
+        compile.record(Record::SecretKey(i, k));
+    }
+    for (i, int) in raw.integrations.into_iter().enumerate() {
+        compile.record(Record::Integration(i, int));
+    }
+    compile.record(Record::IntegrationsDone);
+    // Connections are moved out of the records, not cloned: a large vault is built with one
+    // allocation fewer per field, and freed once.
+    for (i, conn) in raw.connections.into_iter().enumerate() {
+        compile.record(Record::Connection(i, conn));
+    }
+    compile.finish().map(|(snapshot, _)| snapshot)
+}
+
+/// The compile side of a build, fed one record at a time in file order (by the streaming
+/// parse, or from a [`RawVault`]). Connections are compiled as they arrive once every
+/// integration is known; those read before the `integrations` list (a hand-written vault may
+/// put it last) wait for it. Problems come out in the order a whole-vault build gives them:
+/// caller keys, integrations, then connections.
+struct Compile<'c, 'p> {
+    b: Builder<'c>,
+    catalog: &'c Arc<Catalog>,
+    generation: u64,
+    /// The store's version counter (see [`BuildOptions::versions`]).
+    versions: Option<&'c crate::config::Versions>,
+    previous: Option<&'p Snapshot>,
+    /// Opens sealed values (a build from the file); `None` for records already in plaintext.
+    opener: Option<crate::config::sealed::Opener<'c>>,
+    /// The first value that could not be opened: the build fails with it alone.
+    open_error: Option<crate::config::sealed::OpenError>,
+    key_errors: Vec<Diagnostic>,
+    key_warnings: Vec<Diagnostic>,
+    secret_keys: Vec<CallerKey>,
+    integrations: Table<Arc<Integration>>,
+    /// Every integration key of the file, built or not.
+    known: std::collections::HashSet<String>,
+    integrations_done: bool,
+    waiting: Vec<(usize, RawConnection)>,
+    connections: HashMap<Arc<str>, Connections>,
+    by_connection_id: ById,
+}
+
+impl<'c, 'p> Compile<'c, 'p> {
+    fn new(
+        file: &'c str,
+        catalog: &'c Arc<Catalog>,
+        opts: &'c BuildOptions,
+        previous: Option<&'p Snapshot>,
+        opener: Option<crate::config::sealed::Opener<'c>>,
+    ) -> Self {
+        let secret_keys = opts
+            .env_keys
+            .iter()
+            .map(|d| CallerKey {
+                digest: *d,
+                scopes: crate::auth::Scopes::ALL,
+                from_env: true,
+                record: None,
+            })
+            .collect();
+        Self {
+            b: Builder::new(file, catalog),
+            catalog,
+            generation: opts.generation,
+            versions: opts.versions.as_deref(),
+            previous,
+            opener,
+            open_error: None,
+            key_errors: Vec::new(),
+            key_warnings: Vec::new(),
+            secret_keys,
+            integrations: Table::default(),
+            known: std::collections::HashSet::new(),
+            integrations_done: false,
+            waiting: Vec::new(),
+            connections: HashMap::new(),
+            by_connection_id: ById::default(),
         }
     }
-    let mut integrations: Table<Arc<Integration>> = Table::default();
-    for (i, raw_int) in raw.integrations.iter().enumerate() {
+
+    fn record(&mut self, record: Record) {
+        if self.open_error.is_some() {
+            return;
+        }
+        match record {
+            Record::SecretKey(i, k) => self.secret_key(i, &k),
+            Record::Integration(i, int) => self.integration(i, int),
+            Record::IntegrationsDone => self.integrations_done(),
+            Record::Connection(i, conn) if self.integrations_done => self.connection(i, conn),
+            Record::Connection(i, conn) => self.waiting.push((i, conn)),
+        }
+    }
+
+    fn secret_key(&mut self, i: usize, k: &RawSecretKey) {
+        // Caller keys may come anywhere in the file; their problems are listed first.
+        let (errors, warnings) = (self.b.errors.len(), self.b.warnings.len());
+        if let Some(key) = self.b.caller_key(&format!("secret_keys[{i}]"), k) {
+            self.secret_keys.push(key);
+        }
+        self.key_errors.extend(self.b.errors.drain(errors..));
+        self.key_warnings.extend(self.b.warnings.drain(warnings..));
+    }
+
+    fn integration(&mut self, i: usize, mut raw: RawIntegration) {
+        if let Some(opener) = &mut self.opener {
+            if let Err(e) = opener.integration(i, &mut raw) {
+                self.open_error = Some(e);
+                return;
+            }
+        }
+        self.known.insert(raw.unique_key.clone());
         let at = format!("integrations[{i}]");
-        if let Some(int) = b.integration(&at, raw_int) {
-            if integrations.contains_key(int.unique_key.as_str()) {
-                b.error(
+        if let Some(int) = self.b.integration(&at, &raw) {
+            if self.integrations.contains_key(int.unique_key.as_str()) {
+                self.b.error(
                     format!("{at}.unique_key"),
                     format!("duplicate unique_key `{}`", int.unique_key),
                 );
             } else {
-                let int = reusable_integration(previous, &int).unwrap_or_else(|| Arc::new(int));
-                integrations.insert(Arc::from(int.unique_key.as_str()), int);
+                let int =
+                    reusable_integration(self.previous, &int).unwrap_or_else(|| Arc::new(int));
+                self.integrations
+                    .insert(Arc::from(int.unique_key.as_str()), int);
             }
         }
     }
-    let known: std::collections::HashSet<&str> = raw
-        .integrations
-        .iter()
-        .map(|i| i.unique_key.as_str())
-        .collect();
-    let mut connections: HashMap<Arc<str>, Connections> = HashMap::new();
-    let mut by_connection_id = ById::default();
-    // Connections are moved out of the records, not cloned: a large vault is built with one
-    // allocation fewer per field, and freed once.
-    let mut failed_known = false;
-    for (i, raw_conn) in raw.connections.into_iter().enumerate() {
+
+    fn integrations_done(&mut self) {
+        self.integrations_done = true;
+        for (i, conn) in std::mem::take(&mut self.waiting) {
+            if self.open_error.is_some() {
+                return;
+            }
+            self.connection(i, conn);
+        }
+    }
+
+    fn connection(&mut self, i: usize, mut raw_conn: RawConnection) {
+        if let Some(opener) = &mut self.opener {
+            if let Err(e) = opener.connection(i, &mut raw_conn) {
+                self.open_error = Some(e);
+                return;
+            }
+        }
         let at = format!("connections[{i}]");
-        let Some(int) = integrations
+        let Some(int) = self
+            .integrations
             .get(raw_conn.provider_config_key.as_str())
             .cloned()
         else {
             // An integration that failed to build has already reported its own error.
-            if !known.contains(raw_conn.provider_config_key.as_str()) {
-                b.error(
+            if !self.known.contains(raw_conn.provider_config_key.as_str()) {
+                self.b.error(
                     format!("{at}.provider_config_key"),
                     format!("no integration `{}`", raw_conn.provider_config_key),
                 );
             }
-            failed_known = true;
-            continue;
+            return;
         };
-        let version = match previous_connection(previous, &int, &raw_conn) {
+        let version = match previous_connection(self.previous, &int, &raw_conn) {
             Previous::Reuse(old) => Ok(old),
             Previous::Keep(v) => Err(v),
-            Previous::New => Err(opts.versions.as_ref().map_or(0, |v| v.next())),
+            Previous::New => Err(self.versions.map_or(0, |v| v.next())),
         };
         let conn = match version {
             Ok(old) => old,
-            Err(version) => match b.connection(&at, raw_conn, &int, version) {
+            Err(version) => match self.b.connection(&at, raw_conn, &int, version) {
                 Some(c) => Arc::new(c),
-                None => continue,
+                None => return,
             },
         };
-        let table = connections
+        let table = self
+            .connections
             .entry(conn.provider_config_key.clone())
             .or_default();
         if table.contains_key(&conn.connection_id) {
-            b.error(
+            self.b.error(
                 at,
                 format!(
                     "duplicate connection `{}` for integration `{}`",
                     conn.connection_id, conn.provider_config_key
                 ),
             );
-            continue;
+            return;
         }
         table.insert(conn.clone());
-        by_connection_id.insert(conn);
+        self.by_connection_id.insert(conn);
     }
-    let _ = failed_known;
-    if !b.errors.is_empty() {
-        return Err(b.errors);
+
+    /// The snapshot, and what opening sealed values found (when this build opened them).
+    fn finish(
+        mut self,
+    ) -> Result<(Snapshot, Option<crate::config::sealed::OpenReport>), Vec<Diagnostic>> {
+        if !self.integrations_done {
+            self.integrations_done();
+        }
+        if let Some(e) = self.open_error {
+            return Err(vec![e.diagnostic(self.b.file)]);
+        }
+        let mut errors = self.key_errors;
+        errors.append(&mut self.b.errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut warnings = self.key_warnings;
+        warnings.append(&mut self.b.warnings);
+        Ok((
+            Snapshot {
+                generation: self.generation,
+                secret_keys: self.secret_keys.into(),
+                integrations: self.integrations,
+                connections: self.connections.into_iter().collect(),
+                by_connection_id: self.by_connection_id,
+                catalog: self.catalog.clone(),
+                warnings: warnings.into(),
+            },
+            self.opener.map(|o| o.report),
+        ))
     }
-    Ok(Snapshot {
-        generation: opts.generation,
-        secret_keys: secret_keys.into(),
-        integrations,
-        connections: connections.into_iter().collect(),
-        by_connection_id,
-        catalog,
-        warnings: b.warnings.into(),
-    })
 }
 
 /// Parses a hex SHA-256 digest, any case.
@@ -1538,6 +1655,32 @@ connections:
         let o = s.connection("o", "c").expect("present");
         assert_eq!(o.dynamic().len(), 1);
         assert_eq!(s.by_connection_id.get("c").count(), 2);
+    }
+
+    /// The build compiles records as the parse reads them; a vault whose sections come in
+    /// another order (connections before integrations, caller keys last) gives the same
+    /// snapshot, and the same problems in the same order, as the usual order.
+    #[test]
+    fn section_order_does_not_matter() {
+        let keys = "secret_keys: [{sha256: nothex}, {sha256: ''}]\n";
+        let ints = "integrations:\n  - {unique_key: i, provider: api}\n  - {unique_key: i, provider: api}\n  - {unique_key: b, provider: basic}\n";
+        let conns = "connections:\n  - {connection_id: c, provider_config_key: i, credentials: {type: BASIC, username: u}}\n  - {connection_id: e, provider_config_key: missing, credentials: {type: API_KEY, apiKey: k}}\n  - {connection_id: d, provider_config_key: b, credentials: {type: BASIC, username: u, password: p}}\n";
+        let usual = messages(&build_vault(&format!("{keys}{ints}{conns}")).expect_err("refused"));
+        assert!(usual.len() >= 4, "{usual:?}");
+        for text in [
+            format!("{conns}{ints}{keys}"),
+            format!("{ints}{conns}{keys}"),
+            format!("{conns}{keys}{ints}"),
+        ] {
+            let got = messages(&build_vault(&text).expect_err("refused"));
+            assert_eq!(got, usual, "{text}");
+        }
+        let ints = "integrations:\n  - {unique_key: b, provider: basic}\n  - {unique_key: i, provider: api}\n";
+        let conns = "connections:\n  - {connection_id: d, provider_config_key: b, credentials: {type: BASIC, username: u, password: p}}\n  - {connection_id: x, provider_config_key: i, credentials: {type: API_KEY, apiKey: k}, connection_config: {sub: s, tenant: t}}\n";
+        let usual = build_vault(&format!("{ints}{conns}")).expect("builds");
+        let reordered = build_vault(&format!("{conns}{ints}")).expect("builds");
+        assert_eq!(usual.records(), reordered.records());
+        assert_eq!(usual.connection_count(), 2);
     }
 
     #[test]
