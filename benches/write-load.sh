@@ -20,7 +20,8 @@
 #     errors), and the medians over the rounds. Afterwards `sidekey check` must accept the
 #     vault and count N + 1 connections.
 #
-# Knobs: SIZES="10000 100000", DURATION=10, ROUNDS=3, WRITERS=16, PROXY_CONNS=1,
+# Knobs: SIZES="10000 100000", DURATION=10, ROUNDS=3, WRITERS=16, WRITE_RATE (unset: flat
+#   out; else the writers pace themselves to about that many writes/s), PROXY_CONNS=1,
 #   BINS="new=target/release/sidekey" (add old=PATH for the memory baseline),
 #   UPSTREAM_BIN=target/release/examples/bench-upstream, CPU_PROXY=0 (sidekey and the
 #   upstream), CPU_LOADGEN=1 (both wrk), IDLE=3 (seconds idle before reading RSS),
@@ -40,6 +41,11 @@ SIZES=${SIZES:-"10000 100000"}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 WRITERS=${WRITERS:-16}
+# WRITE_RATE (writes/s, all writers together): writers pace themselves to about that rate
+# (each waits WRITERS*1000/WRITE_RATE ms after each answer); unset = flat out.
+WRITE_RATE=${WRITE_RATE:-}
+WRITE_DELAY_MS=0
+if [[ -n "$WRITE_RATE" ]]; then WRITE_DELAY_MS=$(( WRITERS * 1000 / WRITE_RATE )); fi
 PROXY_CONNS=${PROXY_CONNS:-1}
 BINS=${BINS:-"new=$ROOT/target/release/sidekey"}
 UPSTREAM_BIN=${UPSTREAM_BIN:-$ROOT/target/release/examples/bench-upstream}
@@ -148,7 +154,13 @@ YAML
 # qry-int (user-(4k+1)), so the vault keeps its size.
 cat >"$TMP/writer.lua" <<'LUA'
 local n = tonumber(os.getenv("WL_N"))
+local pause = tonumber(os.getenv("WL_DELAY_MS") or "0")
 local seq = 0
+-- With WRITE_RATE set, each writer waits between its writes, so the writers together hold
+-- about that rate (less the time each write itself takes) instead of writing flat out.
+if pause > 0 then
+    delay = function() return pause end
+end
 math.randomseed(os.time())
 request = function()
     seq = seq + 1
@@ -188,7 +200,7 @@ wrk_run() {
             -H "Authorization: Bearer $CALLER_KEY" -H "Connection-Id: c1" -H "Provider-Config-Key: bench" \
             "http://$HOST:$SPORT/proxy/items" | grep WRK_RESULT
     else
-        WL_N=$n taskset -c "$CPU_LOADGEN" wrk -t1 -c"$WRITERS" -d"${secs}s" --timeout 30s --latency \
+        WL_N=$n WL_DELAY_MS=$WRITE_DELAY_MS taskset -c "$CPU_LOADGEN" wrk -t1 -c"$WRITERS" -d"${secs}s" --timeout 30s --latency \
             -s "$TMP/writer.lua" "http://$HOST:$SPORT/" | grep WRK_RESULT
     fi
 }
@@ -201,7 +213,7 @@ median() { sort -g | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]; 
 echo "## write-load.sh results ($(date -u +%Y-%m-%dT%H:%MZ))"
 echo
 echo "- machine: $(nproc) CPUs, $(uname -r), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- sidekey and the upstream on CPU $CPU_PROXY, wrk on CPU $CPU_LOADGEN; DURATION=$DURATION ROUNDS=$ROUNDS WRITERS=$WRITERS PROXY_CONNS=$PROXY_CONNS"
+echo "- sidekey and the upstream on CPU $CPU_PROXY, wrk on CPU $CPU_LOADGEN; DURATION=$DURATION ROUNDS=$ROUNDS WRITERS=$WRITERS WRITE_RATE=${WRITE_RATE:-flat out} PROXY_CONNS=$PROXY_CONNS"
 echo
 MEM_ROWS=()
 WRITE_ROWS=()
