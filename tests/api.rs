@@ -534,9 +534,11 @@ secret_keys:
   - {{sha256: "{}", scopes: [connections:read, integrations:read]}}
   - {{sha256: "{}", scopes: [environment:connections:read, connections:read_credentials]}}
   - {{sha256: "{}", scopes: [connections:write, integrations:read]}}
+  - {{sha256: "{}", scopes: [integrations:read, integrations:write]}}
+  - {{sha256: "{}", scopes: [integrations:read, integrations:write, connections:read_credentials]}}
 integrations:
   - {{unique_key: gh, provider: hdr}}
-  - {{unique_key: o, provider: oauth}}
+  - {{unique_key: o, provider: oauth, credentials: {{type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}}}
 connections:
   - {{connection_id: u1, provider_config_key: gh, credentials: {{type: API_KEY, apiKey: "{SECRET}"}}}}
   - {{connection_id: o1, provider_config_key: o, credentials: {{type: OAUTH2, access_token: at, refresh_token: "rt-secret"}}}}
@@ -544,7 +546,9 @@ connections:
         d("key-proxy"),
         d("key-read"),
         d("key-creds"),
-        d("key-write")
+        d("key-write"),
+        d("key-int"),
+        d("key-int-creds")
     )
 }
 
@@ -658,6 +662,106 @@ async fn scope_matrix() {
     .await;
     assert_eq!(res.status, 403);
     assert!(res.text().contains("integrations:write"));
+    // write: sets (POST) and merges (PATCH) metadata, deletes a connection.
+    let res = send(
+        "key-write",
+        "POST",
+        "/connections/metadata",
+        json!({"connection_id": "u9", "provider_config_key": "gh", "metadata": {"a": 1}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = send(
+        "key-write",
+        "PATCH",
+        "/connections/metadata",
+        json!({"connection_id": "u9", "provider_config_key": "gh", "metadata": {"b": 2}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = send(
+        "key-read",
+        "GET",
+        "/connections/u9?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        res.json()["metadata"],
+        json!({"a": 1, "b": 2}),
+        "{}",
+        res.text()
+    );
+    let res = send(
+        "key-write",
+        "DELETE",
+        "/connections/u9?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = send(
+        "key-read",
+        "GET",
+        "/connections/u9?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 404, "{}", res.text());
+    // integrations:write: creates, patches and deletes integrations, but may not import.
+    let res = send(
+        "key-int",
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "z"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = send(
+        "key-int",
+        "PATCH",
+        "/integrations/z",
+        json!({"display_name": "Zed"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["data"]["display_name"], "Zed");
+    let res = send("key-int", "DELETE", "/integrations/z", Value::Null).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json(), json!({"success": true}));
+    let res = send("key-int", "GET", "/integrations/z", Value::Null).await;
+    assert_eq!(res.status, 404);
+    let res = send("key-int", "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u8", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
+    assert_eq!(res.status, 403);
+    // include=credentials: the client secret is a credential, so integrations:write alone
+    // does not show it; with connections:read_credentials too it does.
+    let res = send(
+        "key-int",
+        "GET",
+        "/integrations/o?include=credentials",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(
+        res.json()["data"].get("credentials").is_none(),
+        "{}",
+        res.text()
+    );
+    assert!(!res.text().contains("csecret"), "{}", res.text());
+    let res = send(
+        "key-int-creds",
+        "GET",
+        "/integrations/o?include=credentials",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.json()["data"]["credentials"]["client_secret"],
+        "csecret"
+    );
+    assert_eq!(res.json()["data"]["credentials"]["client_id"], "cid");
 }
 
 #[test]
@@ -1000,7 +1104,8 @@ async fn nangos_field_limits_and_integration_includes() {
         let res = call(&c, &sk, "GET", &format!("/providers?{q}"), Value::Null).await;
         assert_eq!(res.status, 400, "{q}");
     }
-    // include=credentials shows the client secret to a key that may read secrets.
+    // include=credentials shows the client secret to a key that may read secrets (the
+    // environment's key has every scope; see `scope_matrix` for keys with fewer).
     let res = call(
         &c,
         &sk,
