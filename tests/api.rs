@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use support::app::test_app;
 use support::client::{TestClient, AUTH};
 use support::sidekey::{run_cli, sidekey, Sidekey};
-use support::upstream::{ok_json, Upstream};
+use support::upstream::{ok_json, reply, Recorded, SyncHandler, Upstream};
 use support::Served;
 use support::CALLER_KEY;
 
@@ -1134,4 +1134,175 @@ async fn nangos_field_limits_and_integration_includes() {
     assert_eq!(res.error_code(), "invalid_query_params");
     let res = call(&c, &sk, "GET", "/integrations?x=1", Value::Null).await;
     assert_eq!(res.status, 400);
+}
+
+/// An upstream that is also the `oauth` provider's token endpoint (`/token`): it grants
+/// `at-fresh` / `rt-fresh`; every other path answers 200 `{"ok":true}`.
+fn with_token_endpoint() -> SyncHandler {
+    Arc::new(|r: &Recorded| {
+        let body = if r.uri.path() == "/token" {
+            json!({"access_token": "at-fresh", "refresh_token": "rt-fresh",
+                   "expires_in": 3600, "token_type": "Bearer"})
+        } else {
+            json!({"ok": true})
+        };
+        let mut res = reply(200, body.to_string());
+        res.headers_mut()
+            .insert("content-type", "application/json".parse().expect("value"));
+        res
+    })
+}
+
+fn token_calls(up: &Upstream) -> Vec<Recorded> {
+    up.requests()
+        .into_iter()
+        .filter(|r| r.uri.path() == "/token")
+        .collect()
+}
+
+#[tokio::test]
+async fn force_refresh_refreshes_an_oauth2_connection_now() {
+    // A token valid for a year: nothing but force_refresh makes sidekey call the endpoint.
+    let vault = "integrations:\n  - {unique_key: o, provider: oauth, credentials: {type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}\nconnections:\n  - {connection_id: o1, provider_config_key: o, credentials: {type: OAUTH2, access_token: at-old, refresh_token: rt-old, expires_at: \"2099-01-01T00:00:00Z\"}}\n";
+    let up = Upstream::start(with_token_endpoint()).await;
+    let sk = sidekey(&providers(&up.url("")), vault).start();
+    let c = TestClient::default();
+    let get = |q: &'static str| {
+        let (c, sk) = (&c, &sk);
+        async move {
+            let res = call(
+                c,
+                sk,
+                "GET",
+                &format!("/connections/o1?provider_config_key=o{q}"),
+                Value::Null,
+            )
+            .await;
+            assert_eq!(res.status, 200, "{q}: {}", res.text());
+            res
+        }
+    };
+    let res = get("").await;
+    assert_eq!(res.json()["credentials"]["access_token"], "at-old");
+    assert!(token_calls(&up).is_empty());
+    let res = get("&force_refresh=true").await;
+    assert_eq!(
+        res.json()["credentials"]["access_token"],
+        "at-fresh",
+        "{}",
+        res.text()
+    );
+    // The refresh token only with refresh_token=true: neither the old nor the new one.
+    assert!(
+        res.json()["credentials"].get("refresh_token").is_none(),
+        "{}",
+        res.text()
+    );
+    assert!(!res.text().contains("rt-fresh") && !res.text().contains("rt-old"));
+    let calls = token_calls(&up);
+    assert_eq!(calls.len(), 1, "one token call");
+    let form = String::from_utf8_lossy(&calls[0].body).into_owned();
+    assert!(form.contains("grant_type=refresh_token"), "{form}");
+    assert!(form.contains("refresh_token=rt-old"), "{form}");
+    // The refreshed token is the one kept: asked again, without forcing, no new call.
+    let res = get("&refresh_token=true").await;
+    assert_eq!(res.json()["credentials"]["access_token"], "at-fresh");
+    assert_eq!(res.json()["credentials"]["refresh_token"], "rt-fresh");
+    assert_eq!(token_calls(&up).len(), 1);
+    // And the proxy uses it.
+    assert_eq!(c.proxy(&sk.url(""), "/x", "o1", "o").await.status, 200);
+    let last = up.requests().pop().expect("proxied request");
+    assert_eq!(last.header("authorization"), Some("Bearer at-fresh"));
+}
+
+#[tokio::test]
+async fn imported_oauth2_basic_and_oauth2_cc_credentials_are_injected() {
+    let up = Upstream::start(with_token_endpoint()).await;
+    let base = up.url("");
+    let providers = format!(
+        "{}cc: {{auth_mode: OAUTH2_CC, token_url: \"{base}/cc/token\", proxy: {{base_url: \"{base}\"}}}}\n",
+        providers(&base)
+    );
+    let vault = "integrations:\n  - {unique_key: o, provider: oauth, credentials: {type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}\n  - {unique_key: b, provider: basic}\n  - {unique_key: cc, provider: cc}\nconnections: []\n";
+    let sk = sidekey(&providers, vault).start();
+    let c = TestClient::default();
+    let imports = [
+        (
+            "o",
+            json!({"type": "OAUTH2", "access_token": "at-imported", "refresh_token": "rt-imported",
+                     "expires_at": "2099-01-01T00:00:00Z"}),
+        ),
+        (
+            "b",
+            json!({"type": "BASIC", "username": "user", "password": "pass-imported"}),
+        ),
+        (
+            "cc",
+            json!({"type": "OAUTH2_CC", "client_id": "cc-id", "client_secret": "cc-secret",
+                      "token": "cc-token-imported", "expires_at": "2099-01-01T00:00:00Z"}),
+        ),
+    ];
+    for (int, creds) in &imports {
+        let res = call(
+            &c,
+            &sk,
+            "POST",
+            "/connections",
+            json!({"provider_config_key": int, "connection_id": "u1", "credentials": creds}),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{int}: {}", res.text());
+        assert_eq!(res.json()["provider_config_key"], *int);
+    }
+    // GET with credentials (the environment's key may read them) returns what was imported.
+    let res = call(
+        &c,
+        &sk,
+        "GET",
+        "/connections/u1?provider_config_key=o&refresh_token=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        res.json()["credentials"]["access_token"],
+        "at-imported",
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.json()["credentials"]["refresh_token"], "rt-imported");
+    let res = call(
+        &c,
+        &sk,
+        "GET",
+        "/connections/u1?provider_config_key=b",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        res.json()["credentials"]["password"],
+        "pass-imported",
+        "{}",
+        res.text()
+    );
+    // The proxy injects each, without a token call (the tokens are valid until 2099).
+    let basic = format!("Basic {}", base64_encode("user:pass-imported"));
+    for (int, want) in [
+        ("o", "Bearer at-imported".to_string()),
+        ("b", basic),
+        ("cc", "Bearer cc-token-imported".to_string()),
+    ] {
+        let res = c.proxy(&sk.url(""), "/x", "u1", int).await;
+        assert_eq!(res.status, 200, "{int}: {}", res.text());
+        let last = up.requests().pop().expect("proxied request");
+        assert_eq!(last.header("authorization"), Some(want.as_str()), "{int}");
+    }
+    assert!(up
+        .requests()
+        .iter()
+        .all(|r| !r.uri.path().ends_with("token")));
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
