@@ -1306,3 +1306,63 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// Makes a directory immutable (`chattr +i`: even root may not create, rename or remove
+/// entries in it, EPERM) until dropped; `None` where chattr or the file system cannot.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &std::path::Path) -> Option<Self> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_vault_directory_that_cannot_be_written_is_a_read_only_store() {
+    // No --vault-read-only: the vault merely sits where nothing can be created (as a
+    // Kubernetes Secret mount). Writes answer 409 store_read_only (503 before), serving goes
+    // on, and a refreshed token goes to the state file.
+    let vault = "integrations:\n  - {unique_key: o, provider: oauth, credentials: {type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}\nconnections:\n  - {connection_id: o1, provider_config_key: o, credentials: {type: OAUTH2, access_token: at-old, refresh_token: rt-old, expires_at: \"2000-01-01T00:00:00Z\"}}\n";
+    let up = Upstream::start(with_token_endpoint()).await;
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let state = state_dir.path().join("state.yaml");
+    let sk = sidekey(&providers(&up.url("")), vault)
+        .arg(format!("--state={}", state.display()))
+        .start();
+    let Some(_immutable) = Immutable::set(sk.dir()) else {
+        eprintln!("skipped: chattr +i is not available here");
+        return;
+    };
+    let before = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    let c = TestClient::default();
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "o", "connection_id": "o2", "credentials": {"type": "OAUTH2", "access_token": "t"}})).await;
+    assert_eq!(res.status, 409, "{}", res.text());
+    assert_eq!(res.error_code(), "store_read_only");
+    assert!(res.text().contains("--vault-read-only"), "{}", res.text());
+    // The expired token is refreshed on the next proxied request; the vault cannot take it,
+    // the state file does.
+    assert_eq!(c.proxy(&sk.url(""), "/x", "o1", "o").await.status, 200);
+    assert_eq!(token_calls(&up).len(), 1);
+    let last = up.requests().pop().expect("proxied request");
+    assert_eq!(last.header("authorization"), Some("Bearer at-fresh"));
+    assert_eq!(
+        std::fs::read_to_string(sk.path("vault.yaml")).expect("vault"),
+        before
+    );
+    let st = std::fs::read_to_string(&state).expect("state file written");
+    assert!(st.contains("at-fresh") && st.contains("rt-fresh"), "{st}");
+}

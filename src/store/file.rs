@@ -253,7 +253,7 @@ fn write_error(e: &std::io::Error) -> StoreError {
         ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
             StoreError::ReadOnly(format!(
                 "the vault cannot be written here ({e}); change it where it is managed, or start \
-             sidekey with --vault-read-only"
+                 sidekey with --vault-read-only"
             ))
         }
         _ => StoreError::Unavailable(format!("cannot write the vault: {e}")),
