@@ -16,7 +16,7 @@
 //! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`];
 //!   [`config::sealed`] opens and seals the vault's secret fields (`SIDEKEY_ENCRYPTION_KEY`,
 //!   `enc:v1:…`); [`config::reload`] swaps in a new snapshot when the files change.
-//! - [`credstore`]: where refreshed credentials persist (vault patch or state file).
+//! - [`credstore`]: the state file that keeps refreshed credentials of a read-only vault.
 //! - [`upstream`]: the pooled upstream client, the connector with `--resolve` pins and the
 //!   override address policy, the rustls client config; shared by proxy, oauth and otel.
 //! - [`otel`]: OpenTelemetry spans per request, upstream attempt and token call, exported over

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use support::app::test_app;
 use support::client::{TestClient, AUTH};
 use support::sidekey::{run_cli, sidekey, Sidekey};
-use support::upstream::{ok_json, Upstream};
+use support::upstream::{ok_json, reply, Recorded, SyncHandler, Upstream};
 use support::Served;
 use support::CALLER_KEY;
 
@@ -534,9 +534,11 @@ secret_keys:
   - {{sha256: "{}", scopes: [connections:read, integrations:read]}}
   - {{sha256: "{}", scopes: [environment:connections:read, connections:read_credentials]}}
   - {{sha256: "{}", scopes: [connections:write, integrations:read]}}
+  - {{sha256: "{}", scopes: [integrations:read, integrations:write]}}
+  - {{sha256: "{}", scopes: [integrations:read, integrations:write, connections:read_credentials]}}
 integrations:
   - {{unique_key: gh, provider: hdr}}
-  - {{unique_key: o, provider: oauth}}
+  - {{unique_key: o, provider: oauth, credentials: {{type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}}}
 connections:
   - {{connection_id: u1, provider_config_key: gh, credentials: {{type: API_KEY, apiKey: "{SECRET}"}}}}
   - {{connection_id: o1, provider_config_key: o, credentials: {{type: OAUTH2, access_token: at, refresh_token: "rt-secret"}}}}
@@ -544,7 +546,9 @@ connections:
         d("key-proxy"),
         d("key-read"),
         d("key-creds"),
-        d("key-write")
+        d("key-write"),
+        d("key-int"),
+        d("key-int-creds")
     )
 }
 
@@ -658,6 +662,106 @@ async fn scope_matrix() {
     .await;
     assert_eq!(res.status, 403);
     assert!(res.text().contains("integrations:write"));
+    // write: sets (POST) and merges (PATCH) metadata, deletes a connection.
+    let res = send(
+        "key-write",
+        "POST",
+        "/connections/metadata",
+        json!({"connection_id": "u9", "provider_config_key": "gh", "metadata": {"a": 1}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = send(
+        "key-write",
+        "PATCH",
+        "/connections/metadata",
+        json!({"connection_id": "u9", "provider_config_key": "gh", "metadata": {"b": 2}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = send(
+        "key-read",
+        "GET",
+        "/connections/u9?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        res.json()["metadata"],
+        json!({"a": 1, "b": 2}),
+        "{}",
+        res.text()
+    );
+    let res = send(
+        "key-write",
+        "DELETE",
+        "/connections/u9?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = send(
+        "key-read",
+        "GET",
+        "/connections/u9?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 404, "{}", res.text());
+    // integrations:write: creates, patches and deletes integrations, but may not import.
+    let res = send(
+        "key-int",
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "z"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = send(
+        "key-int",
+        "PATCH",
+        "/integrations/z",
+        json!({"display_name": "Zed"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["data"]["display_name"], "Zed");
+    let res = send("key-int", "DELETE", "/integrations/z", Value::Null).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json(), json!({"success": true}));
+    let res = send("key-int", "GET", "/integrations/z", Value::Null).await;
+    assert_eq!(res.status, 404);
+    let res = send("key-int", "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u8", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
+    assert_eq!(res.status, 403);
+    // include=credentials: the client secret is a credential, so integrations:write alone
+    // does not show it; with connections:read_credentials too it does.
+    let res = send(
+        "key-int",
+        "GET",
+        "/integrations/o?include=credentials",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(
+        res.json()["data"].get("credentials").is_none(),
+        "{}",
+        res.text()
+    );
+    assert!(!res.text().contains("csecret"), "{}", res.text());
+    let res = send(
+        "key-int-creds",
+        "GET",
+        "/integrations/o?include=credentials",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.json()["data"]["credentials"]["client_secret"],
+        "csecret"
+    );
+    assert_eq!(res.json()["data"]["credentials"]["client_id"], "cid");
 }
 
 #[test]
@@ -1000,7 +1104,8 @@ async fn nangos_field_limits_and_integration_includes() {
         let res = call(&c, &sk, "GET", &format!("/providers?{q}"), Value::Null).await;
         assert_eq!(res.status, 400, "{q}");
     }
-    // include=credentials shows the client secret to a key that may read secrets.
+    // include=credentials shows the client secret to a key that may read secrets (the
+    // environment's key has every scope; see `scope_matrix` for keys with fewer).
     let res = call(
         &c,
         &sk,
@@ -1029,4 +1134,235 @@ async fn nangos_field_limits_and_integration_includes() {
     assert_eq!(res.error_code(), "invalid_query_params");
     let res = call(&c, &sk, "GET", "/integrations?x=1", Value::Null).await;
     assert_eq!(res.status, 400);
+}
+
+/// An upstream that is also the `oauth` provider's token endpoint (`/token`): it grants
+/// `at-fresh` / `rt-fresh`; every other path answers 200 `{"ok":true}`.
+fn with_token_endpoint() -> SyncHandler {
+    Arc::new(|r: &Recorded| {
+        let body = if r.uri.path() == "/token" {
+            json!({"access_token": "at-fresh", "refresh_token": "rt-fresh",
+                   "expires_in": 3600, "token_type": "Bearer"})
+        } else {
+            json!({"ok": true})
+        };
+        let mut res = reply(200, body.to_string());
+        res.headers_mut()
+            .insert("content-type", "application/json".parse().expect("value"));
+        res
+    })
+}
+
+fn token_calls(up: &Upstream) -> Vec<Recorded> {
+    up.requests()
+        .into_iter()
+        .filter(|r| r.uri.path() == "/token")
+        .collect()
+}
+
+#[tokio::test]
+async fn force_refresh_refreshes_an_oauth2_connection_now() {
+    // A token valid for a year: nothing but force_refresh makes sidekey call the endpoint.
+    let vault = "integrations:\n  - {unique_key: o, provider: oauth, credentials: {type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}\nconnections:\n  - {connection_id: o1, provider_config_key: o, credentials: {type: OAUTH2, access_token: at-old, refresh_token: rt-old, expires_at: \"2099-01-01T00:00:00Z\"}}\n";
+    let up = Upstream::start(with_token_endpoint()).await;
+    let sk = sidekey(&providers(&up.url("")), vault).start();
+    let c = TestClient::default();
+    let get = |q: &'static str| {
+        let (c, sk) = (&c, &sk);
+        async move {
+            let res = call(
+                c,
+                sk,
+                "GET",
+                &format!("/connections/o1?provider_config_key=o{q}"),
+                Value::Null,
+            )
+            .await;
+            assert_eq!(res.status, 200, "{q}: {}", res.text());
+            res
+        }
+    };
+    let res = get("").await;
+    assert_eq!(res.json()["credentials"]["access_token"], "at-old");
+    assert!(token_calls(&up).is_empty());
+    let res = get("&force_refresh=true").await;
+    assert_eq!(
+        res.json()["credentials"]["access_token"],
+        "at-fresh",
+        "{}",
+        res.text()
+    );
+    // The refresh token only with refresh_token=true: neither the old nor the new one.
+    assert!(
+        res.json()["credentials"].get("refresh_token").is_none(),
+        "{}",
+        res.text()
+    );
+    assert!(!res.text().contains("rt-fresh") && !res.text().contains("rt-old"));
+    let calls = token_calls(&up);
+    assert_eq!(calls.len(), 1, "one token call");
+    let form = String::from_utf8_lossy(&calls[0].body).into_owned();
+    assert!(form.contains("grant_type=refresh_token"), "{form}");
+    assert!(form.contains("refresh_token=rt-old"), "{form}");
+    // The refreshed token is the one kept: asked again, without forcing, no new call.
+    let res = get("&refresh_token=true").await;
+    assert_eq!(res.json()["credentials"]["access_token"], "at-fresh");
+    assert_eq!(res.json()["credentials"]["refresh_token"], "rt-fresh");
+    assert_eq!(token_calls(&up).len(), 1);
+    // And the proxy uses it.
+    assert_eq!(c.proxy(&sk.url(""), "/x", "o1", "o").await.status, 200);
+    let last = up.requests().pop().expect("proxied request");
+    assert_eq!(last.header("authorization"), Some("Bearer at-fresh"));
+}
+
+#[tokio::test]
+async fn imported_oauth2_basic_and_oauth2_cc_credentials_are_injected() {
+    let up = Upstream::start(with_token_endpoint()).await;
+    let base = up.url("");
+    let providers = format!(
+        "{}cc: {{auth_mode: OAUTH2_CC, token_url: \"{base}/cc/token\", proxy: {{base_url: \"{base}\"}}}}\n",
+        providers(&base)
+    );
+    let vault = "integrations:\n  - {unique_key: o, provider: oauth, credentials: {type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}\n  - {unique_key: b, provider: basic}\n  - {unique_key: cc, provider: cc}\nconnections: []\n";
+    let sk = sidekey(&providers, vault).start();
+    let c = TestClient::default();
+    let imports = [
+        (
+            "o",
+            json!({"type": "OAUTH2", "access_token": "at-imported", "refresh_token": "rt-imported",
+                     "expires_at": "2099-01-01T00:00:00Z"}),
+        ),
+        (
+            "b",
+            json!({"type": "BASIC", "username": "user", "password": "pass-imported"}),
+        ),
+        (
+            "cc",
+            json!({"type": "OAUTH2_CC", "client_id": "cc-id", "client_secret": "cc-secret",
+                      "token": "cc-token-imported", "expires_at": "2099-01-01T00:00:00Z"}),
+        ),
+    ];
+    for (int, creds) in &imports {
+        let res = call(
+            &c,
+            &sk,
+            "POST",
+            "/connections",
+            json!({"provider_config_key": int, "connection_id": "u1", "credentials": creds}),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{int}: {}", res.text());
+        assert_eq!(res.json()["provider_config_key"], *int);
+    }
+    // GET with credentials (the environment's key may read them) returns what was imported.
+    let res = call(
+        &c,
+        &sk,
+        "GET",
+        "/connections/u1?provider_config_key=o&refresh_token=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        res.json()["credentials"]["access_token"],
+        "at-imported",
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.json()["credentials"]["refresh_token"], "rt-imported");
+    let res = call(
+        &c,
+        &sk,
+        "GET",
+        "/connections/u1?provider_config_key=b",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        res.json()["credentials"]["password"],
+        "pass-imported",
+        "{}",
+        res.text()
+    );
+    // The proxy injects each, without a token call (the tokens are valid until 2099).
+    let basic = format!("Basic {}", base64_encode("user:pass-imported"));
+    for (int, want) in [
+        ("o", "Bearer at-imported".to_string()),
+        ("b", basic),
+        ("cc", "Bearer cc-token-imported".to_string()),
+    ] {
+        let res = c.proxy(&sk.url(""), "/x", "u1", int).await;
+        assert_eq!(res.status, 200, "{int}: {}", res.text());
+        let last = up.requests().pop().expect("proxied request");
+        assert_eq!(last.header("authorization"), Some(want.as_str()), "{int}");
+    }
+    assert!(up
+        .requests()
+        .iter()
+        .all(|r| !r.uri.path().ends_with("token")));
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Makes a directory immutable (`chattr +i`: even root may not create, rename or remove
+/// entries in it, EPERM) until dropped; `None` where chattr or the file system cannot.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &std::path::Path) -> Option<Self> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_vault_directory_that_cannot_be_written_is_a_read_only_store() {
+    // No --vault-read-only: the vault merely sits where nothing can be created (as a
+    // Kubernetes Secret mount). Writes answer 409 store_read_only (503 before), serving goes
+    // on, and a refreshed token goes to the state file.
+    let vault = "integrations:\n  - {unique_key: o, provider: oauth, credentials: {type: OAUTH2, oauth_client_id: cid, oauth_client_secret: csecret}}\nconnections:\n  - {connection_id: o1, provider_config_key: o, credentials: {type: OAUTH2, access_token: at-old, refresh_token: rt-old, expires_at: \"2000-01-01T00:00:00Z\"}}\n";
+    let up = Upstream::start(with_token_endpoint()).await;
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let state = state_dir.path().join("state.yaml");
+    let sk = sidekey(&providers(&up.url("")), vault)
+        .arg(format!("--state={}", state.display()))
+        .start();
+    let Some(_immutable) = Immutable::set(sk.dir()) else {
+        eprintln!("skipped: chattr +i is not available here");
+        return;
+    };
+    let before = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    let c = TestClient::default();
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "o", "connection_id": "o2", "credentials": {"type": "OAUTH2", "access_token": "t"}})).await;
+    assert_eq!(res.status, 409, "{}", res.text());
+    assert_eq!(res.error_code(), "store_read_only");
+    assert!(res.text().contains("--vault-read-only"), "{}", res.text());
+    // The expired token is refreshed on the next proxied request; the vault cannot take it,
+    // the state file does.
+    assert_eq!(c.proxy(&sk.url(""), "/x", "o1", "o").await.status, 200);
+    assert_eq!(token_calls(&up).len(), 1);
+    let last = up.requests().pop().expect("proxied request");
+    assert_eq!(last.header("authorization"), Some("Bearer at-fresh"));
+    assert_eq!(
+        std::fs::read_to_string(sk.path("vault.yaml")).expect("vault"),
+        before
+    );
+    let st = std::fs::read_to_string(&state).expect("state file written");
+    assert!(st.contains("at-fresh") && st.contains("rt-fresh"), "{st}");
 }

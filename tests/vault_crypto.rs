@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::client::TestClient;
+use support::client::{TestClient, AUTH};
 use support::sidekey::{run_cli_env, sidekey, Sidekey};
 use support::upstream::{ok_json, Upstream};
 
@@ -441,4 +441,74 @@ async fn serving_a_sealed_vault_injects_the_opened_credentials() {
     for s in SECRETS.iter().chain([&key.as_str(), &old.as_str()]) {
         assert!(!logs.contains(s), "{s} in the logs:\n{logs}");
     }
+}
+
+#[tokio::test]
+async fn a_plaintext_hand_edit_is_sealed_by_the_next_api_write() {
+    let up = Upstream::start(ok_json()).await;
+    let dir = files(&plain_vault());
+    let key = new_key(dir.path());
+    let (code, out) = cli(
+        dir.path(),
+        &["vault", "encrypt"],
+        &[("SIDEKEY_ENCRYPTION_KEY", key.as_str())],
+    );
+    assert_eq!(code, 0, "{out}");
+    let sealed = vault_text(dir.path());
+    let sk = sidekey(&providers(&up.url("")), &sealed)
+        .env("SIDEKEY_ENCRYPTION_KEY", &key)
+        .arg("--reload-settle=50ms")
+        .start();
+    // The hand edit: c1's apiKey in plaintext. Taken with a warning.
+    let start = sealed.find("apiKey: enc:v1:").expect("sealed apiKey");
+    let end = start + sealed[start..].find(['\n', ',', '}']).expect("end");
+    let edited = format!(
+        "{}apiKey: hand-edited-key-8{}",
+        &sealed[..start],
+        &sealed[end..]
+    );
+    std::fs::write(sk.path("vault.yaml"), &edited).expect("write");
+    sk.signal("HUP");
+    let deadline = Instant::now() + WAIT;
+    while events(&sk, "configuration reloaded").is_empty() {
+        assert!(Instant::now() < deadline, "no reload:\n{}", sk.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(vault_text(sk.dir()).contains("hand-edited-key-8"));
+    // An API write of another connection (c2's metadata) rewrites the file: every secret
+    // sealed again, the hand-edited one included, and the edit kept.
+    let c = TestClient::default();
+    let res = c
+        .send(
+            "POST",
+            &sk.url("/connections/metadata"),
+            &[
+                ("authorization", AUTH),
+                ("content-type", "application/json"),
+            ],
+            bytes::Bytes::from(
+                serde_json::json!({"connection_id": "c2", "provider_config_key": "basic",
+                                   "metadata": {"team": "blue"}})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let text = vault_text(sk.dir());
+    assert!(!text.contains("hand-edited-key-8"), "{text}");
+    assert_sealed(&text);
+    assert!(text.contains(r#"metadata: {"team": "blue"}"#), "{text}");
+    // Sealed, not lost: the proxy injects the edited key, and check sees no plaintext left.
+    assert_eq!(c.proxy(&sk.url(""), "/x", "c1", "echo").await.status, 200);
+    assert_eq!(
+        up.requests().last().and_then(|r| r.header("x-key")),
+        Some("hand-edited-key-8")
+    );
+    let (code, out) = cli(
+        sk.dir(),
+        &["check"],
+        &[("SIDEKEY_ENCRYPTION_KEY", key.as_str())],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning"), "{out}");
 }

@@ -305,8 +305,14 @@ pub fn from_snapshot(
                 match v.as_str() {
                     // sidekey routes no provider webhooks.
                     "webhook" => data["webhook_url"] = Value::Null,
-                    // Like Nango, silently left out for a key that may not set them.
-                    "credentials" if scopes.contains(Scope::IntegrationsWrite) => {
+                    // Like Nango, silently left out for a key that may not set them; and,
+                    // since the client id and secret are credentials, for a key that may not
+                    // read credentials either (CONTRACT: credentials leave sidekey only to
+                    // `connections:read_credentials`, the proxy and the token endpoint).
+                    "credentials"
+                        if scopes.contains(Scope::IntegrationsWrite)
+                            && scopes.contains(Scope::ConnectionsReadCredentials) =>
+                    {
                         data["credentials"] = integration_credentials(i)
                     }
                     "credentials" => {}

@@ -445,7 +445,15 @@ async fn patch_integration(
     }
     let mut record = int.record.clone();
     let mut changes = Vec::new();
-    let mut expect = vec![Expect::IntegrationExists(key.to_string())];
+    // The record read now is the base of the new one: it must still be the integration's
+    // record when the write commits (a hand edit meanwhile answers 409, not lost).
+    let mut expect = vec![
+        Expect::IntegrationExists(key.to_string()),
+        Expect::IntegrationRecord {
+            key: key.to_string(),
+            record: Box::new(int.record.clone()),
+        },
+    ];
     if let Some(new_key) = body.unique_key.filter(|k| k != key) {
         if !valid_key(&new_key) {
             return Err(ApiError::field(
@@ -483,6 +491,9 @@ async fn patch_integration(
     let snap = commit(app, w).await.map_err(|e| {
         write_error(e, |p| match p {
             Expect::IntegrationExists(_) => missing(),
+            Expect::IntegrationRecord { .. } => ApiError::from(StoreError::Conflict(format!(
+                "the integration \"{key}\" was changed while this write was being made; read it and retry"
+            ))),
             _ => ApiError::invalid_body("uniqueKey is already used by another integration"),
         })
     })?;

@@ -219,11 +219,7 @@ impl Inner {
                     "the vault was edited while this write was being made".into(),
                 ))
             }
-            Err(RenderError::Io(e)) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot write the vault: {e}"
-                )))
-            }
+            Err(RenderError::Io(e)) => return Err(write_error(&e)),
             Err(e) => return Err(StoreError::Unavailable(e.to_string())),
         };
         tracing::debug!(
@@ -242,6 +238,25 @@ impl Inner {
         };
         self.reloader.set_generation(next.generation);
         Ok(())
+    }
+}
+
+/// What a failed write of the vault means to the caller. A file system or directory that
+/// cannot be written (a Kubernetes Secret mount, a read-only bind mount, a directory the
+/// process may not create files in) is the read-only vault of `--vault-read-only` without the
+/// flag: 409 `store_read_only`, and refreshed tokens go to the state file. `EROFS` is
+/// `ReadOnlyFilesystem`; `EACCES` and `EPERM` are both `PermissionDenied`. Anything else (a
+/// full disk, an I/O error) may pass, so it stays `Unavailable` (503).
+fn write_error(e: &std::io::Error) -> StoreError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+            StoreError::ReadOnly(format!(
+                "the vault cannot be written here ({e}); change it where it is managed, or start \
+                 sidekey with --vault-read-only"
+            ))
+        }
+        _ => StoreError::Unavailable(format!("cannot write the vault: {e}")),
     }
 }
 
@@ -294,5 +309,44 @@ impl Backend for FileStore {
 
     fn next_version(&self) -> u64 {
         self.inner.reloader.versions().next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn unwritable_file_systems_are_read_only_stores() {
+        // EROFS (a read-only mount), EACCES and EPERM (no right to create the temporary file
+        // or rename over the vault), as the kernel reports them.
+        for errno in [libc::EROFS, libc::EACCES, libc::EPERM] {
+            let e = io::Error::from_raw_os_error(errno);
+            match write_error(&e) {
+                StoreError::ReadOnly(m) => assert!(m.contains("--vault-read-only"), "{m}"),
+                other => panic!("errno {errno}: {other:?}"),
+            }
+        }
+        for kind in [
+            io::ErrorKind::ReadOnlyFilesystem,
+            io::ErrorKind::PermissionDenied,
+        ] {
+            assert!(matches!(
+                write_error(&io::Error::from(kind)),
+                StoreError::ReadOnly(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn other_write_failures_stay_unavailable() {
+        for e in [
+            io::Error::from_raw_os_error(libc::ENOSPC),
+            io::Error::from_raw_os_error(libc::EIO),
+            io::Error::other("boom"),
+        ] {
+            assert!(matches!(write_error(&e), StoreError::Unavailable(_)), "{e}");
+        }
     }
 }

@@ -23,13 +23,20 @@ use std::sync::Arc;
 use crate::config::{Change, Diagnostic, Snapshot};
 
 /// What must hold when a write commits; a failed one refuses the whole write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
     IntegrationExists(String),
     IntegrationAbsent(String),
     ConnectionExists {
         provider_config_key: String,
         connection_id: String,
+    },
+    /// The integration's record is still this one (a PATCH computed from what the caller
+    /// read): a hand edit or another write of it meanwhile is not silently overwritten.
+    /// Boxed: the record is much larger than the other variants.
+    IntegrationRecord {
+        key: String,
+        record: Box<crate::config::vault::RawIntegration>,
     },
     /// The connection is at this version (an update computed from what the caller read).
     ConnectionVersion {

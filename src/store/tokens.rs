@@ -57,6 +57,14 @@ impl TokenWriter for Writer {
                 Err(StoreError::Precondition(_)) => Some(Persisted::Skipped(
                     "the connection's credential was changed in the vault meanwhile".into(),
                 )),
+                // A vault on a read-only mount without `--vault-read-only`: the state file,
+                // as with the flag (no warning each time: nothing is wrong with the token).
+                Err(StoreError::ReadOnly(_)) => {
+                    tracing::debug!(target: "sidekey::oauth", provider_config_key = %key.0,
+                        connection_id = %key.1,
+                        "the vault is read-only; the refreshed credential goes to the state file");
+                    None
+                }
                 Err(e) => {
                     tracing::warn!(target: "sidekey::oauth", provider_config_key = %key.0,
                         connection_id = %key.1, error = %e,

@@ -247,6 +247,10 @@ fn holds(s: &Snapshot, e: &Expect) -> bool {
     match e {
         Expect::IntegrationExists(k) => s.integrations.contains_key(k.as_str()),
         Expect::IntegrationAbsent(k) => !s.integrations.contains_key(k.as_str()),
+        Expect::IntegrationRecord { key, record } => s
+            .integrations
+            .get(key.as_str())
+            .is_some_and(|i| i.record == **record),
         Expect::ConnectionExists {
             provider_config_key,
             connection_id,
@@ -270,5 +274,64 @@ fn answer(batch: Vec<Pending>, results: Vec<Result<(), StoreError>>, snap: &Arc<
 fn answer_all(batch: Vec<Pending>, r: Result<Arc<Snapshot>, StoreError>) {
     for p in batch {
         let _ = p.reply.send(r.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::snapshot::{build, BuildOptions};
+    use crate::config::Sources;
+
+    fn snapshot(display_name: &str) -> Snapshot {
+        let src = Sources {
+            providers_name: "providers.yaml".into(),
+            providers: "oauth: {auth_mode: OAUTH2, token_url: \"https://t.example/token\", proxy: {base_url: \"https://o.example\"}}\n".into(),
+            vault_name: "vault.yaml".into(),
+            vault: format!(
+                "integrations:\n  - {{unique_key: gh, provider: oauth, display_name: {display_name}, credentials: {{type: OAUTH2, oauth_client_id: id, oauth_client_secret: s1}}}}\n"
+            ),
+        };
+        match build(&src, &BuildOptions::default()) {
+            Ok(s) => s,
+            Err(d) => panic!("{d:?}"),
+        }
+    }
+
+    fn rec(s: &Snapshot) -> crate::config::vault::RawIntegration {
+        match s.integrations.get("gh") {
+            Some(i) => i.record.clone(),
+            None => panic!("no integration gh"),
+        }
+    }
+
+    /// A PATCH of an integration commits only while the record it was computed from is still
+    /// the integration's: a hand edit (or another write) in between refuses it.
+    #[test]
+    fn integration_record_holds_only_while_the_record_is_unchanged() {
+        let read = snapshot("First");
+        let expect = |s: &Snapshot| Expect::IntegrationRecord {
+            key: "gh".into(),
+            record: Box::new(rec(s)),
+        };
+        let e = expect(&read);
+        assert!(holds(&read, &e));
+        // The same text built again (a reload that changed nothing) still holds.
+        assert!(holds(&snapshot("First"), &e));
+        assert!(!holds(&snapshot("Edited"), &e));
+        let mut secret = rec(&read);
+        if let Some(c) = secret.credentials.as_mut() {
+            c.oauth_client_secret = Some("s2".to_string().into());
+        }
+        let other = Expect::IntegrationRecord {
+            key: "gh".into(),
+            record: Box::new(secret),
+        };
+        assert!(!holds(&read, &other));
+        let gone = Expect::IntegrationRecord {
+            key: "absent".into(),
+            record: Box::new(rec(&read)),
+        };
+        assert!(!holds(&read, &gone));
     }
 }
