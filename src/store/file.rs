@@ -127,7 +127,7 @@ impl FileStore {
 
 /// Lowers the calling thread's priority to [`COMMIT_NICE`] (Linux: a nice value is per
 /// thread, and `setpriority(PRIO_PROCESS, tid)` sets it for that thread alone).
-pub(super) fn lower_priority() {
+fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         let tid = rustix::thread::gettid();

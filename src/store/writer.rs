@@ -46,39 +46,10 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer for `app`'s snapshot over `backend`, on a thread of its own.
-    ///
-    /// Applying a group (each write compiled into the snapshot), publishing it and answering
-    /// is CPU work that used to run on the runtime's workers, beside the proxy: a group at
-    /// 10k connections held a worker for a fraction of a millisecond, which a proxied request
-    /// arriving then waited out (the proxy's p99 under writes, BENCHMARKS.md). The writer now
-    /// runs on `sidekey-writer`, a thread at the vault thread's low priority with its own
-    /// single-threaded runtime (for the gather timer and the store's futures), so the kernel
-    /// gives the core to request threads first. Writers still await their answer on the
-    /// main runtime through the channel.
+    /// Starts the writer task for `app`'s snapshot over `backend`.
     pub fn spawn(app: Arc<State>, backend: Arc<dyn Backend>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build();
-        match runtime {
-            Ok(rt) => {
-                let (app2, backend2) = (app.clone(), backend.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("sidekey-writer".into())
-                    .spawn(move || {
-                        super::file::lower_priority();
-                        rt.block_on(run(app2, backend2, rx));
-                    });
-                if let Err(e) = spawned {
-                    tracing::error!(error = %e, "cannot start the writer thread; writes will fail");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no runtime for the writer thread; writing on the main one");
-                tokio::spawn(run(app, backend, rx));
-            }
-        }
+        tokio::spawn(run(app, backend, rx));
         Self { tx }
     }
 
