@@ -152,6 +152,19 @@ impl BaseUrl {
         bare_host(&self.authority)
     }
 
+    /// The host without brackets or port, as written (no allocation: for the request path).
+    pub fn host_str(&self) -> &str {
+        self.authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// Whether both name the same host (hosts are case-insensitive), without allocating.
+    pub fn same_host(&self, other: &BaseUrl) -> bool {
+        self.host_str().eq_ignore_ascii_case(other.host_str())
+    }
+
     /// Parses an absolute `http` or `https` URL. Error messages quote the URL with its user
     /// info masked ([`crate::secret::redact_urls`]).
     pub fn parse(url: &str) -> Result<Self, BaseUrlError> {
@@ -1583,6 +1596,9 @@ plain: {auth_mode: API_KEY, proxy: {base_url: "https://p.example", headers: {aut
         let b = BaseUrl::parse("https://API.Example.com:8443/v1/?a=b&c").expect("parses");
         assert_eq!((b.path(), b.query()), ("/v1", Some("a=b&c")));
         assert_eq!((b.host().as_str(), b.port), ("api.example.com", 8443));
+        assert_eq!(b.host_str(), "API.Example.com");
+        assert!(b.same_host(&BaseUrl::parse("http://api.example.COM/x").expect("parses")));
+        assert!(!b.same_host(&BaseUrl::parse("https://api.example.org").expect("parses")));
         assert_eq!(b.host_header, "API.Example.com:8443");
         assert_eq!(b.authority.as_str(), "API.Example.com:8443");
         let root = b.with_root_path();

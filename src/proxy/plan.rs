@@ -124,10 +124,7 @@ pub fn target<'r>(
             Some(b) => b,
             None => conn.base_url.as_deref().ok_or_else(|| no_base(&conn))?,
         };
-        if full.host() != current.host()
-            || full.port != current.port
-            || full.scheme != current.scheme
-        {
+        if !full.same_host(current) || full.port != current.port || full.scheme != current.scheme {
             return Err(ProxyError::InvalidEndpoint(format!(
                 "a full URL must be on the connection's host `{}`",
                 current.host()
@@ -246,7 +243,7 @@ fn choose_base(
         OverridePolicy::Deny => Err(refused("Base-Url-Override is disabled on this proxy")),
         OverridePolicy::Any => Ok((Some(base), Pool::Trusted)),
         OverridePolicy::Public => {
-            if let Ok(ip) = base.host().parse::<std::net::IpAddr>() {
+            if let Ok(ip) = base.host_str().parse::<std::net::IpAddr>() {
                 if !crate::netpolicy::is_public(ip) {
                     return Err(refused(
                         "Base-Url-Override may not reach loopback, private, link-local or metadata addresses",
