@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::background::{Background, Foreground};
 use crate::config::Snapshot;
 use crate::credstore::CredStore;
 use crate::metrics::Metrics;
@@ -31,8 +32,12 @@ pub struct App {
     /// The request path's upstream pools and settings.
     pub proxy: Proxy,
     /// The one writer of the store, when the app has a store (API writes go through it;
-    /// without one they answer 409 `store_read_only`).
+    /// without one they answer 409 `store_read_only`). Its task runs on `background`.
     pub writer: Option<Writer>,
+    /// Where management requests and the writer run: a low-priority thread of their own.
+    pub background: Background,
+    /// The request runtime, for the upstream calls a management request makes.
+    pub foreground: Foreground,
 }
 
 impl App {
@@ -71,6 +76,8 @@ pub struct AppBuilder {
 pub enum BuildError {
     #[error("cannot build the upstream client: {0}")]
     Upstream(crate::upstream::ClientTlsError),
+    #[error("cannot start the background thread: {0}")]
+    Background(std::io::Error),
 }
 
 impl AppBuilder {
@@ -111,9 +118,10 @@ impl AppBuilder {
         self
     }
 
-    /// Wires the parts. Starts the writer task when there is a store, so it must run inside a
-    /// Tokio runtime then; the credential store's state file is pruned against the snapshot
-    /// (blocking file I/O, once, before serving).
+    /// Wires the parts. Must run on the request runtime (it becomes [`App::foreground`]);
+    /// starts the background thread, and the writer task on it when there is a store; the
+    /// credential store's state file is pruned against the snapshot (blocking file I/O, once,
+    /// before serving).
     pub fn build(self) -> Result<Arc<App>, BuildError> {
         let client = match self.client {
             Some(c) => c,
@@ -136,7 +144,10 @@ impl AppBuilder {
             oauth,
             metrics,
         });
-        let writer = self.backend.map(|b| Writer::spawn(state.clone(), b));
+        let background = Background::start("sidekey-manage").map_err(BuildError::Background)?;
+        let writer = self
+            .backend
+            .map(|b| Writer::spawn(background.handle(), state.clone(), b));
         Ok(Arc::new(App {
             proxy: Proxy {
                 state: state.clone(),
@@ -145,6 +156,8 @@ impl AppBuilder {
             },
             state,
             writer,
+            background,
+            foreground: Foreground::current(),
         }))
     }
 }

@@ -11,6 +11,8 @@
 //!   secrets, the body type, crash-safe writes, `${...}` templates, which addresses a caller's
 //!   `Base-Url-Override` may reach, the one error type and its JSON response.
 //! - [`memory`]: freed memory handed back to the OS after a snapshot is built.
+//! - [`background`]: a low-priority runtime on its own thread, where management requests and
+//!   the store's writer run, so they take only the time proxied requests leave.
 //! - [`metrics`]: the Prometheus registry and the calls that record into it.
 //! - [`auth`]: caller keys: SHA-256 digests checked in constant time, scopes.
 //! - [`config`]: providers.yaml and the vault, validated into one immutable [`config::Snapshot`];
@@ -53,6 +55,7 @@ pub mod api;
 pub mod app;
 pub mod atomic_file;
 pub mod auth;
+pub mod background;
 pub mod body;
 pub mod cli;
 pub mod config;

@@ -7,6 +7,8 @@
 //! `forbidden` naming the scope. Nango routes sidekey does not serve answer 501
 //! `not_supported`; anything else is the proxy's 404 `not_found`.
 
+use std::sync::Arc;
+
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -15,8 +17,10 @@ use crate::app::App;
 use crate::body::ProxyBody;
 use crate::proxy::access_log::RequestLog;
 
-/// Answers one request on the main listener.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
+/// Answers one request on the main listener. A management request's body is read and its
+/// handler run on the app's background thread ([`crate::background`]), so its CPU is taken
+/// only from what proxied requests leave; its access log is written here.
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
     if crate::proxy::route::route(path).is_some() {
         return crate::proxy::handle(&app.proxy, req).await;
@@ -28,7 +32,14 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     // Kept for the `Allow` header of a 405, once the request has been taken apart.
     let path = path.to_string();
     let (req, mut log) = RequestLog::start(req, &app.state.metrics);
-    let res = match management(app, req, unsupported).await {
+    let work = management(app.clone(), req, unsupported);
+    let res = match app.background.run(work).await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        ))
+    }) {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(code = e.code, "management request refused");
@@ -44,7 +55,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
 }
 
 async fn management(
-    app: &App,
+    app: Arc<App>,
     req: Request<ProxyBody>,
     unsupported: bool,
 ) -> Result<Response<ProxyBody>, ApiError> {
@@ -83,7 +94,7 @@ async fn management(
         scopes,
         body,
     };
-    api::respond(app, &route, req).await
+    api::respond(&app, &route, req).await
 }
 
 /// Every 405 says which methods the route has (RFC 9110 §15.5.6).

@@ -213,14 +213,26 @@ pub(crate) async fn respond(
             e.to_string(),
         )
     };
-    let token = app.state.oauth.access_token(&c).await.map_err(failed)?;
-    if let (true, Some(t)) = (force, token.as_ref()) {
-        app.state
-            .oauth
-            .refresh_after_unauthorized(&c, t)
-            .await
-            .map_err(failed)?;
-    }
+    // The token endpoint is called on the request runtime: a connection it opens joins the
+    // upstream pool, and its task must not live on the background thread this runs on.
+    let (state, conn) = (app.state.clone(), c.clone());
+    app.foreground
+        .run(async move {
+            let token = state.oauth.access_token(&conn).await?;
+            if let (true, Some(t)) = (force, token.as_ref()) {
+                state.oauth.refresh_after_unauthorized(&conn, t).await?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(failed)?;
     let creds = credentials_json(&c, app.state.oauth.current(&c), with_refresh);
     Ok(ok(connection_json(&c, creds)))
 }

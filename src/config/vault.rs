@@ -631,6 +631,20 @@ connections:
         assert_eq!(format!("{got:?}"), format!("{want:?}"), "input:\n{src}");
     }
 
+    /// As [`same_as_reference`], except where libyaml_safer panics (a tag followed directly by
+    /// `,` in a flow collection, which a `!` inserted anywhere can make): there the streaming
+    /// parse refuses with its own message whatever serde_yaml_ng does (it refuses most such
+    /// texts with another message and accepts a few; `yaml_de`'s `fill` says why), and the
+    /// test checks only that the refusal is that one, not a panic.
+    fn same_as_reference_unless_libyaml_safer_panics(src: &str) {
+        match parse("vault.yaml", src) {
+            Err(e) if e.message.contains("malformed input it cannot report") => {
+                assert!(src.contains('!'), "a refusal without a tag:\n{src}");
+            }
+            _ => same_as_reference(src),
+        }
+    }
+
     const CONN: &str =
         "{connection_id: c, provider_config_key: i, credentials: {type: API_KEY, apiKey: k}}";
 
@@ -848,7 +862,7 @@ connections:
             // libyaml_safer reports a `\\` at the end of the text differently (see
             // `yaml_de`'s `fill`); covered by its own test.
             if !text.ends_with('\\') {
-                same_as_reference(&text);
+                same_as_reference_unless_libyaml_safer_panics(&text);
             }
         }
     }

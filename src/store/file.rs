@@ -52,10 +52,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// requests on the same core (the proxy's p99 rose 1.65 × while writes ran, issue 12). At 19,
 /// the lowest priority, a busy request thread gets about seventy times its share, so the
 /// commit uses idle time first; writes still finish, just later when the core is saturated.
-/// (A quiet run at nice 10 still showed the proxy's p99 several times higher while writing;
-/// SCHED_IDLE would be stronger, but rustix does not offer `sched_setscheduler` and this
-/// crate has no `unsafe`.)
-const COMMIT_NICE: i32 = 19;
+/// (A quiet run at nice 10 still showed the proxy's p99 several times higher while writing.)
+const COMMIT_NICE: i32 = crate::background::LOW_NICE;
 
 struct Inner {
     reloader: Arc<Reloader>,
@@ -82,7 +80,7 @@ impl FileStore {
         let spawned = std::thread::Builder::new()
             .name("sidekey-vault".into())
             .spawn(move || {
-                lower_priority();
+                crate::background::lower_current_thread(COMMIT_NICE);
                 for job in rx {
                     // A panic in one job must not take the thread, and every later write, down;
                     // its caller sees the dropped reply as `Unavailable`.
@@ -122,18 +120,6 @@ impl FileStore {
             return Err(failed());
         }
         rx.await.unwrap_or_else(|_| Err(failed()))
-    }
-}
-
-/// Lowers the calling thread's priority to [`COMMIT_NICE`] (Linux: a nice value is per
-/// thread, and `setpriority(PRIO_PROCESS, tid)` sets it for that thread alone).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), COMMIT_NICE) {
-            tracing::debug!(error = %e, "cannot lower the vault writer's priority");
-        }
     }
 }
 

@@ -46,10 +46,15 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer task for `app`'s snapshot over `backend`.
-    pub fn spawn(app: Arc<State>, backend: Arc<dyn Backend>) -> Self {
+    /// Starts the writer task for `app`'s snapshot over `backend` on `runtime` (the app's
+    /// background runtime: a group's apply and publish are CPU the proxy should not wait for).
+    pub fn spawn(
+        runtime: &tokio::runtime::Handle,
+        app: Arc<State>,
+        backend: Arc<dyn Backend>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run(app, backend, rx));
+        runtime.spawn(run(app, backend, rx));
         Self { tx }
     }
 
