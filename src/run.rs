@@ -339,35 +339,43 @@ impl Started {
     }
 }
 
-/// The webhook outbox: `--webhook-outbox`, else beside the vault (or, for a read-only vault,
-/// beside the state file), else memory.
+/// The webhook outbox: `--webhook-outbox` (which must open), else beside the vault (or, for a
+/// read-only vault, beside the state file), else memory. A default place that cannot be
+/// written (a vault on a read-only Secret mount that was not flagged `--vault-read-only`)
+/// falls back to memory with a warning rather than refusing to start.
 fn open_outbox(
     args: &ServeArgs,
     paths: &Paths,
 ) -> Result<Arc<dyn crate::webhooks::outbox::Outbox>, RunError> {
+    use crate::webhooks::outbox::{FileOutbox, MemoryOutbox, Outbox};
+    let open =
+        |path: &std::path::Path| FileOutbox::open(path).map(|o| Arc::new(o) as Arc<dyn Outbox>);
+    if let Some(path) = &args.webhook_outbox {
+        return open(path).map_err(|source| RunError::Outbox {
+            path: path.display().to_string(),
+            source,
+        });
+    }
     let beside = |p: &std::path::Path| {
         let mut s = p.as_os_str().to_owned();
         s.push(".outbox");
         std::path::PathBuf::from(s)
     };
-    let path = match (&args.webhook_outbox, args.vault_read_only, &paths.state) {
-        (Some(p), _, _) => Some(p.clone()),
-        (None, false, _) => Some(beside(&paths.vault)),
-        (None, true, Some(state)) => Some(beside(state)),
-        (None, true, None) => None,
+    let default = match (args.vault_read_only, &paths.state) {
+        (false, _) => Some(beside(&paths.vault)),
+        (true, Some(state)) => Some(beside(state)),
+        (true, None) => None,
     };
-    match path {
-        Some(path) => crate::webhooks::outbox::FileOutbox::open(&path)
-            .map(|o| Arc::new(o) as Arc<dyn crate::webhooks::outbox::Outbox>)
-            .map_err(|source| RunError::Outbox {
-                path: path.display().to_string(),
-                source,
-            }),
-        None => {
-            tracing::warn!("--vault-read-only without --state or --webhook-outbox: webhook events wait in memory only; a restart loses undelivered ones");
-            Ok(Arc::new(crate::webhooks::outbox::MemoryOutbox::default()))
+    if let Some(path) = default {
+        match open(&path) {
+            Ok(o) => return Ok(o),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                "cannot open the webhook outbox; webhook events wait in memory only (set --webhook-outbox to a writable file)"),
         }
+    } else {
+        tracing::warn!("--vault-read-only without --state or --webhook-outbox: webhook events wait in memory only; a restart loses undelivered ones");
     }
+    Ok(Arc::new(MemoryOutbox::default()))
 }
 
 const NEW_VAULT_HELP: &str = "\
