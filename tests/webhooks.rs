@@ -469,3 +469,72 @@ fn webhook_urls_are_checked_before_anything_starts() {
     assert!(err.contains("SIDEKEY_WEBHOOK_SIGNING_KEY"), "{err}");
     assert!(!dir.path().join("vault.yaml.outbox").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_announces_creation_then_override_and_honours_the_override_url() {
+    let api = Upstream::start(Arc::new(|_| reply(200, "{}"))).await;
+    let main_hooks = receiver().await;
+    // The override's receiver refuses with 400: final, not retried.
+    let other_hooks = Upstream::start(Arc::new(|_| reply(400, "no"))).await;
+    let app = test_app(&providers(&api.url("")), VAULT)
+        .webhook_signing_key(SIGNING_KEY)
+        .arg(format!("--webhook-url={}", main_hooks.url("/main")))
+        .arg("--webhook-allow-private")
+        .arg("--webhook-retry-base=50ms")
+        .start()
+        .await;
+    let client = TestClient::default();
+    let auth = bearer();
+    let post = |body: Value| {
+        let (client, auth, url) = (&client, auth.clone(), app.url("/connections"));
+        async move {
+            client
+                .send(
+                    "POST",
+                    &url,
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                    ],
+                    body.to_string(),
+                )
+                .await
+        }
+    };
+    let res = post(json!({"provider_config_key": "ik", "connection_id": "n1",
+        "webhook_url_override": other_hooks.url("/other"),
+        "credentials": {"type": "API_KEY", "apiKey": KEY_NEW}}))
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = post(json!({"provider_config_key": "ik", "connection_id": "n1",
+        "credentials": {"type": "API_KEY", "apiKey": KEY_NEW}}))
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    wait_until("both webhooks", Duration::from_secs(10), || {
+        other_hooks.count() >= 1 && main_hooks.count() >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let created = body_json(&other_hooks.only());
+    assert_eq!(
+        (created["operation"].as_str(), created["success"].as_bool()),
+        (Some("creation"), Some(true))
+    );
+    assert_eq!(created["connectionId"], "n1");
+    let overridden = body_json(&main_hooks.only());
+    assert_eq!(overridden["operation"], "override");
+    assert!(overridden.get("error").is_none());
+    assert_eq!(
+        metric(&app, r#"sidekey_webhook_deliveries_total{result="failed"}"#).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &app,
+            r#"sidekey_webhook_deliveries_total{result="delivered"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+    app.stop().await;
+}
