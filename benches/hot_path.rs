@@ -4,7 +4,8 @@
 //! 1 000 connections) by calling the code that serves it, `proxy::plan`: route, method and
 //! upgrade checks, caller auth, control headers, connection lookup, base URL and pool, header
 //! filtering, Host, credential injection and URL rewrite — the goal is ≤ 2 µs per request —
-//! and, separately, header filtering alone and template rendering alone.
+//! and, separately, header filtering alone, template rendering alone, and what a response
+//! adds for expired-credential detection (`auth_errors/observe_200_no_error`).
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -83,6 +84,19 @@ fn benches(c: &mut Criterion) {
     // pool choice and the Host header that the old bench skipped.
     c.bench_function("hot_path/plan_admit_target_head", |b| {
         b.iter(|| hot_path(black_box(&snapshot), black_box(&parts)))
+    });
+    // What the response adds (expired-credential detection, `webhooks::status`): a 2xx on a
+    // connection without an auth error reads one flag; the 401 case is the error path.
+    let errors = sidekey::webhooks::status::AuthErrors::new(
+        std::sync::Arc::new(sidekey::webhooks::Hooks::disabled()),
+        std::sync::Arc::new(sidekey::metrics::Metrics::new()),
+    );
+    let conn = snapshot
+        .connection("gh", "user-0")
+        .expect("bench connection")
+        .clone();
+    c.bench_function("auth_errors/observe_200_no_error", |b| {
+        b.iter(|| errors.observe(black_box(&conn), black_box(200)))
     });
     c.bench_function("headers/filter_13_request_headers", |b| {
         b.iter(|| {

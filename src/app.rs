@@ -23,6 +23,9 @@ use crate::state::State;
 use crate::store::writer::Writer;
 use crate::store::Backend;
 use crate::upstream::{ClientOptions, UpstreamClient};
+use crate::webhooks::outbox::Outbox;
+use crate::webhooks::status::AuthErrors;
+use crate::webhooks::{AuthEvent, Hooks, Operation};
 
 /// Everything the handlers share.
 pub struct App {
@@ -38,6 +41,8 @@ pub struct App {
     pub background: Background,
     /// The request runtime, for the upstream calls a management request makes.
     pub foreground: Foreground,
+    /// Auth webhooks: [`Hooks::emit`] commits an event to the outbox and delivers it.
+    pub hooks: Arc<Hooks>,
 }
 
 impl App {
@@ -51,7 +56,20 @@ impl App {
             credentials: None,
             token_endpoint: None,
             backend: None,
+            webhooks: None,
         }
+    }
+
+    /// Announces an auth event (the Connect flow calls this when it creates or overrides a
+    /// connection): a successful creation or override clears the connection's auth error,
+    /// then the webhook is emitted.
+    pub fn announce(&self, ev: AuthEvent) {
+        if ev.success && matches!(ev.operation, Operation::Creation | Operation::Override) {
+            self.state
+                .errors
+                .clear_connection(&ev.provider_config_key, &ev.connection_id);
+        }
+        self.hooks.emit(ev);
     }
 
     /// The metrics registry (served on the admin listener).
@@ -69,6 +87,7 @@ pub struct AppBuilder {
     credentials: Option<CredStore>,
     token_endpoint: Option<Arc<dyn TokenEndpoint>>,
     backend: Option<Arc<dyn Backend>>,
+    webhooks: Option<(crate::webhooks::Settings, Arc<dyn Outbox>)>,
 }
 
 /// Why an app could not be built.
@@ -118,6 +137,16 @@ impl AppBuilder {
         self
     }
 
+    /// Auth webhooks with these settings, committed to `outbox` (default: off).
+    pub fn webhooks(
+        mut self,
+        settings: crate::webhooks::Settings,
+        outbox: Arc<dyn Outbox>,
+    ) -> Self {
+        self.webhooks = Some((settings, outbox));
+        self
+    }
+
     /// Wires the parts. Must run on the request runtime (it becomes [`App::foreground`]);
     /// starts the background thread, and the writer task on it when there is a store; the
     /// credential store's state file is pruned against the snapshot (blocking file I/O, once,
@@ -139,11 +168,22 @@ impl AppBuilder {
         let mut oauth = TokenManager::new(endpoint, Arc::new(credentials), self.oauth);
         oauth.set_metrics(metrics.clone());
         oauth.prune(&self.snapshot);
+        let hooks = Arc::new(match self.webhooks {
+            Some((settings, outbox)) => Hooks::start(settings, outbox, &client, metrics.clone()),
+            None => Hooks::disabled(),
+        });
+        let errors = Arc::new(AuthErrors::new(hooks.clone(), metrics.clone()));
         let state = Arc::new(State {
             snapshot: ArcSwap::from_pointee(self.snapshot),
             oauth,
             metrics,
+            errors,
         });
+        state.oauth.observe(state.errors.clone());
+        let weak = Arc::downgrade(&state);
+        state.errors.set_current(Box::new(move || {
+            weak.upgrade().map(|s| s.snapshot.load_full())
+        }));
         let background = Background::start("sidekey-manage").map_err(BuildError::Background)?;
         let writer = self
             .backend
@@ -158,6 +198,7 @@ impl AppBuilder {
             writer,
             background,
             foreground: Foreground::current(),
+            hooks,
         }))
     }
 }

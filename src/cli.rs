@@ -71,6 +71,8 @@ Environment:
                       never a flag, so a key never shows in the process list
   SIDEKEY_ENCRYPTION_KEY  opens the vault's sealed secrets (base64, 32 bytes; see
                       `sidekey vault --help`)
+  SIDEKEY_WEBHOOK_SIGNING_KEY  signs auth webhooks (X-Nango-Hmac-Sha256); give the same
+                      value to the receiver's verifyIncomingWebhookRequest
   RUST_LOG            log filter, e.g. info (default), debug, sidekey=debug,hyper=warn
 
 Admin endpoints (on --admin-listen): GET /live, GET /ready, GET /metrics (Prometheus).
@@ -413,6 +415,58 @@ pub struct ServeArgs {
     /// How spans name the connection: its id in full, a hash of it, or not at all
     #[arg(long, env = "SIDEKEY_OTLP_CONNECTION_ID", hide_env_values = true, value_name = "MODE", value_enum, default_value_t = ConnectionIdAttr::Hash, help_heading = "Tracing")]
     pub otlp_connection_id: ConnectionIdAttr,
+    // Auth webhooks (see crate::webhooks). Checked by `webhooks::check_url` in `run::start`.
+    /// Where auth webhooks go (connection created, overridden, credential refused, refresh
+    /// failed), in Nango's format, signed with SIDEKEY_WEBHOOK_SIGNING_KEY (required with it)
+    #[arg(
+        long,
+        env = "SIDEKEY_WEBHOOK_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_url: Option<String>,
+    /// Let webhook URLs reach private, loopback and link-local addresses (by default they pass
+    /// the policy of Base-Url-Override: public addresses only)
+    #[arg(
+        long,
+        env = "SIDEKEY_WEBHOOK_ALLOW_PRIVATE",
+        hide_env_values = true,
+        help_heading = "Webhooks"
+    )]
+    pub webhook_allow_private: bool,
+    /// The webhook outbox file [default: the vault's path + `.outbox`; with --vault-read-only,
+    /// the state file's + `.outbox`, else memory only]
+    #[arg(
+        long,
+        env = "SIDEKEY_WEBHOOK_OUTBOX",
+        hide_env_values = true,
+        value_name = "PATH",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_outbox: Option<PathBuf>,
+    /// The `environment` named in every webhook body (Nango's environment name)
+    #[arg(
+        long,
+        env = "SIDEKEY_WEBHOOK_ENVIRONMENT",
+        hide_env_values = true,
+        value_name = "NAME",
+        default_value = "prod",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_environment: String,
+    /// First wait before a failed webhook is sent again; doubled each time
+    #[arg(long, env = "SIDEKEY_WEBHOOK_RETRY_BASE", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "3s", help_heading = "Webhooks")]
+    pub webhook_retry_base: Duration,
+    /// Longest wait between two attempts of one webhook
+    #[arg(long, env = "SIDEKEY_WEBHOOK_RETRY_MAX", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "10m", help_heading = "Webhooks")]
+    pub webhook_retry_max: Duration,
+    /// Limit on one webhook attempt, to the receiver's response head
+    #[arg(long, env = "SIDEKEY_WEBHOOK_TIMEOUT", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "20s", help_heading = "Webhooks")]
+    pub webhook_timeout: Duration,
+    /// A webhook still undelivered this long after its event is dropped
+    #[arg(long, env = "SIDEKEY_WEBHOOK_GIVE_UP_AFTER", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "24h", help_heading = "Webhooks")]
+    pub webhook_give_up_after: Duration,
 }
 
 impl ServeArgs {

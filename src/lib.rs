@@ -25,6 +25,8 @@
 //!   OTLP/HTTP when `--otlp-endpoint` is set.
 //! - [`oauth`]: OAuth access tokens per connection: proactive and 401-driven refresh,
 //!   single-flight, cool-down after failures, client-credentials tokens.
+//! - [`webhooks`]: auth webhooks as Nango sends them (body, signatures, durable outbox,
+//!   delivery with backoff) and the connection auth-error state they announce.
 //! - [`state`]: the process state (snapshot, tokens, metrics) and the apply path: a new
 //!   snapshot swapped in, its changes logged, tokens pruned.
 //! - [`store`]: the store seam, the vault file backend, and the one writer (group commit).
@@ -78,5 +80,6 @@ pub mod telemetry;
 pub mod template;
 pub mod tls;
 pub mod upstream;
+pub mod webhooks;
 
 pub use run::{run, Listeners, RunError, Settings};

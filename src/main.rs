@@ -297,6 +297,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         env_keys: env_keys(),
         // Read before anything is written, so a malformed key leaves no new vault behind.
         encryption_key: encryption_key()?,
+        webhook_signing_key: std::env::var("SIDEKEY_WEBHOOK_SIGNING_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| Arc::new(sidekey::secret::Secret::new(k))),
         serve: args,
     };
     let admin = tokio::net::TcpListener::bind(settings.serve.admin_listen)

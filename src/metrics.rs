@@ -62,6 +62,9 @@ pub struct Metrics {
     in_flight: Gauge,
     client_connections: Gauge,
     oauth_connections: Gauge,
+    auth_errors: Family<IntegrationLabel, Gauge>,
+    webhook_deliveries: Family<ResultLabel, Counter>,
+    webhook_pending: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -139,6 +142,24 @@ impl Metrics {
             "OAuth connections whose token state is held in memory",
             oauth_connections.clone(),
         );
+        let auth_errors = Family::<IntegrationLabel, Gauge>::default();
+        registry.register(
+            "connection_auth_errors",
+            "Connections whose credential the upstream refused or whose token refresh failed, by integration",
+            auth_errors.clone(),
+        );
+        let webhook_deliveries = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by result (delivered, retry, failed, expired)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_pending = Gauge::default();
+        registry.register(
+            "webhook_outbox_pending",
+            "Webhook events committed to the outbox and not yet delivered",
+            webhook_pending.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -152,6 +173,9 @@ impl Metrics {
             in_flight,
             client_connections,
             oauth_connections,
+            auth_errors,
+            webhook_deliveries,
+            webhook_pending,
         }
     }
 
@@ -266,6 +290,28 @@ impl Metrics {
     /// Publishes how many OAuth connections have token state in memory.
     pub fn set_oauth_connections(&self, n: usize) {
         self.oauth_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes how many connections of `integration` (a snapshot's key) have an auth error.
+    pub fn set_auth_errors(&self, integration: &str, n: usize) {
+        self.auth_errors
+            .get_or_create(&IntegrationLabel {
+                integration: integration.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one webhook delivery attempt; `result` is a fixed word.
+    pub fn webhook_delivery(&self, result: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Publishes how many webhook events wait in the outbox.
+    pub fn set_webhook_pending(&self, n: usize) {
+        self.webhook_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 

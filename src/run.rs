@@ -31,6 +31,8 @@ pub struct Settings {
     pub env_keys: Vec<[u8; 32]>,
     /// The key that opens the vault's sealed secrets (`SIDEKEY_ENCRYPTION_KEY`).
     pub encryption_key: Option<Arc<EncryptionKey>>,
+    /// The key that signs auth webhooks (`SIDEKEY_WEBHOOK_SIGNING_KEY`).
+    pub webhook_signing_key: Option<Arc<crate::secret::Secret>>,
 }
 
 /// The already-bound listeners: the proxy's and the admin one.
@@ -67,6 +69,16 @@ pub enum RunError {
     Build(#[from] crate::app::BuildError),
     #[error("cannot read a listener's address: {0}")]
     Listener(std::io::Error),
+    #[error("--webhook-url: {0}")]
+    WebhookUrl(crate::webhooks::UrlError),
+    #[error("--webhook-url needs SIDEKEY_WEBHOOK_SIGNING_KEY: receivers verify webhooks with it")]
+    WebhookKey,
+    #[error("cannot open the webhook outbox {path}: {source}")]
+    Outbox {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Serves until `shutdown` resolves, then drains: [`start`] followed by [`Started::serve`].
@@ -94,6 +106,17 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
     let otlp_endpoint = match &args.otlp_endpoint {
         Some(url) => Some(crate::otel::traces_url(url).map_err(RunError::OtlpEndpoint)?),
         None => None,
+    };
+    let webhook_url = match &args.webhook_url {
+        Some(u) if !u.trim().is_empty() => {
+            crate::webhooks::check_url(u, args.webhook_allow_private)
+                .map_err(RunError::WebhookUrl)?;
+            if settings.webhook_signing_key.is_none() {
+                return Err(RunError::WebhookKey);
+            }
+            Some(u.trim().to_string())
+        }
+        _ => None,
     };
     if let Some(key) =
         first_run(&args.files.vault, !settings.env_keys.is_empty()).map_err(|source| {
@@ -200,7 +223,29 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
     // below); the credential store keeps only the state file of a read-only vault.
     let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
     let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
-    let app = App::builder(snapshot)
+    let mut builder = App::builder(snapshot);
+    if let Some(key) = &settings.webhook_signing_key {
+        let outbox = open_outbox(args, paths)?;
+        tracing::info!(
+            url = webhook_url.is_some(),
+            outbox = outbox.kind(),
+            "auth webhooks on"
+        );
+        builder = builder.webhooks(
+            crate::webhooks::Settings {
+                url: webhook_url,
+                signing_key: Some(key.clone()),
+                environment: args.webhook_environment.clone(),
+                allow_private: args.webhook_allow_private,
+                retry_base: args.webhook_retry_base,
+                retry_max: args.webhook_retry_max,
+                timeout: args.webhook_timeout,
+                give_up_after: args.webhook_give_up_after,
+            },
+            outbox,
+        );
+    }
+    let app = builder
         .client(client)
         .options(options)
         .oauth(OAuthOptions {
@@ -292,6 +337,45 @@ impl Started {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The webhook outbox: `--webhook-outbox` (which must open), else beside the vault (or, for a
+/// read-only vault, beside the state file), else memory. A default place that cannot be
+/// written (a vault on a read-only Secret mount that was not flagged `--vault-read-only`)
+/// falls back to memory with a warning rather than refusing to start.
+fn open_outbox(
+    args: &ServeArgs,
+    paths: &Paths,
+) -> Result<Arc<dyn crate::webhooks::outbox::Outbox>, RunError> {
+    use crate::webhooks::outbox::{FileOutbox, MemoryOutbox, Outbox};
+    let open =
+        |path: &std::path::Path| FileOutbox::open(path).map(|o| Arc::new(o) as Arc<dyn Outbox>);
+    if let Some(path) = &args.webhook_outbox {
+        return open(path).map_err(|source| RunError::Outbox {
+            path: path.display().to_string(),
+            source,
+        });
+    }
+    let beside = |p: &std::path::Path| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".outbox");
+        std::path::PathBuf::from(s)
+    };
+    let default = match (args.vault_read_only, &paths.state) {
+        (false, _) => Some(beside(&paths.vault)),
+        (true, Some(state)) => Some(beside(state)),
+        (true, None) => None,
+    };
+    if let Some(path) = default {
+        match open(&path) {
+            Ok(o) => return Ok(o),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                "cannot open the webhook outbox; webhook events wait in memory only (set --webhook-outbox to a writable file)"),
+        }
+    } else {
+        tracing::warn!("--vault-read-only without --state or --webhook-outbox: webhook events wait in memory only; a restart loses undelivered ones");
+    }
+    Ok(Arc::new(MemoryOutbox::default()))
 }
 
 const NEW_VAULT_HELP: &str = "\

@@ -6,6 +6,8 @@
 //! move the metrics (the generation gauge; `sidekey_reloads_total` for reloads). Requests that
 //! loaded the previous snapshot finish on it. The sources only build: the file reloader
 //! (`config::reload`, below this module) reaches [`publish`] through `config::Publish`.
+//! Every publish also reconciles the connection auth errors (`webhooks::status`) with the new
+//! snapshot: a changed credential clears its error, a recompiled connection gets its flag.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +18,7 @@ use crate::config::diff::{diff, Changes, Counts};
 use crate::config::{Change, Snapshot, Source};
 use crate::metrics::Metrics;
 use crate::oauth::TokenManager;
+use crate::webhooks::status::AuthErrors;
 
 /// What every source of change publishes into: the one serving snapshot, the token state that
 /// must forget removed connections, and the metrics that follow the generation. Built by
@@ -26,6 +29,9 @@ pub struct State {
     pub oauth: TokenManager,
     /// Served on the admin listener; other parts record through it (retries, refreshes, reloads).
     pub metrics: Arc<Metrics>,
+    /// Connections whose credential was refused; outlives snapshot swaps (each publish
+    /// reconciles it with the new snapshot).
+    pub errors: Arc<AuthErrors>,
 }
 
 /// The file reload loop and the store's hand-edit check live below this module: they publish
@@ -61,6 +67,7 @@ pub fn publish(app: &State, new: Arc<Snapshot>, source: Source) -> Changes {
         }
     }
     app.metrics.set_generation(new.generation);
+    app.errors.reconcile(&new);
     // Freeing a large snapshot takes time too: here (a reload's blocking thread, the writer's
     // task) rather than on a request thread, unless a request still holds it.
     drop(old);
@@ -123,6 +130,7 @@ pub fn publish_changes(
     if removed_any {
         app.oauth.prune_memory(&new);
     }
+    app.errors.reconcile(&new);
     app.metrics.set_generation(new.generation);
     c
 }

@@ -15,6 +15,7 @@ use crate::auth::Scope;
 use crate::body::ProxyBody;
 use crate::config::snapshot::ClientCredentials;
 use crate::config::{Connection, Credential, Integration, Snapshot};
+use crate::webhooks::status::ErrorView;
 
 pub(crate) fn integration_json(i: &Integration) -> Value {
     json!({
@@ -55,14 +56,14 @@ fn credential_type(c: &Credential) -> &'static str {
 }
 
 /// A connection as Nango's list shows it.
-fn list_json(c: &Connection) -> Value {
+fn list_json(c: &Connection, errors: &ErrorView) -> Value {
     let e = c.extra();
     json!({
         "id": c.connection_id,
         "connection_id": c.connection_id,
         "provider_config_key": &*c.provider_config_key,
         "provider": c.integration.provider.name,
-        "errors": [],
+        "errors": errors.json(c),
         "end_user": e.end_user,
         "tags": e.tags,
         "metadata": e.metadata,
@@ -191,7 +192,8 @@ pub(crate) async fn respond(
     req: &ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {
     let snapshot = app.state.snapshot.load_full();
-    if let Some(res) = from_snapshot(&snapshot, route, req.query, req.scopes)? {
+    let errors = app.state.errors.view();
+    if let Some(res) = from_snapshot_with(&snapshot, &errors, route, req.query, req.scopes)? {
         return Ok(res);
     }
     // Only a credential read by a key allowed to make it is left: it needs the token manager.
@@ -234,13 +236,28 @@ pub(crate) async fn respond(
         })?
         .map_err(failed)?;
     let creds = credentials_json(&c, app.state.oauth.current(&c), with_refresh);
-    Ok(ok(connection_json(&c, creds)))
+    // Read again: the refresh above may have marked or cleared an error.
+    let mut v = connection_json(&c, creds);
+    v["errors"] = app.state.errors.view().json(&c);
+    Ok(ok(v))
 }
 
-/// Every read answered from the snapshot alone; `None` for a credential read by a key with
-/// `connections:read_credentials` (that one may refresh a token first: see [`respond`]).
+/// [`from_snapshot_with`] with no connection errors (a snapshot alone knows of none).
 pub fn from_snapshot(
     snapshot: &Snapshot,
+    route: &ApiRoute<'_>,
+    query: Option<&str>,
+    scopes: crate::auth::Scopes,
+) -> Result<Option<Response<ProxyBody>>, ApiError> {
+    from_snapshot_with(snapshot, &ErrorView::default(), route, query, scopes)
+}
+
+/// Every read answered from the snapshot and the connection errors alone; `None` for a
+/// credential read by a key with `connections:read_credentials` (that one may refresh a token
+/// first: see [`respond`]).
+pub fn from_snapshot_with(
+    snapshot: &Snapshot,
+    errors: &ErrorView,
     route: &ApiRoute<'_>,
     query: Option<&str>,
     scopes: crate::auth::Scopes,
@@ -339,7 +356,7 @@ pub fn from_snapshot(
             }
             ok(json!({ "data": data }))
         }
-        ApiRoute::Connections => list(snapshot, query).map(Some),
+        ApiRoute::Connections => list(snapshot, errors, query).map(Some),
         ApiRoute::Connection(id) => {
             let id = decode(id);
             strict_query(
@@ -383,7 +400,9 @@ pub fn from_snapshot(
                 ));
             }
             let creds = json!({ "type": credential_type(&c.credential) });
-            ok(connection_json(&c, creds))
+            let mut v = connection_json(&c, creds);
+            v["errors"] = errors.json(&c);
+            ok(v)
         }
         ApiRoute::Metadata => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -403,10 +422,15 @@ fn provider_json(name: &str, p: &crate::config::providers::Provider) -> Value {
 }
 
 /// `GET /connections`, with Nango's filters.
-fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>, ApiError> {
+fn list(
+    snapshot: &Snapshot,
+    errors: &ErrorView,
+    query: Option<&str>,
+) -> Result<Response<ProxyBody>, ApiError> {
     strict_query(
         query,
         &[
+            "withError",
             "connectionId",
             "search",
             "endUserId",
@@ -431,6 +455,12 @@ fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>,
             "integrationId is a comma-separated list of integration keys",
         ));
     }
+    // `withError` (Nango's dashboard list has it; its public list does not): true lists only
+    // connections with an error, false only those without; absent, all.
+    let with_error = match query_param(query, "withError") {
+        None => None,
+        Some(_) => Some(stringbool(query, "withError")?),
+    };
     let want_id = query_param(query, "connectionId");
     for name in [
         "connectionId",
@@ -495,6 +525,7 @@ fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>,
                 .is_none_or(|l| l.iter().any(|i| **i == ***k))
         })
         .flat_map(|(_, m)| m.values().map(AsRef::as_ref))
+        .filter(|c| with_error.is_none_or(|w| errors.has(c) == w))
         .filter(|c| want_id.as_deref().is_none_or(|w| w == &*c.connection_id))
         .filter(|c| {
             end_user
@@ -541,7 +572,7 @@ fn list(snapshot: &Snapshot, query: Option<&str>) -> Result<Response<ProxyBody>,
         .into_iter()
         .skip(page.saturating_mul(limit))
         .take(limit)
-        .map(list_json)
+        .map(|c| list_json(c, errors))
         .collect();
     Ok(ok(json!({ "connections": data })))
 }

@@ -531,7 +531,6 @@ struct PostConnection {
     connection_id: Option<String>,
     metadata: Option<Map<String, Value>>,
     connection_config: Option<Map<String, Value>>,
-    #[allow(dead_code)]
     webhook_url_override: Option<String>,
     end_user: Option<EndUser>,
     tags: Option<Map<String, Value>>,
@@ -678,6 +677,12 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
         tags.extend(t.clone());
     }
     let existing = snapshot.connection(&body.provider_config_key, &connection_id);
+    let hook_url = body.webhook_url_override.clone();
+    let operation = if existing.is_some() {
+        crate::webhooks::Operation::Override
+    } else {
+        crate::webhooks::Operation::Creation
+    };
     let now = super::now();
     let created_at = existing
         .and_then(|c| c.created_at())
@@ -702,6 +707,11 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
     let conn = snap
         .connection(&pck, &connection_id)
         .ok_or_else(|| ApiError::not_found("the connection is gone"))?;
+    // As Nango does for an import: a creation or override webhook (no `endUser`: that is for
+    // connect sessions), and an override clears the connection's auth error.
+    let mut ev = crate::webhooks::AuthEvent::about(conn, operation, true);
+    ev.webhook_url_override = hook_url;
+    app.announce(ev);
     let creds = credentials_json(conn, None, true);
     Ok(reply(StatusCode::CREATED, connection_json(conn, creds)))
 }

@@ -80,6 +80,21 @@ pub struct Provider {
     /// `token_request_auth_method: basic`: client credentials in HTTP Basic.
     pub token_auth_basic: bool,
     pub token_expiration_buffer: Option<Duration>,
+    /// `proxy.auth_error_code` (a sidekey extension; Nango has no such field): the upstream
+    /// statuses that mean the connection's credential was refused, which mark an API_KEY or
+    /// BASIC connection with an auth error (`webhooks::status`). Default `401`; a provider
+    /// that answers a revoked key with 403 lists `[401, 403]`. Only 4xx entries are accepted.
+    pub auth_error_codes: Vec<StatusRange>,
+}
+
+impl Provider {
+    /// Whether an upstream `status` means the credential was refused (see
+    /// [`Provider::auth_error_codes`]).
+    pub fn is_auth_error(&self, status: u16) -> bool {
+        self.auth_error_codes
+            .iter()
+            .any(|(a, b)| (*a..=*b).contains(&status))
+    }
 }
 
 /// The whole catalogue: each provider compiled, or the reasons it could not be.
@@ -253,6 +268,7 @@ struct RawProxy {
     query: Option<BTreeMap<String, Scalar>>,
     retry: Option<RawRetry>,
     decompress: Option<bool>,
+    auth_error_code: Option<Vec<Scalar>>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +349,22 @@ fn compile_entry(
     let token_url = base_template(&mut errors, "token_url", token_url_src);
     let refresh_url = base_template(&mut errors, "refresh_url", entry.refresh_url);
     let retry = compile_retry(proxy.retry.unwrap_or_default(), &mut errors);
+    let auth_error_codes = match proxy.auth_error_code {
+        None => vec![(401, 401)],
+        Some(codes) => codes
+            .into_iter()
+            .filter_map(|c| {
+                let s = c.into_string();
+                let r = parse_status_range(&s).filter(|(a, b)| *a >= 400 && *b <= 499);
+                if r.is_none() {
+                    errors.push(format!(
+                        "proxy.auth_error_code: `{s}` is not a 4xx status, `4xx` or `401-403`"
+                    ));
+                }
+                r
+            })
+            .collect(),
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -361,6 +393,7 @@ fn compile_entry(
             .token_request_auth_method
             .is_some_and(|m| m.eq_ignore_ascii_case("basic")),
         token_expiration_buffer: entry.token_expiration_buffer.map(Duration::from_secs),
+        auth_error_codes,
     }))
 }
 
@@ -495,6 +528,25 @@ p:
         );
         assert_eq!(parse_status_range("6xx"), None);
         assert_eq!(parse_status_range("502-500"), None);
+    }
+
+    #[test]
+    fn auth_error_codes_default_to_401_and_take_only_4xx() {
+        let src = r#"
+plain: {auth_mode: API_KEY, proxy: {base_url: "https://x"}}
+strict: {auth_mode: API_KEY, proxy: {base_url: "https://x", auth_error_code: [401, "403"]}}
+wide: {auth_mode: BASIC, proxy: {base_url: "https://x", auth_error_code: ["4xx"]}}
+bad: {auth_mode: API_KEY, proxy: {base_url: "https://x", auth_error_code: [500]}}
+"#;
+        let c = Catalog::parse("p.yaml", src).expect("parses");
+        let plain = provider(&c, "plain");
+        assert!(plain.is_auth_error(401) && !plain.is_auth_error(403));
+        let strict = provider(&c, "strict");
+        assert!(strict.is_auth_error(401) && strict.is_auth_error(403));
+        assert!(!strict.is_auth_error(404));
+        assert!(provider(&c, "wide").is_auth_error(418));
+        let bad = c.providers["bad"].as_ref().expect_err("500 is refused");
+        assert!(bad[0].contains("proxy.auth_error_code: `500`"), "{bad:?}");
     }
 
     #[test]

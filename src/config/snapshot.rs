@@ -354,6 +354,11 @@ pub struct Connection {
     /// The store's version of this record: it changes whenever the record does (an API write,
     /// a refreshed token, a hand edit the file store noticed).
     pub version: u64,
+    /// Set while `webhooks::status` holds an auth error for this connection (an upstream 401,
+    /// a failed refresh): the request path reads only this flag on a 2xx, and goes to the
+    /// error table to clear the error only when it is set. One byte, which the struct's
+    /// padding had room for (it stays in the 192-byte class).
+    auth_error: std::sync::atomic::AtomicBool,
 }
 
 /// What only some connections need, boxed so the others pay 8 bytes for it.
@@ -458,6 +463,19 @@ impl Connection {
     /// its [`Connection::version`].
     pub fn fingerprint(&self) -> [u8; 32] {
         fingerprint(&self.credential.to_raw())
+    }
+
+    /// Whether an auth error may be recorded for this connection (see the field). Relaxed:
+    /// the flag is a hint; the error table behind it is the truth, read under its lock.
+    #[inline]
+    pub fn auth_error_hint(&self) -> bool {
+        self.auth_error.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets or clears the hint; only `webhooks::status` calls it, under its table's lock.
+    pub fn set_auth_error_hint(&self, on: bool) {
+        self.auth_error
+            .store(on, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The record this connection was compiled from.
@@ -1399,6 +1417,7 @@ impl<'a> Builder<'a> {
             extra: extra_text,
             template_maps: None,
             version,
+            auth_error: std::sync::atomic::AtomicBool::new(false),
         };
         let mut values = conn.values(None);
         values.credentials = creds_map.as_ref();
@@ -2075,6 +2094,7 @@ connections:
             extra: c.extra.clone(),
             template_maps: c.template_maps.clone(),
             version: c.version,
+            auth_error: std::sync::atomic::AtomicBool::new(c.auth_error_hint()),
         }
     }
 

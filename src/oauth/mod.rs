@@ -173,6 +173,19 @@ pub struct TokenManager {
     /// The store's writer, when the vault takes writes: refreshed credentials are committed
     /// through it (else `store` keeps them in its state file, or in memory).
     writer: std::sync::OnceLock<Arc<dyn TokenWriter>>,
+    /// Told of every refresh that reached the token endpoint (or failed before it), for the
+    /// connection auth-error state and its webhooks; set once by the app.
+    observer: std::sync::OnceLock<Arc<dyn RefreshObserver>>,
+}
+
+/// Hears refresh outcomes: `webhooks::status` implements it (the token manager sits below it
+/// in the module graph, so it names only this). Never called for requests answered from the
+/// cool-down, so a failing connection is reported once per `--refresh-cooldown`.
+pub trait RefreshObserver: Send + Sync {
+    /// A refresh failed; `provider_error` is the token endpoint's error code, if it sent one.
+    fn refresh_failed(&self, conn: &Connection, provider_error: Option<&str>);
+    /// A refresh succeeded.
+    fn refreshed(&self, conn: &Connection);
 }
 
 /// Commits refreshed credentials as store writes. The store's writer implements it
@@ -207,7 +220,13 @@ impl TokenManager {
             generation: AtomicU64::new(1),
             metrics: None,
             writer: std::sync::OnceLock::new(),
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports refresh outcomes to `observer` from now on. Set once; later calls are ignored.
+    pub fn observe(&self, observer: Arc<dyn RefreshObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Persists refreshed credentials through the store's writer from now on (a writable
@@ -493,6 +512,9 @@ impl TokenManager {
                     until: Instant::now() + self.options.refresh_cooldown,
                     provider_error: f.provider_error.clone(),
                 });
+                if let Some(o) = self.observer.get() {
+                    o.refresh_failed(conn, f.provider_error.as_deref());
+                }
                 return Err(refresh_failed(f.provider_error));
             }
         };
@@ -583,6 +605,9 @@ impl TokenManager {
             }
         };
         self.count("ok");
+        if let Some(o) = self.observer.get() {
+            o.refreshed(conn);
+        }
         tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");

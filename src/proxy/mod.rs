@@ -328,6 +328,8 @@ async fn proxy(
             }
         }
     }
+    // Expired-credential detection: a relaxed flag read on a 2xx, a status compare on a 4xx.
+    app.state.errors.observe(&conn, res.status().as_u16());
     let decompress = controls.decompress || provider.decompress;
     forward::relay(res, head_request, decompress, &app.options).await
 }

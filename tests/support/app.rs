@@ -25,6 +25,7 @@ pub fn test_app(providers: &str, vault: &str) -> TestAppBuilder {
         providers: providers.to_string(),
         vault: vault.to_string(),
         args: Vec::new(),
+        webhook_key: None,
     }
 }
 
@@ -32,9 +33,16 @@ pub struct TestAppBuilder {
     providers: String,
     vault: String,
     args: Vec<String>,
+    webhook_key: Option<String>,
 }
 
 impl TestAppBuilder {
+    /// What `SIDEKEY_WEBHOOK_SIGNING_KEY` gives the binary.
+    pub fn webhook_signing_key(mut self, key: &str) -> Self {
+        self.webhook_key = Some(key.to_string());
+        self
+    }
+
     /// A `serve` flag, as the binary would take it.
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
@@ -69,6 +77,10 @@ impl TestAppBuilder {
             // What SIDEKEY_SECRET_KEY gives the binary harness; no process environment read.
             env_keys: vec![sidekey::auth::digest(CALLER_KEY)],
             encryption_key: None,
+            webhook_signing_key: self
+                .webhook_key
+                .clone()
+                .map(|k| Arc::new(sidekey::secret::Secret::new(k))),
         };
         let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -91,6 +91,11 @@ impl Upstream {
         Self::spawn(Mode::Sync(handler), None).await
     }
 
+    /// [`Upstream::start`] on a given address (a receiver that comes back on the port it had).
+    pub async fn start_on(addr: SocketAddr, handler: SyncHandler) -> Self {
+        Self::spawn_at(addr, Mode::Sync(handler), None).await
+    }
+
     /// A TLS upstream (ALPN h2 + http/1.1) with a recording handler.
     pub async fn start_tls(handler: SyncHandler, tls: Arc<rustls::ServerConfig>) -> Self {
         Self::spawn(Mode::Sync(handler), Some(tls)).await
@@ -135,9 +140,12 @@ impl Upstream {
     }
 
     async fn spawn(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        Self::spawn_at(any, mode, tls).await
+    }
+
+    async fn spawn_at(at: SocketAddr, mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let listener = TcpListener::bind(at).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let recorded: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let rec = recorded.clone();
