@@ -47,12 +47,13 @@ pub struct FileStore {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The nice value of the thread that renders, writes and fsyncs the vault. A commit of a large
-/// vault is milliseconds of CPU; at the default priority it takes them from the proxy's
-/// requests on the same core (the proxy's p99 rose 1.65 × while writes ran, issue 12). At 19,
-/// the lowest priority, a busy request thread gets about seventy times its share, so the
-/// commit uses idle time first; writes still finish, just later when the core is saturated.
-/// (A quiet run at nice 10 still showed the proxy's p99 several times higher while writing.)
+/// The priority of the thread that renders, writes and fsyncs the vault: `SCHED_IDLE`, or
+/// this nice value where that is refused ([`crate::background::lower_current_thread`]). A
+/// commit of a large vault is milliseconds of CPU; at the default priority it takes them from
+/// the proxy's requests on the same core (the proxy's p99 rose 1.65 × while writes ran, issue
+/// 12), and even at nice 19 a commit kept the core for its whole slice once running. As an
+/// idle-class thread it uses only time no request wants; writes still finish, later when the
+/// core is saturated.
 const COMMIT_NICE: i32 = crate::background::LOW_NICE;
 
 struct Inner {
