@@ -19,6 +19,7 @@ use crate::oauth::endpoint::{HttpTokenEndpoint, TokenEndpoint};
 use crate::oauth::{OAuthOptions, TokenManager};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::state::State;
+use crate::store::sessions::{MemorySessions, SessionStore};
 use crate::store::writer::Writer;
 use crate::store::Backend;
 use crate::upstream::{ClientOptions, UpstreamClient};
@@ -33,6 +34,33 @@ pub struct App {
     /// The one writer of the store, when the app has a store (API writes go through it;
     /// without one they answer 409 `store_read_only`).
     pub writer: Option<Writer>,
+    /// Where connect sessions live (in memory unless a store says otherwise).
+    pub sessions: Arc<dyn SessionStore>,
+    /// The Connect flow's settings.
+    pub connect: ConnectOptions,
+}
+
+/// The Connect flow's settings (`--public-url`, session lifetime, attempts per session).
+#[derive(Debug)]
+pub struct ConnectOptions {
+    /// The base of `connect_link` and OAuth redirect URIs: `--public-url`, or, when it is not
+    /// given, set once the listeners are bound (the connect listener's address, else the main
+    /// one's).
+    pub public_url: std::sync::OnceLock<String>,
+    /// How long a connect session works (Nango: 30 minutes).
+    pub session_ttl: std::time::Duration,
+    /// Auth attempts one session may make; the next ones answer 429 `too_many_attempts`.
+    pub max_attempts: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            public_url: std::sync::OnceLock::new(),
+            session_ttl: std::time::Duration::from_secs(30 * 60),
+            max_attempts: 20,
+        }
+    }
 }
 
 impl App {
@@ -46,6 +74,8 @@ impl App {
             credentials: None,
             token_endpoint: None,
             backend: None,
+            sessions: None,
+            connect: ConnectOptions::default(),
         }
     }
 
@@ -64,6 +94,8 @@ pub struct AppBuilder {
     credentials: Option<CredStore>,
     token_endpoint: Option<Arc<dyn TokenEndpoint>>,
     backend: Option<Arc<dyn Backend>>,
+    sessions: Option<Arc<dyn SessionStore>>,
+    connect: ConnectOptions,
 }
 
 /// Why an app could not be built.
@@ -111,6 +143,18 @@ impl AppBuilder {
         self
     }
 
+    /// Where connect sessions live (default: this process's memory).
+    pub fn sessions(mut self, sessions: Arc<dyn SessionStore>) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// The Connect flow's settings.
+    pub fn connect(mut self, options: ConnectOptions) -> Self {
+        self.connect = options;
+        self
+    }
+
     /// Wires the parts. Starts the writer task when there is a store, so it must run inside a
     /// Tokio runtime then; the credential store's state file is pruned against the snapshot
     /// (blocking file I/O, once, before serving).
@@ -145,6 +189,10 @@ impl AppBuilder {
             },
             state,
             writer,
+            sessions: self
+                .sessions
+                .unwrap_or_else(|| Arc::new(MemorySessions::new())),
+            connect: self.connect,
         }))
     }
 }

@@ -80,6 +80,24 @@ pub struct Provider {
     /// `token_request_auth_method: basic`: client credentials in HTTP Basic.
     pub token_auth_basic: bool,
     pub token_expiration_buffer: Option<Duration>,
+    /// `proxy.verification`: how an API_KEY or BASIC credential is tested before a
+    /// connection is written (`None`: it is accepted untested, as Nango does).
+    pub verification: Option<Verification>,
+}
+
+/// A provider's credential test (`proxy.verification`): each endpoint is tried in order, and
+/// the first 2xx answer means the credential is valid.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub method: http::Method,
+    /// Endpoints as written (a path, maybe with its own query), never empty.
+    pub endpoints: Vec<String>,
+    /// Used instead of the connection's base URL (rendered like one).
+    pub base_url_override: Option<BaseUrlTemplate>,
+    /// Sent as they are (Nango does not interpolate them); the credential still wins.
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// The JSON body of a POST test.
+    pub data: Option<serde_json::Value>,
 }
 
 /// The whole catalogue: each provider compiled, or the reasons it could not be.
@@ -253,6 +271,17 @@ struct RawProxy {
     query: Option<BTreeMap<String, Scalar>>,
     retry: Option<RawRetry>,
     decompress: Option<bool>,
+    verification: Option<RawVerification>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawVerification {
+    method: Option<String>,
+    endpoints: Option<Vec<String>>,
+    endpoint: Option<String>,
+    base_url_override: Option<String>,
+    headers: Option<BTreeMap<String, Scalar>>,
+    data: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +362,9 @@ fn compile_entry(
     let token_url = base_template(&mut errors, "token_url", token_url_src);
     let refresh_url = base_template(&mut errors, "refresh_url", entry.refresh_url);
     let retry = compile_retry(proxy.retry.unwrap_or_default(), &mut errors);
+    let verification = proxy
+        .verification
+        .and_then(|v| compile_verification(v, &mut errors));
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -361,7 +393,60 @@ fn compile_entry(
             .token_request_auth_method
             .is_some_and(|m| m.eq_ignore_ascii_case("basic")),
         token_expiration_buffer: entry.token_expiration_buffer.map(Duration::from_secs),
+        verification,
     }))
+}
+
+/// `proxy.verification`, or `None` when it names no endpoint (nothing to test).
+fn compile_verification(raw: RawVerification, errors: &mut Vec<String>) -> Option<Verification> {
+    let mut endpoints = raw.endpoints.unwrap_or_default();
+    endpoints.extend(raw.endpoint);
+    endpoints.retain(|e| !e.trim().is_empty());
+    let method = match raw
+        .method
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("GET") => http::Method::GET,
+        Some("POST") => http::Method::POST,
+        Some(m) => {
+            errors.push(format!(
+                "proxy.verification.method: `{m}` is not GET or POST"
+            ));
+            return None;
+        }
+    };
+    let base_url_override = match raw.base_url_override {
+        Some(s) => match BaseUrlTemplate::compile(&s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(format!("proxy.verification.base_url_override: {e}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for (k, v) in raw.headers.unwrap_or_default() {
+        let v = v.into_string();
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(&v),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => errors.push(format!(
+                "proxy.verification.headers.{k}: not a valid header"
+            )),
+        }
+    }
+    (!endpoints.is_empty()).then_some(Verification {
+        method,
+        endpoints,
+        base_url_override,
+        headers,
+        data: raw.data,
+    })
 }
 
 fn compile_retry(raw: RawRetry, errors: &mut Vec<String>) -> RetryHints {

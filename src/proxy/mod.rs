@@ -21,6 +21,7 @@ pub mod replay;
 pub mod retry;
 pub mod rewrite;
 pub mod route;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,236 @@
+//! Connect: end users add their own credentials, as with Nango's Connect.
+//!
+//! An application's backend makes a connect session with its secret key (`POST
+//! /connect/sessions`, scope `connect_sessions:write`); its frontend hands the session token to
+//! `@nangohq/frontend` (or opens `connect_link`), and the end user's browser calls the auth
+//! routes with it (`POST /api-auth/api-key/{key}`, `/api-auth/basic/{key}`). The credential is
+//! tested against the provider's verification endpoints ([`crate::proxy::verify`]) and written
+//! through the store's writer like any API write; the session's end user and tags go on the
+//! connection. A reconnect session re-authorizes one existing connection instead.
+//!
+//! Routes ([`route`]): the session routes (secret key) are served on the main listener only;
+//! the session-token routes (`GET`/`DELETE /connect/session`) and the auth routes on both the
+//! main listener and the public one (`--connect-listen`, [`handle_public`]), which serves
+//! nothing else: no proxy, no management route. The session-token and auth routes answer any
+//! origin (CORS `*`, as Nango does): they are called from the end user's browser and carry
+//! their own credential in the request, never a cookie.
+//!
+//! Sessions live behind [`crate::store::sessions::SessionStore`] (in memory in vault-file
+//! mode), stored by the SHA-256 of their token. Tokens are never logged.
+
+mod auth;
+mod sessions;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::api::ApiError;
+use crate::app::App;
+use crate::body::ProxyBody;
+use crate::config::vault::RawConnection;
+use crate::proxy::access_log::RequestLog;
+use crate::store::sessions::Session;
+
+/// A Connect route.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum ConnectRoute<'a> {
+    /// `POST /connect/sessions` (secret key).
+    Sessions,
+    /// `POST /connect/sessions/reconnect` (secret key).
+    Reconnect,
+    /// `GET` / `DELETE /connect/session` (session token as Bearer).
+    Session,
+    /// `POST /api-auth/api-key/{key}` (session token in the query).
+    ApiKey(&'a str),
+    /// `POST /api-auth/basic/{key}`.
+    Basic(&'a str),
+}
+
+impl ConnectRoute<'_> {
+    /// Whether the route takes a secret key (the main listener only).
+    fn secret_key(self) -> bool {
+        matches!(self, Self::Sessions | Self::Reconnect)
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Self::Session => &[Method::GET, Method::DELETE],
+            _ => &[Method::POST],
+        }
+    }
+}
+
+/// Matches a Connect route.
+pub fn route(path: &str) -> Option<ConnectRoute<'_>> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    match path {
+        "/connect/sessions" => return Some(ConnectRoute::Sessions),
+        "/connect/sessions/reconnect" => return Some(ConnectRoute::Reconnect),
+        "/connect/session" => return Some(ConnectRoute::Session),
+        _ => {}
+    }
+    let key = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .filter(|k| !k.is_empty() && !k.contains('/'))
+    };
+    if let Some(k) = key("/api-auth/api-key/") {
+        return Some(ConnectRoute::ApiKey(k));
+    }
+    key("/api-auth/basic/").map(ConnectRoute::Basic)
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Main,
+    Public,
+}
+
+/// Answers a request on the public listener: Connect routes that take no secret key, and 404
+/// `not_found` for everything else.
+pub async fn handle_public(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
+    handle(app, req, Listener::Public).await
+}
+
+/// Answers a Connect route (on the public listener, anything else is 404 `not_found`).
+pub async fn handle(app: &App, req: Request<Incoming>, listener: Listener) -> Response<ProxyBody> {
+    let (req, mut log) = RequestLog::start(req, &app.state.metrics);
+    let path = req.uri().path().to_string();
+    let route = match route(&path) {
+        Some(r) if listener == Listener::Main || !r.secret_key() => r,
+        _ => {
+            let e: ApiError = crate::error::ProxyError::NotFound(path.clone()).into();
+            log.set_error(e.code);
+            return log.respond(e.to_response());
+        }
+    };
+    let browser = !route.secret_key();
+    let res = if browser && req.method() == Method::OPTIONS {
+        preflight(route)
+    } else if !route.methods().contains(req.method()) {
+        let mut res = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "method {} is not allowed on {}",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .to_response();
+        let allow: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
+        if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+            res.headers_mut().insert(http::header::ALLOW, v);
+        }
+        log.set_error("method_not_allowed");
+        res
+    } else {
+        let answered = match route {
+            ConnectRoute::Sessions => sessions::post_session(app, req, false).await,
+            ConnectRoute::Reconnect => sessions::post_session(app, req, true).await,
+            ConnectRoute::Session => sessions::session(app, req).await,
+            ConnectRoute::ApiKey(key) => auth::api_auth(app, req, key, auth::Kind::ApiKey).await,
+            ConnectRoute::Basic(key) => auth::api_auth(app, req, key, auth::Kind::Basic).await,
+        };
+        match answered {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::debug!(code = e.code, ?listener, "connect request refused");
+                log.set_error(e.code);
+                e.to_response()
+            }
+        }
+    };
+    let mut res = res;
+    if browser {
+        cors(&mut res);
+    }
+    log.respond(res)
+}
+
+/// The headers every answer to the browser routes carries.
+fn cors(res: &mut Response<ProxyBody>) {
+    res.headers_mut().insert(
+        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+}
+
+/// A CORS preflight: Nango's allowed headers, cached for 10 minutes.
+fn preflight(route: ConnectRoute<'_>) -> Response<ProxyBody> {
+    let mut res = Response::new(crate::body::empty());
+    *res.status_mut() = StatusCode::NO_CONTENT;
+    let h = res.headers_mut();
+    let methods: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
+    if let Ok(v) = HeaderValue::from_str(&methods.join(", ")) {
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "Authorization, Content-Type, Accept, Origin, X-Requested-With, Nango-Activity-Log-Id, Nango-Is-Dry-Run, Nango-Is-Sync, Provider-Config-Key, Connection-Id, Sentry-Trace, Baggage",
+        ),
+    );
+    h.insert(
+        http::header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    res
+}
+
+/// Whether the Connect flow created a connection or re-authorized one (Nango's webhook
+/// `operation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Creation,
+    Override,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creation => "creation",
+            Self::Override => "override",
+        }
+    }
+}
+
+/// Called once a connection made or re-authorized by the Connect flow is durable and serving.
+/// The one place that announces it: for now a debug line (never the credential); the auth
+/// webhooks hang here.
+pub fn created(app: &App, record: &RawConnection, operation: Operation, session: &Session) {
+    let _ = app;
+    tracing::debug!(
+        provider_config_key = %record.provider_config_key,
+        connection_id = %record.connection_id,
+        operation = operation.as_str(),
+        auth_mode = record.credentials.type_name(),
+        end_user = session.end_user.is_some(),
+        "connection made through Connect"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/connect/sessions"), Some(ConnectRoute::Sessions));
+        assert_eq!(
+            route("/connect/sessions/reconnect"),
+            Some(ConnectRoute::Reconnect)
+        );
+        assert_eq!(route("/connect/session/"), Some(ConnectRoute::Session));
+        assert_eq!(
+            route("/api-auth/api-key/my%20key"),
+            Some(ConnectRoute::ApiKey("my%20key"))
+        );
+        assert_eq!(route("/api-auth/basic/b"), Some(ConnectRoute::Basic("b")));
+        assert_eq!(route("/api-auth/basic/"), None);
+        assert_eq!(route("/api-auth/basic/a/b"), None);
+        assert_eq!(route("/proxy/x"), None);
+        assert!(ConnectRoute::Sessions.secret_key());
+        assert!(!ConnectRoute::Session.secret_key());
+    }
+}

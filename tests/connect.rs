@@ -1,0 +1,742 @@
+//! Connect: sessions, the auth routes `@nangohq/frontend` calls, credential verification, and
+//! the public listener, over real sockets (in-process sidekey, loopback verification
+//! upstream). The Node SDKs themselves drive the binary in `tests/connect_node.rs`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use support::app::{test_app, TestApp};
+use support::client::{TestClient, TestResponse, AUTH};
+use support::upstream::{reply, Recorded, Upstream};
+
+const GOOD_KEY: &str = "sk_end_user_good_0123";
+const BAD_KEY: &str = "sk_end_user_bad_4567";
+/// A caller key holding only `proxy` (its digest goes in the vault).
+const PROXY_ONLY_KEY: &str = "proxy-only-key-0123456789";
+
+/// Accepts `x-api-key: GOOD_KEY` and Basic `user:pass`; 401 otherwise.
+fn verifier() -> support::upstream::SyncHandler {
+    Arc::new(|r: &Recorded| {
+        let basic_ok = r.header("authorization") == Some("Basic dXNlcjpwYXNz");
+        if r.header("x-api-key") == Some(GOOD_KEY) || basic_ok {
+            reply(200, r#"{"me":true}"#)
+        } else {
+            reply(401, r#"{"error":"bad key"}"#)
+        }
+    })
+}
+
+fn providers(port: u16) -> String {
+    format!(
+        r#"
+keyed:
+  auth_mode: API_KEY
+  proxy:
+    base_url: http://api.test:{port}/${{connectionConfig.region}}
+    headers: {{x-api-key: "${{apiKey}}"}}
+    verification: {{method: GET, endpoints: [/nope, /me], headers: {{accept: application/json}}}}
+userpass:
+  auth_mode: BASIC
+  proxy:
+    base_url: http://api.test:{port}
+    verification: {{endpoints: [/whoami]}}
+loopback:
+  auth_mode: API_KEY
+  proxy:
+    base_url: http://127.0.0.1:{port}
+    headers: {{x-api-key: "${{apiKey}}"}}
+    verification: {{endpoints: [/me]}}
+untested:
+  auth_mode: API_KEY
+  proxy:
+    base_url: http://api.test:{port}
+    headers: {{x-api-key: "${{apiKey}}"}}
+oauth: {{auth_mode: OAUTH2, token_url: "http://api.test:{port}/token", proxy: {{base_url: "http://api.test:{port}"}}}}
+"#
+    )
+}
+
+fn vault() -> String {
+    format!(
+        r#"
+secret_keys:
+  - sha256: "{}"
+    scopes: [proxy]
+integrations:
+  - {{unique_key: keyed, provider: keyed}}
+  - {{unique_key: basic, provider: userpass}}
+  - {{unique_key: loop, provider: loopback}}
+  - {{unique_key: untested, provider: untested}}
+  - {{unique_key: oauth, provider: oauth}}
+connections: []
+"#,
+        hex::encode(sidekey::auth::digest(PROXY_ONLY_KEY))
+    )
+}
+
+struct Env {
+    up: Upstream,
+    sk: TestApp,
+    c: TestClient,
+}
+
+async fn env(args: &[&str]) -> Env {
+    let up = Upstream::start(verifier()).await;
+    let port = up.port();
+    let mut b = test_app(&providers(port), &vault())
+        .connect_listener()
+        .arg(format!("--resolve=api.test:{port}:127.0.0.1"));
+    for a in args {
+        b = b.arg(*a);
+    }
+    let sk = b.start().await;
+    Env {
+        up,
+        sk,
+        c: TestClient::http1(),
+    }
+}
+
+impl Env {
+    async fn send(&self, method: &str, url: &str, auth: &str, body: Value) -> TestResponse {
+        let mut headers = vec![("content-type", "application/json")];
+        let bearer = format!("Bearer {auth}");
+        if !auth.is_empty() {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        let body = if body.is_null() {
+            Bytes::new()
+        } else {
+            Bytes::from(body.to_string())
+        };
+        self.c.send(method, url, &headers, body).await
+    }
+
+    async fn session(&self, body: Value) -> TestResponse {
+        let key = AUTH.trim_start_matches("Bearer ");
+        self.send("POST", &self.sk.url("/connect/sessions"), key, body)
+            .await
+    }
+
+    async fn token(&self, body: Value) -> String {
+        let r = self.session(body).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["data"]["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+
+    /// `POST /api-auth/api-key/{key}` on the public listener.
+    async fn api_key(&self, key: &str, query: &str, api_key: &str) -> TestResponse {
+        let url = self
+            .sk
+            .connect_url(&format!("/api-auth/api-key/{key}?{query}"));
+        self.send("POST", &url, "", json!({ "apiKey": api_key }))
+            .await
+    }
+
+    async fn connections(&self) -> Value {
+        let key = AUTH.trim_start_matches("Bearer ");
+        let r = self
+            .send("GET", &self.sk.url("/connections"), key, Value::Null)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["connections"].clone()
+    }
+}
+
+fn end_user() -> Value {
+    json!({"id": "u-42", "email": "ada@example.com", "display_name": "Ada", "tags": {"Plan": "pro"}})
+}
+
+#[tokio::test]
+async fn sessions_are_made_read_and_deleted() {
+    let e = env(&["--public-url=https://connect.example.com/base/"]).await;
+    let r = e
+        .session(json!({
+            "end_user": end_user(),
+            "organization": {"id": "org-1", "display_name": "Acme"},
+            "allowed_integrations": ["keyed", "basic"],
+            "integrations_config_defaults": {"keyed": {"user_scopes": "x", "connection_config": {"region": "eu"}}},
+            "tags": {"team": "core"},
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let data = &r.json()["data"];
+    let token = data["token"].as_str().expect("token");
+    assert!(token.starts_with("nango_connect_session_") && token.len() == 22 + 64);
+    assert_eq!(
+        data["connect_link"],
+        format!("https://connect.example.com/base/?session_token={token}")
+    );
+    let expires: jiff::Timestamp = data["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .expect("RFC 3339");
+    let ttl = expires.duration_since(jiff::Timestamp::now());
+    assert!(
+        ttl > jiff::SignedDuration::from_secs(29 * 60)
+            && ttl <= jiff::SignedDuration::from_secs(30 * 60),
+        "{ttl:?}"
+    );
+    // The session as a Connect UI reads it, on either listener.
+    for url in [
+        e.sk.url("/connect/session"),
+        e.sk.connect_url("/connect/session"),
+    ] {
+        let r = e.send("GET", &url, token, Value::Null).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+        let d = &r.json()["data"];
+        assert_eq!(d["endUser"]["id"], "u-42");
+        assert_eq!(d["endUser"]["organization"]["id"], "org-1");
+        assert_eq!(d["allowed_integrations"], json!(["keyed", "basic"]));
+        assert_eq!(
+            d["integrations_config_defaults"],
+            json!({"keyed": {"connection_config": {"region": "eu"}}}),
+            "user_scopes is not echoed"
+        );
+        assert_eq!(d["isReconnecting"], false);
+    }
+    // Nango's 401s: the shape of the token, then whether it is known.
+    let url = e.sk.connect_url("/connect/session");
+    let r = e
+        .send("GET", &url, "nango_connect_session_xyz", Value::Null)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "invalid_connect_session_token_format")
+    );
+    let unknown = format!("nango_connect_session_{}", "a".repeat(64));
+    let r = e.send("GET", &url, &unknown, Value::Null).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "unknown_connect_session_token")
+    );
+    let r = e.send("GET", &url, "", Value::Null).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "missing_auth_header")
+    );
+    // A secret key is not a session token.
+    let r = e.send("GET", &url, support::CALLER_KEY, Value::Null).await;
+    assert_eq!(r.error_code(), "invalid_connect_session_token_format");
+    // DELETE: 204, then the token is unknown at once, on every route.
+    let r = e.send("DELETE", &url, token, Value::Null).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = e.send("GET", &url, token, Value::Null).await;
+    assert_eq!(r.error_code(), "unknown_connect_session_token");
+    let r = e
+        .api_key("keyed", &format!("connect_session_token={token}"), GOOD_KEY)
+        .await;
+    assert_eq!(r.error_code(), "unknown_connect_session_token");
+    assert_eq!(e.up.count(), 0);
+}
+
+#[tokio::test]
+async fn session_bodies_are_checked_as_nango_checks_them() {
+    let e = env(&[]).await;
+    let code = |r: &TestResponse| (r.status.as_u16(), r.error_code());
+    let path = |r: &TestResponse| r.json()["error"]["errors"][0]["path"].clone();
+    // end_user is required unless tags are given.
+    let r = e.session(json!({})).await;
+    assert_eq!(code(&r), (400, "invalid_body".into()));
+    assert_eq!(path(&r), json!(["end_user"]));
+    let r = e.session(json!({"tags": {}})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = e.session(json!({"end_user": {"id": "u", "nope": 1}})).await;
+    assert_eq!(code(&r), (400, "invalid_body".into()));
+    let r = e
+        .session(json!({"end_user": {"id": "u", "email": "x"}}))
+        .await;
+    assert_eq!(path(&r), json!(["end_user", "email"]));
+    let r = e.session(json!({"end_user": {"id": ""}})).await;
+    assert_eq!(path(&r), json!(["end_user", "id"]));
+    let r = e.session(json!({"tags": {"1bad": "x"}})).await;
+    assert_eq!(path(&r), json!(["tags", "1bad"]));
+    let r = e
+        .session(json!({"end_user": {"id": "u"}, "extra": 1}))
+        .await;
+    assert_eq!(code(&r), (400, "invalid_body".into()));
+    // Integration keys must exist, reported at their paths as `custom` issues.
+    let r = e
+        .session(json!({"end_user": {"id": "u"}, "allowed_integrations": ["keyed", "ghost"]}))
+        .await;
+    assert_eq!(code(&r), (400, "invalid_body".into()));
+    assert_eq!(path(&r), json!(["allowed_integrations", "1"]));
+    assert_eq!(r.json()["error"]["errors"][0]["code"], "custom");
+    let r = e
+        .session(json!({"end_user": {"id": "u"}, "integrations_config_defaults": {"ghost": {}}}))
+        .await;
+    assert_eq!(path(&r), json!(["integrations_config_defaults", "ghost"]));
+    let r = e
+        .session(json!({"end_user": {"id": "u"}, "overrides": {"keyed": {"docs_connect": "https://x.example.com"}}}))
+        .await;
+    assert_eq!(code(&r), (403, "forbidden".into()));
+    let r = e
+        .session(json!({"end_user": {"id": "u"}, "webhook_url_override": "http://127.0.0.1:9/x"}))
+        .await;
+    assert_eq!(path(&r), json!(["webhook_url_override"]));
+    // No query parameter; JSON only; the scope.
+    let key = AUTH.trim_start_matches("Bearer ");
+    let r = e
+        .send(
+            "POST",
+            &e.sk.url("/connect/sessions?x=1"),
+            key,
+            json!({"tags": {}}),
+        )
+        .await;
+    assert_eq!(code(&r), (400, "invalid_query_params".into()));
+    let r = e
+        .send(
+            "POST",
+            &e.sk.url("/connect/sessions"),
+            PROXY_ONLY_KEY,
+            json!({"tags": {}}),
+        )
+        .await;
+    assert_eq!(code(&r), (403, "forbidden".into()));
+    assert!(r.text().contains("connect_sessions:write"), "{}", r.text());
+    let r = e
+        .send(
+            "POST",
+            &e.sk.url("/connect/sessions"),
+            "",
+            json!({"tags": {}}),
+        )
+        .await;
+    assert_eq!(code(&r), (401, "missing_auth_header".into()));
+    let r =
+        e.c.send(
+            "POST",
+            &e.sk.url("/connect/sessions"),
+            &[("authorization", AUTH), ("content-type", "text/plain")],
+            Bytes::from("{}"),
+        )
+        .await;
+    assert_eq!(code(&r), (415, "invalid_content_type".into()));
+}
+
+#[tokio::test]
+async fn an_api_key_is_verified_then_written_with_the_sessions_end_user_and_tags() {
+    let e = env(&[]).await;
+    let token = e
+        .token(json!({
+            "end_user": end_user(),
+            "organization": {"id": "org-1"},
+            "tags": {"team": "core"},
+            "allowed_integrations": ["keyed"],
+            "integrations_config_defaults": {"keyed": {"connection_config": {"tier": "gold"}}},
+        }))
+        .await;
+    let q = format!("connect_session_token={token}&params[region]=eu&params[tier]=free&params[webhook_url]=http://x");
+    // A refused key: 400 connection_test_failed, both endpoints tried, nothing written.
+    let r = e.api_key("keyed", &q, BAD_KEY).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (400, "connection_test_failed"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains(BAD_KEY));
+    let paths: Vec<String> = e.up.requests().iter().map(|r| r.uri.to_string()).collect();
+    assert_eq!(paths, ["/eu/nope", "/eu/me"]);
+    assert_eq!(e.connections().await, json!([]));
+    // The good key: the first 2xx endpoint makes it valid.
+    let r = e.api_key("keyed", &q, GOOD_KEY).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let body = r.json();
+    assert_eq!(body["providerConfigKey"], "keyed");
+    let id = body["connectionId"]
+        .as_str()
+        .expect("connectionId")
+        .to_string();
+    assert_eq!(id.len(), 36, "a UUID");
+    let seen = e.up.requests();
+    let last = seen.last().expect("verified");
+    assert_eq!(last.header("x-api-key"), Some(GOOD_KEY));
+    assert_eq!(last.header("accept"), Some("application/json"));
+    let list = e.connections().await;
+    assert_eq!(list[0]["connection_id"], id.as_str());
+    assert_eq!(list[0]["end_user"]["id"], "u-42");
+    assert_eq!(list[0]["end_user"]["email"], "ada@example.com");
+    assert_eq!(list[0]["end_user"]["organization"]["id"], "org-1");
+    assert_eq!(
+        list[0]["tags"],
+        json!({"end_user_id": "u-42", "end_user_email": "ada@example.com", "end_user_display_name": "Ada", "organization_id": "org-1", "plan": "pro", "team": "core"})
+    );
+    let key = AUTH.trim_start_matches("Bearer ");
+    let r = e
+        .send(
+            "GET",
+            &e.sk
+                .url(&format!("/connections/{id}?provider_config_key=keyed")),
+            key,
+            Value::Null,
+        )
+        .await;
+    let conn = r.json();
+    assert_eq!(conn["credentials"]["apiKey"], GOOD_KEY);
+    assert_eq!(
+        conn["connection_config"],
+        json!({"region": "eu", "tier": "gold"}),
+        "the session's defaults win over params; webhook_url is dropped"
+    );
+    // The proxy serves it at once.
+    let r =
+        e.c.send(
+            "GET",
+            &e.sk.url("/proxy/me"),
+            &[
+                ("authorization", AUTH),
+                ("connection-id", id.as_str()),
+                ("provider-config-key", "keyed"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The same session may connect again within its life.
+    let r = e.api_key("keyed", &q, GOOD_KEY).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.json()["connectionId"], id.as_str());
+    assert_eq!(e.connections().await.as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn basic_credentials_and_untested_providers() {
+    let e = env(&[]).await;
+    let token = e.token(json!({"end_user": {"id": "u-1"}})).await;
+    let url = |p: &str| {
+        e.sk.connect_url(&format!("{p}?connect_session_token={token}"))
+    };
+    let r = e
+        .send(
+            "POST",
+            &url("/api-auth/basic/basic"),
+            "",
+            json!({"username": "user", "password": "nope"}),
+        )
+        .await;
+    assert_eq!(r.error_code(), "connection_test_failed");
+    let r = e
+        .send(
+            "POST",
+            &url("/api-auth/basic/basic"),
+            "",
+            json!({"username": "user", "password": "pass"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["providerConfigKey"], "basic");
+    // Both fields are required, and nothing else is taken.
+    let r = e
+        .send(
+            "POST",
+            &url("/api-auth/basic/basic"),
+            "",
+            json!({"username": "user"}),
+        )
+        .await;
+    assert_eq!(r.error_code(), "invalid_body");
+    // A provider without verification endpoints accepts any key, untested.
+    let before = e.up.count();
+    let r = e
+        .send(
+            "POST",
+            &url("/api-auth/api-key/untested"),
+            "",
+            json!({"apiKey": "anything"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(e.up.count(), before);
+}
+
+#[tokio::test]
+async fn auth_routes_answer_nangos_error_codes() {
+    let e = env(&[]).await;
+    let token = e
+        .token(json!({"end_user": {"id": "u-1"}, "allowed_integrations": ["keyed", "oauth"]}))
+        .await;
+    let code = |r: &TestResponse| (r.status.as_u16(), r.error_code());
+    let t = format!("connect_session_token={token}&params[region]=eu");
+    assert_eq!(
+        code(&e.api_key("keyed", "", GOOD_KEY).await),
+        (401, "missing_public_key".into())
+    );
+    assert_eq!(
+        code(
+            &e.api_key(
+                "keyed",
+                "public_key=0b5f7e3c-7e0a-4d3b-9a61-2f8f1c1d2e3f",
+                GOOD_KEY
+            )
+            .await
+        ),
+        (401, "deprecated_authentication".into())
+    );
+    assert_eq!(
+        code(
+            &e.api_key("keyed", "connect_session_token=abc", GOOD_KEY)
+                .await
+        ),
+        (401, "invalid_connect_session_token_format".into())
+    );
+    assert_eq!(
+        code(
+            &e.api_key("keyed", &format!("{t}&connection_id=mine"), GOOD_KEY)
+                .await
+        ),
+        (400, "invalid_query_params".into())
+    );
+    assert_eq!(
+        code(&e.api_key("ghost", &t, GOOD_KEY).await),
+        (404, "unknown_provider_config".into())
+    );
+    assert_eq!(
+        code(&e.api_key("oauth", &t, GOOD_KEY).await),
+        (400, "invalid_auth_mode".into())
+    );
+    assert_eq!(
+        code(&e.api_key("untested", &t, GOOD_KEY).await),
+        (400, "integration_not_allowed".into())
+    );
+    assert_eq!(
+        code(&e.api_key("keyed", &t, "").await),
+        (400, "invalid_body".into())
+    );
+    assert_eq!(
+        code(&e.api_key("a%2Fb", &t, GOOD_KEY).await),
+        (400, "invalid_uri_params".into())
+    );
+    // A base URL whose connection_config value is missing is refused before any request.
+    assert_eq!(
+        code(
+            &e.api_key("keyed", &format!("connect_session_token={token}"), GOOD_KEY)
+                .await
+        )
+        .0,
+        400
+    );
+    assert_eq!(e.up.count(), 0, "no check reached the upstream");
+    // A CORS preflight from a browser.
+    let r =
+        e.c.send(
+            "OPTIONS",
+            &e.sk.connect_url("/api-auth/api-key/keyed"),
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r
+        .header("access-control-allow-headers")
+        .is_some_and(|h| h.contains("Content-Type")));
+    let r =
+        e.c.send(
+            "GET",
+            &e.sk.connect_url("/api-auth/api-key/keyed"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(code(&r), (405, "method_not_allowed".into()));
+}
+
+#[tokio::test]
+async fn a_reconnect_session_reauthorizes_its_connection() {
+    let e = env(&[]).await;
+    let token = e
+        .token(json!({"end_user": end_user(), "tags": {"team": "core"}}))
+        .await;
+    let q = format!("connect_session_token={token}&params[region]=eu");
+    let id = e.api_key("keyed", &q, GOOD_KEY).await.json()["connectionId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let key = AUTH.trim_start_matches("Bearer ");
+    let e = &e;
+    let reconnect = |body: Value| {
+        let url = e.sk.url("/connect/sessions/reconnect");
+        async move { e.send("POST", &url, key, body).await }
+    };
+    let r = reconnect(json!({"connection_id": "ghost", "integration_id": "keyed"})).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (400, "invalid_body")
+    );
+    let r = reconnect(
+        json!({"connection_id": id, "integration_id": "keyed", "allowed_integrations": ["keyed"]}),
+    )
+    .await;
+    assert_eq!(
+        r.error_code(),
+        "invalid_body",
+        "no allowed_integrations on reconnect"
+    );
+    let r = reconnect(json!({"connection_id": id, "integration_id": "keyed"})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let again = r.json()["data"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let r = e
+        .send(
+            "GET",
+            &e.sk.connect_url("/connect/session"),
+            &again,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.json()["data"]["isReconnecting"], true);
+    assert_eq!(r.json()["data"]["allowed_integrations"], json!(["keyed"]));
+    // Only its own integration; the same connection id; the end user and tags kept.
+    let rq = format!("connect_session_token={again}");
+    let r = e.api_key("untested", &rq, "other").await;
+    assert_eq!(r.error_code(), "integration_not_allowed");
+    let new_key = GOOD_KEY;
+    let r = e.api_key("keyed", &rq, new_key).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["connectionId"], id.as_str());
+    let list = e.connections().await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_eq!(list[0]["end_user"]["id"], "u-42");
+    assert_eq!(list[0]["tags"]["team"], "core");
+    let r = e
+        .send(
+            "GET",
+            &e.sk
+                .url(&format!("/connections/{id}?provider_config_key=keyed")),
+            key,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.json()["connection_config"]["region"], "eu", "config kept");
+    // The connection deleted: the session cannot bring it back.
+    let r = e
+        .send(
+            "DELETE",
+            &e.sk
+                .url(&format!("/connections/{id}?provider_config_key=keyed")),
+            key,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = e.api_key("keyed", &rq, new_key).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (400, "invalid_connection")
+    );
+}
+
+#[tokio::test]
+async fn sessions_expire_and_limit_attempts() {
+    let e = env(&["--connect-session-ttl=1s", "--connect-max-attempts=2"]).await;
+    let token = e.token(json!({"tags": {}})).await;
+    let q = format!("connect_session_token={token}&params[region]=eu");
+    assert_eq!(
+        e.api_key("keyed", &q, BAD_KEY).await.error_code(),
+        "connection_test_failed"
+    );
+    assert_eq!(
+        e.api_key("keyed", &q, BAD_KEY).await.error_code(),
+        "connection_test_failed"
+    );
+    let r = e.api_key("keyed", &q, GOOD_KEY).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (429, "too_many_attempts")
+    );
+    let requests = e.up.count();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = e.api_key("keyed", &q, GOOD_KEY).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (401, "unknown_connect_session_token")
+    );
+    let r = e
+        .send(
+            "GET",
+            &e.sk.connect_url("/connect/session"),
+            &token,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.error_code(), "unknown_connect_session_token");
+    assert_eq!(e.up.count(), requests);
+    assert_eq!(e.connections().await, json!([]));
+}
+
+#[tokio::test]
+async fn the_public_listener_serves_no_proxy_and_no_management_route() {
+    let e = env(&[]).await;
+    let key = AUTH.trim_start_matches("Bearer ");
+    for (method, path) in [
+        ("GET", "/proxy/me"),
+        ("GET", "/connections"),
+        ("GET", "/connections/x/proxy/me"),
+        ("GET", "/integrations"),
+        ("POST", "/integrations"),
+        ("GET", "/providers"),
+        ("POST", "/connect/sessions"),
+        ("POST", "/connect/sessions/reconnect"),
+        ("GET", "/sync/x"),
+        ("GET", "/"),
+    ] {
+        let r = e
+            .send(method, &e.sk.connect_url(path), key, json!({"tags": {}}))
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_str()),
+            (404, "not_found"),
+            "{method} {path}"
+        );
+        assert_eq!(r.header("sidekey-error"), Some("not_found"));
+    }
+    assert_eq!(e.up.count(), 0);
+}
+
+#[tokio::test]
+async fn imports_are_verified_and_end_user_urls_are_address_checked() {
+    let e = env(&[]).await;
+    let key = AUTH.trim_start_matches("Bearer ");
+    let e = &e;
+    let import = |api_key: &str, int: &str| {
+        let url = e.sk.url("/connections");
+        let body = json!({"provider_config_key": int, "connection_id": "imp", "connection_config": {"region": "us"}, "credentials": {"type": "API_KEY", "apiKey": api_key}});
+        async move { e.send("POST", &url, key, body).await }
+    };
+    let r = import(BAD_KEY, "keyed").await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (400, "connection_test_failed")
+    );
+    assert_eq!(e.connections().await, json!([]));
+    let r = import(GOOD_KEY, "keyed").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // An operator's import reaches a loopback base URL (trusted, like the proxy)...
+    let r = import(GOOD_KEY, "loop").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let seen = e.up.count();
+    // ...an end user's Connect flow does not: the checked pool refuses loopback.
+    let token = e.token(json!({"tags": {}})).await;
+    let r = e
+        .api_key("loop", &format!("connect_session_token={token}"), GOOD_KEY)
+        .await;
+    assert_eq!(r.error_code(), "connection_test_failed");
+    assert_eq!(e.up.count(), seen, "no packet to a loopback address");
+}
