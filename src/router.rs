@@ -22,7 +22,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     if crate::proxy::route::route(path).is_some() {
         return crate::proxy::handle(&app.proxy, req).await;
     }
-    if crate::connect::route(path).is_some() {
+    if crate::connect::route(path, crate::connect::Listener::Main).is_some() {
         return crate::connect::handle(app, req, crate::connect::Listener::Main).await;
     }
     let unsupported = api::not_supported(path);

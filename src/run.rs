@@ -269,11 +269,11 @@ impl Started {
         let proxy_addr = proxy.local_addr().map_err(RunError::Listener)?;
         // Without --public-url, connect links point at the listener end users reach.
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let _ = self
-            .app
-            .connect
-            .public_url
-            .set(format!("{scheme}://{}", connect_addr.unwrap_or(proxy_addr)));
+        // The main listener serves the Connect UI under /connect/, the public one at its root.
+        let _ = self.app.connect.public_url.set(match connect_addr {
+            Some(a) => format!("{scheme}://{a}"),
+            None => format!("{scheme}://{proxy_addr}/connect"),
+        });
         tracing::info!(
             listen = %proxy_addr,
             admin = %admin.local_addr().map_err(RunError::Listener)?,

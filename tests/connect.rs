@@ -695,7 +695,7 @@ async fn the_public_listener_serves_no_proxy_and_no_management_route() {
         ("POST", "/connect/sessions"),
         ("POST", "/connect/sessions/reconnect"),
         ("GET", "/sync/x"),
-        ("GET", "/"),
+        ("GET", "/metrics"),
     ] {
         let r = e
             .send(method, &e.sk.connect_url(path), key, json!({"tags": {}}))
@@ -739,4 +739,75 @@ async fn imports_are_verified_and_end_user_urls_are_address_checked() {
         .await;
     assert_eq!(r.error_code(), "connection_test_failed");
     assert_eq!(e.up.count(), seen, "no packet to a loopback address");
+}
+
+#[tokio::test]
+async fn the_connect_ui_page_and_what_it_lists() {
+    let e = env(&[]).await;
+    // The page: at / on the public listener, at /connect/ on both; its files beside it.
+    for url in [
+        e.sk.connect_url("/?session_token=x"),
+        e.sk.connect_url("/connect/"),
+        e.sk.url("/connect/"),
+    ] {
+        let r = e.c.send("GET", &url, &[], Bytes::new()).await;
+        assert_eq!(r.status, 200, "{url}");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        let csp = r.header("content-security-policy").expect("CSP");
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+        assert!(r.text().contains("ui.js"));
+    }
+    for url in [e.sk.connect_url("/ui.js"), e.sk.url("/connect/ui.js")] {
+        let r = e.c.send("GET", &url, &[], Bytes::new()).await;
+        assert_eq!(r.status, 200, "{url}");
+        assert!(r.text().contains("session_token"));
+    }
+    // The main listener's root stays the proxy's 404.
+    let r = e.c.send("GET", &e.sk.url("/"), &[], Bytes::new()).await;
+    assert_eq!(r.status, 404);
+    // What the page lists: the session's API_KEY and BASIC integrations by display name, with
+    // their fields, less the config the session gives.
+    let token = e
+        .token(json!({"tags": {}, "allowed_integrations": ["keyed", "basic", "oauth"]}))
+        .await;
+    let url = e.sk.connect_url("/connect/integrations");
+    let r = e.send("GET", &url, &token, Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = r.json()["data"].clone();
+    let keys: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|i| i["unique_key"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["basic", "keyed"],
+        "OAuth is not offered; sorted by name"
+    );
+    assert_eq!(
+        list[1]["credentials"],
+        json!([{"name": "apiKey", "label": "API key", "secret": true}])
+    );
+    assert_eq!(
+        list[1]["params"],
+        json!([{"name": "region", "label": "Region", "required": true}])
+    );
+    assert_eq!(list[0]["credentials"][1]["name"], "password");
+    let token = e
+        .token(json!({"tags": {}, "integrations_config_defaults": {"keyed": {"connection_config": {"region": "eu"}}}}))
+        .await;
+    let r = e.send("GET", &url, &token, Value::Null).await;
+    let keyed = r.json()["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["unique_key"] == "keyed")
+        .cloned()
+        .expect("keyed");
+    assert_eq!(keyed["params"], json!([]), "the session gives the region");
+    let r = e.send("GET", &url, "", Value::Null).await;
+    assert_eq!(r.error_code(), "missing_auth_header");
 }

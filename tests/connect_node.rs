@@ -3,8 +3,13 @@
 //! credentials with `@nangohq/frontend` on the public Connect listener. Both listeners and the
 //! verification upstream are on 127.0.0.1.
 //!
-//! The npm packages are installed by `.ci/run` (`npm ci` in `tests/node`, from its lock file);
-//! without them this test fails and says how to install them.
+//! `tests/node/browser.mjs` drives the Connect UI in headless Chromium (Debian's
+//! `/usr/bin/chromium` through `playwright-core`): the page at `connect_link` by mouse and by
+//! keyboard, and embedded by the frontend SDK's `openConnectUI`. Screenshots go to
+//! `target/connect-ui/`.
+//!
+//! The npm packages are installed by `.ci/run` (`npm ci` in `tests/node`, from its lock file),
+//! and so is Chromium; without them these tests fail and say how to install them.
 
 mod support;
 
@@ -24,12 +29,14 @@ fn providers(port: u16) -> String {
     format!(
         r#"
 keyed:
+  display_name: Keyed API
   auth_mode: API_KEY
   proxy:
     base_url: http://api.test:{port}/${{connectionConfig.region}}
     headers: {{x-api-key: "${{apiKey}}"}}
     verification: {{endpoints: [/me]}}
 userpass:
+  display_name: User Pass
   auth_mode: BASIC
   proxy:
     base_url: http://api.test:{port}
@@ -59,14 +66,14 @@ fn connect_addr(logs: &str) -> Option<String> {
         .and_then(|v| v.get("connect")?.as_str().map(str::to_string))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nangos_node_and_frontend_sdks_connect_through_sidekey() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
-    assert!(
-        dir.join("node_modules/@nangohq/frontend").is_dir()
-            && dir.join("node_modules/@nangohq/node").is_dir(),
-        "the npm packages are missing: run `npm ci` in tests/node (.ci/run does)"
-    );
+struct Running {
+    up: Upstream,
+    sk: support::sidekey::Sidekey,
+    public_url: String,
+}
+
+/// The binary with a public listener, and its loopback verification upstream.
+async fn start() -> Running {
     let up = Upstream::start(Arc::new(|r: &Recorded| {
         let ok = r.header("x-api-key") == Some(GOOD_KEY)
             || r.header("authorization") == Some("Basic dXNlcjpwYXNz");
@@ -91,17 +98,39 @@ async fn nangos_node_and_frontend_sdks_connect_through_sidekey() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let main_url = sk.url("");
-    let public_url = format!("http://{connect}");
+    Running {
+        up,
+        sk,
+        public_url: format!("http://{connect}"),
+    }
+}
+
+fn node_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        dir.join("node_modules/@nangohq/frontend").is_dir()
+            && dir.join("node_modules/@nangohq/node").is_dir()
+            && dir.join("node_modules/playwright-core").is_dir(),
+        "the npm packages are missing: run `npm ci` in tests/node (.ci/run does)"
+    );
+    dir
+}
+
+/// Runs `script` in tests/node against `run`; its last JSON line.
+async fn node(script: &'static str, run: &Running) -> serde_json::Value {
+    let dir = node_dir();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/connect-ui");
+    let (main_url, public_url) = (run.sk.url(""), run.public_url.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .arg("connect.mjs")
+            .arg(script)
             .current_dir(&dir)
             .env("SIDEKEY_URL", main_url)
             .env("CONNECT_URL", public_url)
             .env("SECRET_KEY", CALLER_KEY)
             .env("GOOD_KEY", GOOD_KEY)
             .env("BAD_KEY", BAD_KEY)
+            .env("SCREENSHOTS", shots)
             .output()
             .expect("run node (is Node.js 20+ installed?)")
     })
@@ -110,31 +139,67 @@ async fn nangos_node_and_frontend_sdks_connect_through_sidekey() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "connect.mjs failed ({}):\n{stdout}\n{}\nsidekey:\n{}",
+        "{script} failed ({}):\n{stdout}\n{}\nsidekey:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
-        sk.logs()
+        run.sk.logs()
     );
-    let result: serde_json::Value = stdout
+    stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
-        .expect("the script's JSON line");
-    assert_eq!(result["ok"], true);
-    // The verification upstream saw both keys, each with its connection's config in the URL.
-    let paths: Vec<String> = up.requests().iter().map(|r| r.uri.to_string()).collect();
-    assert!(paths.contains(&"/eu/me".to_string()), "{paths:?}");
-    assert!(paths.contains(&"/whoami".to_string()), "{paths:?}");
-    // Neither the session tokens nor the credentials appear in sidekey's log, even at debug.
-    let logs = sk.logs();
+        .expect("the script's JSON line")
+}
+
+/// Neither the session tokens nor the credentials appear in sidekey's log, even at debug.
+fn assert_no_secret_logged(run: &Running, tokens: &[&str]) {
+    let logs = run.sk.logs();
     assert!(logs.contains("connection made through Connect"), "{logs}");
-    for secret in [
-        result["token"].as_str().expect("token"),
-        result["reconnect_token"].as_str().expect("token"),
-        GOOD_KEY,
-        BAD_KEY,
-        "dXNlcjpwYXNz",
-    ] {
+    for secret in tokens
+        .iter()
+        .copied()
+        .chain([GOOD_KEY, BAD_KEY, "dXNlcjpwYXNz"])
+    {
         assert!(!logs.contains(secret), "a secret is in the log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nangos_node_and_frontend_sdks_connect_through_sidekey() {
+    let run = start().await;
+    let result = node("connect.mjs", &run).await;
+    assert_eq!(result["ok"], true);
+    // The verification upstream saw both keys, each with its connection's config in the URL.
+    let paths: Vec<String> = run
+        .up
+        .requests()
+        .iter()
+        .map(|r| r.uri.to_string())
+        .collect();
+    assert!(paths.contains(&"/eu/me".to_string()), "{paths:?}");
+    assert!(paths.contains(&"/whoami".to_string()), "{paths:?}");
+    let tokens = [
+        result["token"].as_str().expect("token"),
+        result["reconnect_token"].as_str().expect("token"),
+    ];
+    assert_no_secret_logged(&run, &tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_ui_works_in_chromium_standalone_and_in_open_connect_ui() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Chromium is missing: apt-get install -y chromium (.ci/run does)"
+    );
+    let run = start().await;
+    let result = node("browser.mjs", &run).await;
+    assert_eq!(result["ok"], true);
+    let tokens: Vec<&str> = result["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(tokens.len(), 3);
+    assert_no_secret_logged(&run, &tokens);
 }

@@ -67,6 +67,8 @@ pub struct RetryHints {
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
+    /// `display_name`, shown to end users by the Connect UI.
+    pub display_name: Option<String>,
     pub auth_mode: AuthMode,
     pub base_url: Option<BaseUrlTemplate>,
     pub headers: Vec<(HeaderName, Template)>,
@@ -286,6 +288,7 @@ struct RawVerification {
 
 #[derive(Deserialize)]
 struct RawProvider {
+    display_name: Option<String>,
     auth_mode: Option<String>,
     proxy: Option<RawProxy>,
     token_url: Option<TokenUrl>,
@@ -379,6 +382,7 @@ fn compile_entry(
     };
     Ok(Arc::new(Provider {
         name: name.to_string(),
+        display_name: entry.display_name,
         auth_mode,
         base_url,
         headers,

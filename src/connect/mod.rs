@@ -20,6 +20,7 @@
 
 mod auth;
 mod sessions;
+pub mod ui;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -44,6 +45,10 @@ pub enum ConnectRoute<'a> {
     ApiKey(&'a str),
     /// `POST /api-auth/basic/{key}`.
     Basic(&'a str),
+    /// `GET /connect/integrations` (session token as Bearer): what the Connect UI lists.
+    Integrations,
+    /// The Connect UI page and its files: `/connect/` on both listeners, `/` on the public one.
+    Ui(ui::Asset),
 }
 
 impl ConnectRoute<'_> {
@@ -55,18 +60,36 @@ impl ConnectRoute<'_> {
     fn methods(self) -> &'static [Method] {
         match self {
             Self::Session => &[Method::GET, Method::DELETE],
+            Self::Integrations => &[Method::GET],
+            Self::Ui(_) => &[Method::GET, Method::HEAD],
             _ => &[Method::POST],
         }
     }
 }
 
-/// Matches a Connect route.
-pub fn route(path: &str) -> Option<ConnectRoute<'_>> {
+/// Matches a Connect route on `listener` (the page at `/` and its files at the root are the
+/// public listener's only: on the main one those paths stay the proxy's).
+pub fn route(path: &str, listener: Listener) -> Option<ConnectRoute<'_>> {
+    use ui::Asset;
+    match path {
+        "/connect" | "/connect/" => return Some(ConnectRoute::Ui(Asset::Index)),
+        "/" if listener == Listener::Public => return Some(ConnectRoute::Ui(Asset::Index)),
+        _ => {}
+    }
+    if let Some(asset) = path.strip_prefix("/connect/").and_then(Asset::named) {
+        return Some(ConnectRoute::Ui(asset));
+    }
+    if listener == Listener::Public {
+        if let Some(asset) = path.strip_prefix('/').and_then(Asset::named) {
+            return Some(ConnectRoute::Ui(asset));
+        }
+    }
     let path = path.strip_suffix('/').unwrap_or(path);
     match path {
         "/connect/sessions" => return Some(ConnectRoute::Sessions),
         "/connect/sessions/reconnect" => return Some(ConnectRoute::Reconnect),
         "/connect/session" => return Some(ConnectRoute::Session),
+        "/connect/integrations" => return Some(ConnectRoute::Integrations),
         _ => {}
     }
     let key = |prefix: &str| {
@@ -96,7 +119,7 @@ pub async fn handle_public(app: &App, req: Request<Incoming>) -> Response<ProxyB
 pub async fn handle(app: &App, req: Request<Incoming>, listener: Listener) -> Response<ProxyBody> {
     let (req, mut log) = RequestLog::start(req, &app.state.metrics);
     let path = req.uri().path().to_string();
-    let route = match route(&path) {
+    let route = match route(&path, listener) {
         Some(r) if listener == Listener::Main || !r.secret_key() => r,
         _ => {
             let e: ApiError = crate::error::ProxyError::NotFound(path.clone()).into();
@@ -131,6 +154,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, listener: Listener) -> Re
             ConnectRoute::Session => sessions::session(app, req).await,
             ConnectRoute::ApiKey(key) => auth::api_auth(app, req, key, auth::Kind::ApiKey).await,
             ConnectRoute::Basic(key) => auth::api_auth(app, req, key, auth::Kind::Basic).await,
+            ConnectRoute::Integrations => sessions::integrations(app, req).await,
+            ConnectRoute::Ui(asset) => Ok(ui::serve(asset)),
         };
         match answered {
             Ok(res) => res,
@@ -216,6 +241,7 @@ mod tests {
 
     #[test]
     fn routes() {
+        let route = |p| route(p, Listener::Main);
         assert_eq!(route("/connect/sessions"), Some(ConnectRoute::Sessions));
         assert_eq!(
             route("/connect/sessions/reconnect"),
@@ -230,6 +256,17 @@ mod tests {
         assert_eq!(route("/api-auth/basic/"), None);
         assert_eq!(route("/api-auth/basic/a/b"), None);
         assert_eq!(route("/proxy/x"), None);
+        assert_eq!(route("/"), None, "the main listener's root is the proxy's");
+        assert_eq!(
+            super::route("/", Listener::Public),
+            Some(ConnectRoute::Ui(ui::Asset::Index))
+        );
+        assert_eq!(route("/connect/"), Some(ConnectRoute::Ui(ui::Asset::Index)));
+        assert_eq!(
+            route("/connect/ui.js"),
+            Some(ConnectRoute::Ui(ui::Asset::Script))
+        );
+        assert_eq!(route("/ui.js"), None);
         assert!(ConnectRoute::Sessions.secret_key());
         assert!(!ConnectRoute::Session.secret_key());
     }

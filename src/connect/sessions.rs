@@ -495,6 +495,48 @@ pub(super) async fn session(
     Ok(api::ok(json!({ "data": session_json(&found.session) })))
 }
 
+/// `GET /connect/integrations`: the integrations the session may connect through the Connect
+/// UI (API_KEY and BASIC ones), by display name, with the fields each needs.
+pub(super) async fn integrations(
+    app: &App,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let (parts, _) = req.into_parts();
+    let token = bearer(&parts.headers)?;
+    let (found, _) = lookup(app, token, false).await?;
+    api::strict_query(parts.uri.query(), &[])?;
+    let session = &found.session;
+    let snapshot = app.state.snapshot.load_full();
+    let mut list: Vec<Value> = snapshot
+        .integrations
+        .values()
+        .filter(|int| {
+            session
+                .allowed_integrations
+                .as_ref()
+                .is_none_or(|a| a.contains(&int.unique_key))
+        })
+        .filter(|int| {
+            matches!(
+                int.provider.auth_mode,
+                crate::config::providers::AuthMode::ApiKey
+                    | crate::config::providers::AuthMode::Basic
+            )
+        })
+        .map(|int| super::ui::integration_json(int, session))
+        .collect();
+    list.sort_by(|a, b| {
+        let name = |v: &Value| {
+            v["display_name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase()
+        };
+        name(a).cmp(&name(b))
+    });
+    Ok(api::ok(json!({ "data": list })))
+}
+
 /// A session as `GET /connect/session` shows it (Nango's camel-case `endUser`; config
 /// defaults without `user_scopes`).
 fn session_json(s: &Session) -> Value {
