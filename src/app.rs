@@ -47,6 +47,9 @@ pub struct ConnectOptions {
     /// given, set once the listeners are bound (the connect listener's address, else the main
     /// one's).
     pub public_url: std::sync::OnceLock<String>,
+    /// What `/oauth/callback` is appended to for OAuth redirect URIs: `--public-url`, or the
+    /// root of the listener end users reach (set with the listeners).
+    pub callback_base: std::sync::OnceLock<String>,
     /// How long a connect session works (Nango: 30 minutes).
     pub session_ttl: std::time::Duration,
     /// Auth attempts one session may make; the next ones answer 429 `too_many_attempts`.
@@ -57,6 +60,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
             public_url: std::sync::OnceLock::new(),
+            callback_base: std::sync::OnceLock::new(),
             session_ttl: std::time::Duration::from_secs(30 * 60),
             max_attempts: 20,
         }

@@ -270,6 +270,10 @@ impl Started {
         // Without --public-url, connect links point at the listener end users reach.
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         // The main listener serves the Connect UI under /connect/, the public one at its root.
+        let _ = self.app.connect.callback_base.set(match &args.public_url {
+            Some(url) => url.clone(),
+            None => format!("{scheme}://{}", connect_addr.unwrap_or(proxy_addr)),
+        });
         let _ = self.app.connect.public_url.set(match connect_addr {
             Some(a) => format!("{scheme}://{a}"),
             None => format!("{scheme}://{proxy_addr}/connect"),

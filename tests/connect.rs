@@ -18,9 +18,24 @@ const BAD_KEY: &str = "sk_end_user_bad_4567";
 /// A caller key holding only `proxy` (its digest goes in the vault).
 const PROXY_ONLY_KEY: &str = "proxy-only-key-0123456789";
 
-/// Accepts `x-api-key: GOOD_KEY` and Basic `user:pass`; 401 otherwise.
+/// Accepts `x-api-key: GOOD_KEY` and Basic `user:pass`; 401 otherwise. `POST /token` is an
+/// OAuth token endpoint that grants the code `good-code` with a PKCE verifier.
 fn verifier() -> support::upstream::SyncHandler {
     Arc::new(|r: &Recorded| {
+        if r.uri.path() == "/token" {
+            let form = String::from_utf8_lossy(&r.body).to_string();
+            let ok = form.contains("code=good-code")
+                && form.contains("grant_type=authorization_code")
+                && form.contains("code_verifier=");
+            return if ok {
+                reply(
+                    200,
+                    r#"{"access_token":"at-1","refresh_token":"rt-1","expires_in":3600,"instance_url":"https://inst.example.com","token_type":"bearer"}"#,
+                )
+            } else {
+                reply(400, r#"{"error":"invalid_grant"}"#)
+            };
+        }
         let basic_ok = r.header("authorization") == Some("Basic dXNlcjpwYXNz");
         if r.header("x-api-key") == Some(GOOD_KEY) || basic_ok {
             reply(200, r#"{"me":true}"#)
@@ -47,7 +62,7 @@ userpass:
 loopback:
   auth_mode: API_KEY
   proxy:
-    base_url: http://127.0.0.1:{port}
+    base_url: http://${{connectionConfig.host}}
     headers: {{x-api-key: "${{apiKey}}"}}
     verification: {{endpoints: [/me]}}
 untested:
@@ -56,6 +71,15 @@ untested:
     base_url: http://api.test:{port}
     headers: {{x-api-key: "${{apiKey}}"}}
 oauth: {{auth_mode: OAUTH2, token_url: "http://api.test:{port}/token", proxy: {{base_url: "http://api.test:{port}"}}}}
+oauthp:
+  display_name: OAuth Provider
+  auth_mode: OAUTH2
+  authorization_url: http://auth.test:{port}/authorize
+  authorization_params: {{audience: api, prompt: consent}}
+  token_url: http://api.test:{port}/token
+  scope_separator: ","
+  token_response_metadata: [instance_url]
+  proxy: {{base_url: "http://api.test:{port}"}}
 "#
     )
 }
@@ -72,6 +96,9 @@ integrations:
   - {{unique_key: loop, provider: loopback}}
   - {{unique_key: untested, provider: untested}}
   - {{unique_key: oauth, provider: oauth}}
+  - unique_key: oauthi
+    provider: oauthp
+    credentials: {{type: OAUTH2, oauth_client_id: cid-1, oauth_client_secret: csecret-1, scopes: "read,write"}}
 connections: []
 "#,
         hex::encode(sidekey::auth::digest(PROXY_ONLY_KEY))
@@ -715,9 +742,10 @@ async fn imports_are_verified_and_end_user_urls_are_address_checked() {
     let e = env(&[]).await;
     let key = AUTH.trim_start_matches("Bearer ");
     let e = &e;
+    let host = format!("127.0.0.1:{}", e.up.port());
     let import = |api_key: &str, int: &str| {
         let url = e.sk.url("/connections");
-        let body = json!({"provider_config_key": int, "connection_id": "imp", "connection_config": {"region": "us"}, "credentials": {"type": "API_KEY", "apiKey": api_key}});
+        let body = json!({"provider_config_key": int, "connection_id": "imp", "connection_config": {"region": "us", "host": host}, "credentials": {"type": "API_KEY", "apiKey": api_key}});
         async move { e.send("POST", &url, key, body).await }
     };
     let r = import(BAD_KEY, "keyed").await;
@@ -728,14 +756,19 @@ async fn imports_are_verified_and_end_user_urls_are_address_checked() {
     assert_eq!(e.connections().await, json!([]));
     let r = import(GOOD_KEY, "keyed").await;
     assert_eq!(r.status, 201, "{}", r.text());
-    // An operator's import reaches a loopback base URL (trusted, like the proxy)...
+    // An operator's import reaches a loopback host its connection_config names (trusted, like
+    // the proxy)...
     let r = import(GOOD_KEY, "loop").await;
     assert_eq!(r.status, 201, "{}", r.text());
     let seen = e.up.count();
-    // ...an end user's Connect flow does not: the checked pool refuses loopback.
+    // ...an end user's params do not: that URL goes through the checked pool.
     let token = e.token(json!({"tags": {}})).await;
     let r = e
-        .api_key("loop", &format!("connect_session_token={token}"), GOOD_KEY)
+        .api_key(
+            "loop",
+            &format!("connect_session_token={token}&params[host]={host}"),
+            GOOD_KEY,
+        )
         .await;
     assert_eq!(r.error_code(), "connection_test_failed");
     assert_eq!(e.up.count(), seen, "no packet to a loopback address");
@@ -810,4 +843,207 @@ async fn the_connect_ui_page_and_what_it_lists() {
     assert_eq!(keyed["params"], json!([]), "the session gives the region");
     let r = e.send("GET", &url, "", Value::Null).await;
     assert_eq!(r.error_code(), "missing_auth_header");
+}
+
+/// The query of a URL as decoded pairs.
+fn query_of(url: &str) -> Vec<(String, String)> {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find_map(|(k, v)| (k == name).then_some(v.as_str()))
+}
+
+#[tokio::test]
+async fn the_oauth2_authorization_code_flow() {
+    let e = env(&[]).await;
+    let token = e
+        .token(json!({"end_user": end_user(), "allowed_integrations": ["oauthi", "keyed"]}))
+        .await;
+    let e = &e;
+    let token = token.as_str();
+    let start = |q: String| {
+        let url = e.sk.connect_url(&format!(
+            "/oauth/connect/oauthi?connect_session_token={token}{q}"
+        ));
+        async move { e.c.send("GET", &url, &[], Bytes::new()).await }
+    };
+    let r = start("&params[tenant]=t1&authorization_params[login_hint]=ada&authorization_params[prompt]=undefined".into()).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let location = r.header("location").expect("location").to_string();
+    assert!(
+        location.starts_with(&format!("http://auth.test:{}/authorize?", e.up.port())),
+        "{location}"
+    );
+    let q = query_of(&location);
+    assert_eq!(param(&q, "response_type"), Some("code"));
+    assert_eq!(param(&q, "client_id"), Some("cid-1"));
+    let connect = e.sk.connect.expect("connect listener");
+    assert_eq!(
+        param(&q, "redirect_uri"),
+        Some(format!("http://{connect}/oauth/callback").as_str())
+    );
+    assert_eq!(
+        param(&q, "scope"),
+        Some("read,write"),
+        "the provider's scope_separator"
+    );
+    assert_eq!(param(&q, "audience"), Some("api"));
+    assert_eq!(
+        param(&q, "prompt"),
+        None,
+        "`undefined` removes a template parameter"
+    );
+    assert_eq!(param(&q, "login_hint"), Some("ada"));
+    assert_eq!(param(&q, "code_challenge_method"), Some("S256"));
+    let challenge = param(&q, "code_challenge").expect("PKCE").to_string();
+    let state = param(&q, "state").expect("state").to_string();
+    assert_eq!(state.len(), 64);
+    assert!(!location.contains("csecret-1"));
+    // The provider sends the browser back with a code.
+    let callback = |q: String| {
+        let url = e.sk.connect_url(&format!("/oauth/callback?{q}"));
+        async move { e.c.send("GET", &url, &[], Bytes::new()).await }
+    };
+    let r = callback(format!("code=good-code&state={state}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let html = r.text();
+    assert!(
+        html.contains(r#"data-outcome="success""#) && html.contains("oauth-callback.js"),
+        "{html}"
+    );
+    // The token request: the code, the verifier whose S256 is the challenge, the client.
+    let token_req =
+        e.up.requests()
+            .into_iter()
+            .find(|r| r.uri.path() == "/token")
+            .expect("token request");
+    let form = query_of(&format!("?{}", String::from_utf8_lossy(&token_req.body)));
+    assert_eq!(
+        param(&form, "redirect_uri"),
+        Some(format!("http://{connect}/oauth/callback").as_str())
+    );
+    assert_eq!(param(&form, "client_secret"), Some("csecret-1"));
+    let verifier = param(&form, "code_verifier").expect("verifier");
+    assert_eq!(verifier.len(), 48);
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    assert_eq!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(verifier.as_bytes())),
+        challenge
+    );
+    // The connection: the token, the config with the token response's metadata, the end user.
+    let list = e.connections().await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let id = list[0]["connection_id"].as_str().expect("id").to_string();
+    assert!(html.contains(&id));
+    assert_eq!(list[0]["end_user"]["id"], "u-42");
+    let key = AUTH.trim_start_matches("Bearer ");
+    let conn = e
+        .send(
+            "GET",
+            &e.sk.url(&format!(
+                "/connections/{id}?provider_config_key=oauthi&refresh_token=true"
+            )),
+            key,
+            Value::Null,
+        )
+        .await
+        .json();
+    assert_eq!(conn["credentials"]["access_token"], "at-1");
+    assert_eq!(conn["credentials"]["refresh_token"], "rt-1");
+    assert!(conn["credentials"]["expires_at"].is_string());
+    assert_eq!(
+        conn["connection_config"],
+        json!({"tenant": "t1", "instance_url": "https://inst.example.com"})
+    );
+    // The state is single-use.
+    let r = callback(format!("code=good-code&state={state}")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("sidekey-error")),
+        (400, Some("state_err"))
+    );
+    let r = callback("code=good-code&state=nope".into()).await;
+    assert_eq!(r.header("sidekey-error"), Some("state_err"));
+    // A code the token endpoint refuses, and a provider's own error: nothing written.
+    let state_of = |r: &TestResponse| {
+        param(&query_of(r.header("location").expect("location")), "state")
+            .expect("state")
+            .to_string()
+    };
+    let s2 = state_of(&start(String::new()).await);
+    let r = callback(format!("code=bad-code&state={s2}")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("sidekey-error")),
+        (400, Some("token_err"))
+    );
+    let s3 = state_of(&start(String::new()).await);
+    let r = callback(format!(
+        "error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E&state={s3}"
+    ))
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("sidekey-error")),
+        (400, Some("callback_err"))
+    );
+    assert!(r.text().contains("&lt;b&gt;no"), "escaped: {}", r.text());
+    assert_eq!(e.connections().await.as_array().map(Vec::len), Some(1));
+    // A session deleted mid-flow stops the flow at the callback.
+    let s4 = state_of(&start(String::new()).await);
+    let r = e
+        .send(
+            "DELETE",
+            &e.sk.connect_url("/connect/session"),
+            token,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = callback(format!("code=good-code&state={s4}")).await;
+    assert_eq!(
+        r.header("sidekey-error"),
+        Some("unknown_connect_session_token")
+    );
+    assert_eq!(e.connections().await.as_array().map(Vec::len), Some(1));
+    // Errors before the redirect.
+    let t2 = e
+        .token(json!({"tags": {}, "allowed_integrations": ["keyed", "oauthi"]}))
+        .await;
+    let get = |path: String| {
+        let url = e.sk.connect_url(&path);
+        async move { e.c.send("GET", &url, &[], Bytes::new()).await }
+    };
+    let r = get(format!("/oauth/connect/keyed?connect_session_token={t2}")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("sidekey-error")),
+        (400, Some("auth_mode_err"))
+    );
+    let r = get(format!(
+        "/oauth/connect/untested?connect_session_token={t2}"
+    ))
+    .await;
+    assert_eq!(r.error_code(), "integration_not_allowed");
+    let r = get(format!(
+        "/oauth/connect/oauthi?connect_session_token={t2}&connection_id=x"
+    ))
+    .await;
+    assert_eq!(r.error_code(), "invalid_query_params");
+    let r = get("/oauth/connect/oauthi".into()).await;
+    assert_eq!(r.error_code(), "missing_public_key");
 }

@@ -5,7 +5,8 @@
 //!
 //! `tests/node/browser.mjs` drives the Connect UI in headless Chromium (Debian's
 //! `/usr/bin/chromium` through `playwright-core`): the page at `connect_link` by mouse and by
-//! keyboard, and embedded by the frontend SDK's `openConnectUI`. Screenshots go to
+//! keyboard, embedded by the frontend SDK's `openConnectUI`, and the OAuth2 flow in its popup
+//! against a loopback authorization server and token endpoint. Screenshots go to
 //! `target/connect-ui/`.
 //!
 //! The npm packages are installed by `.ci/run` (`npm ci` in `tests/node`, from its lock file),
@@ -41,6 +42,13 @@ userpass:
   proxy:
     base_url: http://api.test:{port}
     verification: {{endpoints: [/whoami]}}
+oauthp:
+  display_name: OAuth Provider
+  auth_mode: OAUTH2
+  authorization_url: http://127.0.0.1:{port}/authorize
+  token_url: http://api.test:{port}/token
+  proxy:
+    base_url: http://api.test:{port}
 untested:
   auth_mode: API_KEY
   proxy:
@@ -55,6 +63,9 @@ integrations:
   - {unique_key: keyed, provider: keyed}
   - {unique_key: basic, provider: userpass}
   - {unique_key: untested, provider: untested}
+  - unique_key: oauthi
+    provider: oauthp
+    credentials: {type: OAUTH2, oauth_client_id: cid-1, oauth_client_secret: csecret-1, scopes: read}
 connections: []
 "#;
 
@@ -75,6 +86,36 @@ struct Running {
 /// The binary with a public listener, and its loopback verification upstream.
 async fn start() -> Running {
     let up = Upstream::start(Arc::new(|r: &Recorded| {
+        // A fake authorization server: consent is given at once, back to the redirect URI.
+        if r.uri.path() == "/authorize" {
+            let q = r.uri.query().unwrap_or_default();
+            let get = |name: &str| {
+                q.split('&').find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    (k == name).then(|| {
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                })
+            };
+            let (Some(redirect), Some(state)) = (get("redirect_uri"), get("state")) else {
+                return reply(400, "no redirect_uri or state");
+            };
+            let mut res = reply(302, "");
+            let to = format!("{redirect}?code=good-code&state={state}");
+            res.headers_mut()
+                .insert("location", to.parse().expect("location"));
+            return res;
+        }
+        if r.uri.path() == "/token" {
+            let form = String::from_utf8_lossy(&r.body).to_string();
+            return if form.contains("code=good-code") && form.contains("code_verifier=") {
+                reply(200, r#"{"access_token":"at-browser","expires_in":3600}"#)
+            } else {
+                reply(400, r#"{"error":"invalid_grant"}"#)
+            };
+        }
         let ok = r.header("x-api-key") == Some(GOOD_KEY)
             || r.header("authorization") == Some("Basic dXNlcjpwYXNz");
         reply(if ok { 200 } else { 401 }, "{}")
@@ -200,6 +241,6 @@ async fn the_connect_ui_works_in_chromium_standalone_and_in_open_connect_ui() {
         .iter()
         .filter_map(|t| t.as_str())
         .collect();
-    assert_eq!(tokens.len(), 3);
+    assert_eq!(tokens.len(), 4);
     assert_no_secret_logged(&run, &tokens);
 }

@@ -82,6 +82,17 @@ pub struct Provider {
     /// `token_request_auth_method: basic`: client credentials in HTTP Basic.
     pub token_auth_basic: bool,
     pub token_expiration_buffer: Option<Duration>,
+    /// The OAuth2 authorization-code flow (Connect): `authorization_url` (may read
+    /// `connectionConfig` values), its fixed `authorization_params` (templates), the
+    /// `scope_separator` (default a space), `default_scopes` (when the integration names none),
+    /// `disable_pkce`, and the token response fields copied into `connection_config`
+    /// (`token_response_metadata`, e.g. Salesforce's `instance_url`).
+    pub authorization_url: Option<BaseUrlTemplate>,
+    pub authorization_params: Vec<(String, String)>,
+    pub scope_separator: Option<String>,
+    pub default_scopes: Vec<String>,
+    pub disable_pkce: bool,
+    pub token_response_metadata: Vec<String>,
     /// `proxy.verification`: how an API_KEY or BASIC credential is tested before a
     /// connection is written (`None`: it is accepted untested, as Nango does).
     pub verification: Option<Verification>,
@@ -297,6 +308,12 @@ struct RawProvider {
     refresh_params: Option<BTreeMap<String, Scalar>>,
     token_request_auth_method: Option<String>,
     token_expiration_buffer: Option<u64>,
+    authorization_url: Option<String>,
+    authorization_params: Option<BTreeMap<String, Scalar>>,
+    scope_separator: Option<String>,
+    default_scopes: Option<OneOrMany>,
+    disable_pkce: Option<bool>,
+    token_response_metadata: Option<OneOrMany>,
 }
 
 fn compile_entry(
@@ -364,6 +381,11 @@ fn compile_entry(
     };
     let token_url = base_template(&mut errors, "token_url", token_url_src);
     let refresh_url = base_template(&mut errors, "refresh_url", entry.refresh_url);
+    // Only the Connect flow reads it: one sidekey cannot compile leaves the provider usable
+    // for the proxy (the flow then says the provider cannot be connected).
+    let authorization_url = entry
+        .authorization_url
+        .and_then(|s| BaseUrlTemplate::compile(&s).ok());
     let retry = compile_retry(proxy.retry.unwrap_or_default(), &mut errors);
     let verification = proxy
         .verification
@@ -397,6 +419,18 @@ fn compile_entry(
             .token_request_auth_method
             .is_some_and(|m| m.eq_ignore_ascii_case("basic")),
         token_expiration_buffer: entry.token_expiration_buffer.map(Duration::from_secs),
+        authorization_url,
+        authorization_params: params(entry.authorization_params),
+        scope_separator: entry.scope_separator,
+        default_scopes: entry
+            .default_scopes
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default(),
+        disable_pkce: entry.disable_pkce.unwrap_or(false),
+        token_response_metadata: entry
+            .token_response_metadata
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default(),
         verification,
     }))
 }

@@ -115,6 +115,36 @@ fn params(pairs: &[(String, String)]) -> Result<Map<String, Value>, ApiError> {
     Ok(out)
 }
 
+/// The session token of an auth route's query: 401 `missing_public_key` without one, 401
+/// `deprecated_authentication` for a `public_key` (sidekey has no public keys).
+pub(super) fn session_token<'a>(
+    token: Option<&'a str>,
+    public_key: Option<&str>,
+) -> Result<&'a str, ApiError> {
+    match (token, public_key) {
+        (Some(t), _) if !t.is_empty() => Ok(t),
+        (_, Some(p)) if !p.is_empty() => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "deprecated_authentication",
+            "Public key authentication is deprecated. Please use connect session authentication instead.",
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_public_key",
+            "Authentication failed. The request is missing a connect session token (connect_session_token).",
+        )),
+    }
+}
+
+/// 429 `too_many_attempts`: the session used up its auth attempts.
+pub(super) fn too_many_attempts() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        "This connect session has made too many attempts; ask for a new session.",
+    )
+}
+
 /// `POST /api-auth/api-key/{key}` and `POST /api-auth/basic/{key}`.
 pub(super) async fn api_auth(
     app: &App,
@@ -129,30 +159,10 @@ pub(super) async fn api_auth(
             .iter()
             .find_map(|(k, v)| (k == name).then_some(v.as_str()))
     };
-    let token = match (find("connect_session_token"), find("public_key")) {
-        (Some(t), _) if !t.is_empty() => t,
-        (_, Some(p)) if !p.is_empty() => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "deprecated_authentication",
-                "Public key authentication is deprecated. Please use connect session authentication instead.",
-            ))
-        }
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_public_key",
-                "Authentication failed. The request is missing a connect session token (connect_session_token).",
-            ))
-        }
-    };
+    let token = session_token(find("connect_session_token"), find("public_key"))?;
     let (found, digest) = lookup(app, token, true).await?;
     if found.attempts > app.connect.max_attempts {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            "This connect session has made too many attempts; ask for a new session.",
-        ));
+        return Err(too_many_attempts());
     }
     let session = found.session;
     let body = api::read_json(&parts.headers, body).await?;

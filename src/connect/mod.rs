@@ -19,6 +19,7 @@
 //! mode), stored by the SHA-256 of their token. Tokens are never logged.
 
 mod auth;
+mod oauth;
 mod sessions;
 pub mod ui;
 
@@ -47,6 +48,10 @@ pub enum ConnectRoute<'a> {
     Basic(&'a str),
     /// `GET /connect/integrations` (session token as Bearer): what the Connect UI lists.
     Integrations,
+    /// `GET /oauth/connect/{key}` (session token in the query): to the provider's consent.
+    OAuthConnect(&'a str),
+    /// `GET /oauth/callback`: back from the provider.
+    OAuthCallback,
     /// The Connect UI page and its files: `/connect/` on both listeners, `/` on the public one.
     Ui(ui::Asset),
 }
@@ -60,7 +65,7 @@ impl ConnectRoute<'_> {
     fn methods(self) -> &'static [Method] {
         match self {
             Self::Session => &[Method::GET, Method::DELETE],
-            Self::Integrations => &[Method::GET],
+            Self::Integrations | Self::OAuthConnect(_) | Self::OAuthCallback => &[Method::GET],
             Self::Ui(_) => &[Method::GET, Method::HEAD],
             _ => &[Method::POST],
         }
@@ -90,7 +95,14 @@ pub fn route(path: &str, listener: Listener) -> Option<ConnectRoute<'_>> {
         "/connect/sessions/reconnect" => return Some(ConnectRoute::Reconnect),
         "/connect/session" => return Some(ConnectRoute::Session),
         "/connect/integrations" => return Some(ConnectRoute::Integrations),
+        "/oauth/callback" => return Some(ConnectRoute::OAuthCallback),
         _ => {}
+    }
+    if let Some(k) = path
+        .strip_prefix("/oauth/connect/")
+        .filter(|k| !k.is_empty() && !k.contains('/'))
+    {
+        return Some(ConnectRoute::OAuthConnect(k));
     }
     let key = |prefix: &str| {
         path.strip_prefix(prefix)
@@ -155,6 +167,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, listener: Listener) -> Re
             ConnectRoute::ApiKey(key) => auth::api_auth(app, req, key, auth::Kind::ApiKey).await,
             ConnectRoute::Basic(key) => auth::api_auth(app, req, key, auth::Kind::Basic).await,
             ConnectRoute::Integrations => sessions::integrations(app, req).await,
+            ConnectRoute::OAuthConnect(key) => oauth::connect(app, req, key).await,
+            ConnectRoute::OAuthCallback => oauth::callback(app, req).await,
             ConnectRoute::Ui(asset) => Ok(ui::serve(asset)),
         };
         match answered {

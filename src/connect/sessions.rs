@@ -496,7 +496,8 @@ pub(super) async fn session(
 }
 
 /// `GET /connect/integrations`: the integrations the session may connect through the Connect
-/// UI (API_KEY and BASIC ones), by display name, with the fields each needs.
+/// UI (API_KEY, BASIC, and OAUTH2 ones with a client and an authorization URL), by display
+/// name, with the fields each needs.
 pub(super) async fn integrations(
     app: &App,
     req: Request<ProxyBody>,
@@ -517,11 +518,17 @@ pub(super) async fn integrations(
                 .is_none_or(|a| a.contains(&int.unique_key))
         })
         .filter(|int| {
-            matches!(
-                int.provider.auth_mode,
-                crate::config::providers::AuthMode::ApiKey
-                    | crate::config::providers::AuthMode::Basic
-            )
+            use crate::config::providers::AuthMode;
+            match int.provider.auth_mode {
+                AuthMode::ApiKey | AuthMode::Basic => true,
+                // Only an OAuth2 integration that can start the flow.
+                AuthMode::OAuth2 => {
+                    int.oauth_client_id.is_some()
+                        && int.oauth_client_secret.is_some()
+                        && int.provider.authorization_url.is_some()
+                }
+                AuthMode::OAuth2Cc => false,
+            }
         })
         .map(|int| super::ui::integration_json(int, session))
         .collect();

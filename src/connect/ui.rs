@@ -27,6 +27,7 @@ use crate::template::{Placeholder, Template};
 const INDEX: &str = include_str!("ui/index.html");
 const SCRIPT: &str = include_str!("ui/ui.js");
 const STYLE: &str = include_str!("ui/ui.css");
+const CALLBACK: &str = include_str!("ui/oauth-callback.js");
 
 /// One of the page's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub enum Asset {
     Index,
     Script,
     Style,
+    /// The script of the OAuth callback page.
+    Callback,
 }
 
 impl Asset {
@@ -42,6 +45,7 @@ impl Asset {
         match name {
             "ui.js" => Some(Self::Script),
             "ui.css" => Some(Self::Style),
+            "oauth-callback.js" => Some(Self::Callback),
             _ => None,
         }
     }
@@ -53,6 +57,7 @@ pub fn serve(asset: Asset) -> Response<ProxyBody> {
         Asset::Index => (INDEX, "text/html; charset=utf-8"),
         Asset::Script => (SCRIPT, "text/javascript; charset=utf-8"),
         Asset::Style => (STYLE, "text/css; charset=utf-8"),
+        Asset::Callback => (CALLBACK, "text/javascript; charset=utf-8"),
     };
     let mut res = Response::new(crate::body::full(Bytes::from_static(body.as_bytes())));
     *res.status_mut() = StatusCode::OK;
@@ -138,6 +143,11 @@ pub fn integration_json(int: &Integration, session: &Session) -> Value {
             None => params.push((name, required)),
         }
     };
+    if let Some(url) = int.provider.authorization_url.as_ref() {
+        for name in url.alternatives().iter().flat_map(config_names) {
+            add(name, true);
+        }
+    }
     if let Some(base) = int.base_url.as_ref().or(int.provider.base_url.as_ref()) {
         let alts = base.alternatives();
         for (i, alt) in alts.iter().enumerate() {

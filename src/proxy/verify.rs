@@ -9,11 +9,11 @@
 //! are tried in order, with no retries; the first 2xx means valid, anything else (another
 //! status, a refused connection, a timeout after `--response-timeout`) moves to the next.
 //!
-//! Address policy: the request goes through the proxy's own pools. When the URL may have been
-//! shaped by an end user (`params[...]` of the Connect flow fill `connectionConfig` values of
-//! the base URL), it goes through the checked pool, which refuses loopback, private,
-//! link-local and metadata addresses after resolution — unless the operator allows any
-//! address for overrides (`--base-url-override any`). `--resolve` pins are operator-trusted
+//! Address policy: the request goes through the proxy's own pools. When an end user shaped the
+//! URL (`params[...]` of the Connect flow fill the `connectionConfig` values its base URL
+//! reads), it goes through the checked pool, which refuses loopback, private, link-local and
+//! metadata addresses after resolution — unless the operator allows any address for
+//! overrides (`--base-url-override any`). A URL fixed by the operator's files is trusted. `--resolve` pins are operator-trusted
 //! in both pools. An operator's import (`POST /connections` with a secret key) uses the
 //! trusted pool, like the proxy does for that connection afterwards.
 
@@ -74,7 +74,20 @@ pub async fn verify(
             }
         },
     };
-    let checked = end_user_input && proxy.options.override_policy != OverridePolicy::Any;
+    // Only a URL an end user's values went into is address-checked.
+    let template = v
+        .base_url_override
+        .as_ref()
+        .or(conn
+            .integration
+            .base_url
+            .as_ref()
+            .or(conn.integration.provider.base_url.as_ref()));
+    let shaped = template.is_some_and(|t| {
+        t.placeholders()
+            .any(|p| matches!(p, crate::template::Placeholder::ConnectionConfig(_)))
+    });
+    let checked = end_user_input && shaped && proxy.options.override_policy != OverridePolicy::Any;
     let client = if checked {
         &proxy.client.checked
     } else {

@@ -46,6 +46,23 @@ pub struct Session {
     pub reconnect: Option<(String, String)>,
 }
 
+/// One OAuth authorization in flight: made by `GET /oauth/connect/{key}`, taken (once) by
+/// `GET /oauth/callback` with its `state`. Kept under the SHA-256 of the state, like sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuthState {
+    /// The digest of the session that started it (it must still be live at the callback).
+    pub session: [u8; 32],
+    /// When the state stops working: ten minutes, or the session's end if sooner.
+    pub expires_at: jiff::Timestamp,
+    pub provider_config_key: String,
+    /// The connection's config, as resolved when the flow started.
+    pub connection_config: Map<String, Value>,
+    /// The PKCE verifier (`None` when the provider disables PKCE).
+    pub code_verifier: Option<String>,
+    /// The `redirect_uri` sent to the provider (the token request repeats it).
+    pub redirect_uri: String,
+}
+
 /// Why a session could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -76,6 +93,17 @@ pub trait SessionStore: Send + Sync {
     ) -> BoxFuture<'_, Result<Option<Found>, SessionError>>;
     /// Deletes a session; whether a live one was there.
     fn delete(&self, digest: [u8; 32]) -> BoxFuture<'_, Result<bool, SessionError>>;
+    /// Keeps an OAuth state.
+    fn put_state(
+        &self,
+        digest: [u8; 32],
+        state: OAuthState,
+    ) -> BoxFuture<'_, Result<(), SessionError>>;
+    /// Takes an OAuth state out (single use); `None` when unknown, used or expired.
+    fn take_state(
+        &self,
+        digest: [u8; 32],
+    ) -> BoxFuture<'_, Result<Option<OAuthState>, SessionError>>;
 }
 
 /// A fresh token: the prefix and 32 random bytes in hex.
@@ -106,6 +134,7 @@ struct Entry {
 #[derive(Default)]
 pub struct MemorySessions {
     entries: Mutex<HashMap<[u8; 32], Entry>>,
+    states: Mutex<HashMap<[u8; 32], OAuthState>>,
 }
 
 impl MemorySessions {
@@ -187,6 +216,32 @@ impl SessionStore for MemorySessions {
             .is_some_and(|e| e.session.expires_at > now);
         Box::pin(async move { Ok(live) })
     }
+
+    fn put_state(
+        &self,
+        digest: [u8; 32],
+        state: OAuthState,
+    ) -> BoxFuture<'_, Result<(), SessionError>> {
+        let now = jiff::Timestamp::now();
+        let mut map = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, s| s.expires_at > now);
+        map.insert(digest, state);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn take_state(
+        &self,
+        digest: [u8; 32],
+    ) -> BoxFuture<'_, Result<Option<OAuthState>, SessionError>> {
+        let now = jiff::Timestamp::now();
+        let taken = self
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&digest)
+            .filter(|s| s.expires_at > now);
+        Box::pin(async move { Ok(taken) })
+    }
 }
 
 #[cfg(test)]
@@ -231,5 +286,29 @@ mod tests {
         assert!(store.delete(a).await.expect("delete"));
         assert!(store.get(a, false).await.expect("get").is_none(), "deleted");
         assert!(!store.delete(a).await.expect("delete"));
+    }
+
+    #[tokio::test]
+    async fn oauth_states_are_single_use_and_expire() {
+        let store = MemorySessions::new();
+        let state = |secs: i64| OAuthState {
+            session: digest("s"),
+            expires_at: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs),
+            provider_config_key: "k".into(),
+            connection_config: Map::new(),
+            code_verifier: None,
+            redirect_uri: "http://127.0.0.1/oauth/callback".into(),
+        };
+        store.put_state(digest("a"), state(60)).await.expect("put");
+        store.put_state(digest("b"), state(-1)).await.expect("put");
+        assert!(store.take_state(digest("a")).await.expect("take").is_some());
+        assert!(
+            store.take_state(digest("a")).await.expect("take").is_none(),
+            "used"
+        );
+        assert!(
+            store.take_state(digest("b")).await.expect("take").is_none(),
+            "expired"
+        );
     }
 }

@@ -1,6 +1,8 @@
 // sidekey's Connect UI in headless Chromium (Debian's /usr/bin/chromium driven by
-// playwright-core): the page at connect_link, by mouse and by keyboard, and the same page
-// embedded by @nangohq/frontend's openConnectUI from an application page on another origin.
+// playwright-core): the page at connect_link, by mouse and by keyboard, the same page embedded
+// by @nangohq/frontend's openConnectUI from an application page on another origin, and the
+// OAuth2 authorization-code flow in its popup (a loopback authorization server that consents
+// at once, and a loopback token endpoint).
 // Run by tests/connect_node.rs with SIDEKEY_URL, CONNECT_URL, SECRET_KEY, GOOD_KEY, BAD_KEY and
 // SCREENSHOTS (a directory under target/). Prints one JSON line; exits non-zero on failure.
 import assert from 'node:assert/strict';
@@ -69,7 +71,7 @@ const watch = (page) => {
         if (host === '127.0.0.1') return route.continue();
         problems.push(`request to ${host}`);
         return route.abort();
-    });
+    }).catch(() => { /* a popup that already closed itself */ });
 };
 const result = { ok: false, tokens: [] };
 try {
@@ -133,9 +135,29 @@ try {
     const connected = events.find((e) => e.type === 'connect').payload;
     assert.equal(connected.providerConfigKey, 'keyed');
 
+    // 4. OAuth2 in the popup: consent at the loopback authorization server, the callback page
+    // posts the outcome back, the page shows it.
+    const s4 = await session(['oauthi']);
+    result.tokens.push(s4.token);
+    const op = await browser.newPage();
+    watch(op);
+    op.context().on('page', (p) => watch(p));
+    await op.goto(s4.connect_link);
+    const [consent] = await Promise.all([
+        op.waitForEvent('popup'),
+        op.getByRole('button', { name: 'Continue with OAuth Provider' }).click()
+    ]);
+    await op.getByText('OAuth Provider is connected.').first().waitFor();
+    await op.screenshot({ path: path.join(shots, 'oauth-connected.png') });
+    await consent.waitForEvent('close', { timeout: 5000 }).catch(() => {});
+
     const { connections } = await backend.listConnections();
     const mine = connections.filter((c) => c.end_user?.id === 'browser-user');
-    assert.equal(mine.length, 3, JSON.stringify(connections));
+    assert.equal(mine.length, 4, JSON.stringify(connections));
+    const oauthConn = mine.find((c) => c.provider_config_key === 'oauthi');
+    assert.ok(oauthConn, 'the OAuth connection');
+    const full = await backend.getConnection('oauthi', oauthConn.connection_id);
+    assert.equal(full.credentials.access_token, 'at-browser');
     assert.ok(mine.some((c) => c.connection_id === connected.connectionId));
     assert.deepEqual(problems, []);
     result.ok = true;

@@ -95,7 +95,7 @@
         const items = integrations.map((i) => el('li', null,
             el('button', { type: 'button', onclick: () => form(i, true), 'data-key': i.unique_key },
                 el('span', { text: i.display_name }),
-                el('span', { class: 'mode', text: i.auth_mode === 'BASIC' ? 'user name and password' : 'API key' }))));
+                el('span', { class: 'mode', text: i.auth_mode === 'BASIC' ? 'user name and password' : i.auth_mode === 'OAUTH2' ? 'sign in' : 'API key' }))));
         show(el('p', { class: 'muted', text: 'Choose what to connect:' }), el('ul', { class: 'integrations' }, ...items));
         app.querySelector('button')?.focus();
     };
@@ -116,11 +116,16 @@
                 p.required ? null : el('span', { class: 'hint', text: 'optional' }),
                 el('input', { name: `params.${p.name}`, type: 'text', autocomplete: 'off', spellcheck: 'false', required: p.required })));
         }
-        const submit = el('button', { type: 'submit', class: 'primary', text: 'Connect' });
+        const oauth = integration.auth_mode === 'OAUTH2';
+        const submit = el('button', { type: 'submit', class: 'primary', text: oauth ? `Continue with ${integration.display_name}` : 'Connect' });
         const f = el('form', { novalidate: false }, ...fields, submit);
         f.addEventListener('submit', async (ev) => {
             ev.preventDefault();
             say('');
+            if (oauth) {
+                popup(integration, f, submit);
+                return;
+            }
             const credentials = {};
             const params = new URLSearchParams({ connect_session_token: token });
             for (const input of f.querySelectorAll('input')) {
@@ -138,13 +143,7 @@
             try {
                 const path = `api-auth/${route}/${encodeURIComponent(integration.unique_key)}?${params.toString()}`;
                 const res = await api('POST', path, credentials, false);
-                post({ type: 'connect', payload: { connectionId: res.connectionId, providerConfigKey: res.providerConfigKey } });
-                back.hidden = true;
-                show(el('div', { class: 'done' },
-                    el('div', { class: 'check', 'aria-hidden': 'true', text: '✓' }),
-                    el('p', { class: 'muted', text: 'You can close this window.' })));
-                say(`${integration.display_name} is connected.`, true);
-                document.getElementById('close').focus();
+                connected(integration, res.connectionId, res.providerConfigKey);
             } catch (e) {
                 const text = sentence(e.code, e.message, integration.display_name);
                 say(text);
@@ -156,6 +155,69 @@
         });
         show(f);
         f.querySelector('input')?.focus();
+    };
+
+    const connected = (integration, connectionId, providerConfigKey) => {
+        post({ type: 'connect', payload: { connectionId, providerConfigKey } });
+        back.hidden = true;
+        show(el('div', { class: 'done' },
+            el('div', { class: 'check', 'aria-hidden': 'true', text: '✓' }),
+            el('p', { class: 'muted', text: 'You can close this window.' })));
+        say(`${integration.display_name} is connected.`, true);
+        document.getElementById('close').focus();
+    };
+
+    // OAuth2: the provider's consent in a popup, opened at once (a popup blocker allows it only
+    // inside the click); its callback page posts the outcome back to this window.
+    const popup = (integration, f, submit) => {
+        const params = new URLSearchParams({ connect_session_token: token });
+        for (const input of f.querySelectorAll('input')) {
+            const [, name] = input.name.split(/\.(.*)/s);
+            if (input.value !== '') params.append(`params[${name}]`, input.value);
+        }
+        const url = new URL(`oauth/connect/${encodeURIComponent(integration.unique_key)}?${params.toString()}`, apiBase);
+        const win = window.open(url.href, '_blank', 'width=500,height=600,scrollbars=yes,resizable=yes');
+        if (!win) {
+            say('Your browser blocked the sign-in window. Allow pop-ups for this page and try again.');
+            post({ type: 'error', payload: { errorType: 'blocked_by_browser', errorMessage: 'Modal blocked by browser' } });
+            return;
+        }
+        submit.disabled = true;
+        submit.textContent = 'Waiting for the sign-in window…';
+        let channel = null;
+        const done = (data, source) => {
+            window.removeEventListener('message', onMessage);
+            if (channel) channel.close();
+            clearInterval(poll);
+            try { (source || win).postMessage({ type: 'nango_oauth_callback_ack' }, '*'); } catch { /* closed */ }
+            submit.disabled = false;
+            submit.textContent = `Continue with ${integration.display_name}`;
+            if (data.type === 'nango_oauth_callback_success') {
+                connected(integration, data.payload?.connectionId, data.payload?.providerConfigKey || integration.unique_key);
+            } else {
+                const text = `${integration.display_name} did not authorize the connection: ${data.payload?.message || 'unknown error'}`;
+                say(text);
+                post({ type: 'error', payload: { errorType: data.payload?.errorType || 'unknown_error', errorMessage: text } });
+            }
+        };
+        const onMessage = (ev) => {
+            if (ev.origin !== apiBase.origin || !ev.data || typeof ev.data.type !== 'string') return;
+            if (ev.data.type.startsWith('nango_oauth_callback_') && ev.data.type !== 'nango_oauth_callback_ack') done(ev.data, ev.source);
+        };
+        window.addEventListener('message', onMessage);
+        try {
+            channel = new BroadcastChannel('nango-oauth-callback');
+            channel.onmessage = (ev) => { if (ev.data?.type?.startsWith('nango_oauth_callback_') && ev.data.type !== 'nango_oauth_callback_ack') done(ev.data, null); };
+        } catch { channel = null; }
+        const poll = setInterval(() => {
+            if (win.closed) {
+                window.removeEventListener('message', onMessage);
+                if (channel) channel.close();
+                clearInterval(poll);
+                submit.disabled = false;
+                submit.textContent = `Continue with ${integration.display_name}`;
+            }
+        }, 500);
     };
 
     const start = async () => {
