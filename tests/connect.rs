@@ -1047,3 +1047,58 @@ async fn the_oauth2_authorization_code_flow() {
     let r = get("/oauth/connect/oauthi".into()).await;
     assert_eq!(r.error_code(), "missing_public_key");
 }
+
+#[tokio::test]
+async fn the_connect_listener_speaks_tls_with_the_main_listeners_certificate() {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::TokioIo;
+    let ca = support::ca::TestCa::new();
+    let cert = ca.server_cert(&["localhost"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, &cert.cert_pem).expect("cert");
+    std::fs::write(&key_path, &cert.key_pem).expect("key");
+    let e = env(&[
+        &format!("--tls-cert={}", cert_path.display()),
+        &format!("--tls-key={}", key_path.display()),
+    ])
+    .await;
+    let addr = e.sk.connect.expect("connect listener");
+    let get = |path: &'static str, auth: Option<&'static str>| {
+        let ca = &ca;
+        async move {
+            let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .expect("h1 handshake");
+            tokio::spawn(conn);
+            let mut req = http::Request::new(Full::new(Bytes::new()));
+            *req.uri_mut() = path.parse().expect("uri");
+            req.headers_mut()
+                .insert("host", "localhost".parse().expect("host"));
+            if let Some(a) = auth {
+                req.headers_mut()
+                    .insert("authorization", a.parse().expect("auth"));
+            }
+            let res = send.send_request(req).await.expect("request");
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let bearer = "Bearer nango_connect_session_0000000000000000000000000000000000000000000000000000000000000000";
+    let (status, body) = get("/connect/session", Some(bearer)).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("unknown_connect_session_token"), "{body}");
+    let (status, _) = get("/proxy/me", None).await;
+    assert_eq!(status, 404);
+    let (status, body) = get("/", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("ui.js"));
+    // Links and redirect URIs say https when the listeners do.
+    let public = e.sk.app.connect.public_url.get().expect("public url");
+    assert_eq!(public, &format!("https://{addr}"));
+}
