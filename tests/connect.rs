@@ -1102,3 +1102,38 @@ async fn the_connect_listener_speaks_tls_with_the_main_listeners_certificate() {
     let public = e.sk.app.connect.public_url.get().expect("public url");
     assert_eq!(public, &format!("https://{addr}"));
 }
+
+#[tokio::test]
+async fn an_oauth_state_expires_with_its_session_and_starts_count_as_attempts() {
+    let e = env(&["--connect-session-ttl=1s", "--connect-max-attempts=2"]).await;
+    let token = e.token(json!({"tags": {}})).await;
+    let e = &e;
+    let start = || {
+        let url = e.sk.connect_url(&format!(
+            "/oauth/connect/oauthi?connect_session_token={token}"
+        ));
+        async move { e.c.send("GET", &url, &[], Bytes::new()).await }
+    };
+    let r = start().await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let state = param(&query_of(r.header("location").expect("location")), "state")
+        .expect("state")
+        .to_string();
+    assert_eq!(start().await.status, 302);
+    let r = start().await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_str()),
+        (429, "too_many_attempts")
+    );
+    // The state lives no longer than its session.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let url =
+        e.sk.connect_url(&format!("/oauth/callback?code=good-code&state={state}"));
+    let r = e.c.send("GET", &url, &[], Bytes::new()).await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("sidekey-error")),
+        (400, Some("state_err"))
+    );
+    assert!(e.up.requests().iter().all(|r| r.uri.path() != "/token"));
+    assert_eq!(e.connections().await, json!([]));
+}
