@@ -310,6 +310,35 @@ async fn session_bodies_are_checked_as_nango_checks_them() {
         .session(json!({"end_user": {"id": "u"}, "webhook_url_override": "http://127.0.0.1:9/x"}))
         .await;
     assert_eq!(path(&r), json!(["webhook_url_override"]));
+    // The deprecated connection_config.webhook_url is checked the same way, and never reaches
+    // the connection's config.
+    let r = e
+        .session(json!({"end_user": {"id": "u"}, "integrations_config_defaults": {"keyed": {"connection_config": {"webhook_url": "http://10.0.0.1/x"}}}}))
+        .await;
+    assert_eq!(
+        path(&r),
+        json!([
+            "integrations_config_defaults",
+            "keyed",
+            "connection_config",
+            "webhook_url"
+        ])
+    );
+    let token = e
+        .token(json!({"end_user": {"id": "u"}, "integrations_config_defaults": {"keyed": {"connection_config": {"region": "eu", "webhook_url": "https://hooks.example.com/x"}}}}))
+        .await;
+    let r = e
+        .send(
+            "GET",
+            &e.sk.connect_url("/connect/session"),
+            &token,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        r.json()["data"]["integrations_config_defaults"]["keyed"]["connection_config"],
+        json!({"region": "eu"})
+    );
     // No query parameter; JSON only; the scope.
     let key = AUTH.trim_start_matches("Bearer ");
     let r = e

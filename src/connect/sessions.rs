@@ -276,11 +276,54 @@ pub(super) async fn post_session(
             }
         }
     }
-    let defaults = body.integrations_config_defaults.unwrap_or_default();
+    let mut defaults = body.integrations_config_defaults.unwrap_or_default();
     for (k, v) in &defaults {
         config_defaults(k, v)?;
         if !snapshot.integrations.contains_key(k.as_str()) {
             return Err(not_found_integration(&["integrations_config_defaults", k]));
+        }
+    }
+    // Nango's deprecated `connection_config.webhook_url`: checked like
+    // `webhook_url_override`, taken out of the config, and the first non-empty one becomes the
+    // override unless the body gives one (an explicit "" wins too).
+    let mut webhook_url_override = body.webhook_url_override.clone();
+    for (k, v) in defaults.iter_mut() {
+        let Some(Value::Object(cc)) = v.get_mut("connection_config") else {
+            continue;
+        };
+        match cc.remove("webhook_url") {
+            Some(Value::String(url)) => {
+                webhook_url(&url).map_err(|mut e| {
+                    if let Some(first) = e.errors.first_mut() {
+                        first.path = [
+                            "integrations_config_defaults",
+                            k,
+                            "connection_config",
+                            "webhook_url",
+                        ]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                    }
+                    e
+                })?;
+                if webhook_url_override.is_none() && !url.is_empty() {
+                    webhook_url_override = Some(url);
+                }
+            }
+            Some(Value::Null) | None => {}
+            Some(_) => {
+                return Err(issue(
+                    "invalid_type",
+                    &[
+                        "integrations_config_defaults",
+                        k,
+                        "connection_config",
+                        "webhook_url",
+                    ],
+                    "Invalid input: expected string",
+                ))
+            }
         }
     }
     let overrides = body.overrides.unwrap_or_default();
@@ -331,7 +374,7 @@ pub(super) async fn post_session(
         allowed_integrations: body.allowed_integrations.filter(|l| !l.is_empty()),
         integrations_config_defaults: defaults,
         overrides,
-        webhook_url_override: body.webhook_url_override,
+        webhook_url_override,
         reconnect: None,
     };
     if reconnect {
