@@ -137,8 +137,12 @@ pub async fn serve(
 ) {
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
-    let protocols =
-        Arc::new(Protocols::new(limits).with_write_idle(app.proxy.options.idle_timeout));
+    let mut protocols = Protocols::new(limits).with_write_idle(app.proxy.options.idle_timeout);
+    if role == Role::Connect {
+        // The frontend SDK's OAuth popup waits for WebSocket messages from this listener.
+        protocols = protocols.with_upgrades();
+    }
+    let protocols = Arc::new(protocols);
     let max_headers = protocols.limits().max_headers;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop, stopping) = tokio::sync::watch::channel(false);

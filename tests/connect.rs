@@ -1166,3 +1166,118 @@ async fn an_oauth_state_expires_with_its_session_and_starts_count_as_attempts() 
     assert!(e.up.requests().iter().all(|r| r.uri.path() != "/token"));
     assert_eq!(e.connections().await, json!([]));
 }
+
+/// A WebSocket client over a raw socket: the handshake, then unmasked server text frames.
+struct Ws {
+    stream: tokio::net::TcpStream,
+}
+
+impl Ws {
+    async fn open(addr: std::net::SocketAddr) -> (Self, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("handshake");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            stream.read_exact(&mut b).await.expect("response head");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        (Self { stream }, head)
+    }
+
+    async fn next(&mut self) -> Value {
+        use tokio::io::AsyncReadExt as _;
+        let mut h = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), self.stream.read_exact(&mut h))
+            .await
+            .expect("a frame in time")
+            .expect("frame head");
+        assert_eq!(h[0], 0x81, "an unfragmented text frame");
+        let len = match h[1] {
+            126 => {
+                let mut b = [0u8; 2];
+                self.stream.read_exact(&mut b).await.expect("len");
+                usize::from(u16::from_be_bytes(b))
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).await.expect("payload");
+        serde_json::from_slice(&payload).expect("JSON")
+    }
+}
+
+#[tokio::test]
+async fn the_frontend_sdks_websocket_hears_the_outcome() {
+    let e = env(&[]).await;
+    let addr = e.sk.connect.expect("connect listener");
+    let (mut ws, _) = Ws::open(addr).await;
+    let ack = ws.next().await;
+    assert_eq!(ack["message_type"], "connection_ack");
+    let id = ack["ws_client_id"].as_str().expect("id").to_string();
+    assert_eq!(id.len(), 36);
+    let token = e.token(json!({"tags": {}})).await;
+    let get = |path: String| {
+        let url = e.sk.connect_url(&path);
+        let c = e.c.clone();
+        async move { c.send("GET", &url, &[], Bytes::new()).await }
+    };
+    // Success: the popup's callback sends `success` with the connection.
+    let r = get(format!(
+        "/oauth/connect/oauthi?connect_session_token={token}&ws_client_id={id}"
+    ))
+    .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let state = param(&query_of(r.header("location").expect("location")), "state")
+        .expect("state")
+        .to_string();
+    let r = get(format!("/oauth/callback?code=good-code&state={state}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let msg = ws.next().await;
+    assert_eq!(msg["message_type"], "success");
+    assert_eq!(msg["provider_config_key"], "oauthi");
+    assert_eq!(msg["is_pending"], false);
+    let list = e.connections().await;
+    assert_eq!(msg["connection_id"], list[0]["connection_id"]);
+    // Errors: at the callback, and before the redirect.
+    let r = get(format!(
+        "/oauth/connect/oauthi?connect_session_token={token}&ws_client_id={id}"
+    ))
+    .await;
+    let state = param(&query_of(r.header("location").expect("location")), "state")
+        .expect("state")
+        .to_string();
+    get(format!("/oauth/callback?code=bad-code&state={state}")).await;
+    let msg = ws.next().await;
+    assert_eq!(
+        (msg["message_type"].as_str(), msg["error_type"].as_str()),
+        (Some("error"), Some("token_err"))
+    );
+    get(format!(
+        "/oauth/connect/keyed?connect_session_token={token}&ws_client_id={id}"
+    ))
+    .await;
+    let msg = ws.next().await;
+    assert_eq!(msg["error_type"], "auth_mode_err");
+    // Not on the main listener; not without the handshake's headers.
+    let r =
+        e.c.send(
+            "GET",
+            &e.sk.connect_url("/"),
+            &[("upgrade", "websocket"), ("connection", "upgrade")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "no Sec-WebSocket-Key");
+}

@@ -5,8 +5,9 @@
 //!
 //! `tests/node/browser.mjs` drives the Connect UI in headless Chromium (Debian's
 //! `/usr/bin/chromium` through `playwright-core`): the page at `connect_link` by mouse and by
-//! keyboard, embedded by the frontend SDK's `openConnectUI`, and the OAuth2 flow in its popup
-//! against a loopback authorization server and token endpoint. Screenshots go to
+//! keyboard, embedded by the frontend SDK's `openConnectUI`, the OAuth2 flow in its popup
+//! against a loopback authorization server and token endpoint, and the SDK's `nango.auth()`
+//! OAuth popup with its WebSocket. Screenshots go to
 //! `target/connect-ui/`.
 //!
 //! The npm packages are installed by `.ci/run` (`npm ci` in `tests/node`, from its lock file),
@@ -241,6 +242,6 @@ async fn the_connect_ui_works_in_chromium_standalone_and_in_open_connect_ui() {
         .iter()
         .filter_map(|t| t.as_str())
         .collect();
-    assert_eq!(tokens.len(), 4);
+    assert_eq!(tokens.len(), 5);
     assert_no_secret_logged(&run, &tokens);
 }

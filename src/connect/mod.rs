@@ -22,6 +22,7 @@ mod auth;
 mod oauth;
 mod sessions;
 pub mod ui;
+mod ws;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -131,6 +132,18 @@ pub async fn handle_public(app: &App, req: Request<Incoming>) -> Response<ProxyB
 pub async fn handle(app: &App, req: Request<Incoming>, listener: Listener) -> Response<ProxyBody> {
     let (req, mut log) = RequestLog::start(req, &app.state.metrics);
     let path = req.uri().path().to_string();
+    // The frontend SDK's WebSocket (OAuth popups) at the Connect listener's root.
+    if listener == Listener::Public
+        && path == "/"
+        && req.method() == Method::GET
+        && ws::is_upgrade(req.headers())
+    {
+        let res = ws::accept(req).unwrap_or_else(|e| {
+            log.set_error(e.code);
+            e.to_response()
+        });
+        return log.respond(res);
+    }
     let route = match route(&path, listener) {
         Some(r) if listener == Listener::Main || !r.secret_key() => r,
         _ => {

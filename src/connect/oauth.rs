@@ -27,9 +27,9 @@
 //! The callback answers an HTML page that posts the outcome to the window that opened it
 //! (`nango_oauth_callback_success` with `{connectionId, providerConfigKey}`, or
 //! `nango_oauth_callback_error` with `{message, errorType}`), also on the `BroadcastChannel`
-//! `nango-oauth-callback`, and closes itself, like Nango's. Nango's frontend SDK waits for a
-//! WebSocket message instead; sidekey's listeners do not upgrade connections, so `nango.auth()`
-//! popups for OAuth are not supported (the Connect UI uses the page's message).
+//! `nango-oauth-callback`, and closes itself, like Nango's. When the flow was started with the
+//! frontend SDK's `ws_client_id`, the outcome also goes to that WebSocket ([`super::ws`]), which
+//! is what `nango.auth()` waits for; failures before the redirect are sent there too.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -186,6 +186,16 @@ pub(super) async fn connect(
     }
     let session = found.session;
     let key = api::decode(raw_key);
+    // The SDK's socket, when it opened one: told of failures here, of the outcome later.
+    let ws_client_id = find("ws_client_id")
+        .filter(|id| id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .map(str::to_string);
+    let fail = |e: PageError| {
+        if let Some(ws) = &ws_client_id {
+            super::ws::error(ws, &key, e.kind, &e.message);
+        }
+        Ok(page(Err(e)))
+    };
     if !super::sessions::integration_key(&key) {
         return Err(ApiError::field(
             "invalid_uri_params",
@@ -229,31 +239,31 @@ pub(super) async fn connect(
         None => None,
     };
     let Some(int) = snapshot.integrations.get(key.as_str()).cloned() else {
-        return Ok(page(Err(page_error(
+        return fail(page_error(
             "unknown_config_key",
             format!("There is no integration \"{key}\"."),
-        ))));
+        ));
     };
     drop(snapshot);
     let provider = &int.provider;
     if provider.auth_mode != AuthMode::OAuth2 {
-        return Ok(page(Err(page_error(
+        return fail(page_error(
             "auth_mode_err",
             format!(
                 "The integration \"{key}\" uses {}, not OAuth2.",
                 provider.auth_mode.as_str()
             ),
-        ))));
+        ));
     }
     let (Some(client_id), Some(_), Some(auth_url)) = (
         int.oauth_client_id.as_ref(),
         int.oauth_client_secret.as_ref(),
         provider.authorization_url.as_ref(),
     ) else {
-        return Ok(page(Err(page_error(
+        return fail(page_error(
             "provider_config_err",
             format!("The integration \"{key}\" has no OAuth client or authorization URL."),
-        ))));
+        ));
     };
     let mut config = existing
         .as_ref()
@@ -268,10 +278,10 @@ pub(super) async fn connect(
     let base = match auth_url.render(&values(&config)) {
         Ok(u) => u,
         Err(missing) => {
-            return Ok(page(Err(page_error(
+            return fail(page_error(
                 "url_param_err",
                 format!("The authorization URL needs {missing}: send it as params[...]"),
-            ))))
+            ))
         }
     };
     let scopes: Vec<String> = match config.get("oauth_scopes_override").and_then(Value::as_str) {
@@ -341,6 +351,7 @@ pub(super) async fn connect(
                 connection_config: config,
                 code_verifier: verifier,
                 redirect_uri,
+                ws_client_id,
             },
         )
         .await
@@ -393,10 +404,25 @@ pub(super) async fn callback(
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ApiError> {
     let pairs = api::query_pairs(req.uri().query());
-    Ok(page(finish(app, &pairs).await))
+    let mut waiting = None;
+    let outcome = finish(app, &pairs, &mut waiting).await;
+    // The frontend SDK's socket learns the outcome too (Nango's `success` / `error`).
+    if let Some((ws, key)) = waiting {
+        match &outcome {
+            Ok((cid, key)) => super::ws::success(&ws, key, cid),
+            Err(e) => super::ws::error(&ws, &key, e.kind, &e.message),
+        }
+    }
+    Ok(page(outcome))
 }
 
-async fn finish(app: &App, pairs: &[(String, String)]) -> Result<(String, String), PageError> {
+/// Completes the flow; `waiting` is set to the SDK's socket and the integration once the state
+/// names them.
+async fn finish(
+    app: &App,
+    pairs: &[(String, String)],
+    waiting: &mut Option<(String, String)>,
+) -> Result<(String, String), PageError> {
     let find = |name: &str| {
         pairs
             .iter()
@@ -417,6 +443,9 @@ async fn finish(app: &App, pairs: &[(String, String)]) -> Result<(String, String
         .await
         .map_err(|e| page_error("unknown_err", e.to_string()))?;
     let st = taken.ok_or_else(refused)?;
+    if let Some(ws) = &st.ws_client_id {
+        *waiting = Some((ws.clone(), st.provider_config_key.clone()));
+    }
     if let Some(err) = find("error") {
         let described = find("error_description").unwrap_or(err);
         return Err(page_error(

@@ -61,6 +61,8 @@ pub struct OAuthState {
     pub code_verifier: Option<String>,
     /// The `redirect_uri` sent to the provider (the token request repeats it).
     pub redirect_uri: String,
+    /// The frontend SDK's WebSocket client waiting for the outcome, if any.
+    pub ws_client_id: Option<String>,
 }
 
 /// Why a session could not be used.
@@ -298,6 +300,7 @@ mod tests {
             connection_config: Map::new(),
             code_verifier: None,
             redirect_uri: "http://127.0.0.1/oauth/callback".into(),
+            ws_client_id: None,
         };
         store.put_state(digest("a"), state(60)).await.expect("put");
         store.put_state(digest("b"), state(-1)).await.expect("put");

@@ -1,8 +1,9 @@
 // sidekey's Connect UI in headless Chromium (Debian's /usr/bin/chromium driven by
 // playwright-core): the page at connect_link, by mouse and by keyboard, the same page embedded
-// by @nangohq/frontend's openConnectUI from an application page on another origin, and the
+// by @nangohq/frontend's openConnectUI from an application page on another origin, the
 // OAuth2 authorization-code flow in its popup (a loopback authorization server that consents
-// at once, and a loopback token endpoint).
+// at once, and a loopback token endpoint), and the SDK's own nango.auth() OAuth popup, which
+// waits for sidekey's WebSocket messages.
 // Run by tests/connect_node.rs with SIDEKEY_URL, CONNECT_URL, SECRET_KEY, GOOD_KEY, BAD_KEY and
 // SCREENSHOTS (a directory under target/). Prints one JSON line; exits non-zero on failure.
 import assert from 'node:assert/strict';
@@ -34,6 +35,7 @@ window.openUI = (token, url) => {
   const nango = new Nango({ connectSessionToken: token });
   nango.openConnectUI({ baseURL: url, apiURL: url, onEvent: (e) => window.events.push(e) });
 };
+window.authOAuth = (token, url) => new Nango({ host: url, connectSessionToken: token }).auth('oauthi');
 window.sdkReady = true;
 </script></body></html>`;
 const appServer = http.createServer((req, res) => {
@@ -151,9 +153,22 @@ try {
     await op.screenshot({ path: path.join(shots, 'oauth-connected.png') });
     await consent.waitForEvent('close', { timeout: 5000 }).catch(() => {});
 
+    // 5. The frontend SDK's own OAuth popup: nango.auth() opens its WebSocket, the popup goes
+    // through /oauth/connect with the ws_client_id, and the promise resolves on `success`.
+    const s5 = await session(['oauthi']);
+    result.tokens.push(s5.token);
+    const sdkPage = await browser.newPage();
+    watch(sdkPage);
+    await sdkPage.goto(appUrl);
+    await sdkPage.waitForFunction(() => window.sdkReady === true);
+    const viaSdk = await sdkPage.evaluate(([t, u]) => window.authOAuth(t, u), [s5.token, publicUrl]);
+    assert.equal(viaSdk.providerConfigKey, 'oauthi');
+    assert.match(viaSdk.connectionId, /^[0-9a-f-]{36}$/);
+
     const { connections } = await backend.listConnections();
     const mine = connections.filter((c) => c.end_user?.id === 'browser-user');
-    assert.equal(mine.length, 4, JSON.stringify(connections));
+    assert.equal(mine.length, 5, JSON.stringify(connections));
+    assert.ok(mine.some((c) => c.connection_id === viaSdk.connectionId));
     const oauthConn = mine.find((c) => c.provider_config_key === 'oauthi');
     assert.ok(oauthConn, 'the OAuth connection');
     const full = await backend.getConnection('oauthi', oauthConn.connection_id);
