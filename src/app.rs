@@ -20,6 +20,7 @@ use crate::oauth::endpoint::{HttpTokenEndpoint, TokenEndpoint};
 use crate::oauth::{OAuthOptions, TokenManager};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::state::State;
+use crate::store::sessions::{MemorySessions, SessionStore};
 use crate::store::writer::Writer;
 use crate::store::Backend;
 use crate::upstream::{ClientOptions, UpstreamClient};
@@ -43,6 +44,37 @@ pub struct App {
     pub foreground: Foreground,
     /// Auth webhooks: [`Hooks::emit`] commits an event to the outbox and delivers it.
     pub hooks: Arc<Hooks>,
+    /// Where connect sessions live (in memory unless a store says otherwise).
+    pub sessions: Arc<dyn SessionStore>,
+    /// The Connect flow's settings.
+    pub connect: ConnectOptions,
+}
+
+/// The Connect flow's settings (`--public-url`, session lifetime, attempts per session).
+#[derive(Debug)]
+pub struct ConnectOptions {
+    /// The base of `connect_link` and OAuth redirect URIs: `--public-url`, or, when it is not
+    /// given, set once the listeners are bound (the connect listener's address, else the main
+    /// one's).
+    pub public_url: std::sync::OnceLock<String>,
+    /// What `/oauth/callback` is appended to for OAuth redirect URIs: `--public-url`, or the
+    /// root of the listener end users reach (set with the listeners).
+    pub callback_base: std::sync::OnceLock<String>,
+    /// How long a connect session works (Nango: 30 minutes).
+    pub session_ttl: std::time::Duration,
+    /// Auth attempts one session may make; the next ones answer 429 `too_many_attempts`.
+    pub max_attempts: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            public_url: std::sync::OnceLock::new(),
+            callback_base: std::sync::OnceLock::new(),
+            session_ttl: std::time::Duration::from_secs(30 * 60),
+            max_attempts: 20,
+        }
+    }
 }
 
 impl App {
@@ -57,6 +89,8 @@ impl App {
             token_endpoint: None,
             backend: None,
             webhooks: None,
+            sessions: None,
+            connect: ConnectOptions::default(),
         }
     }
 
@@ -88,6 +122,8 @@ pub struct AppBuilder {
     token_endpoint: Option<Arc<dyn TokenEndpoint>>,
     backend: Option<Arc<dyn Backend>>,
     webhooks: Option<(crate::webhooks::Settings, Arc<dyn Outbox>)>,
+    sessions: Option<Arc<dyn SessionStore>>,
+    connect: ConnectOptions,
 }
 
 /// Why an app could not be built.
@@ -147,6 +183,18 @@ impl AppBuilder {
         self
     }
 
+    /// Where connect sessions live (default: this process's memory).
+    pub fn sessions(mut self, sessions: Arc<dyn SessionStore>) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// The Connect flow's settings.
+    pub fn connect(mut self, options: ConnectOptions) -> Self {
+        self.connect = options;
+        self
+    }
+
     /// Wires the parts. Must run on the request runtime (it becomes [`App::foreground`]);
     /// starts the background thread, and the writer task on it when there is a store; the
     /// credential store's state file is pruned against the snapshot (blocking file I/O, once,
@@ -199,6 +247,10 @@ impl AppBuilder {
             background,
             foreground: Foreground::current(),
             hooks,
+            sessions: self
+                .sessions
+                .unwrap_or_else(|| Arc::new(MemorySessions::new())),
+            connect: self.connect,
         }))
     }
 }

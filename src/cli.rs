@@ -62,6 +62,25 @@ fn header_bytes(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// An absolute http(s) URL without credentials, query or fragment.
+fn public_url(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a URL like https://connect.example.com"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(a)) if !a.as_str().contains('@') => {}
+        _ => {
+            return Err(format!(
+                "`{s}` is not an http(s) URL like https://connect.example.com"
+            ))
+        }
+    }
+    if uri.query().is_some() || s.contains('#') {
+        return Err(format!("`{s}` must not have a query or fragment"));
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
 /// Shown after the flags of `sidekey --help` and `sidekey serve --help`.
 const AFTER_HELP: &str = "\
 Environment:
@@ -264,6 +283,36 @@ pub struct ServeArgs {
         help_heading = "Listeners"
     )]
     pub admin_listen: SocketAddr,
+    /// Address of the public Connect listener: only what end users' browsers call (connect
+    /// session routes, the auth routes of @nangohq/frontend); never the proxy or the
+    /// management API. TLS like the proxy listener. Off when unset (the proxy listener serves
+    /// the Connect routes too)
+    #[arg(
+        long,
+        env = "SIDEKEY_CONNECT_LISTEN",
+        hide_env_values = true,
+        value_name = "ADDR",
+        help_heading = "Connect"
+    )]
+    pub connect_listen: Option<SocketAddr>,
+    /// The URL end users reach the Connect listener at, e.g. https://connect.example.com:
+    /// `connect_link` and OAuth redirect URIs are built from it [default: the Connect
+    /// listener's address, else the proxy listener's, over http]
+    #[arg(
+        long,
+        env = "SIDEKEY_PUBLIC_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = public_url,
+        help_heading = "Connect"
+    )]
+    pub public_url: Option<String>,
+    /// How long a connect session works after it is made
+    #[arg(long, env = "SIDEKEY_CONNECT_SESSION_TTL", hide_env_values = true, value_name = "DURATION", value_parser = positive_duration, default_value = "30m", help_heading = "Connect")]
+    pub connect_session_ttl: Duration,
+    /// Auth attempts (credentials submitted) one connect session may make; more answer 429
+    #[arg(long, env = "SIDEKEY_CONNECT_MAX_ATTEMPTS", hide_env_values = true, value_name = "N", value_parser = at_least_one, default_value = "20", help_heading = "Connect")]
+    pub connect_max_attempts: usize,
     /// PEM file of CA certificates trusted for upstreams, besides the bundled web PKI roots
     #[arg(
         long,

@@ -91,6 +91,9 @@ pub struct Protocols {
     /// A write to the caller blocked this long cuts the connection (`proxy::idle::WriteStall`):
     /// a caller that stops reading does not hold its upstream connection.
     write_idle: std::time::Duration,
+    /// Whether HTTP/1.1 connections may be upgraded (the Connect listener's WebSocket); the
+    /// proxy listener's connections never are.
+    upgrades: bool,
 }
 
 impl Protocols {
@@ -115,7 +118,14 @@ impl Protocols {
             h2,
             limits: Arc::new(limits),
             write_idle: std::time::Duration::from_secs(60),
+            upgrades: false,
         }
+    }
+
+    /// Lets HTTP/1.1 connections be upgraded (101 Switching Protocols) by the service.
+    pub fn with_upgrades(mut self) -> Self {
+        self.upgrades = true;
+        self
     }
 
     /// Sets how long a blocked write to the caller may last (the proxy's `--idle-timeout`).
@@ -277,6 +287,19 @@ where
     }
 }
 
+impl<I, B, S> Shutdown for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 impl<I, B, S, E> Shutdown for http2::Connection<I, S, E>
 where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
@@ -385,6 +408,11 @@ async fn serve_io<I, S>(
     ));
     if h2 {
         let conn = protocols.h2.serve_connection(io, svc);
+        drive(conn, &activity, &protocols.limits, &mut stopping).await;
+    } else if protocols.upgrades {
+        // An upgraded connection leaves `drive` (and its permit) once the 101 is sent; its
+        // new owner bounds it.
+        let conn = protocols.h1.serve_connection(io, svc).with_upgrades();
         drive(conn, &activity, &protocols.limits, &mut stopping).await;
     } else {
         let conn = protocols.h1.serve_connection(io, svc);

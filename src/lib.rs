@@ -35,6 +35,8 @@
 //! - [`app`]: [`app::App`] and its builder, the one place that wires state, store, upstream,
 //!   oauth and metrics.
 //! - [`api`]: Nango's management API: providers, integrations, connections, read and written.
+//! - [`connect`]: Nango's Connect: connect sessions, the auth routes the frontend SDK calls,
+//!   the public listener's routes.
 //! - [`router`]: which handler answers a request, and the scope each management route needs.
 //! - [`conn`], [`server`], [`tls`], [`admin`]: one caller connection (protocol, header and idle
 //!   limits); the proxy accept loop, connection limit and drain; listener TLS with certificate
@@ -62,6 +64,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod connect;
 pub mod credstore;
 pub mod error;
 pub mod memory;

@@ -314,7 +314,19 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let proxy = tokio::net::TcpListener::bind(settings.serve.listen)
         .await
         .with_context(|| format!("cannot bind {}", settings.serve.listen))?;
-    let listeners = sidekey::Listeners { proxy, admin };
+    let connect = match settings.serve.connect_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the connect listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let listeners = sidekey::Listeners {
+        proxy,
+        admin,
+        connect,
+    };
     sidekey::run(settings, listeners, shutdown_signal()).await?;
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! which checks the caller's key for the `proxy` scope itself (it loads the snapshot once for
 //! the whole request). Management routes ([`crate::api`]) are authenticated here and checked
 //! for the scope their method needs before their handler runs: a key without it gets 403
-//! `forbidden` naming the scope. Nango routes sidekey does not serve answer 501
+//! `forbidden` naming the scope. Connect routes (sessions, the auth routes the frontend SDK
+//! calls) go to [`crate::connect`]. Nango routes sidekey does not serve answer 501
 //! `not_supported`; anything else is the proxy's 404 `not_found`.
 
 use std::sync::Arc;
@@ -24,6 +25,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<ProxyBod
     let path = req.uri().path();
     if crate::proxy::route::route(path).is_some() {
         return crate::proxy::handle(&app.proxy, req).await;
+    }
+    if crate::connect::route(path, crate::connect::Listener::Main).is_some() {
+        return crate::connect::handle(app, req, crate::connect::Listener::Main).await;
     }
     let unsupported = api::not_supported(path);
     if api::route(path).is_none() && !unsupported {

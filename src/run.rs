@@ -35,11 +35,13 @@ pub struct Settings {
     pub webhook_signing_key: Option<Arc<crate::secret::Secret>>,
 }
 
-/// The already-bound listeners: the proxy's and the admin one.
+/// The already-bound listeners: the proxy's, the admin one and the public Connect one.
 #[derive(Debug)]
 pub struct Listeners {
     pub proxy: TcpListener,
     pub admin: TcpListener,
+    /// `--connect-listen`, when given.
+    pub connect: Option<TcpListener>,
 }
 
 /// Why sidekey could not start; each message names what to fix, never a secret.
@@ -253,6 +255,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         })
         .credentials(credentials)
         .store(Arc::new(backend))
+        .connect(connect_options(args))
         .build()?;
     if let (Some(_), Some(writer)) = (&vault_for_writes, &app.writer) {
         app.state.oauth.use_store(Arc::new(writer.clone()));
@@ -299,10 +302,31 @@ impl Started {
             }
         }
         let health = Arc::new(crate::admin::Health::default());
-        let Listeners { proxy, admin } = listeners;
+        let Listeners {
+            proxy,
+            admin,
+            connect,
+        } = listeners;
+        let connect_addr = match &connect {
+            Some(l) => Some(l.local_addr().map_err(RunError::Listener)?),
+            None => None,
+        };
+        let proxy_addr = proxy.local_addr().map_err(RunError::Listener)?;
+        // Without --public-url, connect links point at the listener end users reach.
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        // The main listener serves the Connect UI under /connect/, the public one at its root.
+        let _ = self.app.connect.callback_base.set(match &args.public_url {
+            Some(url) => url.clone(),
+            None => format!("{scheme}://{}", connect_addr.unwrap_or(proxy_addr)),
+        });
+        let _ = self.app.connect.public_url.set(match connect_addr {
+            Some(a) => format!("{scheme}://{a}"),
+            None => format!("{scheme}://{proxy_addr}/connect"),
+        });
         tracing::info!(
-            listen = %proxy.local_addr().map_err(RunError::Listener)?,
+            listen = %proxy_addr,
             admin = %admin.local_addr().map_err(RunError::Listener)?,
+            connect = connect_addr.map(|a| a.to_string()),
             tls = self.tls.is_some(),
             "sidekey is serving"
         );
@@ -321,8 +345,29 @@ impl Started {
                 tracing::info!("shutting down: draining in-flight requests");
             }
         };
+        // The Connect listener stops and drains with the proxy listener.
+        let (stop_connect, connect_stopping) = tokio::sync::watch::channel(false);
+        let connect_task = connect.map(|listener| {
+            let mut stopping = connect_stopping.clone();
+            tokio::spawn(crate::server::serve(
+                listener,
+                crate::server::Role::Connect,
+                self.app.clone(),
+                self.tls.clone(),
+                limits.clone(),
+                async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                },
+                args.drain_timeout,
+            ))
+        });
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_connect.send(true);
+        };
         crate::server::serve(
             proxy,
+            crate::server::Role::Main,
             self.app.clone(),
             self.tls.clone(),
             limits,
@@ -330,6 +375,9 @@ impl Started {
             args.drain_timeout,
         )
         .await;
+        if let Some(task) = connect_task {
+            let _ = task.await;
+        }
         // After the drain, so the spans of the last requests are in the final batch.
         if let Some(exporter) = self.exporter.take() {
             exporter.shutdown().await;
@@ -376,6 +424,19 @@ fn open_outbox(
         tracing::warn!("--vault-read-only without --state or --webhook-outbox: webhook events wait in memory only; a restart loses undelivered ones");
     }
     Ok(Arc::new(MemoryOutbox::default()))
+}
+
+/// The Connect flow's settings from the flags.
+fn connect_options(args: &ServeArgs) -> crate::app::ConnectOptions {
+    let options = crate::app::ConnectOptions {
+        session_ttl: args.connect_session_ttl,
+        max_attempts: u32::try_from(args.connect_max_attempts).unwrap_or(u32::MAX),
+        ..Default::default()
+    };
+    if let Some(url) = &args.public_url {
+        let _ = options.public_url.set(url.clone());
+    }
+    options
 }
 
 const NEW_VAULT_HELP: &str = "\

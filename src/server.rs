@@ -114,10 +114,21 @@ pub fn fit_max_connections(wanted: usize, admin: usize, nofile: Option<u64>) -> 
         .max(1)
 }
 
-/// Serves the proxy on `listener` until `shutdown` resolves, then drains for at most `drain`.
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The proxy, the management API and the Connect routes ([`crate::router`]).
+    Main,
+    /// The public Connect listener (`--connect-listen`): only what an end user's browser
+    /// calls ([`crate::connect::handle_public`]).
+    Connect,
+}
+
+/// Serves `role` on `listener` until `shutdown` resolves, then drains for at most `drain`.
 /// With `tls`, every connection is a TLS connection.
 pub async fn serve(
     listener: TcpListener,
+    role: Role,
     app: Arc<App>,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
@@ -126,12 +137,19 @@ pub async fn serve(
 ) {
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
-    let protocols =
-        Arc::new(Protocols::new(limits).with_write_idle(app.proxy.options.idle_timeout));
+    let mut protocols = Protocols::new(limits).with_write_idle(app.proxy.options.idle_timeout);
+    if role == Role::Connect {
+        // The frontend SDK's OAuth popup waits for WebSocket messages from this listener.
+        protocols = protocols.with_upgrades();
+    }
+    let protocols = Arc::new(protocols);
     let max_headers = protocols.limits().max_headers;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut refusals = Refusals::new("proxy");
+    let mut refusals = Refusals::new(match role {
+        Role::Main => "proxy",
+        Role::Connect => "connect",
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -160,7 +178,11 @@ pub async fn serve(
                 if req.headers().len() > max_headers {
                     return Ok(crate::conn::too_many_headers());
                 }
-                Ok::<_, std::convert::Infallible>(crate::router::handle(&app, req).await)
+                let res = match role {
+                    Role::Main => crate::router::handle(&app, req).await,
+                    Role::Connect => crate::connect::handle_public(&app, req).await,
+                };
+                Ok::<_, std::convert::Infallible>(res)
             }
         });
         let protocols = protocols.clone();

@@ -237,6 +237,11 @@ impl BaseUrlTemplate {
         Ok(Self { alternatives })
     }
 
+    /// The alternatives, in the order they are tried.
+    pub fn alternatives(&self) -> &[Template] {
+        &self.alternatives
+    }
+
     /// The placeholders of every alternative.
     pub fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
         self.alternatives.iter().flat_map(Template::placeholders)

@@ -13,7 +13,7 @@
 //! recursion limit (128), so no body can make the parser recurse without bound.
 
 pub mod read;
-mod validate;
+pub(crate) mod validate;
 pub mod write;
 
 use bytes::Bytes;
@@ -164,6 +164,16 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+/// 400 `connection_test_failed`: the provider's verification endpoints refused the
+/// credential (Nango's message, which names no value).
+pub(crate) fn connection_test_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "connection_test_failed",
+        crate::proxy::verify::Refused.to_string(),
+    )
 }
 
 /// `connections[3].credentials.apiKey` → `["connections","3","credentials","apiKey"]`.

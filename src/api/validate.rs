@@ -91,7 +91,7 @@ fn no_nulls<'a>(
     Ok(())
 }
 
-fn end_user(eu: &Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn end_user(eu: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(Value::String(id)) = eu.get("id") {
         length(id, 1, MAX_NAME, &["end_user", "id"])?;
     }
@@ -118,7 +118,7 @@ fn end_user(eu: &Map<String, Value>) -> Result<(), ApiError> {
 
 /// Nango's tag rules: at most ten keys matching `^[a-zA-Z][a-zA-Z0-9_\-./]*$` (≤ 64), unique
 /// once lower-cased, each holding a string of 1–255 characters; `end_user_email` an e-mail.
-fn tags(t: &Map<String, Value>, at: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn tags(t: &Map<String, Value>, at: &[&str]) -> Result<(), ApiError> {
     if t.len() > MAX_TAGS {
         return Err(refuse(at, "Too many tags (at most 10)"));
     }
@@ -165,7 +165,7 @@ fn credentials(c: &Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// Length in characters (as Nango's zod counts UTF-16 units; the two agree below U+10000).
-fn length(s: &str, min: usize, max: usize, path: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn length(s: &str, min: usize, max: usize, path: &[&str]) -> Result<(), ApiError> {
     let n = s.chars().count();
     if n < min {
         return Err(refuse(
@@ -190,7 +190,7 @@ fn is_tag_key(k: &str) -> bool {
 /// characters, the local part of letters, digits and `_'+-.` (not starting with a dot, not
 /// ending with `'` or `.`), no `..`, domain labels of letters, digits and `-` (not starting
 /// with `-`), the last of two or more letters.
-fn is_email(s: &str) -> bool {
+pub(crate) fn is_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
     };

@@ -97,7 +97,7 @@ pub fn check_body(path: &str, method: &Method, body: &[u8]) -> Result<(), ApiErr
 
 /// Parses a body into `T`, naming the path of the first problem (an unknown field, a wrong
 /// type) in Nango's `errors` list.
-fn parse<T: DeserializeOwned>(body: Option<Value>) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: Option<Value>) -> Result<T, ApiError> {
     let body = body.unwrap_or(Value::Object(Map::new()));
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path: Vec<String> = e
@@ -193,7 +193,7 @@ fn write_error(e: StoreError, on_precondition: impl FnOnce(&Expect) -> ApiError)
     }
 }
 
-async fn commit(app: &App, w: Write) -> Result<std::sync::Arc<Snapshot>, StoreError> {
+pub(crate) async fn commit(app: &App, w: Write) -> Result<std::sync::Arc<Snapshot>, StoreError> {
     match app.writer.as_ref() {
         Some(writer) => writer.write(w).await,
         None => Err(StoreError::ReadOnly(
@@ -241,7 +241,7 @@ struct PatchIntegration {
     custom: Option<Map<String, Value>>,
 }
 
-fn valid_key(k: &str) -> bool {
+pub(crate) fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 255
         && k.bytes()
@@ -539,28 +539,28 @@ struct PostConnection {
 
 #[derive(Deserialize, serde::Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-struct EndUser {
-    id: String,
+pub(crate) struct EndUser {
+    pub(crate) id: String,
     #[serde(default)]
-    email: Option<String>,
+    pub(crate) email: Option<String>,
     #[serde(default)]
-    display_name: Option<String>,
+    pub(crate) display_name: Option<String>,
     #[serde(default)]
-    organization: Option<Organization>,
+    pub(crate) organization: Option<Organization>,
     #[serde(default)]
-    tags: Option<Map<String, Value>>,
+    pub(crate) tags: Option<Map<String, Value>>,
 }
 
 #[derive(Deserialize, serde::Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-struct Organization {
-    id: String,
+pub(crate) struct Organization {
+    pub(crate) id: String,
     #[serde(default)]
-    display_name: Option<String>,
+    pub(crate) display_name: Option<String>,
 }
 
 impl EndUser {
-    fn to_value(&self) -> Value {
+    pub(crate) fn to_value(&self) -> Value {
         json!({
             "id": self.id,
             "email": self.email,
@@ -574,7 +574,7 @@ impl EndUser {
     /// `end_user_display_name`, `organization_id`, `organization_display_name` (values cut to
     /// 255 characters), then the end user's own tags with lower-cased keys — all of them left
     /// out if the total would pass ten.
-    fn tags(&self) -> Map<String, Value> {
+    pub(crate) fn tags(&self) -> Map<String, Value> {
         let cut = |s: &str| Value::String(s.chars().take(255).collect());
         let mut t = Map::new();
         t.insert("end_user_id".into(), cut(&self.id));
@@ -699,6 +699,29 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
         updated_at: Some(now),
     };
     let pck = record.provider_config_key.clone();
+    // API_KEY and BASIC credentials are tested before anything is written (Nango's
+    // `proxy.verification`); OAuth imports are not.
+    if matches!(mode, AuthMode::ApiKey | AuthMode::Basic) {
+        let candidate = snapshot
+            .with(Change::PutConnection(record.clone(), 0))
+            .map_err(|d| ApiError::from_diagnostics(&d))?;
+        if let Some(conn) = candidate.connection(&pck, &connection_id).cloned() {
+            // On the request runtime: this handler runs on the background thread, and an
+            // upstream connection the test opens joins the proxy's pool.
+            let proxy = app.proxy.clone();
+            app.foreground
+                .run(async move { crate::proxy::verify::verify(&proxy, &conn, false).await })
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        e.to_string(),
+                    )
+                })?
+                .map_err(|_| super::connection_test_failed())?;
+        }
+    }
     let w = Write::new(vec![Change::PutConnection(record, 0)])
         .expecting(Expect::IntegrationExists(pck.clone()));
     let snap = commit(app, w)
@@ -717,7 +740,7 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
 }
 
 /// A random UUID v4, as Nango gives a connection imported without an id.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

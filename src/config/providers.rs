@@ -67,6 +67,8 @@ pub struct RetryHints {
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
+    /// `display_name`, shown to end users by the Connect UI.
+    pub display_name: Option<String>,
     pub auth_mode: AuthMode,
     pub base_url: Option<BaseUrlTemplate>,
     pub headers: Vec<(HeaderName, Template)>,
@@ -80,6 +82,20 @@ pub struct Provider {
     /// `token_request_auth_method: basic`: client credentials in HTTP Basic.
     pub token_auth_basic: bool,
     pub token_expiration_buffer: Option<Duration>,
+    /// The OAuth2 authorization-code flow (Connect): `authorization_url` (may read
+    /// `connectionConfig` values), its fixed `authorization_params` (templates), the
+    /// `scope_separator` (default a space), `default_scopes` (when the integration names none),
+    /// `disable_pkce`, and the token response fields copied into `connection_config`
+    /// (`token_response_metadata`, e.g. Salesforce's `instance_url`).
+    pub authorization_url: Option<BaseUrlTemplate>,
+    pub authorization_params: Vec<(String, String)>,
+    pub scope_separator: Option<String>,
+    pub default_scopes: Vec<String>,
+    pub disable_pkce: bool,
+    pub token_response_metadata: Vec<String>,
+    /// `proxy.verification`: how an API_KEY or BASIC credential is tested before a
+    /// connection is written (`None`: it is accepted untested, as Nango does).
+    pub verification: Option<Verification>,
     /// `proxy.auth_error_code` (a sidekey extension; Nango has no such field): the upstream
     /// statuses that mean the connection's credential was refused, which mark an API_KEY or
     /// BASIC connection with an auth error (`webhooks::status`). Default `401`; a provider
@@ -95,6 +111,21 @@ impl Provider {
             .iter()
             .any(|(a, b)| (*a..=*b).contains(&status))
     }
+}
+
+/// A provider's credential test (`proxy.verification`): each endpoint is tried in order, and
+/// the first 2xx answer means the credential is valid.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub method: http::Method,
+    /// Endpoints as written (a path, maybe with its own query), never empty.
+    pub endpoints: Vec<String>,
+    /// Used instead of the connection's base URL (rendered like one).
+    pub base_url_override: Option<BaseUrlTemplate>,
+    /// Sent as they are (Nango does not interpolate them); the credential still wins.
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// The JSON body of a POST test.
+    pub data: Option<serde_json::Value>,
 }
 
 /// The whole catalogue: each provider compiled, or the reasons it could not be.
@@ -269,10 +300,22 @@ struct RawProxy {
     retry: Option<RawRetry>,
     decompress: Option<bool>,
     auth_error_code: Option<Vec<Scalar>>,
+    verification: Option<RawVerification>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawVerification {
+    method: Option<String>,
+    endpoints: Option<Vec<String>>,
+    endpoint: Option<String>,
+    base_url_override: Option<String>,
+    headers: Option<BTreeMap<String, Scalar>>,
+    data: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct RawProvider {
+    display_name: Option<String>,
     auth_mode: Option<String>,
     proxy: Option<RawProxy>,
     token_url: Option<TokenUrl>,
@@ -281,6 +324,12 @@ struct RawProvider {
     refresh_params: Option<BTreeMap<String, Scalar>>,
     token_request_auth_method: Option<String>,
     token_expiration_buffer: Option<u64>,
+    authorization_url: Option<String>,
+    authorization_params: Option<BTreeMap<String, Scalar>>,
+    scope_separator: Option<String>,
+    default_scopes: Option<OneOrMany>,
+    disable_pkce: Option<bool>,
+    token_response_metadata: Option<OneOrMany>,
 }
 
 fn compile_entry(
@@ -348,7 +397,15 @@ fn compile_entry(
     };
     let token_url = base_template(&mut errors, "token_url", token_url_src);
     let refresh_url = base_template(&mut errors, "refresh_url", entry.refresh_url);
+    // Only the Connect flow reads it: one sidekey cannot compile leaves the provider usable
+    // for the proxy (the flow then says the provider cannot be connected).
+    let authorization_url = entry
+        .authorization_url
+        .and_then(|s| BaseUrlTemplate::compile(&s).ok());
     let retry = compile_retry(proxy.retry.unwrap_or_default(), &mut errors);
+    let verification = proxy
+        .verification
+        .and_then(|v| compile_verification(v, &mut errors));
     let auth_error_codes = match proxy.auth_error_code {
         None => vec![(401, 401)],
         Some(codes) => codes
@@ -379,6 +436,7 @@ fn compile_entry(
     };
     Ok(Arc::new(Provider {
         name: name.to_string(),
+        display_name: entry.display_name,
         auth_mode,
         base_url,
         headers,
@@ -394,7 +452,72 @@ fn compile_entry(
             .is_some_and(|m| m.eq_ignore_ascii_case("basic")),
         token_expiration_buffer: entry.token_expiration_buffer.map(Duration::from_secs),
         auth_error_codes,
+        authorization_url,
+        authorization_params: params(entry.authorization_params),
+        scope_separator: entry.scope_separator,
+        default_scopes: entry
+            .default_scopes
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default(),
+        disable_pkce: entry.disable_pkce.unwrap_or(false),
+        token_response_metadata: entry
+            .token_response_metadata
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default(),
+        verification,
     }))
+}
+
+/// `proxy.verification`, or `None` when it names no endpoint (nothing to test).
+fn compile_verification(raw: RawVerification, errors: &mut Vec<String>) -> Option<Verification> {
+    let mut endpoints = raw.endpoints.unwrap_or_default();
+    endpoints.extend(raw.endpoint);
+    endpoints.retain(|e| !e.trim().is_empty());
+    let method = match raw
+        .method
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("GET") => http::Method::GET,
+        Some("POST") => http::Method::POST,
+        Some(m) => {
+            errors.push(format!(
+                "proxy.verification.method: `{m}` is not GET or POST"
+            ));
+            return None;
+        }
+    };
+    let base_url_override = match raw.base_url_override {
+        Some(s) => match BaseUrlTemplate::compile(&s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(format!("proxy.verification.base_url_override: {e}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for (k, v) in raw.headers.unwrap_or_default() {
+        let v = v.into_string();
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(&v),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => errors.push(format!(
+                "proxy.verification.headers.{k}: not a valid header"
+            )),
+        }
+    }
+    (!endpoints.is_empty()).then_some(Verification {
+        method,
+        endpoints,
+        base_url_override,
+        headers,
+        data: raw.data,
+    })
 }
 
 fn compile_retry(raw: RawRetry, errors: &mut Vec<String>) -> RetryHints {

@@ -21,6 +21,7 @@ pub mod replay;
 pub mod retry;
 pub mod rewrite;
 pub mod route;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,8 @@ impl Default for ProxyOptions {
 
 /// What the request path shares across requests: the process state (snapshot, tokens,
 /// metrics), the upstream pools and the command line's settings. Built by `app::AppBuilder`.
+/// Cloned (cheaply: shared state and pools) where a task must own it.
+#[derive(Clone)]
 pub struct Proxy {
     pub state: Arc<State>,
     pub client: UpstreamClient,

@@ -12,6 +12,7 @@
 
 pub mod file;
 pub mod render;
+pub mod sessions;
 pub mod splice;
 mod tokens;
 pub mod writer;

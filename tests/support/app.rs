@@ -26,6 +26,7 @@ pub fn test_app(providers: &str, vault: &str) -> TestAppBuilder {
         vault: vault.to_string(),
         args: Vec::new(),
         webhook_key: None,
+        connect: false,
     }
 }
 
@@ -34,6 +35,7 @@ pub struct TestAppBuilder {
     vault: String,
     args: Vec<String>,
     webhook_key: Option<String>,
+    connect: bool,
 }
 
 impl TestAppBuilder {
@@ -46,6 +48,12 @@ impl TestAppBuilder {
     /// A `serve` flag, as the binary would take it.
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    /// Also binds a public Connect listener (what `--connect-listen` gives the binary).
+    pub fn connect_listener(mut self) -> Self {
+        self.connect = true;
         self
     }
 
@@ -92,6 +100,17 @@ impl TestAppBuilder {
             proxy.local_addr().expect("addr"),
             admin.local_addr().expect("addr"),
         );
+        // The public Connect listener, when the test asked for one.
+        let connect = if self.connect {
+            Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind the connect listener"),
+            )
+        } else {
+            None
+        };
+        let connect_addr = connect.as_ref().map(|l| l.local_addr().expect("addr"));
         let started = sidekey::run::start(settings).expect("sidekey starts");
         let app = started.app.clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -100,13 +119,21 @@ impl TestAppBuilder {
                 let _ = stopped.await;
             };
             started
-                .serve(sidekey::Listeners { proxy, admin }, shutdown)
+                .serve(
+                    sidekey::Listeners {
+                        proxy,
+                        admin,
+                        connect,
+                    },
+                    shutdown,
+                )
                 .await
         });
         TestApp {
             app,
             addr,
             admin: admin_addr,
+            connect: connect_addr,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -119,6 +146,8 @@ pub struct TestApp {
     pub app: Arc<App>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The public Connect listener, when [`TestAppBuilder::connect_listener`] asked for it.
+    pub connect: Option<SocketAddr>,
     dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), sidekey::RunError>>>,
@@ -131,6 +160,11 @@ impl TestApp {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    /// A URL on the public Connect listener.
+    pub fn connect_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.connect.expect("a connect listener"))
     }
 
     pub fn dir(&self) -> &Path {
