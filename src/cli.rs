@@ -1,5 +1,6 @@
-//! The command line: `sidekey [serve]`, `sidekey check`, `sidekey key new`, and
-//! `sidekey vault encrypt | rekey | new-key` (encryption at rest, see [`crate::config::sealed`]).
+//! The command line: `sidekey [serve]`, `sidekey check`, `sidekey key new`,
+//! `sidekey vault encrypt | rekey | new-key` (encryption at rest, see [`crate::config::sealed`]),
+//! and `sidekey migrate` (the PostgreSQL store's schema, see [`crate::store::postgres`]).
 //!
 //! Every `serve` flag can also come from `SIDEKEY_<FLAG>` in the environment; durations are
 //! humantime (`250ms`, `30s`, `5m`). The caller key comes only from the environment
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::conn::{Limits, DEFAULT_MAX_CONNECTIONS};
 use crate::netpolicy::OverridePolicy;
 use crate::otel::ConnectionIdAttr;
+use crate::store::postgres::StoreUrl;
 use crate::telemetry::LogFormat;
 use crate::upstream::ResolvePin;
 
@@ -145,6 +147,29 @@ pub enum Command {
     /// Encryption at rest: seal the vault's secrets, move them to a new key, make a key
     #[command(subcommand, after_long_help = VAULT_HELP)]
     Vault(VaultCommand),
+    /// Create or update the PostgreSQL store's schema (`serve --store` also does, at start)
+    Migrate(StoreArgs),
+}
+
+/// Where `sidekey migrate` finds the store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The PostgreSQL store: postgres://user:password@host:port/database[?sslmode=require]
+    #[arg(long, env = "SIDEKEY_STORE", hide_env_values = true, value_name = "URL", value_parser = store_url)]
+    pub store: StoreUrl,
+    /// PEM file of CA certificates trusted for the store's TLS, besides the web PKI roots
+    #[arg(
+        long,
+        env = "SIDEKEY_EXTRA_CA",
+        hide_env_values = true,
+        value_name = "PEM"
+    )]
+    pub extra_ca: Option<PathBuf>,
+}
+
+/// `--store`, checked when sidekey connects: clap's error would repeat the value (a password).
+fn store_url(s: &str) -> Result<StoreUrl, std::convert::Infallible> {
+    Ok(StoreUrl::new(s))
 }
 
 const VAULT_HELP: &str = "\
@@ -312,6 +337,20 @@ pub struct ServeArgs {
     /// Largest request body kept for replay on retry; larger bodies stream once
     #[arg(long, env = "SIDEKEY_RETRY_BUFFER_BYTES", hide_env_values = true, value_name = "BYTES", default_value_t = 64 * 1024, help_heading = "Retries and token refresh")]
     pub retry_buffer_bytes: usize,
+    /// Keep integrations, connections and caller keys in PostgreSQL, shared by every replica
+    /// (postgres://user:password@host:port/database[?sslmode=require]) instead of the vault
+    /// file; providers.yaml stays a file. Needs SIDEKEY_ENCRYPTION_KEY
+    #[arg(long, env = "SIDEKEY_STORE", hide_env_values = true, value_name = "URL", value_parser = store_url, help_heading = "Store")]
+    pub store: Option<StoreUrl>,
+    /// With --store: allow secrets in the database unsealed when SIDEKEY_ENCRYPTION_KEY is not
+    /// set (for tests; never in production)
+    #[arg(
+        long,
+        env = "SIDEKEY_ALLOW_PLAINTEXT_STORE",
+        hide_env_values = true,
+        help_heading = "Store"
+    )]
+    pub allow_plaintext_store: bool,
     /// Never write refreshed OAuth credentials to the vault (a Secret mount); use --state
     #[arg(
         long,

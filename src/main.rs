@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, ServeArgs, VaultCommand, VaultFileArgs};
+use sidekey::cli::{
+    Cli, Command, FileArgs, KeyCommand, ServeArgs, StoreArgs, VaultCommand, VaultFileArgs,
+};
 use sidekey::config::sealed::{self, EncryptionKey};
 use sidekey::config::{self, BuildOptions, Paths, Severity};
 
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Vault(cmd)) => vault(cmd),
+        Some(Command::Migrate(args)) => migrate(&args),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
@@ -258,6 +261,44 @@ fn reseal_file(
 fn lines(diags: &[config::Diagnostic]) -> String {
     let v: Vec<String> = diags.iter().map(ToString::to_string).collect();
     v.join("\n")
+}
+
+/// `sidekey migrate`: brings the PostgreSQL store's schema up to date and says what it did.
+fn migrate(args: &StoreArgs) -> ExitCode {
+    sidekey::telemetry::init(sidekey::telemetry::LogFormat::Text);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidekey: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let extra_ca = match &args.extra_ca {
+            Some(p) => sidekey::upstream::read_pem_certs(p)?,
+            None => Vec::new(),
+        };
+        let tls = sidekey::upstream::tls_config(&extra_ca)?;
+        // Opening the store applies the migrations (under the advisory lock).
+        sidekey::store::postgres::PgStore::open(&args.store, tls, None, 1).await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => {
+            println!(
+                "the store's schema is at version {}",
+                sidekey::store::postgres::schema::latest()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sidekey: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -67,6 +67,10 @@ pub enum RunError {
     Build(#[from] crate::app::BuildError),
     #[error("cannot read a listener's address: {0}")]
     Listener(std::io::Error),
+    #[error("--store: SIDEKEY_ENCRYPTION_KEY is not set; the store would hold secrets in plaintext. Set it (make one with `sidekey vault new-key`), or pass --allow-plaintext-store")]
+    PlaintextStore,
+    #[error(transparent)]
+    Store(#[from] crate::store::postgres::PgError),
 }
 
 /// Serves until `shutdown` resolves, then drains: [`start`] followed by [`Started::serve`].
@@ -75,7 +79,11 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    start(settings)?.serve(listeners, shutdown).await
+    let started = match settings.serve.store.clone() {
+        Some(url) => start_postgres(settings, url).await?,
+        None => start(settings)?,
+    };
+    started.serve(listeners, shutdown).await
 }
 
 /// An app built and its reload loop running, not yet serving.
@@ -152,6 +160,152 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
             args.listen
         );
     }
+    let Parts {
+        client,
+        exporter,
+        options,
+        tls,
+    } = parts(args, otlp_endpoint.as_ref())?;
+    let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
+    if vault_for_writes.is_none() && paths.state.is_none() {
+        tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
+    }
+    // A writable vault is written by the store alone (refreshed tokens go through its writer,
+    // below); the credential store keeps only the state file of a read-only vault.
+    let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
+    let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
+    let app = App::builder(snapshot)
+        .client(client)
+        .options(options)
+        .oauth(OAuthOptions {
+            refresh_cooldown: args.refresh_cooldown,
+        })
+        .credentials(credentials)
+        .store(Arc::new(backend))
+        .build()?;
+    if let (Some(_), Some(writer)) = (&vault_for_writes, &app.writer) {
+        app.state.oauth.use_store(Arc::new(writer.clone()));
+    }
+    reloader.spawn(app.state.clone(), watch);
+    Ok(Started {
+        app,
+        settings,
+        tls,
+        exporter,
+    })
+}
+
+/// [`start`] over the PostgreSQL store (`--store`): no vault file and no reload loop; the
+/// records come from the database (connecting and migrating, retried with backoff while the
+/// database is unreachable), providers.yaml from its file, and the store's LISTEN task keeps
+/// the snapshot in step with the other replicas. Refreshed tokens are written through the
+/// store's writer under its fleet-wide refresh lease.
+pub async fn start_postgres(
+    settings: Settings,
+    url: crate::store::postgres::StoreUrl,
+) -> Result<Started, RunError> {
+    use crate::store::postgres::PgStore;
+    let args = &settings.serve;
+    let otlp_endpoint = match &args.otlp_endpoint {
+        Some(url) => Some(crate::otel::traces_url(url).map_err(RunError::OtlpEndpoint)?),
+        None => None,
+    };
+    if settings.encryption_key.is_none() {
+        if !args.allow_plaintext_store {
+            return Err(RunError::PlaintextStore);
+        }
+        tracing::warn!("--allow-plaintext-store: secrets are stored in PostgreSQL unsealed");
+    }
+    let extra_ca = match &args.extra_ca {
+        Some(ca) => crate::upstream::read_pem_certs(ca).map_err(RunError::ExtraCa)?,
+        None => Vec::new(),
+    };
+    let paths = Paths::new(args.files.providers.clone(), args.files.vault.clone(), None);
+    let providers_name = paths.providers_name();
+    let providers = match &paths.providers {
+        Some(p) => crate::config::limits::read_file(p)
+            .map(|f| f.text)
+            .map_err(|e| RunError::Config(format!("{providers_name}: {e}")))?,
+        None => crate::config::BUNDLED_PROVIDERS.to_string(),
+    };
+    let catalog = crate::config::providers::Catalog::parse(&providers_name, &providers)
+        .map_err(|d| RunError::Config(d.to_string()))?;
+    let catalog = Arc::new(catalog);
+    let opts = crate::config::BuildOptions {
+        env_keys: settings.env_keys.clone(),
+        generation: 1,
+        encryption_key: settings.encryption_key.clone(),
+        versions: None,
+    };
+    // The database may be starting too (a fleet and its database deployed together): retry
+    // what may pass, fail at once on what will not (a bad URL, a newer schema, bad records).
+    let mut backoff = std::time::Duration::from_millis(200);
+    let (store, snapshot) = loop {
+        let tls = crate::upstream::tls_config(&extra_ca).map_err(RunError::Upstream)?;
+        let attempt = async {
+            let store = PgStore::open(&url, tls, settings.encryption_key.clone(), 8).await?;
+            let snapshot = store.load(catalog.clone(), &opts).await?;
+            Ok::<_, crate::store::postgres::PgError>((store, snapshot))
+        };
+        match attempt.await {
+            Ok(loaded) => break loaded,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "the store is not reachable yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    crate::memory::release_freed();
+    if snapshot.secret_keys.is_empty() {
+        tracing::warn!("no caller key configured: every request will get 401 unknown_account; set SIDEKEY_SECRET_KEY or add keys to the store");
+    }
+    tracing::info!(
+        generation = snapshot.generation,
+        providers = %providers_name,
+        store = "postgres",
+        integrations = snapshot.integrations.len(),
+        connections = snapshot.connection_count(),
+        "configuration loaded"
+    );
+    let Parts {
+        client,
+        exporter,
+        options,
+        tls,
+    } = parts(args, otlp_endpoint.as_ref())?;
+    let app = App::builder(snapshot)
+        .client(client)
+        .options(options)
+        .oauth(OAuthOptions {
+            refresh_cooldown: args.refresh_cooldown,
+        })
+        .store(store.clone())
+        .build()?;
+    if let Some(writer) = &app.writer {
+        app.state.oauth.use_store(Arc::new(writer.clone()));
+        app.state.oauth.use_lease(store.lease());
+        store.attach(app.state.clone(), writer.clone());
+    }
+    Ok(Started {
+        app,
+        settings,
+        tls,
+        exporter,
+    })
+}
+
+/// What serving needs besides the state, the same for every store: the upstream client, the
+/// trace exporter, the request path's settings and the listener's TLS.
+struct Parts {
+    client: UpstreamClient,
+    exporter: Option<crate::otel::Exporter>,
+    options: ProxyOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn parts(args: &ServeArgs, otlp_endpoint: Option<&http::Uri>) -> Result<Parts, RunError> {
     let mut client_opts = ClientOptions {
         connect_timeout: args.connect_timeout,
         pool_idle_timeout: args.pool_idle_timeout,
@@ -162,7 +316,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         client_opts.extra_ca = crate::upstream::read_pem_certs(ca).map_err(RunError::ExtraCa)?;
     }
     let client = UpstreamClient::new(&client_opts).map_err(RunError::Upstream)?;
-    let exporter = match &otlp_endpoint {
+    let exporter = match otlp_endpoint {
         Some(endpoint) => {
             let otel = crate::otel::Settings {
                 endpoint: endpoint.clone(),
@@ -192,32 +346,11 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         }
         _ => None,
     };
-    let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
-    if vault_for_writes.is_none() && paths.state.is_none() {
-        tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
-    }
-    // A writable vault is written by the store alone (refreshed tokens go through its writer,
-    // below); the credential store keeps only the state file of a read-only vault.
-    let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
-    let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
-    let app = App::builder(snapshot)
-        .client(client)
-        .options(options)
-        .oauth(OAuthOptions {
-            refresh_cooldown: args.refresh_cooldown,
-        })
-        .credentials(credentials)
-        .store(Arc::new(backend))
-        .build()?;
-    if let (Some(_), Some(writer)) = (&vault_for_writes, &app.writer) {
-        app.state.oauth.use_store(Arc::new(writer.clone()));
-    }
-    reloader.spawn(app.state.clone(), watch);
-    Ok(Started {
-        app,
-        settings,
-        tls,
+    Ok(Parts {
+        client,
         exporter,
+        options,
+        tls,
     })
 }
 

@@ -1,0 +1,802 @@
+//! PostgreSQL as the store of a fleet: every replica loads the records from one database,
+//! commits its API writes and refreshed tokens there, and applies the others' writes as they
+//! are notified.
+//!
+//! - **Load** ([`PgStore::load`]): integrations, caller keys and connections are read whole, in
+//!   one repeatable-read transaction, into the snapshot, with the fleet's change number at that
+//!   moment. (Whole for now: a bounded connection cache filled on use is the next step.)
+//! - **Writes** ([`Backend::commit`]): the writer's group commits in one transaction that first
+//!   locks `sidekey_head`, the one row holding the fleet's last change number. If that number
+//!   is not the one this replica has applied, another replica wrote first: the commit is
+//!   refused as a conflict, the writer refreshes (applies what it missed) and applies the group
+//!   again on top, so preconditions are always checked against the fleet's current state. Each
+//!   change is written to its table and appended to `sidekey_changes` with the next number,
+//!   and `NOTIFY sidekey_changes, '<number>'` goes out with the commit.
+//! - **Versions**: a connection's version is handed out by this replica (the current time in
+//!   microseconds, or one more than the last version it saw), and the commit refuses one not
+//!   above the fleet's highest (then the writer retries with a larger one). So versions keep
+//!   increasing in commit order across the fleet, as the token manager expects.
+//! - **Propagation** ([`listen`]): each replica keeps one connection that `LISTEN`s. A
+//!   notification (or a reconnection, which reads the last number) announces a number; a poke
+//!   through the writer makes its [`Backend::refresh`] read `sidekey_changes` past the last
+//!   number applied and apply them with [`crate::state::publish_changes_from`] — no full
+//!   reload. Snapshot changes therefore all happen on the writer's task, one at a time.
+//! - **Refresh lease** ([`PgLease`]): the token manager takes a transaction-scoped advisory
+//!   lock on the connection before it calls a token endpoint, re-reads the row, and uses the
+//!   credential another replica committed meanwhile instead of calling (see
+//!   [`crate::oauth::RefreshLease`]).
+//!
+//! Secrets in every record are sealed with `SIDEKEY_ENCRYPTION_KEY` exactly as in the vault
+//! file (same envelope, same associated data), so a `pg_dump` holds no plaintext secret.
+
+mod listen;
+pub mod schema;
+pub mod tls;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::Notify;
+
+use super::writer::Writer;
+use super::{Backend, BoxFuture, StoreError, Write};
+use crate::config::providers::Catalog;
+use crate::config::sealed::{self, EncryptionKey};
+use crate::config::vault::{RawConnection, RawIntegration, RawSecretKey, RawVault};
+use crate::config::{BuildOptions, Change, Diagnostic, Snapshot};
+use crate::credstore::{Key, StoredCredential};
+use crate::oauth::{LeaseGrant, RefreshLease};
+use crate::state::State;
+
+/// The channel every replica listens on.
+pub const CHANNEL: &str = "sidekey_changes";
+/// How the store is named in diagnostics (never the URL, which may hold a password).
+pub const STORE_NAME: &str = "the PostgreSQL store";
+/// Changes read from `sidekey_changes` per query while catching up.
+const CATCH_UP_BATCH: i64 = 1000;
+
+/// A store URL from `--store` / `SIDEKEY_STORE`. Its `Debug` hides it: it may hold a password.
+#[derive(Clone)]
+pub struct StoreUrl(String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreUrl(***)")
+    }
+}
+
+impl StoreUrl {
+    /// Takes `--store` as given: it is checked when sidekey connects ([`PgStore::open`]),
+    /// not by the command-line parser, whose error would repeat the value (a password).
+    pub fn new(s: &str) -> Self {
+        Self(s.to_string())
+    }
+
+    /// The connection settings; `sslmode=verify-full` and `verify-ca` (which tokio-postgres
+    /// does not name) are `require`, and every TLS connection verifies the server anyway.
+    fn config(&self) -> Result<tokio_postgres::Config, PgError> {
+        if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
+            return Err(PgError::Url(
+                "the store must be a postgres://user:password@host:port/database URL".into(),
+            ));
+        }
+        let url = self
+            .0
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require");
+        url.parse::<tokio_postgres::Config>()
+            // The parser's message names the bad part, not the value.
+            .map_err(|e| PgError::Url(e.to_string()))
+    }
+}
+
+/// Why the store could not be opened or loaded. Never holds the URL or a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("--store: {0}")]
+    Url(String),
+    #[error("cannot connect to {STORE_NAME}: {0}")]
+    Connect(String),
+    #[error("{STORE_NAME}: {0}")]
+    Migrate(#[from] schema::MigrateError),
+    #[error("{STORE_NAME}: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("{STORE_NAME} holds records that do not load:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Records(Vec<Diagnostic>),
+}
+
+impl PgError {
+    /// Worth retrying: the database may come (back) up.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(_) => true,
+            Self::Query(e) => e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// The PostgreSQL backend.
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    tls: tls::MakeRustls,
+    key: Option<Arc<EncryptionKey>>,
+    /// The last change number this replica's snapshot holds (written on the writer's task).
+    applied: AtomicI64,
+    /// The highest change number known to exist (notifications, conflicts, reconnections).
+    announced: AtomicI64,
+    /// The last version handed out or seen.
+    last_version: AtomicU64,
+    attached: OnceLock<Attached>,
+}
+
+struct Attached {
+    state: Arc<State>,
+    writer: Writer,
+    poke: Arc<Notify>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("applied", &self.applied.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_micros() -> u64 {
+    jiff::Timestamp::now().as_microsecond().max(1) as u64
+}
+
+impl PgStore {
+    /// Connects (a pool of up to `pool_size` connections) and brings the schema up to date.
+    pub async fn open(
+        url: &StoreUrl,
+        tls: rustls::ClientConfig,
+        key: Option<Arc<EncryptionKey>>,
+        pool_size: usize,
+    ) -> Result<Arc<Self>, PgError> {
+        let mut config = url.config()?;
+        if config.get_application_name().is_none() {
+            config.application_name("sidekey");
+        }
+        config.connect_timeout(Duration::from_secs(5));
+        config.keepalives_idle(Duration::from_secs(30));
+        let tls = tls::MakeRustls::new(tls);
+        let mgr = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| PgError::Connect(e.to_string()))?;
+        let store = Arc::new(Self {
+            pool,
+            config,
+            tls,
+            key,
+            applied: AtomicI64::new(0),
+            announced: AtomicI64::new(0),
+            last_version: AtomicU64::new(now_micros()),
+            attached: OnceLock::new(),
+        });
+        let mut client = store.client().await.map_err(|e| PgError::Connect(e.0))?;
+        schema::migrate(&mut client).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Unreachable> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Unreachable(e.to_string()))
+    }
+
+    /// Reads every record into a snapshot over `catalog` (whole: see the module's text).
+    pub async fn load(
+        &self,
+        catalog: Arc<Catalog>,
+        opts: &BuildOptions,
+    ) -> Result<Snapshot, PgError> {
+        let mut client = self.client().await.map_err(|e| PgError::Connect(e.0))?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let head = tx
+            .query_one("SELECT seq, version FROM sidekey_head", &[])
+            .await?;
+        let (seq, version): (i64, i64) = (head.get(0), head.get(1));
+        let keys = tx
+            .query("SELECT record::text FROM sidekey_keys ORDER BY sha256", &[])
+            .await?;
+        let ints = tx
+            .query(
+                "SELECT record::text FROM sidekey_integrations ORDER BY unique_key",
+                &[],
+            )
+            .await?;
+        let conns = tx
+            .query(
+                "SELECT version, record::text FROM sidekey_connections ORDER BY provider_config_key, connection_id",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut problems = Vec::new();
+        let mut raw = RawVault::default();
+        for (i, row) in keys.iter().enumerate() {
+            match serde_json::from_str::<RawSecretKey>(row.get(0)) {
+                Ok(k) => raw.secret_keys.push(k),
+                Err(e) => problems.push(Diagnostic::error(
+                    STORE_NAME,
+                    format!("secret_keys[{i}]"),
+                    e.to_string(),
+                )),
+            }
+        }
+        for (i, row) in ints.iter().enumerate() {
+            match self.open_integration(row.get(0)) {
+                Ok(r) => raw.integrations.push(r),
+                Err(m) => problems.push(Diagnostic::error(
+                    STORE_NAME,
+                    format!("integrations[{i}]"),
+                    m,
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PgError::Records(problems));
+        }
+        let mut snap = crate::config::snapshot::build_records(STORE_NAME, catalog, raw, opts)
+            .map_err(PgError::Records)?;
+        // Connections one by one, each with its stored version. One that does not compile
+        // here (say, this replica's providers.yaml lacks what it needs) is left out, loudly,
+        // rather than keeping the replica from serving every other one.
+        for row in &conns {
+            let v: i64 = row.get(0);
+            let rec = match self.open_connection(row.get(1)) {
+                Ok(r) => r,
+                Err(m) => {
+                    tracing::error!(error = %m, "a stored connection does not load; skipped");
+                    continue;
+                }
+            };
+            let (pck, cid) = (rec.provider_config_key.clone(), rec.connection_id.clone());
+            match snap.with(Change::PutConnection(rec, v as u64)) {
+                Ok(s) => snap = s,
+                Err(d) => tracing::error!(provider_config_key = %pck, connection_id = %cid,
+                    problem = %d.first().map(ToString::to_string).unwrap_or_default(),
+                    "a stored connection does not compile here; skipped"),
+            }
+        }
+        self.applied.store(seq, Ordering::SeqCst);
+        self.announced.fetch_max(seq, Ordering::SeqCst);
+        self.seen_version(version as u64);
+        Ok(snap)
+    }
+
+    /// Starts following the fleet's changes into `state` through `writer` (the writer of the
+    /// app built over this store): the LISTEN task and the task that pokes the writer.
+    pub fn attach(self: &Arc<Self>, state: Arc<State>, writer: Writer) {
+        let poke = Arc::new(Notify::new());
+        if self
+            .attached
+            .set(Attached {
+                state,
+                writer: writer.clone(),
+                poke: poke.clone(),
+            })
+            .is_err()
+        {
+            return;
+        }
+        tokio::spawn(listen::run(self.clone()));
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                poke.notified().await;
+                if store.behind() {
+                    if let Err(e) = writer.write(Write::default()).await {
+                        tracing::warn!(error = %e, "cannot apply the store's changes yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        poke.notify_one();
+                    }
+                }
+            }
+        });
+    }
+
+    /// A lease for the token manager ([`crate::oauth::TokenManager::use_lease`]).
+    pub fn lease(self: &Arc<Self>) -> Arc<dyn RefreshLease> {
+        Arc::new(PgLease(self.clone()))
+    }
+
+    fn behind(&self) -> bool {
+        self.announced.load(Ordering::SeqCst) > self.applied.load(Ordering::SeqCst)
+    }
+
+    /// Change `seq` exists: apply it (and all before it) soon.
+    fn announce(&self, seq: i64) {
+        self.announced.fetch_max(seq, Ordering::SeqCst);
+        if self.behind() {
+            if let Some(a) = self.attached.get() {
+                a.poke.notify_one();
+            }
+        }
+    }
+
+    /// Applies every change up to `seq` now, through the writer.
+    async fn catch_up(&self, seq: i64) -> Result<(), StoreError> {
+        self.announced.fetch_max(seq, Ordering::SeqCst);
+        match self.attached.get() {
+            Some(a) if self.behind() => a.writer.write(Write::default()).await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    fn seen_version(&self, v: u64) {
+        self.last_version.fetch_max(v, Ordering::SeqCst);
+    }
+
+    fn seal_json<T: serde::Serialize>(
+        &self,
+        mut rec: T,
+        seal: impl Fn(&mut T, &EncryptionKey) -> Result<(), sealed::SealError>,
+    ) -> Result<String, StoreError> {
+        if let Some(k) = &self.key {
+            seal(&mut rec, k).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        serde_json::to_string(&rec).map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    fn open_integration(&self, text: &str) -> Result<RawIntegration, String> {
+        let mut r: RawIntegration = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        sealed::Opener::new(self.key.as_deref())
+            .integration(0, &mut r)
+            .map_err(|e| e.diagnostic(STORE_NAME).message)?;
+        Ok(r)
+    }
+
+    fn open_connection(&self, text: &str) -> Result<RawConnection, String> {
+        let mut r: RawConnection = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        sealed::Opener::new(self.key.as_deref())
+            .connection(0, &mut r)
+            .map_err(|e| e.diagnostic(STORE_NAME).message)?;
+        Ok(r)
+    }
+
+    async fn commit_changes(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        let mut client = self.client().await.map_err(StoreError::from)?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let head = tx
+            .query_one("SELECT seq, version FROM sidekey_head FOR UPDATE", &[])
+            .await
+            .map_err(db_error)?;
+        let (mut seq, head_version): (i64, i64) = (head.get(0), head.get(1));
+        if seq != self.applied.load(Ordering::SeqCst) {
+            // Another replica committed first: apply its changes, then this group again.
+            self.announced.fetch_max(seq, Ordering::SeqCst);
+            return Err(StoreError::Conflict(
+                "another replica changed the store first".into(),
+            ));
+        }
+        let mut top = head_version;
+        for ch in &changes {
+            if let Change::PutConnection(_, v) = ch {
+                let v = i64::try_from(*v).unwrap_or(i64::MAX);
+                if v <= head_version {
+                    self.seen_version(head_version as u64);
+                    return Err(StoreError::Conflict(
+                        "another replica wrote a newer version first".into(),
+                    ));
+                }
+                top = top.max(v);
+            }
+        }
+        for ch in changes {
+            seq += 1;
+            self.write_change(&tx, seq, ch).await?;
+        }
+        tx.execute(
+            "UPDATE sidekey_head SET seq = $1, version = $2",
+            &[&seq, &top],
+        )
+        .await
+        .map_err(db_error)?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        self.applied.store(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn write_change(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        seq: i64,
+        ch: Change,
+    ) -> Result<(), StoreError> {
+        const LOG: &str = "INSERT INTO sidekey_changes (seq, kind, key1, key2, version, record) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)";
+        let none: Option<String> = None;
+        let no_version: Option<i64> = None;
+        match ch {
+            Change::PutIntegration(r) => {
+                let key = r.unique_key.clone();
+                let json = self.seal_json(r, sealed::seal_integration)?;
+                tx.execute(
+                    "INSERT INTO sidekey_integrations (unique_key, record, seq) VALUES ($1, $2::text::jsonb, $3)
+                     ON CONFLICT (unique_key) DO UPDATE SET record = excluded.record, seq = excluded.seq",
+                    &[&key, &json, &seq],
+                )
+                .await
+                .map_err(db_error)?;
+                tx.execute(
+                    LOG,
+                    &[&seq, &"integration", &key, &none, &no_version, &Some(json)],
+                )
+                .await
+                .map_err(db_error)?;
+            }
+            Change::DeleteIntegration(key) => {
+                tx.execute(
+                    "DELETE FROM sidekey_integrations WHERE unique_key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(db_error)?;
+                tx.execute(
+                    LOG,
+                    &[&seq, &"integration", &key, &none, &no_version, &none],
+                )
+                .await
+                .map_err(db_error)?;
+            }
+            Change::PutConnection(r, v) => {
+                let (pck, cid) = (r.provider_config_key.clone(), r.connection_id.clone());
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                let json = self.seal_json(r, sealed::seal_connection)?;
+                tx.execute(
+                    "INSERT INTO sidekey_connections (provider_config_key, connection_id, version, record, seq)
+                     VALUES ($1, $2, $3, $4::text::jsonb, $5)
+                     ON CONFLICT (provider_config_key, connection_id)
+                     DO UPDATE SET version = excluded.version, record = excluded.record, seq = excluded.seq",
+                    &[&pck, &cid, &v, &json, &seq],
+                )
+                .await
+                .map_err(db_error)?;
+                tx.execute(
+                    LOG,
+                    &[&seq, &"connection", &pck, &Some(cid), &Some(v), &Some(json)],
+                )
+                .await
+                .map_err(db_error)?;
+            }
+            Change::DeleteConnection {
+                provider_config_key,
+                connection_id,
+            } => {
+                tx.execute(
+                    "DELETE FROM sidekey_connections WHERE provider_config_key = $1 AND connection_id = $2",
+                    &[&provider_config_key, &connection_id],
+                )
+                .await
+                .map_err(db_error)?;
+                tx.execute(
+                    LOG,
+                    &[
+                        &seq,
+                        &"connection",
+                        &provider_config_key,
+                        &Some(connection_id),
+                        &no_version,
+                        &none,
+                    ],
+                )
+                .await
+                .map_err(db_error)?;
+            }
+            Change::PutKey(k) => {
+                let sha = k.sha256.to_ascii_lowercase();
+                let json = serde_json::to_string(&k)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO sidekey_keys (sha256, record, seq) VALUES ($1, $2::text::jsonb, $3)
+                     ON CONFLICT (sha256) DO UPDATE SET record = excluded.record, seq = excluded.seq",
+                    &[&sha, &json, &seq],
+                )
+                .await
+                .map_err(db_error)?;
+                tx.execute(LOG, &[&seq, &"key", &sha, &none, &no_version, &Some(json)])
+                    .await
+                    .map_err(db_error)?;
+            }
+            Change::DeleteKey(sha) => {
+                let sha = sha.to_ascii_lowercase();
+                tx.execute("DELETE FROM sidekey_keys WHERE sha256 = $1", &[&sha])
+                    .await
+                    .map_err(db_error)?;
+                tx.execute(LOG, &[&seq, &"key", &sha, &none, &no_version, &none])
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every change committed past the last one applied (see the module's text).
+    async fn catch_up_locked(&self, current: Arc<Snapshot>) -> Result<(), StoreError> {
+        let Some(attached) = self.attached.get() else {
+            return Ok(());
+        };
+        let client = self.client().await.map_err(StoreError::from)?;
+        let mut applied = self.applied.load(Ordering::SeqCst);
+        let mut next: Snapshot = (*current).clone();
+        let mut changes = Vec::new();
+        loop {
+            let rows = client
+                .query(
+                    "SELECT seq, kind, key1, key2, version, record::text FROM sidekey_changes
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&applied, &CATCH_UP_BATCH],
+                )
+                .await
+                .map_err(db_error)?;
+            let n = rows.len();
+            for row in rows {
+                let seq: i64 = row.get(0);
+                applied = seq;
+                match self.change_from_row(&row) {
+                    Ok(ch) => match next.with(ch.clone()) {
+                        Ok(s) => {
+                            next = s;
+                            changes.push(ch);
+                        }
+                        Err(d) => tracing::error!(seq,
+                            problem = %d.first().map(ToString::to_string).unwrap_or_default(),
+                            "a change from the store does not compile here; skipped"),
+                    },
+                    Err(m) => {
+                        tracing::error!(seq, error = %m, "a change from the store does not load; skipped")
+                    }
+                }
+            }
+            if (n as i64) < CATCH_UP_BATCH {
+                break;
+            }
+        }
+        if !changes.is_empty() {
+            next.generation = current.generation + 1;
+            crate::state::publish_changes_from(
+                &attached.state,
+                &current,
+                Arc::new(next),
+                &changes,
+                "store change",
+            );
+        }
+        self.applied.store(applied, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn change_from_row(&self, row: &tokio_postgres::Row) -> Result<Change, String> {
+        let kind: &str = row.get(1);
+        let key1: String = row.get(2);
+        let key2: Option<String> = row.get(3);
+        let version: Option<i64> = row.get(4);
+        let record: Option<&str> = row.get(5);
+        Ok(match (kind, record) {
+            ("integration", Some(r)) => Change::PutIntegration(self.open_integration(r)?),
+            ("integration", None) => Change::DeleteIntegration(key1),
+            ("connection", Some(r)) => {
+                let v = version.unwrap_or(0).max(0) as u64;
+                self.seen_version(v);
+                Change::PutConnection(self.open_connection(r)?, v)
+            }
+            ("connection", None) => Change::DeleteConnection {
+                provider_config_key: key1,
+                connection_id: key2.unwrap_or_default(),
+            },
+            ("key", Some(r)) => Change::PutKey(serde_json::from_str(r).map_err(|e| e.to_string())?),
+            ("key", None) => Change::DeleteKey(key1),
+            (other, _) => return Err(format!("unknown change kind `{other}`")),
+        })
+    }
+}
+
+/// The pool could not hand out a connection: the database is down or unreachable.
+struct Unreachable(String);
+
+impl From<Unreachable> for StoreError {
+    fn from(e: Unreachable) -> Self {
+        StoreError::Unavailable(format!("{STORE_NAME} is unreachable: {}", e.0))
+    }
+}
+
+/// A failed statement: the store did not take the write (nothing was committed).
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(format!("{STORE_NAME}: {e}"))
+}
+
+impl Backend for PgStore {
+    fn refresh(
+        &self,
+        current: Arc<Snapshot>,
+    ) -> BoxFuture<'_, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(async move {
+            if self.behind() {
+                self.catch_up_locked(current).await?;
+            }
+            Ok(None)
+        })
+    }
+
+    fn commit(
+        &self,
+        _next: Arc<Snapshot>,
+        changes: Vec<Change>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.commit_changes(changes))
+    }
+
+    fn next_version(&self) -> u64 {
+        let now = now_micros();
+        let prev = self
+            .last_version
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_add(1).max(now))
+            })
+            .unwrap_or(now);
+        prev.saturating_add(1).max(now)
+    }
+
+    fn conflict_retries(&self) -> usize {
+        // Replicas writing at once each find the others' commits first: every retry applies
+        // what it missed, so a group commits once the fleet leaves it a gap.
+        16
+    }
+}
+
+/// The fleet-wide refresh lease: a transaction-scoped advisory lock on the connection, held
+/// on its own pooled connection until the refreshed credential is committed. A replica killed
+/// while holding it loses its database session, and with it the lock: the next replica takes
+/// over at once. A holder that hangs is cut off by `idle_in_transaction_session_timeout`.
+struct PgLease(Arc<PgStore>);
+
+/// Longest a holder may keep the lease (the token call included).
+const LEASE_TIMEOUT: &str = "120s";
+/// Longest a replica waits for another's lease.
+const LEASE_WAIT: &str = "130s";
+
+fn lease_key(key: &Key) -> i64 {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"sidekey-refresh\0");
+    h.update(key.0.as_bytes());
+    h.update(b"\0");
+    h.update(key.1.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(b)
+}
+
+/// Held while a refresh is under way; dropping it ends the lease's transaction.
+struct LeaseGuard(Option<deadpool_postgres::Object>);
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        // Never back into the pool inside a transaction: close it instead.
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
+        }
+    }
+}
+
+impl RefreshLease for PgLease {
+    fn acquire<'a>(
+        &'a self,
+        key: &'a Key,
+        version: u64,
+    ) -> BoxFuture<'a, Result<LeaseGrant, String>> {
+        Box::pin(async move {
+            let store = &self.0;
+            let client = store
+                .client()
+                .await
+                .map_err(|e| StoreError::from(e).to_string())?;
+            let guard = LeaseGuard(Some(client));
+            let Some(client) = guard.0.as_ref() else {
+                return Err("no connection".into());
+            };
+            let fail = |e: tokio_postgres::Error| format!("{STORE_NAME}: {e}");
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{LEASE_WAIT}'; \
+                     SET LOCAL idle_in_transaction_session_timeout = '{LEASE_TIMEOUT}'"
+                ))
+                .await
+                .map_err(fail)?;
+            client
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&lease_key(key)])
+                .await
+                .map_err(fail)?;
+            // Read after the lock: another replica that refreshed released it only after
+            // committing its token.
+            let row = client
+                .query_one(
+                    "SELECT h.seq, c.version, c.record::text FROM sidekey_head h
+                     LEFT JOIN sidekey_connections c
+                       ON c.provider_config_key = $1 AND c.connection_id = $2",
+                    &[&key.0, &key.1],
+                )
+                .await
+                .map_err(fail)?;
+            let seq: i64 = row.get(0);
+            let stored_version: Option<i64> = row.get(1);
+            let record: Option<&str> = row.get(2);
+            let current = match (stored_version, record) {
+                (Some(v), Some(text)) if v as u64 != version => {
+                    let rec = store.open_connection(text)?;
+                    // The local snapshot must hold the record at that version before the
+                    // refreshed token is written over it (the write checks the version).
+                    store.catch_up(seq).await.map_err(|e| e.to_string())?;
+                    stored_credential(&rec).map(|c| (c, v as u64))
+                }
+                _ => None,
+            };
+            Ok(LeaseGrant {
+                guard: Box::new(guard),
+                current,
+            })
+        })
+    }
+}
+
+/// The token part of a stored connection's credential.
+fn stored_credential(rec: &RawConnection) -> Option<StoredCredential> {
+    use crate::config::vault::RawCredentials;
+    match &rec.credentials {
+        RawCredentials::OAuth2 {
+            access_token,
+            refresh_token,
+            expires_at,
+        } => Some(StoredCredential::OAuth2 {
+            access_token: access_token.clone(),
+            refresh_token: refresh_token.clone(),
+            expires_at: expires_at.clone(),
+        }),
+        RawCredentials::OAuth2Cc {
+            token: Some(token),
+            expires_at,
+            ..
+        } => Some(StoredCredential::OAuth2Cc {
+            token: token.clone(),
+            expires_at: expires_at.clone(),
+        }),
+        _ => None,
+    }
+}

@@ -1,0 +1,430 @@
+//! A fleet of sidekeys on one PostgreSQL store: the real binary, three replicas on a private
+//! cluster (tests/support/pg.rs), driven over HTTP on 127.0.0.1.
+//!
+//! - A write on one replica is served by the others (and the visibility latency over 200
+//!   writes is printed: `cargo test --test fleet -- --nocapture`).
+//! - Secrets are sealed in the database: a `pg_dump` holds no plaintext secret.
+//! - Many concurrent requests over three replicas on an expired OAuth token make exactly one
+//!   token call against an endpoint that rotates refresh tokens, and every request is served.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use support::client::{TestClient, TestResponse};
+use support::pg::Pg;
+use support::sidekey::{sidekey, Sidekey};
+use support::upstream::{ok_json, reply, Recorded, Upstream};
+
+const KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=";
+const AUTH: &str = "Bearer test-caller-key-0123456789";
+const SECRET: &str = "sk_live_fleet_secret_value_1";
+
+fn providers(api: &str, token: &str) -> String {
+    format!(
+        r#"
+hdr:
+  auth_mode: API_KEY
+  proxy:
+    base_url: {api}/api
+    headers: {{authorization: "Bearer ${{apiKey}}"}}
+oa: {{auth_mode: OAUTH2, token_url: "{token}/oauth/token", proxy: {{base_url: "{api}/api"}}}}
+"#
+    )
+}
+
+fn replica(pg: &Pg, providers: &str) -> Sidekey {
+    sidekey(providers, "")
+        .arg(format!("--store={}", pg.url()))
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .start()
+}
+
+async fn call(c: &TestClient, base: &str, method: &str, path: &str, body: Value) -> TestResponse {
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    c.send(
+        method,
+        &format!("{base}{path}"),
+        &[
+            ("authorization", AUTH),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_is_served_by_the_others() {
+    let pg = Pg::start();
+    let up = Upstream::start(ok_json()).await;
+    let p = providers(&up.url(""), &up.url(""));
+    let a = replica(&pg, &p);
+    let b = replica(&pg, &p);
+    let c3 = replica(&pg, &p);
+    let c = TestClient::http1();
+
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "gh", "connection_id": "u1",
+               "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+
+    // Served by the other two replicas, with the credential written through the first.
+    for other in [&b, &c3] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let res = c.proxy(&other.url(""), "/x", "u1", "gh").await;
+            if res.status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not served by another replica: {} {}",
+                res.status,
+                res.text()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let auths: Vec<String> = up
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    assert!(
+        auths.iter().all(|a| a == &format!("Bearer {SECRET}")),
+        "{auths:?}"
+    );
+    assert_eq!(auths.len(), 2);
+
+    // A delete on another replica reaches the first.
+    let res = call(
+        &c,
+        &b.url(""),
+        "DELETE",
+        "/connections/u1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = c.proxy(&a.url(""), "/x", "u1", "gh").await;
+        if res.status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "delete not seen: {}", res.status);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Visibility latency: a connection created on one replica, polled on the next until its
+    // GET answers 200; writes rotate over the three replicas.
+    let replicas = [&a, &b, &c3];
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let (w, r) = (replicas[i % 3], replicas[(i + 1) % 3]);
+        let id = format!("lat-{i}");
+        let res = call(
+            &c,
+            &w.url(""),
+            "POST",
+            "/connections",
+            json!({"provider_config_key": "gh", "connection_id": id,
+                   "credentials": {"type": "API_KEY", "apiKey": format!("k-{i}")}}),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        let written = Instant::now();
+        let deadline = written + Duration::from_secs(10);
+        loop {
+            let res = call(
+                &c,
+                &r.url(""),
+                "GET",
+                &format!("/connections/{id}?provider_config_key=gh"),
+                Value::Null,
+            )
+            .await;
+            if res.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} never visible");
+        }
+        lat.push(written.elapsed());
+    }
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    println!(
+        "cross-replica visibility over {} writes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3
+    );
+    assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+
+    // Every replica holds the same connections: 200 from the loop, none left of u1.
+    for r in replicas {
+        let res = call(&c, &r.url(""), "GET", "/connections", Value::Null).await;
+        assert_eq!(res.status, 200);
+        let n = res.json()["connections"].as_array().map_or(0, Vec::len);
+        assert_eq!(n, 200, "{}", r.url(""));
+    }
+
+    // Sealed at rest: the dump has no plaintext secret, and the sealed envelope instead.
+    let dump = pg.dump();
+    assert!(!dump.contains(SECRET), "a plaintext secret in pg_dump");
+    assert!(!dump.contains("k-17\""), "a plaintext secret in pg_dump");
+    assert!(dump.contains("enc:v1:"), "no sealed value in pg_dump");
+    for r in replicas {
+        assert!(!r.logs().contains(SECRET), "a secret in the logs");
+    }
+}
+
+/// The token endpoint of a provider that rotates refresh tokens: each refresh token works
+/// once; a spent one gets `invalid_grant`.
+struct Rotating {
+    calls: AtomicUsize,
+    refused: AtomicUsize,
+    current: Mutex<String>,
+}
+
+fn form(r: &Recorded) -> Vec<(String, String)> {
+    url_decode(&String::from_utf8_lossy(&r.body))
+}
+
+fn url_decode(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let dec = |x: &str| {
+                percent_encoding::percent_decode_str(&x.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_over_three_replicas_refresh_once() {
+    let pg = Pg::start();
+    let rot = Arc::new(Rotating {
+        calls: AtomicUsize::new(0),
+        refused: AtomicUsize::new(0),
+        current: Mutex::new("rt-1".into()),
+    });
+    let r2 = rot.clone();
+    let up = Upstream::start(Arc::new(move |r: &Recorded| {
+        if r.uri.path() == "/oauth/token" {
+            r2.calls.fetch_add(1, Ordering::SeqCst);
+            // Slow enough that every replica's requests arrive while it is out.
+            std::thread::sleep(Duration::from_millis(200));
+            let f = form(r);
+            let given = f
+                .iter()
+                .find(|(k, _)| k == "refresh_token")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let mut cur = r2.current.lock().expect("lock");
+            if given != *cur {
+                r2.refused.fetch_add(1, Ordering::SeqCst);
+                return reply(400, r#"{"error":"invalid_grant"}"#);
+            }
+            let n = r2.calls.load(Ordering::SeqCst);
+            *cur = format!("rt-{}", n + 1);
+            let mut res = reply(
+                200,
+                json!({"access_token": format!("at-{}", n + 1), "refresh_token": *cur,
+                       "expires_in": 3600, "token_type": "Bearer"})
+                .to_string(),
+            );
+            res.headers_mut()
+                .insert("content-type", "application/json".parse().expect("value"));
+            return res;
+        }
+        let ok = r.header("authorization") == Some("Bearer at-2");
+        reply(if ok { 200 } else { 401 }, "{}")
+    }))
+    .await;
+    let p = providers(&up.url(""), &up.url(""));
+    let a = replica(&pg, &p);
+    let b = replica(&pg, &p);
+    let c3 = replica(&pg, &p);
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "oa", "unique_key": "o",
+               "credentials": {"type": "OAUTH2", "client_id": "cid", "client_secret": "csecret"}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "o", "connection_id": "u",
+               "credentials": {"type": "OAUTH2", "access_token": "at-1", "refresh_token": "rt-1",
+                               "expires_at": "2020-01-01T00:00:00Z"}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    // Every replica knows the connection before the burst.
+    for r in [&b, &c3] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while call(
+            &c,
+            &r.url(""),
+            "GET",
+            "/connections/u?provider_config_key=o",
+            Value::Null,
+        )
+        .await
+        .status
+            != 200
+        {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    const N: usize = 300;
+    let bases: Vec<String> = [&a, &b, &c3].iter().map(|r| r.url("")).collect();
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let base = bases[i % 3].clone();
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.proxy(&base, "/x", "u", "o").await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    println!(
+        "{N} requests over 3 replicas: {served} served, {} token call(s), {} refused",
+        rot.calls.load(Ordering::SeqCst),
+        rot.refused.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        rot.refused.load(Ordering::SeqCst),
+        0,
+        "invalid_grant: a spent refresh token was used"
+    );
+    assert_eq!(
+        rot.calls.load(Ordering::SeqCst),
+        1,
+        "exactly one token call for the fleet"
+    );
+    assert_eq!(served, N, "every request served: {statuses:?}");
+    // The rotated refresh token is what the store holds (sealed), on every replica.
+    let res = call(
+        &c,
+        &c3.url(""),
+        "GET",
+        "/connections/u?provider_config_key=o&refresh_token=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.json()["credentials"]["refresh_token"],
+        "rt-2",
+        "{}",
+        res.text()
+    );
+    assert!(
+        !pg.dump().contains("rt-2"),
+        "a plaintext refresh token in pg_dump"
+    );
+}
+
+#[test]
+fn the_store_refuses_plaintext_secrets_without_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Refused before any connection is tried: no database needed, and the URL (with its
+    // password) is never printed.
+    let url = "--store=postgres://sidekey:hunter2-password@127.0.0.1:1/sidekey";
+    let args = [
+        "serve",
+        url,
+        "--listen=127.0.0.1:0",
+        "--admin-listen=127.0.0.1:0",
+    ];
+    let (code, out, err) = support::sidekey::run_cli(&args, dir.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("SIDEKEY_ENCRYPTION_KEY is not set"), "{err}");
+    assert!(err.contains("--allow-plaintext-store"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !out.contains("hunter2"),
+        "{err}"
+    );
+    // A URL that is not PostgreSQL's is refused without being echoed.
+    let (code, _, err) =
+        support::sidekey::run_cli(&["migrate", "--store=mysql://u:hunter2@h/db"], dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("must be a postgres://"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn migrate_creates_the_schema_once() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("--store={}", pg.url());
+    for _ in 0..2 {
+        let (code, out, err) = support::sidekey::run_cli(&["migrate", &url], dir.path());
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("schema is at version 1"), "{out}");
+    }
+    let tables = pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'sidekey%'");
+    assert_eq!(
+        tables.trim(),
+        "sidekey_changes,sidekey_connect_sessions,sidekey_connections,sidekey_head,sidekey_integrations,sidekey_keys,sidekey_schema_migrations,sidekey_webhook_outbox"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM sidekey_schema_migrations")
+            .trim(),
+        "1"
+    );
+    // A schema newer than this binary knows is refused, not served.
+    pg.psql("INSERT INTO sidekey_schema_migrations (version) VALUES (999)");
+    let (code, _, err) = support::sidekey::run_cli(&["migrate", &url], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("newer than this sidekey knows"), "{err}");
+}
