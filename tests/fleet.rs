@@ -428,3 +428,114 @@ fn migrate_creates_the_schema_once() {
     assert_eq!(code, 1);
     assert!(err.contains("newer than this sidekey knows"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_then_back() {
+    let pg = Pg::start();
+    let up = Upstream::start(ok_json()).await;
+    let p = providers(&up.url(""), &up.url(""));
+    let a = replica(&pg, &p);
+    let b = replica(&pg, &p);
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "gh", "connection_id": "u1",
+               "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.proxy(&b.url(""), "/x", "u1", "gh").await.status != 200 {
+        assert!(Instant::now() < deadline, "not propagated");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Load on both replicas while the database goes away and comes back.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for base in [a.url(""), b.url("")] {
+        let (c, stop, failed, served) = (c.clone(), stop.clone(), failed.clone(), served.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if c.proxy(&base, "/x", "u1", "gh").await.status == 200 {
+                    served.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A write cannot be made durable: 503 store_unavailable, nothing applied locally.
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "gh", "connection_id": "u2",
+               "credentials": {"type": "API_KEY", "apiKey": "k2"}}),
+    )
+    .await;
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(res.error_code(), "store_unavailable", "{}", res.text());
+    assert_eq!(c.proxy(&a.url(""), "/x", "u2", "gh").await.status, 404);
+    pg.restart();
+    // Writes succeed again without a restart of sidekey, and reach the other replica.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = call(
+            &c,
+            &a.url(""),
+            "POST",
+            "/connections",
+            json!({"provider_config_key": "gh", "connection_id": "u2",
+                   "credentials": {"type": "API_KEY", "apiKey": "k2"}}),
+        )
+        .await;
+        if res.status == 201 {
+            break;
+        }
+        assert_eq!(res.status, 503, "{}", res.text());
+        assert!(Instant::now() < deadline, "writes did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.proxy(&b.url(""), "/x", "u2", "gh").await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica did not resynchronise"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.await.expect("load task");
+    }
+    println!(
+        "through the outage: {} proxied requests served, {} failed",
+        served.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "a proxied request on a known connection failed"
+    );
+    assert!(served.load(Ordering::SeqCst) > 0);
+}
