@@ -149,6 +149,50 @@ pub enum Command {
     Vault(VaultCommand),
     /// Create or update the PostgreSQL store's schema (`serve --store` also does, at start)
     Migrate(StoreArgs),
+    /// Move records between a vault file and the PostgreSQL store
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every record of a vault file into the store, in one transaction (records with
+    /// the same names are replaced; running replicas apply the import at once)
+    Import {
+        /// The vault file to read (checked as `sidekey check` does; sealed values are opened
+        /// with SIDEKEY_ENCRYPTION_KEY, which also seals them in the store)
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// providers.yaml the vault is checked against [default: ./providers.yaml, else the
+        /// copy built into the binary]
+        #[arg(
+            long,
+            env = "SIDEKEY_PROVIDERS",
+            hide_env_values = true,
+            value_name = "PATH"
+        )]
+        providers: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write the store's records to a new vault file (mode 0600; secrets sealed when
+    /// SIDEKEY_ENCRYPTION_KEY is set, so `sidekey check` with the same key accepts it)
+    Export {
+        /// The vault file to write (replaced atomically)
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+        /// providers.yaml the records are checked against [default: ./providers.yaml, else
+        /// the copy built into the binary]
+        #[arg(
+            long,
+            env = "SIDEKEY_PROVIDERS",
+            hide_env_values = true,
+            value_name = "PATH"
+        )]
+        providers: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where `sidekey migrate` finds the store.

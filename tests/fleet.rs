@@ -539,3 +539,95 @@ async fn postgres_stopped_under_load_then_back() {
     );
     assert!(served.load(Ordering::SeqCst) > 0);
 }
+
+#[test]
+fn import_and_export_round_trip_sealed() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = providers("http://127.0.0.1:9", "http://127.0.0.1:9");
+    std::fs::write(dir.path().join("providers.yaml"), &providers).expect("write");
+    let vault = format!(
+        "secret_keys:\n  - {{sha256: \"{}\", label: app, scopes: [proxy]}}\nintegrations:\n  - {{unique_key: gh, provider: hdr}}\n  - {{unique_key: o, provider: oa, credentials: {{type: OAUTH2, oauth_client_id: cid, oauth_client_secret: client-secret-xyz}}}}\nconnections:\n  - {{connection_id: u1, provider_config_key: gh, credentials: {{type: API_KEY, apiKey: {SECRET}}}, metadata: {{plan: pro}}}}\n  - {{connection_id: u2, provider_config_key: o, credentials: {{type: OAUTH2, access_token: at-x, refresh_token: rt-secret-x}}}}\n",
+        "ab".repeat(32)
+    );
+    std::fs::write(dir.path().join("vault.yaml"), &vault).expect("write");
+    let url = format!("--store={}", pg.url());
+    let env = [("SIDEKEY_ENCRYPTION_KEY", KEY)];
+    let (code, out, err) = support::sidekey::run_cli_env(
+        &[
+            "store",
+            "import",
+            "--from",
+            "vault.yaml",
+            "--providers",
+            "providers.yaml",
+            &url,
+        ],
+        dir.path(),
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("imported 1 caller key(s), 2 integration(s), 2 connection(s)"),
+        "{out}"
+    );
+    let dump = pg.dump();
+    for secret in [SECRET, "client-secret-xyz", "rt-secret-x", "at-x"] {
+        assert!(!dump.contains(secret), "{secret} in pg_dump");
+    }
+    let (code, out, err) = support::sidekey::run_cli_env(
+        &[
+            "store",
+            "export",
+            "--to",
+            "out.yaml",
+            "--providers",
+            "providers.yaml",
+            &url,
+        ],
+        dir.path(),
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("exported 2 integration(s), 2 connection(s)"),
+        "{out}"
+    );
+    let exported = std::fs::read_to_string(dir.path().join("out.yaml")).expect("read");
+    assert!(
+        !exported.contains(SECRET) && exported.contains("enc:v1:"),
+        "{exported}"
+    );
+    // The exported vault is a valid, sealed vault with the same records.
+    let (code, out, err) = support::sidekey::run_cli_env(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "out.yaml",
+        ],
+        dir.path(),
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok: 2 integrations, 2 connections, 1 caller keys"),
+        "{out}"
+    );
+    // Without the key, the store's sealed records do not open: refused, nothing written.
+    let (code, _, err) = support::sidekey::run_cli(
+        &[
+            "store",
+            "import",
+            "--from",
+            "vault.yaml",
+            "--providers",
+            "providers.yaml",
+            &url,
+        ],
+        dir.path(),
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("SIDEKEY_ENCRYPTION_KEY"), "{err}");
+}

@@ -32,6 +32,7 @@
 mod listen;
 pub mod schema;
 pub mod tls;
+pub mod transfer;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -103,6 +104,8 @@ pub enum PgError {
     Migrate(#[from] schema::MigrateError),
     #[error("{STORE_NAME}: {0}")]
     Query(#[from] tokio_postgres::Error),
+    #[error("{STORE_NAME}: {0}")]
+    Write(String),
     #[error("{STORE_NAME} holds records that do not load:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Records(Vec<Diagnostic>),
 }
