@@ -631,3 +631,40 @@ fn import_and_export_round_trip_sealed() {
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("SIDEKEY_ENCRYPTION_KEY"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_over_tls_with_extra_ca() {
+    let ca = support::ca::TestCa::new();
+    let cert = ca.server_cert(&["127.0.0.1"]);
+    let pg = Pg::start_tls(&cert.cert_pem, &cert.key_pem);
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = ca_dir.path().join("ca.pem");
+    ca.write_pem(&ca_path);
+    let up = Upstream::start(ok_json()).await;
+    let a = sidekey(&providers(&up.url(""), &up.url("")), "")
+        .arg(format!("--store={}?sslmode=verify-full", pg.url()))
+        .arg(format!("--extra-ca={}", ca_path.display()))
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .start();
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // Every connection sidekey holds (the pool's and the LISTEN one) is TLS.
+    let plain = pg.psql(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.application_name = 'sidekey' AND NOT s.ssl",
+    );
+    let tls = pg.psql(
+        "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+         WHERE a.application_name = 'sidekey' AND s.ssl",
+    );
+    assert_eq!(plain.trim(), "0");
+    assert!(tls.trim().parse::<u32>().expect("count") >= 2, "{tls}");
+}

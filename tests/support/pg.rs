@@ -17,6 +17,8 @@ pub struct Pg {
     bin: PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// Server settings beyond the defaults (TLS).
+    extra: String,
 }
 
 /// The directory holding `initdb` and `pg_ctl`.
@@ -62,12 +64,34 @@ fn free_port() -> u16 {
 impl Pg {
     /// Creates and starts a cluster with a database `sidekey`.
     pub fn start() -> Self {
+        Self::start_opts(None)
+    }
+
+    /// [`Pg::start`] with TLS on (`ssl=on`) with this certificate chain and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_opts(Some((cert_pem, key_pem)))
+    }
+
+    fn start_opts(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         let as_postgres = rustix_is_root();
         let dir = tempfile::Builder::new()
             .prefix("sidekey-pg-")
             .tempdir()
             .expect("tempdir");
+        let mut extra = String::new();
+        if let Some((cert, key)) = tls {
+            let (c, k) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&c, cert).expect("write cert");
+            std::fs::write(&k, key).expect("write key");
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                c.display(),
+                k.display()
+            );
+        }
         if as_postgres {
             let st = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -81,6 +105,7 @@ impl Pg {
             bin,
             port: 0,
             as_postgres,
+            extra,
         };
         let data = pg.data();
         let out = pg
@@ -99,9 +124,10 @@ impl Pg {
         for _ in 0..5 {
             pg.port = free_port();
             let opts = format!(
-                "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+                "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200{}",
                 pg.port,
-                pg.dir().display()
+                pg.dir().display(),
+                pg.extra
             );
             let out = pg
                 .cmd("pg_ctl")
@@ -192,9 +218,10 @@ impl Pg {
     /// Starts it again on the same port.
     pub fn restart(&self) {
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200{}",
             self.port,
-            self.dir().display()
+            self.dir().display(),
+            self.extra
         );
         let out = self
             .cmd("pg_ctl")

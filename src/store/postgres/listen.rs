@@ -35,7 +35,7 @@ pub(super) async fn run(store: Arc<PgStore>) {
                                 }
                             }
                             Ok(_) => {}
-                            Err(e) => return Some(e.to_string()),
+                            Err(e) => return Some(super::chain(&e)),
                         }
                     }
                     None
@@ -75,13 +75,13 @@ pub(super) async fn run(store: Arc<PgStore>) {
                     }
                     Err(e) => {
                         driver.abort();
-                        tracing::warn!(error = %e, "cannot listen to {STORE_NAME}; retrying");
+                        tracing::warn!(error = %super::chain(&e), "cannot listen to {STORE_NAME}; retrying");
                     }
                 }
                 drop(client);
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to {STORE_NAME} to listen for changes; retrying");
+                tracing::warn!(error = %super::chain(&e), retry_in = ?backoff, "cannot connect to {STORE_NAME} to listen for changes; retrying");
             }
         }
         tokio::time::sleep(backoff).await;

@@ -631,7 +631,23 @@ impl From<Unreachable> for StoreError {
 
 /// A failed statement: the store did not take the write (nothing was committed).
 fn db_error(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(format!("{STORE_NAME}: {e}"))
+    StoreError::Unavailable(format!("{STORE_NAME}: {}", chain(&e)))
+}
+
+/// An error with its causes ("error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer"): the top line alone rarely says what to fix. None of them holds the URL.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.ends_with(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 impl Backend for PgStore {
