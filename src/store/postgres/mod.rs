@@ -552,13 +552,20 @@ impl PgStore {
         loop {
             let rows = client
                 .query(
-                    "SELECT seq, kind, key1, key2, version, record::text FROM sidekey_changes
-                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    "SELECT seq, kind, key1, key2, version, record::text,
+                            (extract(epoch from clock_timestamp() - committed_at) * 1000)::float8
+                     FROM sidekey_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
                     &[&applied, &CATCH_UP_BATCH],
                 )
                 .await
                 .map_err(db_error)?;
             let n = rows.len();
+            if let Some(last) = rows.last() {
+                // How long after its commit the newest change is read here (committed_at is
+                // the transaction's start: an upper bound), for RUST_LOG=sidekey::store=debug.
+                let lag_ms: f64 = last.get(6);
+                tracing::debug!(changes = n, lag_ms, "applying the store's changes");
+            }
             for row in rows {
                 let seq: i64 = row.get(0);
                 applied = seq;
@@ -817,5 +824,32 @@ fn stored_credential(rec: &RawConnection) -> Option<StoredCredential> {
             expires_at: expires_at.clone(),
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_never_shows_in_debug_or_errors() {
+        let url = StoreUrl::new("postgres://u:hunter2@127.0.0.1:5432/db?sslmode=verify-full");
+        assert_eq!(format!("{url:?}"), "StoreUrl(***)");
+        assert!(url.config().is_ok(), "verify-full is accepted (as require)");
+        let bad = StoreUrl::new("mysql://u:hunter2@h/db");
+        let e = bad.config().expect_err("not postgres");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let bad = StoreUrl::new("postgres://u:hunter2@h/db?sslmode=bogus");
+        let e = bad.config().expect_err("bad sslmode");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn lease_keys_differ_per_connection() {
+        let k = |a: &str, b: &str| lease_key(&(a.to_string(), b.to_string()));
+        assert_eq!(k("i", "c"), k("i", "c"));
+        assert_ne!(k("i", "c"), k("i", "d"));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(k("ab", "c"), k("a", "bc"));
     }
 }
