@@ -45,6 +45,16 @@ fn replica(pg: &Pg, providers: &str) -> Sidekey {
         .start()
 }
 
+/// Whether `base` lists connection `id` (the list carries no credential, so reading it does
+/// not refresh an OAuth token, as `GET /connections/{id}` would).
+async fn lists(c: &TestClient, base: &str, id: &str) -> bool {
+    let res = call(c, base, "GET", "/connections", Value::Null).await;
+    res.status == 200
+        && res.json()["connections"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["connection_id"] == id))
+}
+
 async fn call(c: &TestClient, base: &str, method: &str, path: &str, body: Value) -> TestResponse {
     let body = if body.is_null() {
         Bytes::new()
@@ -245,12 +255,23 @@ async fn a_write_on_one_replica_is_served_by_the_others() {
     }
     assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
 
-    // Every replica holds the same connections: 400 from the loops, none left of u1.
+    // Every replica comes to hold the same connections: 400 from the loops, none left of u1.
     for r in replicas {
-        let res = call(&c, &r.url(""), "GET", "/connections", Value::Null).await;
-        assert_eq!(res.status, 200);
-        let n = res.json()["connections"].as_array().map_or(0, Vec::len);
-        assert_eq!(n, 400, "{}", r.url(""));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let res = call(&c, &r.url(""), "GET", "/connections", Value::Null).await;
+            assert_eq!(res.status, 200);
+            let n = res.json()["connections"].as_array().map_or(0, Vec::len);
+            if n == 400 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} connections on {}",
+                r.url("")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     // Sealed at rest: the dump has no plaintext secret, and the sealed envelope instead.
@@ -359,17 +380,7 @@ async fn concurrent_requests_over_three_replicas_refresh_once() {
     // Every replica knows the connection before the burst.
     for r in [&b, &c3] {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while call(
-            &c,
-            &r.url(""),
-            "GET",
-            "/connections/u?provider_config_key=o",
-            Value::Null,
-        )
-        .await
-        .status
-            != 200
-        {
+        while !lists(&c, &r.url(""), "u").await {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -721,4 +732,120 @@ async fn the_store_over_tls_with_extra_ca() {
     );
     assert_eq!(plain.trim(), "0");
     assert!(tls.trim().parse::<u32>().expect("count") >= 2, "{tls}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_killed_mid_refresh_is_taken_over() {
+    let pg = Pg::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    // Asynchronous, so the hanging call does not hold one of the test's runtime threads.
+    let up = Upstream::start_raw(Arc::new(move |r: http::Request<hyper::body::Incoming>| {
+        let c2 = c2.clone();
+        Box::pin(async move {
+            if r.uri().path() == "/oauth/token" {
+                let n = c2.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == 1 {
+                    // The first holder's call hangs; it is killed before any answer, and this
+                    // provider rotates only on an answered call.
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    return reply(503, "{}");
+                }
+                let mut res = reply(
+                    200,
+                    json!({"access_token": "at-2", "refresh_token": "rt-2", "expires_in": 3600})
+                        .to_string(),
+                );
+                res.headers_mut()
+                    .insert("content-type", "application/json".parse().expect("value"));
+                return res;
+            }
+            let ok = r
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v.as_bytes() == b"Bearer at-2");
+            reply(if ok { 200 } else { 401 }, "{}")
+        })
+    }))
+    .await;
+    let p = providers(&up.url(""), &up.url(""));
+    let mut a = replica(&pg, &p);
+    let b = replica(&pg, &p);
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &b.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "oa", "unique_key": "o",
+               "credentials": {"type": "OAUTH2", "client_id": "cid", "client_secret": "csecret"}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(
+        &c,
+        &b.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "o", "connection_id": "u",
+               "credentials": {"type": "OAUTH2", "access_token": "at-1", "refresh_token": "rt-1",
+                               "expires_at": "2020-01-01T00:00:00Z"}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lists(&c, &a.url(""), "u").await {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A takes the lease and hangs in the token call; B's request waits for the lease.
+    let (ca, abase) = (c.clone(), a.url(""));
+    let on_a = tokio::spawn(async move {
+        let headers = support::client::proxy_headers("u", "o");
+        ca.send_result("GET", &format!("{abase}/proxy/x"), &headers, Bytes::new())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "A is in its token call");
+    let (cb, bbase) = (c.clone(), b.url(""));
+    let started = Instant::now();
+    let on_b = tokio::spawn(async move { cb.proxy(&bbase, "/x", "u", "o").await.status });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if calls.load(Ordering::SeqCst) != 1 {
+        for (n, r) in [("A", &a), ("B", &b)] {
+            for l in r
+                .logs()
+                .lines()
+                .filter(|l| l.contains("oauth") || l.contains("lease"))
+            {
+                eprintln!("{n}: {l}");
+            }
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "B waits for A's lease");
+    a.signal("KILL");
+    let status = on_b.await.expect("task");
+    assert_eq!(status, 200, "B took the lease over and refreshed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let _ = on_a.await;
+    let _ = a.wait_exit(Duration::from_secs(5));
+    let res = call(
+        &c,
+        &b.url(""),
+        "GET",
+        "/connections/u?provider_config_key=o&refresh_token=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        res.json()["credentials"]["refresh_token"],
+        "rt-2",
+        "{}",
+        res.text()
+    );
 }

@@ -766,10 +766,13 @@ impl RefreshLease for PgLease {
                 ))
                 .await
                 .map_err(fail)?;
+            let waiting = std::time::Instant::now();
             client
                 .execute("SELECT pg_advisory_xact_lock($1)", &[&lease_key(key)])
                 .await
                 .map_err(fail)?;
+            tracing::debug!(provider_config_key = %key.0, connection_id = %key.1,
+                waited_ms = waiting.elapsed().as_millis() as u64, "refresh lease taken");
             // Read after the lock: another replica that refreshed released it only after
             // committing its token.
             let row = client
