@@ -55,6 +55,8 @@ use crate::state::State;
 pub const CHANNEL: &str = "sidekey_changes";
 /// How the store is named in diagnostics (never the URL, which may hold a password).
 pub const STORE_NAME: &str = "the PostgreSQL store";
+/// Refresh leases held at once, at most (more wait for one to end).
+const LEASE_POOL: usize = 16;
 /// Changes read from `sidekey_changes` per query while catching up.
 const CATCH_UP_BATCH: i64 = 1000;
 
@@ -124,6 +126,8 @@ impl PgError {
 /// The PostgreSQL backend.
 pub struct PgStore {
     pool: Pool,
+    /// Connections that hold refresh leases (see [`PgLease`]).
+    lease_pool: Pool,
     config: tokio_postgres::Config,
     tls: tls::MakeRustls,
     key: Option<Arc<EncryptionKey>>,
@@ -183,8 +187,25 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| PgError::Connect(e.to_string()))?;
+        // Leases get their own pool: a lease holds its connection across the token call and
+        // then waits for the writer, which needs one from `pool`; sharing one pool, enough
+        // refreshes at once would hold every connection and wait for each other.
+        let lease_pool = Pool::builder(Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        ))
+        .max_size(LEASE_POOL)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| PgError::Connect(e.to_string()))?;
         let store = Arc::new(Self {
             pool,
+            lease_pool,
             config,
             tls,
             key,
@@ -199,10 +220,7 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Unreachable> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| Unreachable(e.to_string()))
+        get(&self.pool).await
     }
 
     /// Reads every record into a snapshot over `catalog` (whole: see the module's text).
@@ -627,6 +645,17 @@ impl PgStore {
     }
 }
 
+/// A connection from `pool`, or why there is none (with the database's error and its causes:
+/// the pool's own error does not name it as its source).
+async fn get(pool: &Pool) -> Result<deadpool_postgres::Object, Unreachable> {
+    pool.get().await.map_err(|e| {
+        Unreachable(match &e {
+            deadpool_postgres::PoolError::Backend(b) => chain(b),
+            other => chain(other),
+        })
+    })
+}
+
 /// The pool could not hand out a connection: the database is down or unreachable.
 struct Unreachable(String);
 
@@ -750,8 +779,7 @@ impl RefreshLease for PgLease {
     ) -> BoxFuture<'a, Result<LeaseGrant, String>> {
         Box::pin(async move {
             let store = &self.0;
-            let client = store
-                .client()
+            let client = get(&store.lease_pool)
                 .await
                 .map_err(|e| StoreError::from(e).to_string())?;
             let guard = LeaseGuard(Some(client));
