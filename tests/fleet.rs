@@ -849,3 +849,51 @@ async fn a_lease_holder_killed_mid_refresh_is_taken_over() {
         res.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_pruned_log_reloads_whole() {
+    let pg = Pg::start();
+    let up = Upstream::start(ok_json()).await;
+    let p = providers(&up.url(""), &up.url(""));
+    let a = replica(&pg, &p);
+    let b = replica(&pg, &p);
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&c, &b.url(""), "GET", "/integrations/gh", Value::Null)
+        .await
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "not propagated");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // B is frozen while A writes and the log loses those changes (as pruning would).
+    b.signal("STOP");
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "gh", "connection_id": "u1",
+               "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    pg.psql("DELETE FROM sidekey_changes");
+    b.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.proxy(&b.url(""), "/x", "u1", "gh").await.status != 200 {
+        assert!(Instant::now() < deadline, "B did not resynchronise");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(b.logs().contains("loading it whole"), "{}", b.logs());
+}

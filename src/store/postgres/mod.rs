@@ -55,6 +55,10 @@ use crate::state::State;
 pub const CHANNEL: &str = "sidekey_changes";
 /// How the store is named in diagnostics (never the URL, which may hold a password).
 pub const STORE_NAME: &str = "the PostgreSQL store";
+/// Changes kept in `sidekey_changes` for replicas that are catching up.
+const RETAIN_CHANGES: i64 = 100_000;
+/// How often (in changes) the log is pruned.
+const PRUNE_EVERY: i64 = 1_000;
 /// Refresh leases held at once, at most (more wait for one to end).
 const LEASE_POOL: usize = 16;
 /// Changes read from `sidekey_changes` per query while catching up.
@@ -431,6 +435,17 @@ impl PgStore {
             seq += 1;
             self.write_change(&tx, seq, ch).await?;
         }
+        // The log keeps the last RETAIN_CHANGES changes; pruned every PRUNE_EVERY changes,
+        // in the commit that crosses the mark (a replica away longer reloads whole).
+        let before = head.get::<_, i64>(0);
+        if before / PRUNE_EVERY != seq / PRUNE_EVERY {
+            tx.execute(
+                "DELETE FROM sidekey_changes WHERE seq <= $1",
+                &[&(seq - RETAIN_CHANGES)],
+            )
+            .await
+            .map_err(db_error)?;
+        }
         tx.execute(
             "UPDATE sidekey_head SET seq = $1, version = $2",
             &[&seq, &top],
@@ -578,6 +593,16 @@ impl PgStore {
                 .await
                 .map_err(db_error)?;
             let n = rows.len();
+            let first = rows.first().map(|r| r.get::<_, i64>(0));
+            let gap = match first {
+                Some(seq) => seq != applied + 1,
+                // Announced but not in the log: pruned (see RETAIN_CHANGES).
+                None => changes.is_empty() && self.announced.load(Ordering::SeqCst) > applied,
+            };
+            if gap {
+                drop(client);
+                return self.resync_whole(attached, current).await;
+            }
             if let Some(last) = rows.last() {
                 // How long after its commit the newest change is read here (committed_at is
                 // the transaction's start: an upper bound), for RUST_LOG=sidekey::store=debug.
@@ -617,6 +642,41 @@ impl PgStore {
             );
         }
         self.applied.store(applied, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The changes this replica missed are no longer in the log (it was away longer than
+    /// [`RETAIN_CHANGES`] changes): load everything again and publish it as a whole.
+    async fn resync_whole(
+        &self,
+        attached: &Attached,
+        current: Arc<Snapshot>,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(
+            applied = self.applied.load(Ordering::SeqCst),
+            "the changes this replica missed were pruned from the store's log; loading it whole"
+        );
+        let opts = BuildOptions {
+            env_keys: current
+                .secret_keys
+                .iter()
+                .filter(|k| k.from_env)
+                .map(|k| k.digest)
+                .collect(),
+            generation: current.generation + 1,
+            encryption_key: self.key.clone(),
+            versions: None,
+        };
+        let mut snap = self
+            .load(current.catalog.clone(), &opts)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        snap.generation = current.generation + 1;
+        crate::state::publish(
+            &attached.state,
+            Arc::new(snap),
+            crate::config::Source::Other("store resynchronised"),
+        );
         Ok(())
     }
 
