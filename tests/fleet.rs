@@ -901,3 +901,68 @@ async fn a_replica_behind_a_pruned_log_reloads_whole() {
     }
     assert!(b.logs().contains("loading it whole"), "{}", b.logs());
 }
+
+/// Start-up over a store of many connections (loaded whole, for now): the time from spawn to
+/// serving, and the peak RSS. `FLEET_LOAD_N=100000 cargo test --test fleet load_many --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn load_many_connections() {
+    let n: u64 = std::env::var("FLEET_LOAD_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("--store={}", pg.url());
+    let (code, out, err) = support::sidekey::run_cli(&["migrate", &url], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    pg.psql(
+        "INSERT INTO sidekey_integrations VALUES ('gh', '{\"unique_key\":\"gh\",\"provider\":\"hdr\"}', 1)",
+    );
+    pg.psql(&format!(
+        "INSERT INTO sidekey_connections SELECT 'gh', 'c' || g, g,
+           jsonb_build_object('connection_id', 'c' || g, 'provider_config_key', 'gh',
+             'credentials', jsonb_build_object('type', 'API_KEY', 'apiKey', 'key-' || g)), 1
+         FROM generate_series(1, {n}) g"
+    ));
+    pg.psql(&format!("UPDATE sidekey_head SET seq = 1, version = {n}"));
+    let started = Instant::now();
+    let sk = sidekey(&providers("http://127.0.0.1:9", "http://127.0.0.1:9"), "")
+        .arg(url)
+        .arg("--allow-plaintext-store")
+        .start();
+    let elapsed = started.elapsed();
+    assert!(
+        sk.logs().contains(&format!("\"connections\":{n}")),
+        "{}",
+        sk.logs()
+    );
+    let (pg_rss, pg_time) = (sk.peak_rss_kib(), elapsed);
+    drop(sk);
+    // Baseline in the same minute: the same records from a vault file.
+    let mut vault =
+        String::from("integrations:\n  - {unique_key: gh, provider: hdr}\nconnections:\n");
+    for g in 1..=n {
+        vault.push_str(&format!(
+            "  - {{connection_id: c{g}, provider_config_key: gh, credentials: {{type: API_KEY, apiKey: key-{g}}}}}\n"
+        ));
+    }
+    let started = Instant::now();
+    let sk = sidekey(
+        &providers("http://127.0.0.1:9", "http://127.0.0.1:9"),
+        &vault,
+    )
+    .start();
+    let (file_rss, file_time) = (sk.peak_rss_kib(), started.elapsed());
+    println!(
+        "{n} connections: PostgreSQL store serving after {:.2} s, peak RSS {} MiB; vault file \
+         (baseline) {:.2} s, {} MiB; ratio time {:.2} x, peak RSS {:.2} x",
+        pg_time.as_secs_f64(),
+        pg_rss / 1024,
+        file_time.as_secs_f64(),
+        file_rss / 1024,
+        pg_time.as_secs_f64() / file_time.as_secs_f64(),
+        pg_rss as f64 / file_rss as f64
+    );
+}
