@@ -253,13 +253,6 @@ impl PgStore {
                 &[],
             )
             .await?;
-        let conns = tx
-            .query(
-                "SELECT version, record::text FROM sidekey_connections ORDER BY provider_config_key, connection_id",
-                &[],
-            )
-            .await?;
-        tx.commit().await?;
         let mut problems = Vec::new();
         let mut raw = RawVault::default();
         for (i, row) in keys.iter().enumerate() {
@@ -287,10 +280,20 @@ impl PgStore {
         }
         let mut snap = crate::config::snapshot::build_records(STORE_NAME, catalog, raw, opts)
             .map_err(PgError::Records)?;
-        // Connections one by one, each with its stored version. One that does not compile
-        // here (say, this replica's providers.yaml lacks what it needs) is left out, loudly,
-        // rather than keeping the replica from serving every other one.
-        for row in &conns {
+        // Connections one by one as the rows stream in (never all rows in memory at once),
+        // each with its stored version. One that does not compile here (say, this replica's
+        // providers.yaml lacks what it needs) is left out, loudly, rather than keeping the
+        // replica from serving every other one.
+        let conns = tx
+            .query_raw(
+                "SELECT version, record::text FROM sidekey_connections",
+                std::iter::empty::<i64>(),
+            )
+            .await?;
+        let mut conns = std::pin::pin!(conns);
+        use futures_util::StreamExt as _;
+        while let Some(row) = conns.next().await {
+            let row = row?;
             let v: i64 = row.get(0);
             let rec = match self.open_connection(row.get(1)) {
                 Ok(r) => r,
@@ -307,6 +310,7 @@ impl PgStore {
                     "a stored connection does not compile here; skipped"),
             }
         }
+        tx.commit().await?;
         self.applied.store(seq, Ordering::SeqCst);
         self.announced.fetch_max(seq, Ordering::SeqCst);
         self.seen_version(version as u64);
