@@ -880,7 +880,8 @@ async fn a_replica_behind_a_pruned_log_reloads_whole() {
         assert!(Instant::now() < deadline, "not propagated");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // B is frozen while A writes and the log loses those changes (as pruning would).
+    // B is frozen while A writes and the log loses those changes (as pruning would). The
+    // write is too large to ride in the notification, so B must read the log for it.
     b.signal("STOP");
     let res = call(
         &c,
@@ -888,7 +889,8 @@ async fn a_replica_behind_a_pruned_log_reloads_whole() {
         "POST",
         "/connections",
         json!({"provider_config_key": "gh", "connection_id": "u1",
-               "credentials": {"type": "API_KEY", "apiKey": SECRET}}),
+               "credentials": {"type": "API_KEY", "apiKey": SECRET},
+               "metadata": {"notes": "n".repeat(9000)}}),
     )
     .await;
     assert_eq!(res.status, 201, "{}", res.text());

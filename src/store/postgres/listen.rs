@@ -1,7 +1,8 @@
 //! The replica's ear on the fleet: one connection of its own (not from the pool, which would
 //! recycle it) that `LISTEN`s on [`super::CHANNEL`]. Each notification carries the change
-//! number its commit reached; the store announces it, and the writer's next refresh applies
-//! everything up to it. When the connection drops (the database restarted, the network
+//! number its commit reached, and the commit's log entries when they fit (see
+//! `super::Notice`); the store keeps those and announces the number, and the writer's next
+//! refresh applies everything up to it, reading the log only for what was not carried. When the connection drops (the database restarted, the network
 //! failed) the task reconnects with backoff and reads the fleet's last change number, so a
 //! replica resynchronises from the changes it missed, in order, without a full reload.
 
@@ -59,12 +60,7 @@ pub(super) async fn run(store: Arc<PgStore>) {
                         backoff = BACKOFF_MIN;
                         store.announce(seq);
                         while let Some(payload) = rx.recv().await {
-                            match payload.parse::<i64>() {
-                                Ok(seq) => store.announce(seq),
-                                Err(_) => {
-                                    tracing::debug!("an unexpected notification payload; ignored")
-                                }
-                            }
+                            store.notified(&payload);
                         }
                         let why = driver
                             .await

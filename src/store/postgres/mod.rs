@@ -142,6 +142,8 @@ pub struct PgStore {
     /// The last version handed out or seen.
     last_version: AtomicU64,
     attached: OnceLock<Attached>,
+    /// Log entries that notifications carried, by change number, not applied yet.
+    pending: std::sync::Mutex<std::collections::BTreeMap<i64, LogRow>>,
 }
 
 struct Attached {
@@ -217,6 +219,7 @@ impl PgStore {
             announced: AtomicI64::new(0),
             last_version: AtomicU64::new(now_micros()),
             attached: OnceLock::new(),
+            pending: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         });
         let mut client = store.client().await.map_err(|e| PgError::Connect(e.0))?;
         schema::migrate(&mut client).await?;
@@ -435,9 +438,10 @@ impl PgStore {
                 top = top.max(v);
             }
         }
+        let mut rows = Vec::with_capacity(changes.len());
         for ch in changes {
             seq += 1;
-            self.write_change(&tx, seq, ch).await?;
+            rows.push(self.write_change(&tx, seq, ch).await?);
         }
         // The log keeps the last RETAIN_CHANGES changes; pruned every PRUNE_EVERY changes,
         // in the commit that crosses the mark (a replica away longer reloads whole).
@@ -456,7 +460,8 @@ impl PgStore {
         )
         .await
         .map_err(db_error)?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
+        let payload = Notice::payload(seq, rows);
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
@@ -464,16 +469,14 @@ impl PgStore {
         Ok(())
     }
 
+    /// Writes one change to its table; returns its entry for the change log.
     async fn write_change(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         seq: i64,
         ch: Change,
-    ) -> Result<(), StoreError> {
-        const LOG: &str = "INSERT INTO sidekey_changes (seq, kind, key1, key2, version, record) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)";
-        let none: Option<String> = None;
-        let no_version: Option<i64> = None;
-        match ch {
+    ) -> Result<LogRow, StoreError> {
+        let row = match ch {
             Change::PutIntegration(r) => {
                 let key = r.unique_key.clone();
                 let json = self.seal_json(r, sealed::seal_integration)?;
@@ -484,12 +487,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(db_error)?;
-                tx.execute(
-                    LOG,
-                    &[&seq, &"integration", &key, &none, &no_version, &Some(json)],
-                )
-                .await
-                .map_err(db_error)?;
+                LogRow::new("integration", key, None, None, Some(json))
             }
             Change::DeleteIntegration(key) => {
                 tx.execute(
@@ -498,12 +496,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(db_error)?;
-                tx.execute(
-                    LOG,
-                    &[&seq, &"integration", &key, &none, &no_version, &none],
-                )
-                .await
-                .map_err(db_error)?;
+                LogRow::new("integration", key, None, None, None)
             }
             Change::PutConnection(r, v) => {
                 let (pck, cid) = (r.provider_config_key.clone(), r.connection_id.clone());
@@ -518,12 +511,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(db_error)?;
-                tx.execute(
-                    LOG,
-                    &[&seq, &"connection", &pck, &Some(cid), &Some(v), &Some(json)],
-                )
-                .await
-                .map_err(db_error)?;
+                LogRow::new("connection", pck, Some(cid), Some(v), Some(json))
             }
             Change::DeleteConnection {
                 provider_config_key,
@@ -535,19 +523,13 @@ impl PgStore {
                 )
                 .await
                 .map_err(db_error)?;
-                tx.execute(
-                    LOG,
-                    &[
-                        &seq,
-                        &"connection",
-                        &provider_config_key,
-                        &Some(connection_id),
-                        &no_version,
-                        &none,
-                    ],
+                LogRow::new(
+                    "connection",
+                    provider_config_key,
+                    Some(connection_id),
+                    None,
+                    None,
                 )
-                .await
-                .map_err(db_error)?;
             }
             Change::PutKey(k) => {
                 let sha = k.sha256.to_ascii_lowercase();
@@ -560,21 +542,23 @@ impl PgStore {
                 )
                 .await
                 .map_err(db_error)?;
-                tx.execute(LOG, &[&seq, &"key", &sha, &none, &no_version, &Some(json)])
-                    .await
-                    .map_err(db_error)?;
+                LogRow::new("key", sha, None, None, Some(json))
             }
             Change::DeleteKey(sha) => {
                 let sha = sha.to_ascii_lowercase();
                 tx.execute("DELETE FROM sidekey_keys WHERE sha256 = $1", &[&sha])
                     .await
                     .map_err(db_error)?;
-                tx.execute(LOG, &[&seq, &"key", &sha, &none, &no_version, &none])
-                    .await
-                    .map_err(db_error)?;
+                LogRow::new("key", sha, None, None, None)
             }
-        }
-        Ok(())
+        };
+        tx.execute(
+            "INSERT INTO sidekey_changes (seq, kind, key1, key2, version, record) VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
+            &[&seq, &row.kind, &row.key1, &row.key2, &row.version, &row.record],
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(row)
     }
 
     /// Applies every change committed past the last one applied (see the module's text).
@@ -582,10 +566,30 @@ impl PgStore {
         let Some(attached) = self.attached.get() else {
             return Ok(());
         };
-        let client = self.client().await.map_err(StoreError::from)?;
         let mut applied = self.applied.load(Ordering::SeqCst);
         let mut next: Snapshot = (*current).clone();
         let mut changes = Vec::new();
+        // First what the notifications carried, in order from the next number on.
+        let notified: Vec<(i64, LogRow)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.retain(|seq, _| *seq > applied);
+            let mut run = Vec::new();
+            let mut want = applied + 1;
+            while let Some(row) = pending.remove(&want) {
+                run.push((want, row));
+                want += 1;
+            }
+            run
+        };
+        for (seq, row) in notified {
+            applied = seq;
+            self.apply_one(seq, self.change_from_log(row), &mut next, &mut changes);
+        }
+        if self.announced.load(Ordering::SeqCst) <= applied {
+            self.publish_caught_up(attached, &current, next, changes, applied);
+            return Ok(());
+        }
+        let client = self.client().await.map_err(StoreError::from)?;
         loop {
             let rows = client
                 .query(
@@ -616,37 +620,89 @@ impl PgStore {
             for row in rows {
                 let seq: i64 = row.get(0);
                 applied = seq;
-                match self.change_from_row(&row) {
-                    Ok(ch) => match next.with(ch.clone()) {
-                        Ok(s) => {
-                            next = s;
-                            changes.push(ch);
-                        }
-                        Err(d) => tracing::error!(seq,
-                            problem = %d.first().map(ToString::to_string).unwrap_or_default(),
-                            "a change from the store does not compile here; skipped"),
-                    },
-                    Err(m) => {
-                        tracing::error!(seq, error = %m, "a change from the store does not load; skipped")
-                    }
-                }
+                self.apply_one(seq, self.change_from_row(&row), &mut next, &mut changes);
             }
             if (n as i64) < CATCH_UP_BATCH {
                 break;
             }
         }
+        self.publish_caught_up(attached, &current, next, changes, applied);
+        Ok(())
+    }
+
+    /// One change from the log applied to `next` (or skipped, loudly, if it does not load
+    /// or compile here).
+    fn apply_one(
+        &self,
+        seq: i64,
+        change: Result<Change, String>,
+        next: &mut Snapshot,
+        changes: &mut Vec<Change>,
+    ) {
+        match change {
+            Ok(ch) => match next.with(ch.clone()) {
+                Ok(s) => {
+                    *next = s;
+                    changes.push(ch);
+                }
+                Err(d) => tracing::error!(seq,
+                    problem = %d.first().map(ToString::to_string).unwrap_or_default(),
+                    "a change from the store does not compile here; skipped"),
+            },
+            Err(m) => {
+                tracing::error!(seq, error = %m, "a change from the store does not load; skipped")
+            }
+        }
+    }
+
+    fn publish_caught_up(
+        &self,
+        attached: &Attached,
+        current: &Arc<Snapshot>,
+        mut next: Snapshot,
+        changes: Vec<Change>,
+        applied: i64,
+    ) {
         if !changes.is_empty() {
             next.generation = current.generation + 1;
             crate::state::publish_changes_from(
                 &attached.state,
-                &current,
+                current,
                 Arc::new(next),
                 &changes,
                 "store change",
             );
         }
         self.applied.store(applied, Ordering::SeqCst);
-        Ok(())
+    }
+
+    /// A notification's payload (see [`Notice`]): its change number, and the entries it
+    /// carries kept for the next catch-up.
+    fn notified(&self, payload: &str) {
+        if let Ok(seq) = payload.parse::<i64>() {
+            return self.announce(seq);
+        }
+        let Ok(notice) = serde_json::from_str::<Notice>(payload) else {
+            tracing::debug!("an unexpected notification payload; ignored");
+            return;
+        };
+        let applied = self.applied.load(Ordering::SeqCst);
+        let first = notice.seq - notice.rows.len() as i64 + 1;
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: a replica that does not apply (the writer stuck on a dead database)
+            // reads the log back later instead.
+            if pending.len() > MAX_PENDING {
+                pending.clear();
+            }
+            for (i, row) in notice.rows.into_iter().enumerate() {
+                let seq = first + i as i64;
+                if seq > applied {
+                    pending.insert(seq, row);
+                }
+            }
+        }
+        self.announce(notice.seq);
     }
 
     /// The changes this replica missed are no longer in the log (it was away longer than
@@ -685,12 +741,25 @@ impl PgStore {
     }
 
     fn change_from_row(&self, row: &tokio_postgres::Row) -> Result<Change, String> {
-        let kind: &str = row.get(1);
-        let key1: String = row.get(2);
-        let key2: Option<String> = row.get(3);
-        let version: Option<i64> = row.get(4);
-        let record: Option<&str> = row.get(5);
-        Ok(match (kind, record) {
+        self.change_from_log(LogRow {
+            kind: row.get::<_, &str>(1).to_string(),
+            key1: row.get(2),
+            key2: row.get(3),
+            version: row.get(4),
+            record: row.get(5),
+        })
+    }
+
+    fn change_from_log(&self, row: LogRow) -> Result<Change, String> {
+        let LogRow {
+            kind,
+            key1,
+            key2,
+            version,
+            record,
+        } = row;
+        let record = record.as_deref();
+        Ok(match (kind.as_str(), record) {
             ("integration", Some(r)) => Change::PutIntegration(self.open_integration(r)?),
             ("integration", None) => Change::DeleteIntegration(key1),
             ("connection", Some(r)) => {
@@ -706,6 +775,58 @@ impl PgStore {
             ("key", None) => Change::DeleteKey(key1),
             (other, _) => return Err(format!("unknown change kind `{other}`")),
         })
+    }
+}
+
+/// One entry of the change log, as written and as notified.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LogRow {
+    kind: String,
+    key1: String,
+    key2: Option<String>,
+    version: Option<i64>,
+    record: Option<String>,
+}
+
+impl LogRow {
+    fn new(
+        kind: &str,
+        key1: String,
+        key2: Option<String>,
+        version: Option<i64>,
+        record: Option<String>,
+    ) -> Self {
+        Self {
+            kind: kind.to_string(),
+            key1,
+            key2,
+            version,
+            record,
+        }
+    }
+}
+
+/// A notification's payload: the last change number of a commit and, when they fit in
+/// PostgreSQL's 8000-byte limit, the commit's log entries themselves (records sealed as in
+/// the table), so a replica applies them without reading the log back. Larger commits send
+/// the number alone (a plain integer), and the replica reads the log.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Notice {
+    seq: i64,
+    rows: Vec<LogRow>,
+}
+
+/// Notified entries kept for the next catch-up, at most.
+const MAX_PENDING: usize = 10_000;
+/// Room left in a notification (PostgreSQL refuses payloads of 8000 bytes or more).
+const MAX_PAYLOAD: usize = 7_900;
+
+impl Notice {
+    fn payload(seq: i64, rows: Vec<LogRow>) -> String {
+        match serde_json::to_string(&Notice { seq, rows }) {
+            Ok(p) if p.len() < MAX_PAYLOAD => p,
+            _ => seq.to_string(),
+        }
     }
 }
 
