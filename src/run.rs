@@ -79,11 +79,37 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let started = match settings.serve.store.clone() {
-        Some(url) => start_postgres(settings, url).await?,
-        None => start(settings)?,
+    let Some(url) = settings.serve.store.clone() else {
+        return start(settings)?.serve(listeners, shutdown).await;
     };
-    started.serve(listeners, shutdown).await
+    // Loading from the database may take a while (it retries while the database is
+    // unreachable): meanwhile the admin listener answers, /live 200 and /ready 503, through a
+    // second handle on the same socket, and a SIGTERM ends the wait.
+    let Listeners { proxy, admin } = listeners;
+    let admin = admin.into_std().map_err(RunError::Listener)?;
+    let loading = admin
+        .try_clone()
+        .and_then(TcpListener::from_std)
+        .map_err(RunError::Listener)?;
+    let admin = TcpListener::from_std(admin).map_err(RunError::Listener)?;
+    let (_, admin_limits) = settings.serve.listener_limits();
+    let probes = tokio::spawn(crate::admin::serve(
+        loading,
+        Arc::new(crate::admin::Health::default()),
+        Arc::new(crate::metrics::Metrics::new()),
+        admin_limits,
+    ));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let started = tokio::select! {
+        started = start_postgres(settings, url) => started,
+        () = &mut shutdown => {
+            probes.abort();
+            tracing::info!("stopped before the store was loaded");
+            return Ok(());
+        }
+    };
+    probes.abort();
+    started?.serve(Listeners { proxy, admin }, shutdown).await
 }
 
 /// An app built and its reload loop running, not yet serving.

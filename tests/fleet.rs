@@ -968,3 +968,101 @@ fn load_many_connections() {
         pg_rss as f64 / file_rss as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_store_is_loaded() {
+    let pg = Pg::start();
+    pg.stop();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("providers.yaml"),
+        providers("http://127.0.0.1:9", "http://127.0.0.1:9"),
+    )
+    .expect("write");
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    let (proxy, admin) = (port(()), port(()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args([
+            "serve".to_string(),
+            format!("--listen=127.0.0.1:{proxy}"),
+            format!("--admin-listen=127.0.0.1:{admin}"),
+            format!("--store={}", pg.url()),
+            "--providers=providers.yaml".into(),
+        ])
+        .current_dir(dir.path())
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .env("SIDEKEY_SECRET_KEY", "test-caller-key-0123456789")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let c = TestClient::http1();
+    let url = |p: &str| format!("http://127.0.0.1:{admin}{p}");
+    let get = |p: String| {
+        let c = c.clone();
+        async move { c.send_result("GET", &p, &[], Bytes::new()).await }
+    };
+    // The database is down: alive, not ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(url("/live")).await != Some(200) {
+        assert!(Instant::now() < deadline, "no /live while loading");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(url("/ready")).await, Some(503));
+    // SIGTERM while waiting for the database ends the process (exit 0), not the wait.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM did not stop a loading sidekey"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args([
+            "serve".to_string(),
+            format!("--listen=127.0.0.1:{proxy}"),
+            format!("--admin-listen=127.0.0.1:{admin}"),
+            format!("--store={}", pg.url()),
+            "--providers=providers.yaml".into(),
+        ])
+        .current_dir(dir.path())
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .env("SIDEKEY_SECRET_KEY", "test-caller-key-0123456789")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(url("/live")).await != Some(200) {
+        assert!(Instant::now() < deadline, "no /live while loading");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(url("/ready")).await, Some(503));
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(url("/ready")).await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready after the database came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
