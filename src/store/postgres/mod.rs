@@ -1061,6 +1061,25 @@ mod tests {
     }
 
     #[test]
+    fn notifications_carry_entries_only_when_they_fit() {
+        let row = |n: usize| {
+            LogRow::new(
+                "connection",
+                "gh".into(),
+                Some("u".into()),
+                Some(7),
+                Some("x".repeat(n)),
+            )
+        };
+        let small = Notice::payload(42, vec![row(10), row(10)]);
+        let back: Notice = serde_json::from_str(&small).expect("json");
+        assert_eq!((back.seq, back.rows.len()), (42, 2));
+        assert_eq!(back.rows[1].version, Some(7));
+        // PostgreSQL refuses 8000 bytes: a larger commit sends its number alone.
+        assert_eq!(Notice::payload(43, vec![row(8000)]), "43");
+    }
+
+    #[test]
     fn lease_keys_differ_per_connection() {
         let k = |a: &str, b: &str| lease_key(&(a.to_string(), b.to_string()));
         assert_eq!(k("i", "c"), k("i", "c"));
