@@ -1066,3 +1066,83 @@ async fn not_ready_until_the_store_is_loaded() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_on_every_replica_all_commit() {
+    let pg = Pg::start();
+    let up = Upstream::start(ok_json()).await;
+    let p = providers(&up.url(""), &up.url(""));
+    let replicas = [replica(&pg, &p), replica(&pg, &p), replica(&pg, &p)];
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &replicas[0].url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // Writers on every replica at once: each commit finds the others' first and is applied
+    // again on top of them; none may be refused. Baseline: the same writers on one replica.
+    async fn burst(c: &TestClient, bases: &[String], tag: &str) -> (Duration, Vec<u16>) {
+        const WRITERS: usize = 12;
+        const EACH: usize = 25;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let (c, base, tag) = (c.clone(), bases[w % bases.len()].clone(), tag.to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..EACH {
+                    let res = call(
+                        &c,
+                        &base,
+                        "POST",
+                        "/connections",
+                        json!({"provider_config_key": "gh", "connection_id": format!("{tag}-{w}-{i}"),
+                               "credentials": {"type": "API_KEY", "apiKey": "k"}}),
+                    )
+                    .await;
+                    statuses.push(res.status.as_u16());
+                }
+                statuses
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        (started.elapsed(), all)
+    }
+    let one = [replicas[0].url("")];
+    let (t1, s1) = burst(&c, &one, "one").await;
+    let three: Vec<String> = replicas.iter().map(|r| r.url("")).collect();
+    let (t3, s3) = burst(&c, &three, "three").await;
+    let rate = |n: usize, t: Duration| n as f64 / t.as_secs_f64();
+    println!(
+        "300 writes by 12 writers: on one replica {:.0}/s, spread over three {:.0}/s (ratio {:.2} x)",
+        rate(s1.len(), t1),
+        rate(s3.len(), t3),
+        rate(s3.len(), t3) / rate(s1.len(), t1)
+    );
+    assert!(s1.iter().all(|s| *s == 201), "{s1:?}");
+    assert!(s3.iter().all(|s| *s == 201), "{s3:?}");
+    // And every replica ends with all 600.
+    for r in &replicas {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let res = call(&c, &r.url(""), "GET", "/connections", Value::Null).await;
+            let n = res.json()["connections"].as_array().map_or(0, Vec::len);
+            if n == 600 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} connections on {}",
+                r.url("")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
