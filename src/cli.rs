@@ -1,5 +1,6 @@
-//! The command line: `sidekey [serve]`, `sidekey check`, `sidekey key new`, and
-//! `sidekey vault encrypt | rekey | new-key` (encryption at rest, see [`crate::config::sealed`]).
+//! The command line: `sidekey [serve]`, `sidekey check`, `sidekey key new`,
+//! `sidekey vault encrypt | rekey | new-key` (encryption at rest, see [`crate::config::sealed`]),
+//! and `sidekey migrate` (the PostgreSQL store's schema, see [`crate::store::postgres`]).
 //!
 //! Every `serve` flag can also come from `SIDEKEY_<FLAG>` in the environment; durations are
 //! humantime (`250ms`, `30s`, `5m`). The caller key comes only from the environment
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::conn::{Limits, DEFAULT_MAX_CONNECTIONS};
 use crate::netpolicy::OverridePolicy;
 use crate::otel::ConnectionIdAttr;
+use crate::store::postgres::StoreUrl;
 use crate::telemetry::LogFormat;
 use crate::upstream::ResolvePin;
 
@@ -166,6 +168,73 @@ pub enum Command {
     /// Encryption at rest: seal the vault's secrets, move them to a new key, make a key
     #[command(subcommand, after_long_help = VAULT_HELP)]
     Vault(VaultCommand),
+    /// Create or update the PostgreSQL store's schema (`serve --store` also does, at start)
+    Migrate(StoreArgs),
+    /// Move records between a vault file and the PostgreSQL store
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every record of a vault file into the store, in one transaction (records with
+    /// the same names are replaced; running replicas apply the import at once)
+    Import {
+        /// The vault file to read (checked as `sidekey check` does; sealed values are opened
+        /// with SIDEKEY_ENCRYPTION_KEY, which also seals them in the store)
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// providers.yaml the vault is checked against [default: ./providers.yaml, else the
+        /// copy built into the binary]
+        #[arg(
+            long,
+            env = "SIDEKEY_PROVIDERS",
+            hide_env_values = true,
+            value_name = "PATH"
+        )]
+        providers: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write the store's records to a new vault file (mode 0600; secrets sealed when
+    /// SIDEKEY_ENCRYPTION_KEY is set, so `sidekey check` with the same key accepts it)
+    Export {
+        /// The vault file to write (replaced atomically)
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+        /// providers.yaml the records are checked against [default: ./providers.yaml, else
+        /// the copy built into the binary]
+        #[arg(
+            long,
+            env = "SIDEKEY_PROVIDERS",
+            hide_env_values = true,
+            value_name = "PATH"
+        )]
+        providers: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where `sidekey migrate` finds the store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The PostgreSQL store: postgres://user:password@host:port/database[?sslmode=require]
+    #[arg(long, env = "SIDEKEY_STORE", hide_env_values = true, value_name = "URL", value_parser = store_url)]
+    pub store: StoreUrl,
+    /// PEM file of CA certificates trusted for the store's TLS, besides the web PKI roots
+    #[arg(
+        long,
+        env = "SIDEKEY_EXTRA_CA",
+        hide_env_values = true,
+        value_name = "PEM"
+    )]
+    pub extra_ca: Option<PathBuf>,
+}
+
+/// `--store`, checked when sidekey connects: clap's error would repeat the value (a password).
+fn store_url(s: &str) -> Result<StoreUrl, std::convert::Infallible> {
+    Ok(StoreUrl::new(s))
 }
 
 const VAULT_HELP: &str = "\
@@ -363,6 +432,20 @@ pub struct ServeArgs {
     /// Largest request body kept for replay on retry; larger bodies stream once
     #[arg(long, env = "SIDEKEY_RETRY_BUFFER_BYTES", hide_env_values = true, value_name = "BYTES", default_value_t = 64 * 1024, help_heading = "Retries and token refresh")]
     pub retry_buffer_bytes: usize,
+    /// Keep integrations, connections and caller keys in PostgreSQL, shared by every replica
+    /// (postgres://user:password@host:port/database[?sslmode=require]) instead of the vault
+    /// file; providers.yaml stays a file. Needs SIDEKEY_ENCRYPTION_KEY
+    #[arg(long, env = "SIDEKEY_STORE", hide_env_values = true, value_name = "URL", value_parser = store_url, help_heading = "Store")]
+    pub store: Option<StoreUrl>,
+    /// With --store: allow secrets in the database unsealed when SIDEKEY_ENCRYPTION_KEY is not
+    /// set (for tests; never in production)
+    #[arg(
+        long,
+        env = "SIDEKEY_ALLOW_PLAINTEXT_STORE",
+        hide_env_values = true,
+        help_heading = "Store"
+    )]
+    pub allow_plaintext_store: bool,
     /// Never write refreshed OAuth credentials to the vault (a Secret mount); use --state
     #[arg(
         long,

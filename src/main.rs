@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use sidekey::cli::{Cli, Command, FileArgs, KeyCommand, ServeArgs, VaultCommand, VaultFileArgs};
+use sidekey::cli::{
+    Cli, Command, FileArgs, KeyCommand, ServeArgs, StoreArgs, StoreCommand, VaultCommand,
+    VaultFileArgs,
+};
 use sidekey::config::sealed::{self, EncryptionKey};
 use sidekey::config::{self, BuildOptions, Paths, Severity};
 
@@ -38,6 +41,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Vault(cmd)) => vault(cmd),
+        Some(Command::Migrate(args)) => migrate(&args),
+        Some(Command::Store(cmd)) => store_command(cmd),
         Some(Command::Serve(args)) => serve(*args),
         None => serve(cli.serve),
     }
@@ -258,6 +263,123 @@ fn reseal_file(
 fn lines(diags: &[config::Diagnostic]) -> String {
     let v: Vec<String> = diags.iter().map(ToString::to_string).collect();
     v.join("\n")
+}
+
+/// Runs an offline store command on a small runtime; prints its error after `sidekey: `.
+fn offline<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+    sidekey::telemetry::init(sidekey::telemetry::LogFormat::Text);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidekey: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sidekey: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the store (which applies the migrations, under the advisory lock).
+async fn open_store(
+    args: &StoreArgs,
+    key: Option<Arc<EncryptionKey>>,
+) -> anyhow::Result<Arc<sidekey::store::postgres::PgStore>> {
+    let extra_ca = match &args.extra_ca {
+        Some(p) => sidekey::upstream::read_pem_certs(p)?,
+        None => Vec::new(),
+    };
+    let tls = sidekey::upstream::tls_config(&extra_ca)?;
+    Ok(sidekey::store::postgres::PgStore::open(&args.store, tls, key, 1).await?)
+}
+
+/// `sidekey migrate`: brings the PostgreSQL store's schema up to date.
+fn migrate(args: &StoreArgs) -> ExitCode {
+    offline(async {
+        open_store(args, None).await?;
+        println!(
+            "the store's schema is at version {}",
+            sidekey::store::postgres::schema::latest()
+        );
+        Ok(())
+    })
+}
+
+/// `sidekey store import | export`.
+fn store_command(cmd: StoreCommand) -> ExitCode {
+    offline(async move {
+        let key = encryption_key()?;
+        match cmd {
+            StoreCommand::Import {
+                from,
+                providers,
+                store,
+            } => {
+                let src = config::load_files(&Paths::new(providers, from, None))
+                    .map_err(|d| anyhow::anyhow!(lines(&d)))?;
+                let opts = BuildOptions {
+                    env_keys: Vec::new(),
+                    generation: 0,
+                    encryption_key: key.clone(),
+                    versions: None,
+                };
+                let vault = config::snapshot::build(&src, &opts).map_err(|d| {
+                    anyhow::anyhow!(
+                        "{}\nnothing was imported: fix it first (see `sidekey check`)",
+                        lines(&d)
+                    )
+                })?;
+                if key.is_none() {
+                    eprintln!("sidekey: SIDEKEY_ENCRYPTION_KEY is not set: the secrets go into the store unsealed");
+                }
+                let store = open_store(&store, key).await?;
+                let done = sidekey::store::postgres::transfer::import(&store, &vault).await?;
+                println!(
+                    "imported {} caller key(s), {} integration(s), {} connection(s) from {}",
+                    done.caller_keys, done.integrations, done.connections, src.vault_name
+                );
+            }
+            StoreCommand::Export {
+                to,
+                providers,
+                store,
+            } => {
+                let paths = Paths::new(providers, to.clone(), None);
+                let name = paths.providers_name();
+                let text = match &paths.providers {
+                    Some(p) => {
+                        config::limits::read_file(p)
+                            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+                            .text
+                    }
+                    None => config::BUNDLED_PROVIDERS.to_string(),
+                };
+                let catalog = config::providers::Catalog::parse(&name, &text)
+                    .map_err(|d| anyhow::anyhow!("{d}"))?;
+                let sealed = key.is_some();
+                let store = open_store(&store, key).await?;
+                let (bytes, snap) =
+                    sidekey::store::postgres::transfer::export(&store, Arc::new(catalog)).await?;
+                sidekey::atomic_file::write(&to, &bytes, 0o600)
+                    .with_context(|| format!("cannot write {}", to.display()))?;
+                println!(
+                    "exported {} integration(s), {} connection(s) to {}{}",
+                    snap.integrations.len(),
+                    snap.connection_count(),
+                    to.display(),
+                    if sealed { " (secrets sealed)" } else { "" }
+                );
+            }
+        }
+        Ok(())
+    })
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -81,6 +81,10 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--store: SIDEKEY_ENCRYPTION_KEY is not set; the store would hold secrets in plaintext. Set it (make one with `sidekey vault new-key`), or pass --allow-plaintext-store")]
+    PlaintextStore,
+    #[error(transparent)]
+    Store(#[from] crate::store::postgres::PgError),
 }
 
 /// Serves until `shutdown` resolves, then drains: [`start`] followed by [`Started::serve`].
@@ -89,7 +93,50 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    start(settings)?.serve(listeners, shutdown).await
+    let Some(url) = settings.serve.store.clone() else {
+        return start(settings)?.serve(listeners, shutdown).await;
+    };
+    // Loading from the database may take a while (it retries while the database is
+    // unreachable): meanwhile the admin listener answers, /live 200 and /ready 503, through a
+    // second handle on the same socket, and a SIGTERM ends the wait.
+    let Listeners {
+        proxy,
+        admin,
+        connect,
+    } = listeners;
+    let admin = admin.into_std().map_err(RunError::Listener)?;
+    let loading = admin
+        .try_clone()
+        .and_then(TcpListener::from_std)
+        .map_err(RunError::Listener)?;
+    let admin = TcpListener::from_std(admin).map_err(RunError::Listener)?;
+    let (_, admin_limits) = settings.serve.listener_limits();
+    let probes = tokio::spawn(crate::admin::serve(
+        loading,
+        Arc::new(crate::admin::Health::default()),
+        Arc::new(crate::metrics::Metrics::new()),
+        admin_limits,
+    ));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let started = tokio::select! {
+        started = start_postgres(settings, url) => started,
+        () = &mut shutdown => {
+            probes.abort();
+            tracing::info!("stopped before the store was loaded");
+            return Ok(());
+        }
+    };
+    probes.abort();
+    started?
+        .serve(
+            Listeners {
+                proxy,
+                admin,
+                connect,
+            },
+            shutdown,
+        )
+        .await
 }
 
 /// An app built and its reload loop running, not yet serving.
@@ -109,17 +156,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         Some(url) => Some(crate::otel::traces_url(url).map_err(RunError::OtlpEndpoint)?),
         None => None,
     };
-    let webhook_url = match &args.webhook_url {
-        Some(u) if !u.trim().is_empty() => {
-            crate::webhooks::check_url(u, args.webhook_allow_private)
-                .map_err(RunError::WebhookUrl)?;
-            if settings.webhook_signing_key.is_none() {
-                return Err(RunError::WebhookKey);
-            }
-            Some(u.trim().to_string())
-        }
-        _ => None,
-    };
+    let webhook_url = webhook_url(&settings)?;
     if let Some(key) =
         first_run(&args.files.vault, !settings.env_keys.is_empty()).map_err(|source| {
             RunError::FirstRun {
@@ -177,6 +214,158 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
             args.listen
         );
     }
+    let Parts {
+        client,
+        exporter,
+        options,
+        tls,
+    } = parts(args, otlp_endpoint.as_ref())?;
+    let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
+    if vault_for_writes.is_none() && paths.state.is_none() {
+        tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
+    }
+    // A writable vault is written by the store alone (refreshed tokens go through its writer,
+    // below); the credential store keeps only the state file of a read-only vault.
+    let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
+    let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
+    let app = with_webhooks(App::builder(snapshot), &settings, paths, webhook_url)?
+        .client(client)
+        .options(options)
+        .oauth(OAuthOptions {
+            refresh_cooldown: args.refresh_cooldown,
+        })
+        .credentials(credentials)
+        .store(Arc::new(backend))
+        .connect(connect_options(args))
+        .build()?;
+    if let (Some(_), Some(writer)) = (&vault_for_writes, &app.writer) {
+        app.state.oauth.use_store(Arc::new(writer.clone()));
+    }
+    reloader.spawn(app.state.clone(), watch);
+    Ok(Started {
+        app,
+        settings,
+        tls,
+        exporter,
+    })
+}
+
+/// [`start`] over the PostgreSQL store (`--store`): no vault file and no reload loop; the
+/// records come from the database (connecting and migrating, retried with backoff while the
+/// database is unreachable), providers.yaml from its file, and the store's LISTEN task keeps
+/// the snapshot in step with the other replicas. Refreshed tokens are written through the
+/// store's writer under its fleet-wide refresh lease.
+pub async fn start_postgres(
+    settings: Settings,
+    url: crate::store::postgres::StoreUrl,
+) -> Result<Started, RunError> {
+    use crate::store::postgres::PgStore;
+    let args = &settings.serve;
+    let otlp_endpoint = match &args.otlp_endpoint {
+        Some(url) => Some(crate::otel::traces_url(url).map_err(RunError::OtlpEndpoint)?),
+        None => None,
+    };
+    let webhook_url = webhook_url(&settings)?;
+    if settings.encryption_key.is_none() {
+        if !args.allow_plaintext_store {
+            return Err(RunError::PlaintextStore);
+        }
+        tracing::warn!("--allow-plaintext-store: secrets are stored in PostgreSQL unsealed");
+    }
+    let extra_ca = match &args.extra_ca {
+        Some(ca) => crate::upstream::read_pem_certs(ca).map_err(RunError::ExtraCa)?,
+        None => Vec::new(),
+    };
+    let paths = Paths::new(args.files.providers.clone(), args.files.vault.clone(), None);
+    let providers_name = paths.providers_name();
+    let providers = match &paths.providers {
+        Some(p) => crate::config::limits::read_file(p)
+            .map(|f| f.text)
+            .map_err(|e| RunError::Config(format!("{providers_name}: {e}")))?,
+        None => crate::config::BUNDLED_PROVIDERS.to_string(),
+    };
+    let catalog = crate::config::providers::Catalog::parse(&providers_name, &providers)
+        .map_err(|d| RunError::Config(d.to_string()))?;
+    let catalog = Arc::new(catalog);
+    let opts = crate::config::BuildOptions {
+        env_keys: settings.env_keys.clone(),
+        generation: 1,
+        encryption_key: settings.encryption_key.clone(),
+        versions: None,
+    };
+    // The database may be starting too (a fleet and its database deployed together): retry
+    // what may pass, fail at once on what will not (a bad URL, a newer schema, bad records).
+    let mut backoff = std::time::Duration::from_millis(200);
+    let (store, snapshot) = loop {
+        let tls = crate::upstream::tls_config(&extra_ca).map_err(RunError::Upstream)?;
+        let attempt = async {
+            let store = PgStore::open(&url, tls, settings.encryption_key.clone(), 8).await?;
+            let snapshot = store.load(catalog.clone(), &opts).await?;
+            Ok::<_, crate::store::postgres::PgError>((store, snapshot))
+        };
+        match attempt.await {
+            Ok(loaded) => break loaded,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "the store is not reachable yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    crate::memory::release_freed();
+    if snapshot.secret_keys.is_empty() {
+        tracing::warn!("no caller key configured: every request will get 401 unknown_account; set SIDEKEY_SECRET_KEY or add keys to the store");
+    }
+    tracing::info!(
+        generation = snapshot.generation,
+        providers = %providers_name,
+        store = "postgres",
+        integrations = snapshot.integrations.len(),
+        connections = snapshot.connection_count(),
+        "configuration loaded"
+    );
+    let Parts {
+        client,
+        exporter,
+        options,
+        tls,
+    } = parts(args, otlp_endpoint.as_ref())?;
+    // Connect sessions and the webhook outbox stay in this replica (memory; the outbox file
+    // beside where the vault would be, or --webhook-outbox): the store's tables for them are
+    // not used yet.
+    let app = with_webhooks(App::builder(snapshot), &settings, &paths, webhook_url)?
+        .client(client)
+        .options(options)
+        .oauth(OAuthOptions {
+            refresh_cooldown: args.refresh_cooldown,
+        })
+        .store(store.clone())
+        .connect(connect_options(args))
+        .build()?;
+    if let Some(writer) = &app.writer {
+        app.state.oauth.use_store(Arc::new(writer.clone()));
+        app.state.oauth.use_lease(store.lease());
+        store.attach(app.state.clone(), writer.clone());
+    }
+    Ok(Started {
+        app,
+        settings,
+        tls,
+        exporter,
+    })
+}
+
+/// What serving needs besides the state, the same for every store: the upstream client, the
+/// trace exporter, the request path's settings and the listener's TLS.
+struct Parts {
+    client: UpstreamClient,
+    exporter: Option<crate::otel::Exporter>,
+    options: ProxyOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn parts(args: &ServeArgs, otlp_endpoint: Option<&http::Uri>) -> Result<Parts, RunError> {
     let mut client_opts = ClientOptions {
         connect_timeout: args.connect_timeout,
         pool_idle_timeout: args.pool_idle_timeout,
@@ -187,7 +376,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         client_opts.extra_ca = crate::upstream::read_pem_certs(ca).map_err(RunError::ExtraCa)?;
     }
     let client = UpstreamClient::new(&client_opts).map_err(RunError::Upstream)?;
-    let exporter = match &otlp_endpoint {
+    let exporter = match otlp_endpoint {
         Some(endpoint) => {
             let otel = crate::otel::Settings {
                 endpoint: endpoint.clone(),
@@ -217,55 +406,11 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
         }
         _ => None,
     };
-    let vault_for_writes = (!args.vault_read_only).then(|| paths.vault.clone());
-    if vault_for_writes.is_none() && paths.state.is_none() {
-        tracing::warn!("--vault-read-only without --state: refreshed OAuth credentials are kept in memory only");
-    }
-    // A writable vault is written by the store alone (refreshed tokens go through its writer,
-    // below); the credential store keeps only the state file of a read-only vault.
-    let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
-    let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
-    let mut builder = App::builder(snapshot);
-    if let Some(key) = &settings.webhook_signing_key {
-        let outbox = open_outbox(args, paths)?;
-        tracing::info!(
-            url = webhook_url.is_some(),
-            outbox = outbox.kind(),
-            "auth webhooks on"
-        );
-        builder = builder.webhooks(
-            crate::webhooks::Settings {
-                url: webhook_url,
-                signing_key: Some(key.clone()),
-                environment: args.webhook_environment.clone(),
-                allow_private: args.webhook_allow_private,
-                retry_base: args.webhook_retry_base,
-                retry_max: args.webhook_retry_max,
-                timeout: args.webhook_timeout,
-                give_up_after: args.webhook_give_up_after,
-            },
-            outbox,
-        );
-    }
-    let app = builder
-        .client(client)
-        .options(options)
-        .oauth(OAuthOptions {
-            refresh_cooldown: args.refresh_cooldown,
-        })
-        .credentials(credentials)
-        .store(Arc::new(backend))
-        .connect(connect_options(args))
-        .build()?;
-    if let (Some(_), Some(writer)) = (&vault_for_writes, &app.writer) {
-        app.state.oauth.use_store(Arc::new(writer.clone()));
-    }
-    reloader.spawn(app.state.clone(), watch);
-    Ok(Started {
-        app,
-        settings,
-        tls,
+    Ok(Parts {
+        client,
         exporter,
+        options,
+        tls,
     })
 }
 
@@ -385,6 +530,55 @@ impl Started {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// `--webhook-url`, checked by the address policy; it needs `SIDEKEY_WEBHOOK_SIGNING_KEY`.
+fn webhook_url(settings: &Settings) -> Result<Option<String>, RunError> {
+    let args = &settings.serve;
+    match &args.webhook_url {
+        Some(u) if !u.trim().is_empty() => {
+            crate::webhooks::check_url(u, args.webhook_allow_private)
+                .map_err(RunError::WebhookUrl)?;
+            if settings.webhook_signing_key.is_none() {
+                return Err(RunError::WebhookKey);
+            }
+            Ok(Some(u.trim().to_string()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Turns auth webhooks on when a signing key is set (events for connections whose own
+/// `webhook_url_override` names a receiver are sent even without `--webhook-url`).
+fn with_webhooks(
+    builder: crate::app::AppBuilder,
+    settings: &Settings,
+    paths: &Paths,
+    url: Option<String>,
+) -> Result<crate::app::AppBuilder, RunError> {
+    let args = &settings.serve;
+    let Some(key) = &settings.webhook_signing_key else {
+        return Ok(builder);
+    };
+    let outbox = open_outbox(args, paths)?;
+    tracing::info!(
+        url = url.is_some(),
+        outbox = outbox.kind(),
+        "auth webhooks on"
+    );
+    Ok(builder.webhooks(
+        crate::webhooks::Settings {
+            url,
+            signing_key: Some(key.clone()),
+            environment: args.webhook_environment.clone(),
+            allow_private: args.webhook_allow_private,
+            retry_base: args.webhook_retry_base,
+            retry_max: args.webhook_retry_max,
+            timeout: args.webhook_timeout,
+            give_up_after: args.webhook_give_up_after,
+        },
+        outbox,
+    ))
 }
 
 /// The webhook outbox: `--webhook-outbox` (which must open), else beside the vault (or, for a

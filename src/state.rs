@@ -84,6 +84,18 @@ pub fn publish_changes(
     new: Arc<Snapshot>,
     applied: &[Change],
 ) -> Changes {
+    publish_changes_from(app, base, new, applied, "api write")
+}
+
+/// [`publish_changes`], logged as coming from `source` (another replica's write, applied
+/// from the shared store, is "store change").
+pub fn publish_changes_from(
+    app: &State,
+    base: &Arc<Snapshot>,
+    new: Arc<Snapshot>,
+    applied: &[Change],
+    source: &'static str,
+) -> Changes {
     let old = app.snapshot.compare_and_swap(base, new.clone());
     if !Arc::ptr_eq(&old, base) {
         tracing::debug!(
@@ -126,7 +138,7 @@ pub fn publish_changes(
             Change::DeleteKey(_) => c.caller_keys_removed += 1,
         }
     }
-    log(&new, &c, "api write");
+    log(&new, &c, source);
     if removed_any {
         app.oauth.prune_memory(&new);
     }

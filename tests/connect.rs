@@ -1349,7 +1349,10 @@ async fn a_connect_creation_and_a_reconnect_send_signed_auth_webhooks() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
-    let token = r.json()["data"]["token"].as_str().expect("token").to_string();
+    let token = r.json()["data"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
     let r = e
         .api_key(
             "keyed",

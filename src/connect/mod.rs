@@ -261,8 +261,7 @@ pub fn created(app: &App, record: &RawConnection, operation: Operation, session:
         "connection made through Connect"
     );
     let snapshot = app.state.snapshot.load();
-    let Some(conn) = snapshot.connection(&record.provider_config_key, &record.connection_id)
-    else {
+    let Some(conn) = snapshot.connection(&record.provider_config_key, &record.connection_id) else {
         // Deleted again between its write and here: nothing left to announce.
         return;
     };

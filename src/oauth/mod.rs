@@ -19,6 +19,10 @@
 //! refresh token replaces the old one before the lock is released, and the credential is
 //! persisted before the next refresh may start, so writes land in order.
 //!
+//! Across replicas sharing a PostgreSQL store, a [`RefreshLease`] taken before the call makes
+//! the refresh single-flight for the whole fleet: the holder re-reads the stored credential
+//! (another replica may have refreshed meanwhile) and calls only if it still must.
+//!
 //! Each refresh emits one `sidekey::oauth` event with `result = "ok" | "error"`, and the
 //! metrics count it (`sidekey_token_refreshes_total`, once the app attaches them); neither ever
 //! carries a token.
@@ -176,6 +180,8 @@ pub struct TokenManager {
     /// Told of every refresh that reached the token endpoint (or failed before it), for the
     /// connection auth-error state and its webhooks; set once by the app.
     observer: std::sync::OnceLock<Arc<dyn RefreshObserver>>,
+    /// The fleet's refresh lease, when replicas share a store (PostgreSQL).
+    lease: std::sync::OnceLock<Arc<dyn RefreshLease>>,
 }
 
 /// Hears refresh outcomes: `webhooks::status` implements it (the token manager sits below it
@@ -186,6 +192,31 @@ pub trait RefreshObserver: Send + Sync {
     fn refresh_failed(&self, conn: &Connection, provider_error: Option<&str>);
     /// A refresh succeeded.
     fn refreshed(&self, conn: &Connection);
+}
+
+/// A lease on one connection's refresh across every replica sharing a store (the PostgreSQL
+/// store implements it): only its holder calls the token endpoint. The holder keeps it until
+/// the refreshed credential is committed through the [`TokenWriter`], so a replica that gets
+/// it next reads the new refresh token instead of spending the old one (a provider that
+/// rotates refresh tokens answers `invalid_grant` to the old one).
+pub trait RefreshLease: Send + Sync {
+    /// Waits for the lease on `key`. `version` is the record's version the caller's state
+    /// holds; when the store's differs, the grant carries the store's credential (another
+    /// replica refreshed meanwhile), and the local snapshot already holds that record.
+    /// An error (the store is unreachable) means no refresh may happen now.
+    fn acquire<'a>(
+        &'a self,
+        key: &'a Key,
+        version: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LeaseGrant, String>> + Send + 'a>>;
+}
+
+/// A held refresh lease.
+pub struct LeaseGrant {
+    /// Released when dropped.
+    pub guard: Box<dyn Send + Sync>,
+    /// The store's credential and version, when they are not the caller's.
+    pub current: Option<(StoredCredential, u64)>,
 }
 
 /// Commits refreshed credentials as store writes. The store's writer implements it
@@ -221,12 +252,19 @@ impl TokenManager {
             metrics: None,
             writer: std::sync::OnceLock::new(),
             observer: std::sync::OnceLock::new(),
+            lease: std::sync::OnceLock::new(),
         }
     }
 
     /// Reports refresh outcomes to `observer` from now on. Set once; later calls are ignored.
     pub fn observe(&self, observer: Arc<dyn RefreshObserver>) {
         let _ = self.observer.set(observer);
+    }
+
+    /// Takes the fleet's refresh lease around every token call from now on (a store shared by
+    /// replicas). Set once; later calls are ignored.
+    pub fn use_lease(&self, lease: Arc<dyn RefreshLease>) {
+        let _ = self.lease.set(lease);
     }
 
     /// Persists refreshed credentials through the store's writer from now on (a writable
@@ -486,6 +524,29 @@ impl TokenManager {
         slot: &Slot,
         trigger: Trigger,
     ) -> Result<AccessToken, ProxyError> {
+        // Across replicas: only the lease's holder calls the endpoint, and it first takes
+        // what another holder committed meanwhile. Held until the new credential is stored.
+        let _lease = match self.lease.get() {
+            Some(lease) => {
+                let version = slot.lock().version;
+                match lease.acquire(&key(conn), version).await {
+                    Ok(grant) => {
+                        if let Some(t) = self.adopt(conn, slot, grant.current.as_ref()) {
+                            return Ok(t);
+                        }
+                        Some(grant.guard)
+                    }
+                    Err(e) => {
+                        self.count("error");
+                        tracing::warn!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
+                            connection_id = %conn.connection_id, trigger = trigger.as_str(), error = %e,
+                            "cannot take the refresh lease; not refreshing");
+                        return Err(refresh_failed(None));
+                    }
+                }
+            }
+            None => None,
+        };
         let (epoch, refresh_token) = {
             let st = slot.lock();
             (st.epoch, st.refresh_token.clone())
@@ -612,6 +673,50 @@ impl TokenManager {
             connection_id = %conn.connection_id, grant_type, trigger = trigger.as_str(),
             result = "ok", stored = stored_in, expires_in = ?grant.expires_in, "token refreshed");
         Ok(token)
+    }
+}
+
+impl TokenManager {
+    /// Takes the credential another replica committed (from a refresh lease) into the slot;
+    /// its access token if that one is still usable (no call needed), else `None` (refresh,
+    /// with its refresh token).
+    fn adopt(
+        &self,
+        conn: &Connection,
+        slot: &Slot,
+        current: Option<&(StoredCredential, u64)>,
+    ) -> Option<AccessToken> {
+        let (cred, version) = current?;
+        let parse = |s: &Option<String>| s.as_deref().and_then(|s| s.parse::<Timestamp>().ok());
+        let mut st = slot.lock();
+        match cred {
+            StoredCredential::OAuth2 {
+                access_token,
+                refresh_token,
+                expires_at,
+            } => {
+                st.token = Some(self.token(access_token.clone()));
+                st.refresh_token = refresh_token.clone();
+                st.expires_at = parse(expires_at);
+            }
+            StoredCredential::OAuth2Cc { token, expires_at } => {
+                st.token = Some(self.token(token.clone()));
+                st.expires_at = parse(expires_at);
+            }
+        }
+        st.version = *version;
+        st.failure = None;
+        let buffer = conn
+            .integration
+            .provider
+            .token_expiration_buffer
+            .unwrap_or(DEFAULT_EXPIRATION_BUFFER);
+        let usable = st.usable(Timestamp::now(), buffer);
+        if usable.is_some() {
+            tracing::info!(target: "sidekey::oauth", provider_config_key = %conn.provider_config_key,
+                connection_id = %conn.connection_id, "another replica refreshed the token; using it");
+        }
+        usable
     }
 }
 

@@ -7,10 +7,11 @@
 //! store commit (group commit), publishes it through [`crate::state`], and only then answers
 //! each caller: a write answered `Ok` is durable and visible to the proxy.
 //!
-//! [`file::FileStore`] keeps the records in the vault file; a shared database backend
-//! implements the same [`Backend`] trait without touching the request path.
+//! [`file::FileStore`] keeps the records in the vault file; [`postgres::PgStore`], the store
+//! of a fleet, implements the same [`Backend`] trait without touching the request path.
 
 pub mod file;
+pub mod postgres;
 pub mod render;
 pub mod sessions;
 pub mod splice;
@@ -109,4 +110,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A version for a record written now: increasing, never reused.
     fn next_version(&self) -> u64;
+
+    /// How many times the writer applies a group again after a [`StoreError::Conflict`] (each
+    /// time after [`Backend::refresh`]). The vault file: once (a hand edit racing the write).
+    /// A shared database, where other replicas commit all the time, says more.
+    fn conflict_retries(&self) -> usize {
+        1
+    }
 }

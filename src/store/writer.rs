@@ -6,8 +6,9 @@
 //! compile, is refused alone and the others go on — and commits the survivors with one
 //! backend call. Only after that commit is the new snapshot published and each writer
 //! answered, so an `Ok` means durable and visible. If the commit finds the stored data
-//! changed meanwhile (a hand edit racing the write), the group is tried once more on top of
-//! it; after that the writers get the conflict.
+//! changed meanwhile (a hand edit racing the write, another replica's commit), the group is
+//! tried again on top of it ([`Backend::conflict_retries`] times); after that the writers get
+//! the conflict.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +132,7 @@ async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<
 
 async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
     let mut last_conflict = None;
-    for _attempt in 0..2 {
+    for _attempt in 0..=backend.conflict_retries() {
         // Where a group's time goes, for `RUST_LOG=sidekey::store=debug` (BENCHMARKS.md).
         let started = std::time::Instant::now();
         match backend.refresh(app.snapshot.load_full()).await {

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod ca;
 pub mod client;
+pub mod pg;
 pub mod sidekey;
 pub mod upstream;
 
