@@ -1298,6 +1298,9 @@ async fn a_connect_creation_and_a_reconnect_send_signed_auth_webhooks() {
         .arg(format!("--resolve=api.test:{port}:127.0.0.1"))
         .arg(format!("--webhook-url={}", hooks.url("/hooks")))
         .arg("--webhook-allow-private")
+        // A session's own URL must name a host (a literal loopback address is refused, as
+        // Nango refuses it); the operator's pin sends it to the second receiver.
+        .arg(format!("--resolve=hooks.test:{}:127.0.0.1", other.port()))
         .start()
         .await;
     let e = Env {
@@ -1345,7 +1348,7 @@ async fn a_connect_creation_and_a_reconnect_send_signed_auth_webhooks() {
             "POST",
             &e.sk.url("/connect/sessions/reconnect"),
             key,
-            json!({"connection_id": id, "integration_id": "keyed", "webhook_url_override": other.url("/elsewhere")}),
+            json!({"connection_id": id, "integration_id": "keyed", "webhook_url_override": format!("http://hooks.test:{}/elsewhere", other.port())}),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
