@@ -313,17 +313,23 @@ impl<'a> Scanner<'a> {
                 Ok(Ok(()))
             }
             b':' if self.flow != 0 || self.is_blankz(1) => {
-                match self.key.take() {
-                    Some((_, key_col)) => self.roll(key_col)?,
+                // libyaml's fetch_value: a `:` that ends a simple key leaves no simple key
+                // allowed (so a tab after it is skipped as a separator: `a:\t{…`), one that
+                // starts an empty key allows one in the block context.
+                self.simple_key_allowed = match self.key.take() {
+                    Some((_, key_col)) => {
+                        self.roll(key_col)?;
+                        false
+                    }
                     None if self.flow == 0 => {
                         if !self.simple_key_allowed {
                             return Ok(Err(Stop));
                         }
                         self.roll(column)?;
+                        true
                     }
-                    None => {}
-                }
-                self.simple_key_allowed = self.flow == 0;
+                    None => false,
+                };
                 self.after_value = true;
                 self.skip();
                 Ok(Ok(()))
