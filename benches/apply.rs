@@ -63,6 +63,7 @@ fn conn(id: &str) -> RawConnection {
         metadata: Map::new(),
         end_user: None,
         tags: Map::new(),
+        webhook_url_override: None,
         created_at: None,
         updated_at: None,
     }

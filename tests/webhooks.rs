@@ -538,3 +538,102 @@ async fn an_import_announces_creation_then_override_and_honours_the_override_url
     );
     app.stop().await;
 }
+
+/// A connection's own `webhook_url_override` is kept on it: shown by `GET /connections/{id}`,
+/// it receives the connection's later webhooks (an auth error found by the proxy), and a PATCH
+/// with `""` clears it, after which they go to `--webhook-url`.
+#[tokio::test]
+async fn a_connections_webhook_url_override_receives_its_later_webhooks() {
+    let status = Arc::new(AtomicU16::new(401));
+    let api = Upstream::start(switchable(status.clone())).await;
+    let main_hooks = receiver().await;
+    let own_hooks = receiver().await;
+    let app = test_app(&providers(&api.url("")), VAULT)
+        .webhook_signing_key(SIGNING_KEY)
+        .arg(format!("--webhook-url={}", main_hooks.url("/main")))
+        .arg("--webhook-allow-private")
+        .start()
+        .await;
+    let client = TestClient::default();
+    let auth = bearer();
+    let send = |method: &'static str, path: String, body: Value| {
+        let (client, auth, url) = (&client, auth.clone(), app.url(&path));
+        async move {
+            client
+                .send(
+                    method,
+                    &url,
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                    ],
+                    body.to_string(),
+                )
+                .await
+        }
+    };
+    let own = own_hooks.url("/own");
+    let res = send(
+        "POST",
+        "/connections".into(),
+        json!({"provider_config_key": "ik", "connection_id": "w1", "webhook_url_override": own,
+            "credentials": {"type": "API_KEY", "apiKey": KEY_NEW}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let shown = get(&app, "/connections/w1?provider_config_key=ik").await;
+    assert_eq!(shown.json()["webhook_url_override"], own.as_str());
+    wait_until("the creation webhook", Duration::from_secs(10), || {
+        own_hooks.count() >= 1
+    })
+    .await;
+    // The API refuses the key: the auth error's webhook goes to the connection's own URL.
+    let proxied = |id: &'static str| {
+        let (client, auth, url) = (&client, auth.clone(), app.url("/proxy/x"));
+        async move {
+            client
+                .send(
+                    "GET",
+                    &url,
+                    &[
+                        ("authorization", &auth),
+                        ("connection-id", id),
+                        ("provider-config-key", "ik"),
+                    ],
+                    Bytes::new(),
+                )
+                .await
+        }
+    };
+    assert_eq!(proxied("w1").await.status, 401);
+    wait_until("the refresh webhook", Duration::from_secs(10), || {
+        own_hooks.count() >= 2
+    })
+    .await;
+    let refused = body_json(&own_hooks.requests()[1]);
+    assert_eq!(
+        (refused["operation"].as_str(), refused["success"].as_bool()),
+        (Some("refresh"), Some(false))
+    );
+    assert_eq!(main_hooks.count(), 0, "nothing to --webhook-url yet");
+    // Cleared by a PATCH with "": the next error goes to --webhook-url.
+    let res = send(
+        "PATCH",
+        "/connections/w1?provider_config_key=ik".into(),
+        json!({"webhook_url_override": ""}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let shown = get(&app, "/connections/w1?provider_config_key=ik").await;
+    assert_eq!(shown.json()["webhook_url_override"], Value::Null);
+    status.store(200, Ordering::SeqCst);
+    assert_eq!(proxied("w1").await.status, 200); // clears the error
+    status.store(401, Ordering::SeqCst);
+    assert_eq!(proxied("w1").await.status, 401);
+    wait_until("the default URL's webhook", Duration::from_secs(10), || {
+        main_hooks.count() >= 1
+    })
+    .await;
+    assert_eq!(own_hooks.count(), 2);
+    app.stop().await;
+}

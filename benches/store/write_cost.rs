@@ -172,6 +172,7 @@ fn put(id: &str) -> Change {
             metadata: Map::new(),
             end_user: None,
             tags: Map::new(),
+            webhook_url_override: None,
             created_at: None,
             updated_at: None,
         },

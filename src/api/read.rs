@@ -85,7 +85,7 @@ pub(crate) fn connection_json(c: &Connection, credentials: Value) -> Value {
         "tags": e.tags,
         "metadata": e.metadata,
         "connection_config": e.connection_config,
-        "webhook_url_override": Value::Null,
+        "webhook_url_override": e.webhook_url_override,
         "created_at": e.created_at,
         "updated_at": e.updated_at,
         "last_fetched_at": Value::Null,

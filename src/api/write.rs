@@ -695,6 +695,9 @@ async fn post_connection(app: &App, req: ApiRequest<'_>) -> Result<Response<Prox
         metadata: body.metadata.unwrap_or_default(),
         end_user: body.end_user.as_ref().map(EndUser::to_value),
         tags,
+        // Kept on the connection for its later webhooks. An import replaces the whole record
+        // (config and metadata too), so one without it (or with `""`) clears it.
+        webhook_url_override: hook_url.clone().filter(|u| !u.is_empty()),
         created_at: Some(created_at),
         updated_at: Some(now),
     };
@@ -760,7 +763,6 @@ pub(crate) fn new_id() -> String {
 struct PatchConnection {
     end_user: Option<EndUser>,
     tags: Option<Map<String, Value>>,
-    #[allow(dead_code)]
     webhook_url_override: Option<String>,
 }
 
@@ -817,6 +819,10 @@ async fn patch_connection(
     }
     if let Some(eu) = &body.end_user {
         record.end_user = Some(eu.to_value());
+    }
+    if let Some(u) = &body.webhook_url_override {
+        // `""` clears it, as in Nango.
+        record.webhook_url_override = Some(u.clone()).filter(|u| !u.is_empty());
     }
     record.updated_at = Some(super::now());
     let w =

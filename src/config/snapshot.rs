@@ -382,6 +382,8 @@ pub struct Extra {
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub tags: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_override: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
@@ -489,6 +491,7 @@ impl Connection {
             metadata: e.metadata,
             end_user: e.end_user,
             tags: e.tags,
+            webhook_url_override: e.webhook_url_override,
             created_at: e.created_at,
             updated_at: e.updated_at,
         }
@@ -1392,6 +1395,7 @@ impl<'a> Builder<'a> {
             metadata: raw.metadata,
             end_user: raw.end_user,
             tags: raw.tags,
+            webhook_url_override: raw.webhook_url_override,
             created_at: raw.created_at,
             updated_at: raw.updated_at,
         };
@@ -1933,6 +1937,7 @@ connections:
                         metadata: Map::new(),
                         end_user: None,
                         tags: Map::new(),
+                        webhook_url_override: None,
                         created_at: None,
                         updated_at: None,
                     },

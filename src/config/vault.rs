@@ -113,6 +113,10 @@ pub struct RawConnection {
         skip_serializing_if = "Map::is_empty"
     )]
     pub tags: Map<String, Value>,
+    /// Where this connection's auth webhooks go instead of `--webhook-url` (Nango's
+    /// `connection.webhook_url_override`: from a connect session, an import or a PATCH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_override: Option<String>,
     /// RFC 3339; set by sidekey on API writes, optional in a hand-written vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,

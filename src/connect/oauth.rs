@@ -619,6 +619,13 @@ async fn finish(
         metadata: existing.as_ref().map(|c| c.metadata()).unwrap_or_default(),
         end_user: session.end_user.clone(),
         tags: session.tags.clone(),
+        webhook_url_override: match &session.webhook_url_override {
+            // The session's own URL, `""` clearing it, as Nango's reconnect does.
+            Some(u) => Some(u.clone()).filter(|u| !u.is_empty()),
+            None => existing
+                .as_ref()
+                .and_then(|c| c.extra().webhook_url_override),
+        },
         created_at: Some(
             existing
                 .as_ref()

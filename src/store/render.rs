@@ -331,6 +331,12 @@ fn write_connection(
         flow_map(out, &c.tags)?;
         out.write_all(b"\n")?;
     }
+    opt(
+        out,
+        "  ",
+        "webhook_url_override",
+        c.webhook_url_override.as_deref(),
+    )?;
     opt(out, "  ", "created_at", c.created_at.as_deref())?;
     opt(out, "  ", "updated_at", c.updated_at.as_deref())?;
     Ok(())
@@ -641,6 +647,10 @@ mod tests {
                         metadata: md,
                         end_user,
                         tags,
+                        // Present exactly when `created_at` is, so both forms round-trip.
+                        webhook_url_override: c
+                            .as_ref()
+                            .map(|_| "https://hooks.example.com/x?a=1".to_string()),
                         created_at: c,
                         updated_at: u,
                     }

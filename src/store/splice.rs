@@ -504,6 +504,7 @@ mod tests {
                         metadata,
                         end_user: None,
                         tags: Map::new(),
+                        webhook_url_override: None,
                         created_at: None,
                         updated_at: None,
                     },

@@ -101,9 +101,11 @@ pub struct AuthEvent {
 }
 
 impl AuthEvent {
-    /// An event about `conn`, with its provider, auth mode and tags filled in.
+    /// An event about `conn`, with its provider, auth mode, tags and own webhook URL (its
+    /// `webhook_url_override`) filled in.
     pub fn about(conn: &crate::config::Connection, operation: Operation, success: bool) -> Self {
-        let tags = conn.tags();
+        let extra = conn.extra();
+        let tags = extra.tags;
         Self {
             operation,
             success,
@@ -115,7 +117,7 @@ impl AuthEvent {
             end_user: None,
             tags: Some(tags),
             error: None,
-            webhook_url_override: None,
+            webhook_url_override: extra.webhook_url_override,
         }
     }
 }
