@@ -27,9 +27,11 @@
 //!   single-flight, cool-down after failures, client-credentials tokens.
 //! - [`webhooks`]: auth webhooks as Nango sends them (body, signatures, durable outbox,
 //!   delivery with backoff) and the connection auth-error state they announce.
-//! - [`state`]: the process state (snapshot, tokens, metrics) and the apply path: a new
+//! - [`state`]: the process state (snapshot, tokens, metrics, auth errors) and the apply path: a new
 //!   snapshot swapped in, its changes logged, tokens pruned.
-//! - [`store`]: the store seam, the vault file backend, and the one writer (group commit).
+//! - [`store`]: the store seam, the vault file backend, the PostgreSQL backend of a fleet
+//!   (change log, LISTEN/NOTIFY, refresh lease), connect sessions, and the one writer (group
+//!   commit).
 //! - [`proxy`]: the request path — [`proxy::plan`] (route, auth, controls, connection, headers,
 //!   inject, rewrite: pure), forward (retry, replay, timeouts, decompression), the access log.
 //! - [`app`]: [`app::App`] and its builder, the one place that wires state, store, upstream,
