@@ -22,12 +22,12 @@ use serde_json::{json, Map, Value};
 
 use super::sessions::{lookup, unavailable, unknown};
 use super::Operation;
-use crate::api::write::{commit, new_id, parse};
+use crate::api::write::{commit, parse};
 use crate::api::{self, validate, ApiError, FieldError};
 use crate::app::App;
 use crate::body::ProxyBody;
 use crate::config::providers::AuthMode;
-use crate::config::vault::{RawConnection, RawCredentials};
+use crate::config::vault::RawCredentials;
 use crate::config::Change;
 use crate::secret::Secret;
 use crate::store::{Expect, Write};
@@ -244,33 +244,7 @@ pub(super) async fn api_auth(
         config.extend(d.clone());
     }
     config.remove("webhook_url");
-    let now = api::now();
-    let record = RawConnection {
-        connection_id: existing
-            .as_ref()
-            .map(|c| c.connection_id.to_string())
-            .unwrap_or_else(new_id),
-        provider_config_key: key.clone(),
-        credentials,
-        connection_config: config,
-        metadata: existing.as_ref().map(|c| c.metadata()).unwrap_or_default(),
-        end_user: session.end_user.clone(),
-        tags: session.tags.clone(),
-        webhook_url_override: match &session.webhook_url_override {
-            // The session's own URL, `""` clearing it, as Nango's reconnect does.
-            Some(u) => Some(u.clone()).filter(|u| !u.is_empty()),
-            None => existing
-                .as_ref()
-                .and_then(|c| c.extra().webhook_url_override),
-        },
-        created_at: Some(
-            existing
-                .as_ref()
-                .and_then(|c| c.created_at())
-                .unwrap_or_else(|| now.clone()),
-        ),
-        updated_at: Some(now),
-    };
+    let record = super::session_record(existing.as_deref(), &key, credentials, config, &session);
     let cid = record.connection_id.clone();
     let candidate = snapshot
         .with(Change::PutConnection(record.clone(), 0))

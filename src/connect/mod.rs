@@ -247,6 +247,41 @@ impl Operation {
     }
 }
 
+/// The record a Connect flow writes for `key`: a new connection (fresh id) or, on a
+/// reconnect, `existing` re-authorized. It keeps the existing id, metadata and creation time;
+/// the session gives the end user, tags and webhook URL (its `""` clears one; without one a
+/// reconnect keeps the connection's, as Nango's reconnect does).
+pub(crate) fn session_record(
+    existing: Option<&crate::config::Connection>,
+    key: &str,
+    credentials: crate::config::vault::RawCredentials,
+    connection_config: serde_json::Map<String, serde_json::Value>,
+    session: &Session,
+) -> RawConnection {
+    let now = crate::api::now();
+    RawConnection {
+        connection_id: existing
+            .map(|c| c.connection_id.to_string())
+            .unwrap_or_else(crate::api::write::new_id),
+        provider_config_key: key.to_string(),
+        credentials,
+        connection_config,
+        metadata: existing.map(|c| c.metadata()).unwrap_or_default(),
+        end_user: session.end_user.clone(),
+        tags: session.tags.clone(),
+        webhook_url_override: match &session.webhook_url_override {
+            Some(u) => Some(u.clone()).filter(|u| !u.is_empty()),
+            None => existing.and_then(|c| c.extra().webhook_url_override),
+        },
+        created_at: Some(
+            existing
+                .and_then(|c| c.created_at())
+                .unwrap_or_else(|| now.clone()),
+        ),
+        updated_at: Some(now),
+    }
+}
+
 /// Called once a connection made or re-authorized by the Connect flow is durable and serving.
 /// The one place that announces it: a debug line (never the credential), and the auth webhook
 /// (`creation` or `override`, with the session's end user, to its `webhook_url_override` or

@@ -40,13 +40,13 @@ use sha2::{Digest, Sha256};
 
 use super::sessions::{lookup, unavailable};
 use super::Operation;
-use crate::api::write::{commit, new_id};
+use crate::api::write::commit;
 use crate::api::{self, ApiError, FieldError};
 use crate::app::App;
 use crate::body::ProxyBody;
 use crate::config::providers::AuthMode;
 use crate::config::snapshot::encode_query_component;
-use crate::config::vault::{RawConnection, RawCredentials};
+use crate::config::vault::RawCredentials;
 use crate::config::Change;
 use crate::netpolicy::OverridePolicy;
 use crate::store::sessions::{self, OAuthState};
@@ -603,37 +603,17 @@ async fn finish(
             .ok()
             .map(|t| format!("{t:.3}"))
     });
-    let now = api::now();
-    let record = RawConnection {
-        connection_id: existing
-            .as_ref()
-            .map(|c| c.connection_id.to_string())
-            .unwrap_or_else(new_id),
-        provider_config_key: key.clone(),
-        credentials: RawCredentials::OAuth2 {
+    let record = super::session_record(
+        existing.as_deref(),
+        &key,
+        RawCredentials::OAuth2 {
             access_token: grant.access_token,
             refresh_token: grant.refresh_token,
             expires_at,
         },
-        connection_config: config,
-        metadata: existing.as_ref().map(|c| c.metadata()).unwrap_or_default(),
-        end_user: session.end_user.clone(),
-        tags: session.tags.clone(),
-        webhook_url_override: match &session.webhook_url_override {
-            // The session's own URL, `""` clearing it, as Nango's reconnect does.
-            Some(u) => Some(u.clone()).filter(|u| !u.is_empty()),
-            None => existing
-                .as_ref()
-                .and_then(|c| c.extra().webhook_url_override),
-        },
-        created_at: Some(
-            existing
-                .as_ref()
-                .and_then(|c| c.created_at())
-                .unwrap_or_else(|| now.clone()),
-        ),
-        updated_at: Some(now),
-    };
+        config,
+        &session,
+    );
     let cid = record.connection_id.clone();
     let mut w = Write::new(vec![Change::PutConnection(record.clone(), 0)])
         .expecting(Expect::IntegrationExists(key.clone()));
