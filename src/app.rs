@@ -226,6 +226,7 @@ impl AppBuilder {
             oauth,
             metrics,
             errors,
+            cold: std::sync::OnceLock::new(),
         });
         state.oauth.observe(state.errors.clone());
         let weak = Arc::downgrade(&state);

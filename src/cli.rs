@@ -446,6 +446,19 @@ pub struct ServeArgs {
         help_heading = "Store"
     )]
     pub allow_plaintext_store: bool,
+    /// With --store: the most connections kept in memory. Integrations and caller keys are
+    /// loaded whole; a connection is read from the store when a request first names it and
+    /// evicted when the cache is full and it was not used lately. 0 loads every connection
+    /// at start (no reads on use, but memory grows with the store)
+    #[arg(
+        long,
+        env = "SIDEKEY_CONNECTION_CACHE",
+        hide_env_values = true,
+        value_name = "N",
+        default_value_t = 50_000,
+        help_heading = "Store"
+    )]
+    pub connection_cache: usize,
     /// Never write refreshed OAuth credentials to the vault (a Secret mount); use --state
     #[arg(
         long,

@@ -71,6 +71,10 @@ pub enum ProxyError {
     BadRequestBody(String),
     #[error("{0}")]
     Internal(String),
+    /// The connection is not in this replica's cache and the store cannot be read (the
+    /// PostgreSQL store with a bounded connection cache, while the database is down).
+    #[error("{0}")]
+    StoreUnavailable(String),
 }
 
 impl ProxyError {
@@ -97,6 +101,7 @@ impl ProxyError {
             Self::CredentialsRefreshFailed { .. } => "credentials_refresh_failed",
             Self::BadRequestBody(_) => "invalid_body",
             Self::Internal(_) => "internal_error",
+            Self::StoreUnavailable(_) => "store_unavailable",
         }
     }
 
@@ -123,6 +128,7 @@ impl ProxyError {
             }
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -133,7 +139,7 @@ impl ProxyError {
             | Self::UpstreamTimeout(_)
             | Self::UpstreamProtocol(_)
             | Self::CredentialsRefreshFailed { .. } => Origin::Upstream,
-            Self::Internal(_) => Origin::Internal,
+            Self::Internal(_) | Self::StoreUnavailable(_) => Origin::Internal,
             _ => Origin::Caller,
         }
     }

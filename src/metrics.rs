@@ -65,6 +65,9 @@ pub struct Metrics {
     auth_errors: Family<IntegrationLabel, Gauge>,
     webhook_deliveries: Family<ResultLabel, Counter>,
     webhook_pending: Gauge,
+    cache_loads: Family<ResultLabel, Counter>,
+    cache_evictions: Counter,
+    cached_connections: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -161,6 +164,24 @@ impl Metrics {
             webhook_pending.clone(),
         );
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let cache_loads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "connection_cache_loads",
+            "Connections read from the store on a cache miss (PostgreSQL store), by result: found, absent, error",
+            cache_loads.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "connection_cache_evictions",
+            "Connections evicted from the bounded connection cache",
+            cache_evictions.clone(),
+        );
+        let cached_connections = Gauge::default();
+        registry.register(
+            "connection_cache_connections",
+            "Connections the bounded connection cache holds (PostgreSQL store)",
+            cached_connections.clone(),
+        );
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
@@ -176,6 +197,9 @@ impl Metrics {
             auth_errors,
             webhook_deliveries,
             webhook_pending,
+            cache_loads,
+            cache_evictions,
+            cached_connections,
         }
     }
 
@@ -313,6 +337,25 @@ impl Metrics {
     pub fn set_webhook_pending(&self, n: usize) {
         self.webhook_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one read of a connection the cache did not hold; `result`: found, absent, error.
+    pub fn cache_load(&self, result: &'static str) {
+        self.cache_loads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts connections evicted from the cache and publishes how many it still holds.
+    pub fn cache_evicted(&self, evicted: usize, held: usize) {
+        self.cache_evictions.inc_by(evicted as u64);
+        self.set_cached_connections(held);
+    }
+
+    /// Publishes how many connections the cache holds.
+    pub fn set_cached_connections(&self, held: usize) {
+        self.cached_connections
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     /// Marks a request in flight until the guard drops.

@@ -300,6 +300,9 @@ pub async fn start_postgres(
         let tls = crate::upstream::tls_config(&extra_ca).map_err(RunError::Upstream)?;
         let attempt = async {
             let store = PgStore::open(&url, tls, settings.encryption_key.clone(), 8).await?;
+            if args.connection_cache > 0 {
+                store.bound_cache(args.connection_cache);
+            }
             let snapshot = store.load(catalog.clone(), &opts).await?;
             Ok::<_, crate::store::postgres::PgError>((store, snapshot))
         };
@@ -323,6 +326,7 @@ pub async fn start_postgres(
         store = "postgres",
         integrations = snapshot.integrations.len(),
         connections = snapshot.connection_count(),
+        connection_cache = args.connection_cache,
         "configuration loaded"
     );
     let Parts {

@@ -32,6 +32,71 @@ pub struct State {
     /// Connections whose credential was refused; outlives snapshot swaps (each publish
     /// reconciles it with the new snapshot).
     pub errors: Arc<AuthErrors>,
+    /// Set when the snapshot holds only a bounded cache of the connections (the PostgreSQL
+    /// store's `--connection-cache`): where the others are read from.
+    pub cold: std::sync::OnceLock<Arc<dyn ColdStore>>,
+}
+
+/// A boxed future, so that [`ColdStore`] stays object-safe.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The store behind a snapshot that caches only the connections in use. The request path asks
+/// it only on a miss; everything else reads the snapshot as before.
+pub trait ColdStore: Send + Sync + 'static {
+    /// The connection from the store (`None`: it does not exist), compiled against the serving
+    /// snapshot. The cache is filled behind the caller; with `wait`, only once the serving
+    /// snapshot holds it (an API write computes from the snapshot).
+    fn connection<'a>(
+        &'a self,
+        integration: &'a str,
+        id: &'a str,
+        wait: bool,
+    ) -> BoxFuture<'a, Result<Option<Arc<crate::config::Connection>>, ColdError>>;
+
+    /// Connections whose id, or whose integration's key, is `selector`, narrowed to the
+    /// integration and connection id when given (at most two: one, or ambiguous), for
+    /// `/connections/{selector}/proxy`.
+    fn selector<'a>(
+        &'a self,
+        selector: &'a str,
+        integration: Option<&'a str>,
+        id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Arc<crate::config::Connection>>, ColdError>>;
+
+    /// The connections `GET /connections` lists, newest first as Nango orders them, narrowed
+    /// by `filter`; each is handed to `each` until it answers `false`. Not cached.
+    fn list<'a>(
+        &'a self,
+        filter: ListFilter<'a>,
+        each: &'a mut (dyn FnMut(Arc<crate::config::Connection>) -> bool + Send),
+    ) -> BoxFuture<'a, Result<(), ColdError>>;
+}
+
+/// What the store narrows a listing by (the rest is filtered in memory).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ListFilter<'a> {
+    pub integrations: Option<&'a [String]>,
+    pub connection_id: Option<&'a str>,
+    pub end_user_id: Option<&'a str>,
+}
+
+/// The store could not be read; the message names no secret and no URL.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ColdError(pub String);
+
+impl State {
+    /// Makes sure the serving snapshot holds connection `(integration, id)` if the store has
+    /// it (a no-op without a bounded cache, or when it is cached already).
+    pub async fn ensure_connection(&self, integration: &str, id: &str) -> Result<(), ColdError> {
+        let Some(cold) = self.cold.get() else {
+            return Ok(());
+        };
+        if self.snapshot.load().connection(integration, id).is_some() {
+            return Ok(());
+        }
+        cold.connection(integration, id, true).await.map(|_| ())
+    }
 }
 
 /// The file reload loop and the store's hand-edit check live below this module: they publish
@@ -145,6 +210,22 @@ pub fn publish_changes_from(
     app.errors.reconcile(&new);
     app.metrics.set_generation(new.generation);
     c
+}
+
+/// Publishes a change of what the bounded connection cache holds (a connection read from the
+/// store, or evicted): no record changed, so nothing is logged at info or counted as a
+/// change; only if `base` is still the one serving.
+pub fn publish_cache(app: &State, base: &Arc<Snapshot>, new: Arc<Snapshot>, evicted: bool) -> bool {
+    let old = app.snapshot.compare_and_swap(base, new.clone());
+    if !Arc::ptr_eq(&old, base) {
+        return false;
+    }
+    if evicted {
+        app.oauth.prune_memory(&new);
+    }
+    app.errors.reconcile(&new);
+    app.metrics.set_generation(new.generation);
+    true
 }
 
 /// The event operators and tests read after a file reload.

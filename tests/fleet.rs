@@ -73,6 +73,18 @@ async fn call(c: &TestClient, base: &str, method: &str, path: &str, body: Value)
     .await
 }
 
+/// How many connections replica `r`'s connection cache holds (its metrics).
+async fn cached(c: &TestClient, r: &Sidekey) -> u64 {
+    let res = c
+        .send("GET", &r.admin_url("/metrics"), &[], Bytes::new())
+        .await;
+    res.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("sidekey_connection_cache_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -543,15 +555,26 @@ async fn postgres_stopped_under_load_then_back() {
         let (c, stop, failed, served) = (c.clone(), stop.clone(), failed.clone(), served.clone());
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
-                if c.proxy(&base, "/x", "u1", "gh").await.status == 200 {
+                let res = c.proxy(&base, "/x", "u1", "gh").await;
+                if res.status == 200 {
                     served.fetch_add(1, Ordering::SeqCst);
                 } else {
-                    failed.fetch_add(1, Ordering::SeqCst);
+                    if failed.fetch_add(1, Ordering::SeqCst) == 0 {
+                        eprintln!("first failure on {base}: {} {}", res.status, res.text());
+                    }
                 }
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // u1 is in both replicas' connection caches (read on first use) before the database stops.
+    for r in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cached(&c, r).await < 1 {
+            assert!(Instant::now() < deadline, "u1 was not cached");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     pg.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A write cannot be made durable: 503 store_unavailable, nothing applied locally.
@@ -566,7 +589,10 @@ async fn postgres_stopped_under_load_then_back() {
     .await;
     assert_eq!(res.status, 503, "{}", res.text());
     assert_eq!(res.error_code(), "store_unavailable", "{}", res.text());
-    assert_eq!(c.proxy(&a.url(""), "/x", "u2", "gh").await.status, 404);
+    // u2 is not in A's connection cache (it was never written): reading it needs the store.
+    let res = c.proxy(&a.url(""), "/x", "u2", "gh").await;
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(res.error_code(), "store_unavailable", "{}", res.text());
     pg.restart();
     // Writes succeed again without a restart of sidekey, and reach the other replica.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -901,10 +927,19 @@ async fn a_replica_behind_a_pruned_log_reloads_whole() {
     b.signal("CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
     while c.proxy(&b.url(""), "/x", "u1", "gh").await.status != 200 {
-        assert!(Instant::now() < deadline, "B did not resynchronise");
+        assert!(Instant::now() < deadline, "B did not serve u1");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(b.logs().contains("loading it whole"), "{}", b.logs());
+    // B may serve u1 first by reading it on use (a cache miss); the resynchronisation from
+    // the pruned log happens beside that.
+    while !b.logs().contains("loading it whole") {
+        assert!(
+            Instant::now() < deadline,
+            "B did not resynchronise: {}",
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Start-up over a store of many connections (loaded whole, for now): the time from spawn to
@@ -1148,4 +1183,158 @@ async fn concurrent_writes_on_every_replica_all_commit() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A replica with a small `--connection-cache` starts with no connection in memory, reads each
+/// on first use, keeps at most its bound, and still serves, lists, updates and deletes every
+/// connection of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_cache_reads_connections_on_use() {
+    let pg = Pg::start();
+    let up = Upstream::start(ok_json()).await;
+    let p = providers(&up.url(""), &up.url(""));
+    let a = replica(&pg, &p);
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    for i in 0..8 {
+        let res = call(
+            &c,
+            &a.url(""),
+            "POST",
+            "/connections",
+            json!({"provider_config_key": "gh", "connection_id": format!("u{i}"),
+                   "credentials": {"type": "API_KEY", "apiKey": format!("key-{i}")}}),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+    }
+    let b = sidekey(&p, "")
+        .env("RUST_LOG", "info,sidekey::store=debug")
+        .arg(format!("--store={}", pg.url()))
+        .args(["--connection-cache", "4"])
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .start();
+    assert!(
+        b.logs().contains(r#""connections":0,"connection_cache":4"#),
+        "no connection is loaded at start: {}",
+        b.logs()
+    );
+    // Every connection is served, twice, with its own credential, though at most four stay.
+    for round in 0..2 {
+        for i in 0..8 {
+            let res = c.proxy(&b.url(""), "/x", &format!("u{i}"), "gh").await;
+            assert_eq!(res.status, 200, "round {round} u{i}: {}", res.text());
+        }
+    }
+    let auths: Vec<String> = up
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    let want: Vec<String> = (0..2)
+        .flat_map(|_| (0..8).map(|i| format!("Bearer key-{i}")))
+        .collect();
+    assert_eq!(auths, want);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = c
+            .send("GET", &b.admin_url("/metrics"), &[], Bytes::new())
+            .await
+            .text();
+        let held = cached(&c, &b).await;
+        if held <= 4 && m.contains("sidekey_connection_cache_evictions_total") {
+            assert!(
+                m.contains(r#"sidekey_connection_cache_loads_total{result="found"}"#),
+                "{m}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cache holds {held}: {m}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Not in the store either: 404, as over a whole vault.
+    let res = c.proxy(&b.url(""), "/x", "nobody", "gh").await;
+    assert_eq!(res.status, 404, "{}", res.text());
+    assert_eq!(res.error_code(), "unknown_connection");
+    // An integration.app-style selector finds an uncached connection by its id.
+    let res = c
+        .send(
+            "GET",
+            &b.url("/connections/u5/proxy/x"),
+            &[("authorization", AUTH)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // The list comes from the store: all eight, paged.
+    let res = call(
+        &c,
+        &b.url(""),
+        "GET",
+        "/connections?limit=5&page=1",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["connections"].as_array().map(Vec::len), Some(3));
+    // Writes on connections B does not hold: read first, then written as usual.
+    let res = call(
+        &c,
+        &b.url(""),
+        "PATCH",
+        "/connections/metadata",
+        json!({"provider_config_key": "gh", "connection_id": ["u1", "u2", "u3"],
+               "metadata": {"plan": "pro"}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(
+        &c,
+        &a.url(""),
+        "GET",
+        "/connections/u3?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.json()["metadata"]["plan"], "pro", "{}", res.text());
+    // A credential changed through A reaches B whether B holds the connection or not.
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "gh", "connection_id": "u7",
+               "credentials": {"type": "API_KEY", "apiKey": "key-7b"}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = up.requests().len();
+        assert_eq!(c.proxy(&b.url(""), "/x", "u7", "gh").await.status, 200);
+        let got = up.requests()[before..]
+            .iter()
+            .filter_map(|r| r.header("authorization").map(str::to_string))
+            .next();
+        if got.as_deref() == Some("Bearer key-7b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B kept the old credential");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Deleting the integration deletes its connections in the store, cached anywhere or not.
+    let res = call(&c, &b.url(""), "DELETE", "/integrations/gh", Value::Null).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM sidekey_connections").trim(),
+        "0"
+    );
 }

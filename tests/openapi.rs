@@ -46,6 +46,7 @@ fn every_error() -> Vec<ProxyError> {
         },
         ProxyError::BadRequestBody(s()),
         ProxyError::Internal(s()),
+        ProxyError::StoreUnavailable(s()),
     ];
     for e in &all {
         match e {
@@ -69,7 +70,8 @@ fn every_error() -> Vec<ProxyError> {
             | ProxyError::UpstreamProtocol(_)
             | ProxyError::CredentialsRefreshFailed { .. }
             | ProxyError::BadRequestBody(_)
-            | ProxyError::Internal(_) => {}
+            | ProxyError::Internal(_)
+            | ProxyError::StoreUnavailable(_) => {}
         }
     }
     all

@@ -345,10 +345,58 @@ pub async fn respond(
     route: &ApiRoute<'_>,
     req: ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {
+    if app.state.cold.get().is_some() {
+        prefetch(app, route, &req).await?;
+    }
     if *req.method == Method::GET || *req.method == Method::HEAD {
         return read::respond(app, route, &req).await;
     }
     write::respond(app, route, req).await
+}
+
+/// With a bounded connection cache (the PostgreSQL store), the connections a request names
+/// are brought into the snapshot first, so every route below reads and writes the snapshot
+/// as it does over the whole vault. Unparsable input is left for the route to refuse.
+async fn prefetch(
+    app: &crate::app::App,
+    route: &ApiRoute<'_>,
+    req: &ApiRequest<'_>,
+) -> Result<(), ApiError> {
+    let mut named: Vec<(String, String)> = Vec::new();
+    match route {
+        ApiRoute::Connection(id) => {
+            if let Some(key) = query_param(req.query, "provider_config_key") {
+                named.push((key, decode(id)));
+            }
+        }
+        ApiRoute::Connections | ApiRoute::Metadata if *req.method != Method::GET => {
+            let body = req.body.as_ref();
+            let key = body
+                .and_then(|b| b.get("provider_config_key"))
+                .and_then(Value::as_str);
+            let ids: Vec<&str> = match body.and_then(|b| b.get("connection_id")) {
+                Some(Value::String(id)) => vec![id.as_str()],
+                Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if let Some(key) = key {
+                // A metadata write names at most what its body holds; a bound keeps a huge
+                // array from turning into as many reads before validation.
+                named.extend(
+                    ids.into_iter()
+                        .take(1000)
+                        .map(|id| (key.to_string(), id.to_string())),
+                );
+            }
+        }
+        _ => {}
+    }
+    for (key, id) in named {
+        app.state.ensure_connection(&key, &id).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0)
+        })?;
+    }
+    Ok(())
 }
 
 /// A `200` JSON response.

@@ -191,8 +191,11 @@ pub(crate) async fn respond(
     route: &ApiRoute<'_>,
     req: &ApiRequest<'_>,
 ) -> Result<Response<ProxyBody>, ApiError> {
-    let snapshot = app.state.snapshot.load_full();
     let errors = app.state.errors.view();
+    if let (ApiRoute::Connections, Some(cold)) = (route, app.state.cold.get()) {
+        return list_cold(cold.as_ref(), &errors, req.query).await;
+    }
+    let snapshot = app.state.snapshot.load_full();
     if let Some(res) = from_snapshot_with(&snapshot, &errors, route, req.query, req.scopes)? {
         return Ok(res);
     }
@@ -427,113 +430,178 @@ fn list(
     errors: &ErrorView,
     query: Option<&str>,
 ) -> Result<Response<ProxyBody>, ApiError> {
-    strict_query(
-        query,
-        &[
-            "withError",
-            "connectionId",
-            "search",
-            "endUserId",
-            "endUserOrganizationId",
-            "integrationId",
-            "tags",
-            "limit",
-            "page",
-            "provider_config_key",
-        ],
-    )?;
-    let integrations: Option<Vec<String>> = query_param(query, "integrationId")
-        .or_else(|| query_param(query, "provider_config_key"))
-        .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
-    if integrations
-        .as_ref()
-        .is_some_and(|l| l.iter().any(String::is_empty))
-    {
-        return Err(ApiError::field(
-            "invalid_query_params",
-            &["integrationId"],
-            "integrationId is a comma-separated list of integration keys",
-        ));
-    }
-    // `withError` (Nango's dashboard list has it; its public list does not): true lists only
-    // connections with an error, false only those without; absent, all.
-    let with_error = match query_param(query, "withError") {
-        None => None,
-        Some(_) => Some(stringbool(query, "withError")?),
-    };
-    let want_id = query_param(query, "connectionId");
-    for name in [
-        "connectionId",
-        "search",
-        "endUserId",
-        "endUserOrganizationId",
-    ] {
-        if query_param(query, name).is_some_and(|s| s.is_empty() || s.chars().count() > 255) {
-            return Err(ApiError::field(
-                "invalid_query_params",
-                &[name],
-                format!("{name} is 1-255 characters"),
-            ));
-        }
-    }
-    let search = query_param(query, "search").map(|s| s.to_ascii_lowercase());
-    let end_user = query_param(query, "endUserId");
-    let org = query_param(query, "endUserOrganizationId");
-    let tags: Vec<(String, String)> = query_pairs(query)
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let t = k.strip_prefix("tags[")?.strip_suffix(']')?;
-            Some((t.to_ascii_lowercase(), v))
-        })
-        .collect();
-    let limit = match query_param(query, "limit") {
-        None => 10_000,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=2000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::field(
-                    "invalid_query_params",
-                    &["limit"],
-                    "limit must be a number from 1 to 2000",
-                ))
-            }
-        },
-    };
-    let page = match query_param(query, "page") {
-        None => 0,
-        Some(p) => p.parse::<usize>().map_err(|_| {
-            ApiError::field(
-                "invalid_query_params",
-                &["page"],
-                "page must be a number ≥ 0",
-            )
-        })?,
-    };
-    let eu_field = |c: &Connection, f: &str| {
-        c.end_user()
-            .as_ref()
-            .and_then(|e| e.get(f))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let mut list: Vec<&Connection> = snapshot
+    let q = ListQuery::parse(query)?;
+    let list: Vec<&Connection> = snapshot
         .connections
         .iter()
         .filter(|(k, _)| {
-            integrations
+            q.integrations
                 .as_ref()
                 .is_none_or(|l| l.iter().any(|i| **i == ***k))
         })
         .flat_map(|(_, m)| m.values().map(AsRef::as_ref))
-        .filter(|c| with_error.is_none_or(|w| errors.has(c) == w))
-        .filter(|c| want_id.as_deref().is_none_or(|w| w == &*c.connection_id))
-        .filter(|c| {
-            end_user
+        .filter(|c| q.wants(c, errors))
+        .collect();
+    Ok(q.render(list, errors))
+}
+
+/// `GET /connections` over a bounded connection cache: the store lists (narrowed by what it
+/// can, in Nango's order), the rest is filtered here, and the reading stops once the page is
+/// full.
+async fn list_cold(
+    cold: &dyn crate::state::ColdStore,
+    errors: &ErrorView,
+    query: Option<&str>,
+) -> Result<Response<ProxyBody>, ApiError> {
+    let q = ListQuery::parse(query)?;
+    let need = q.page.saturating_add(1).saturating_mul(q.limit);
+    let mut got: Vec<std::sync::Arc<Connection>> = Vec::new();
+    let filter = crate::state::ListFilter {
+        integrations: q.integrations.as_deref(),
+        connection_id: q.want_id.as_deref(),
+        end_user_id: q.end_user.as_deref(),
+    };
+    let mut each = |c: std::sync::Arc<Connection>| {
+        if q.wants(&c, errors) {
+            got.push(c);
+        }
+        got.len() < need
+    };
+    cold.list(filter, &mut each)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))?;
+    Ok(q.render(got.iter().map(AsRef::as_ref).collect(), errors))
+}
+
+/// `GET /connections`'s query, checked.
+struct ListQuery {
+    integrations: Option<Vec<String>>,
+    with_error: Option<bool>,
+    want_id: Option<String>,
+    search: Option<String>,
+    end_user: Option<String>,
+    org: Option<String>,
+    tags: Vec<(String, String)>,
+    limit: usize,
+    page: usize,
+}
+
+impl ListQuery {
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        strict_query(
+            query,
+            &[
+                "withError",
+                "connectionId",
+                "search",
+                "endUserId",
+                "endUserOrganizationId",
+                "integrationId",
+                "tags",
+                "limit",
+                "page",
+                "provider_config_key",
+            ],
+        )?;
+        let integrations: Option<Vec<String>> = query_param(query, "integrationId")
+            .or_else(|| query_param(query, "provider_config_key"))
+            .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
+        if integrations
+            .as_ref()
+            .is_some_and(|l| l.iter().any(String::is_empty))
+        {
+            return Err(ApiError::field(
+                "invalid_query_params",
+                &["integrationId"],
+                "integrationId is a comma-separated list of integration keys",
+            ));
+        }
+        // `withError` (Nango's dashboard list has it; its public list does not): true lists only
+        // connections with an error, false only those without; absent, all.
+        let with_error = match query_param(query, "withError") {
+            None => None,
+            Some(_) => Some(stringbool(query, "withError")?),
+        };
+        let want_id = query_param(query, "connectionId");
+        for name in [
+            "connectionId",
+            "search",
+            "endUserId",
+            "endUserOrganizationId",
+        ] {
+            if query_param(query, name).is_some_and(|s| s.is_empty() || s.chars().count() > 255) {
+                return Err(ApiError::field(
+                    "invalid_query_params",
+                    &[name],
+                    format!("{name} is 1-255 characters"),
+                ));
+            }
+        }
+        let search = query_param(query, "search").map(|s| s.to_ascii_lowercase());
+        let end_user = query_param(query, "endUserId");
+        let org = query_param(query, "endUserOrganizationId");
+        let tags: Vec<(String, String)> = query_pairs(query)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let t = k.strip_prefix("tags[")?.strip_suffix(']')?;
+                Some((t.to_ascii_lowercase(), v))
+            })
+            .collect();
+        let limit = match query_param(query, "limit") {
+            None => 10_000,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=2000).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::field(
+                        "invalid_query_params",
+                        &["limit"],
+                        "limit must be a number from 1 to 2000",
+                    ))
+                }
+            },
+        };
+        let page = match query_param(query, "page") {
+            None => 0,
+            Some(p) => p.parse::<usize>().map_err(|_| {
+                ApiError::field(
+                    "invalid_query_params",
+                    &["page"],
+                    "page must be a number ≥ 0",
+                )
+            })?,
+        };
+        Ok(Self {
+            integrations,
+            with_error,
+            want_id,
+            search,
+            end_user,
+            org,
+            tags,
+            limit,
+            page,
+        })
+    }
+
+    /// The filters on one connection (the integrations are narrowed before).
+    fn wants(&self, c: &Connection, errors: &ErrorView) -> bool {
+        let eu_field = |c: &Connection, f: &str| {
+            c.end_user()
+                .as_ref()
+                .and_then(|e| e.get(f))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        self.with_error.is_none_or(|w| errors.has(c) == w)
+            && self
+                .want_id
+                .as_deref()
+                .is_none_or(|w| w == &*c.connection_id)
+            && self
+                .end_user
                 .as_deref()
                 .is_none_or(|w| eu_field(c, "id").as_deref() == Some(w))
-        })
-        .filter(|c| {
-            org.as_deref().is_none_or(|w| {
+            && self.org.as_deref().is_none_or(|w| {
                 c.end_user()
                     .as_ref()
                     .and_then(|e| e.get("organization"))
@@ -541,38 +609,38 @@ fn list(
                     .and_then(Value::as_str)
                     == Some(w)
             })
-        })
-        .filter(|c| {
-            search.as_deref().is_none_or(|s| {
+            && self.search.as_deref().is_none_or(|s| {
                 c.connection_id.to_ascii_lowercase().contains(s)
                     || ["display_name", "email"]
                         .iter()
                         .any(|f| eu_field(c, f).is_some_and(|v| v.to_ascii_lowercase().contains(s)))
             })
-        })
-        .filter(|c| {
-            tags.iter().all(|(k, v)| {
+            && self.tags.iter().all(|(k, v)| {
                 c.tags()
                     .iter()
                     .any(|(tk, tv)| tk.to_ascii_lowercase() == *k && tv.as_str() == Some(v))
             })
-        })
-        .collect();
-    // Newest first, as Nango orders; records without a creation time last, by key.
-    // The creation time is decoded from the connection's cold fields: once per connection
-    // (a cached key), not once per comparison.
-    list.sort_by_cached_key(|c| {
-        (
-            std::cmp::Reverse(c.created_at()),
-            c.provider_config_key.clone(),
-            c.connection_id.clone(),
-        )
-    });
-    let data: Vec<Value> = list
-        .into_iter()
-        .skip(page.saturating_mul(limit))
-        .take(limit)
-        .map(|c| list_json(c, errors))
-        .collect();
-    Ok(ok(json!({ "connections": data })))
+    }
+
+    /// The page of `list`, newest first.
+    fn render(&self, mut list: Vec<&Connection>, errors: &ErrorView) -> Response<ProxyBody> {
+        let (page, limit) = (self.page, self.limit);
+        // Newest first, as Nango orders; records without a creation time last, by key.
+        // The creation time is decoded from the connection's cold fields: once per connection
+        // (a cached key), not once per comparison.
+        list.sort_by_cached_key(|c| {
+            (
+                std::cmp::Reverse(c.created_at()),
+                c.provider_config_key.clone(),
+                c.connection_id.clone(),
+            )
+        });
+        let data: Vec<Value> = list
+            .into_iter()
+            .skip(page.saturating_mul(limit))
+            .take(limit)
+            .map(|c| list_json(c, errors))
+            .collect();
+        ok(json!({ "connections": data }))
+    }
 }

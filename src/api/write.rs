@@ -426,6 +426,28 @@ async fn post_integration(app: &App, req: ApiRequest<'_>) -> Result<Response<Pro
     Ok(ok(json!({ "data": integration_json(int) })))
 }
 
+/// Whether the store holds connections of `integration` that the snapshot does not cache
+/// (a bounded connection cache); `false` over the whole vault.
+async fn stored_connections(app: &App, integration: &str) -> Result<bool, ApiError> {
+    let Some(cold) = app.state.cold.get() else {
+        return Ok(false);
+    };
+    let keys = [integration.to_string()];
+    let filter = crate::state::ListFilter {
+        integrations: Some(&keys),
+        ..Default::default()
+    };
+    let mut any = false;
+    let mut each = |_| {
+        any = true;
+        false
+    };
+    cold.list(filter, &mut each)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))?;
+    Ok(any)
+}
+
 async fn patch_integration(
     app: &App,
     key: &str,
@@ -467,7 +489,9 @@ async fn patch_integration(
                 "uniqueKey is already used by another integration",
             ));
         }
-        if snapshot.connections.get(key).is_some_and(|t| !t.is_empty()) {
+        if snapshot.connections.get(key).is_some_and(|t| !t.is_empty())
+            || stored_connections(app, key).await?
+        {
             return Err(ApiError::invalid_body(
                 "Can't rename an integration with active connections",
             ));

@@ -359,6 +359,10 @@ pub struct Connection {
     /// error table to clear the error only when it is set. One byte, which the struct's
     /// padding had room for (it stays in the 192-byte class).
     auth_error: std::sync::atomic::AtomicBool,
+    /// Set by each request that uses this connection, cleared by the bounded connection
+    /// cache's sweep (the PostgreSQL store's `--connection-cache`): a connection not used
+    /// since the last sweep is the one evicted (second chance). One more byte of padding.
+    used: std::sync::atomic::AtomicBool,
 }
 
 /// What only some connections need, boxed so the others pay 8 bytes for it.
@@ -478,6 +482,21 @@ impl Connection {
     pub fn set_auth_error_hint(&self, on: bool) {
         self.auth_error
             .store(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the connection used (for the bounded cache's sweep). Read first, so a hot
+    /// connection's cache line is written once per sweep, not once per request.
+    #[inline]
+    pub fn touch(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
+    }
+
+    /// Whether the connection was used since the last call, clearing the mark (the sweep).
+    pub fn take_used(&self) -> bool {
+        self.used.swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The record this connection was compiled from.
@@ -1422,6 +1441,7 @@ impl<'a> Builder<'a> {
             template_maps: None,
             version,
             auth_error: std::sync::atomic::AtomicBool::new(false),
+            used: std::sync::atomic::AtomicBool::new(true),
         };
         let mut values = conn.values(None);
         values.credentials = creds_map.as_ref();
@@ -2100,6 +2120,7 @@ connections:
             template_maps: c.template_maps.clone(),
             version: c.version,
             auth_error: std::sync::atomic::AtomicBool::new(c.auth_error_hint()),
+            used: std::sync::atomic::AtomicBool::new(true),
         }
     }
 

@@ -238,6 +238,45 @@ pub async fn handle(app: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> 
     log.respond(res)
 }
 
+/// The connection the snapshot's cache did not hold, read from the store; `miss` when the
+/// store does not have it either; 503 `store_unavailable` when the store cannot be read.
+async fn cold_lookup(
+    cold: &dyn crate::state::ColdStore,
+    route: &route::Route<'_>,
+    controls: &Controls<'_>,
+    miss: ProxyError,
+) -> Result<Arc<crate::config::Connection>, ProxyError> {
+    let unavailable = |e: crate::state::ColdError| ProxyError::StoreUnavailable(e.0);
+    match route {
+        route::Route::Proxy { .. } => {
+            let (Some(id), Some(integration)) =
+                (controls.connection_id, controls.provider_config_key)
+            else {
+                return Err(miss);
+            };
+            cold.connection(integration, id, false)
+                .await
+                .map_err(unavailable)?
+                .ok_or(miss)
+        }
+        route::Route::ConnectionProxy { selector, .. } => {
+            let mut found = cold
+                .selector(
+                    selector,
+                    controls.provider_config_key,
+                    controls.connection_id,
+                )
+                .await
+                .map_err(unavailable)?;
+            match found.len() {
+                0 => Err(miss),
+                1 => Ok(found.remove(0)),
+                _ => Err(ProxyError::AmbiguousConnection(selector.to_string())),
+            }
+        }
+    }
+}
+
 async fn proxy(
     app: &Proxy,
     req: Request<ProxyBody>,
@@ -249,7 +288,20 @@ async fn proxy(
     log.integration = controls
         .provider_config_key
         .and_then(|k| snapshot.integrations.get(k).cloned());
-    let target = plan::target(&snapshot, route, controls, app.options.override_policy)?;
+    let policy = app.options.override_policy;
+    let target = match plan::find_connection(&snapshot, &route, &controls) {
+        Ok(conn) => plan::target_of(conn, route, controls, policy)?,
+        Err(miss @ (ProxyError::UnknownConnection { .. } | ProxyError::UnknownSelector(_))) => {
+            // A bounded cache (the PostgreSQL store) may not hold it yet: one indexed read.
+            let Some(cold) = app.state.cold.get() else {
+                return Err(miss);
+            };
+            let conn = cold_lookup(cold.as_ref(), &route, &controls, miss).await?;
+            plan::target_of(conn, route, controls, policy)?
+        }
+        Err(e) => return Err(e),
+    };
+    target.conn.touch();
     let conn = target.conn.clone();
     log.set_connection(&conn);
     let controls = &target.controls;

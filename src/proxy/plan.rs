@@ -108,6 +108,16 @@ pub fn target<'r>(
     policy: OverridePolicy,
 ) -> Result<Target<'r>, ProxyError> {
     let conn = find_connection(snapshot, &route, &controls)?;
+    target_of(conn, route, controls, policy)
+}
+
+/// [`target`] for a connection found elsewhere (read from the store on a cache miss).
+pub fn target_of<'r>(
+    conn: Arc<Connection>,
+    route: Route<'r>,
+    controls: Controls<'r>,
+    policy: OverridePolicy,
+) -> Result<Target<'r>, ProxyError> {
     let (base, pool) = choose_base(&conn, &controls, policy)?;
     let (mut base, mut endpoint) = (
         base,
@@ -167,7 +177,7 @@ pub fn upstream_head(
 }
 
 /// Finds the connection named by the route or the headers.
-fn find_connection(
+pub fn find_connection(
     snapshot: &Snapshot,
     route: &Route<'_>,
     controls: &Controls<'_>,

@@ -117,4 +117,11 @@ pub trait Backend: Send + Sync + 'static {
     fn conflict_retries(&self) -> usize {
         1
     }
+
+    /// A smaller snapshot when this one caches more than the backend keeps (the PostgreSQL
+    /// store's bounded connection cache evicts connections not used lately); called by the
+    /// writer after each group. The vault file holds everything: never.
+    fn trim(&self, _current: &Snapshot) -> Option<Snapshot> {
+        None
+    }
 }

@@ -26,8 +26,15 @@ struct Pending {
     write: Write,
     /// Computes the write's changes from the state it commits on (see [`Writer::update`]).
     compute: Option<Compute>,
+    /// A change of what the snapshot caches, not of any record (see [`Writer::local`]).
+    local: Option<Local>,
     reply: oneshot::Sender<Result<Arc<Snapshot>, StoreError>>,
 }
+
+/// A change of the snapshot that is not a write: the bounded connection cache taking in a
+/// connection read from the store. It runs on the writer's task, after the backend's refresh,
+/// so it is ordered with every change the snapshot takes; `None` leaves the snapshot as it is.
+pub type Local = Box<dyn FnOnce(&Snapshot) -> Option<Snapshot> + Send>;
 
 /// Changes worked out from the state as it is when the write commits (after the backend's
 /// refresh and the writes before it in the group), or why it must not commit. Called again
@@ -61,20 +68,27 @@ impl Writer {
 
     /// Commits one write; the snapshot that includes it, once it is durable and published.
     pub async fn write(&self, write: Write) -> Result<Arc<Snapshot>, StoreError> {
-        self.send(write, None).await
+        self.send(write, None, None).await
     }
 
     /// Commits the changes `compute` makes from the state at commit time: a read-modify-write
     /// of records that other writes (or a hand edit) may change meanwhile, such as a
     /// connection whose refreshed token replaces its credential and nothing else.
     pub async fn update(&self, compute: Compute) -> Result<Arc<Snapshot>, StoreError> {
-        self.send(Write::default(), Some(compute)).await
+        self.send(Write::default(), Some(compute), None).await
+    }
+
+    /// Changes what the snapshot caches (see [`Local`]), on the writer's task; the serving
+    /// snapshot afterwards.
+    pub async fn local(&self, local: Local) -> Result<Arc<Snapshot>, StoreError> {
+        self.send(Write::default(), None, Some(local)).await
     }
 
     async fn send(
         &self,
         write: Write,
         compute: Option<Compute>,
+        local: Option<Local>,
     ) -> Result<Arc<Snapshot>, StoreError> {
         let (reply, rx) = oneshot::channel();
         let gone = || StoreError::Unavailable("the writer has stopped".into());
@@ -82,6 +96,7 @@ impl Writer {
             .send(Pending {
                 write,
                 compute,
+                local,
                 reply,
             })
             .await
@@ -124,9 +139,67 @@ async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<
         }
         let size = batch.len();
         let started = std::time::Instant::now();
-        commit_group(&app, backend.as_ref(), batch).await;
+        let (locals, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.local.is_some());
+        if !locals.is_empty() {
+            apply_locals(&app, backend.as_ref(), locals).await;
+        }
+        if !batch.is_empty() {
+            commit_group(&app, backend.as_ref(), batch).await;
+        }
+        trim(&app, backend.as_ref());
         last_commit = started.elapsed();
         in_system = size + rx.len();
+    }
+}
+
+/// Brings the snapshot up to the store: what changed behind this process's back (a hand
+/// edit of the vault) is published before anything is applied on top.
+async fn refresh(app: &State, backend: &dyn Backend) -> Result<(), StoreError> {
+    if let Some(fresh) = backend.refresh(app.snapshot.load_full()).await? {
+        crate::state::publish(
+            app,
+            Arc::new(fresh),
+            crate::config::Source::Other("vault edited on disk"),
+        );
+    }
+    Ok(())
+}
+
+/// Cache changes: after the backend's refresh (so the snapshot has every change the store
+/// announced), each applied in turn and published once, without a commit.
+async fn apply_locals(app: &State, backend: &dyn Backend, locals: Vec<Pending>) {
+    if let Err(e) = refresh(app, backend).await {
+        return answer_all(locals, Err(e));
+    }
+    let base = app.snapshot.load_full();
+    let mut cur: Option<Snapshot> = None;
+    let mut replies = Vec::with_capacity(locals.len());
+    for p in locals {
+        if let Some(f) = p.local {
+            if let Some(next) = f(cur.as_ref().unwrap_or(&base)) {
+                cur = Some(next);
+            }
+        }
+        replies.push(p.reply);
+    }
+    let served = match cur {
+        Some(next) => {
+            let next = Arc::new(next);
+            crate::state::publish_cache(app, &base, next.clone(), false);
+            next
+        }
+        None => base,
+    };
+    for r in replies {
+        let _ = r.send(Ok(served.clone()));
+    }
+}
+
+/// Lets the backend bound what the snapshot caches (see [`Backend::trim`]).
+fn trim(app: &State, backend: &dyn Backend) {
+    let base = app.snapshot.load_full();
+    if let Some(next) = backend.trim(&base) {
+        crate::state::publish_cache(app, &base, Arc::new(next), true);
     }
 }
 
@@ -135,16 +208,8 @@ async fn commit_group(app: &State, backend: &dyn Backend, batch: Vec<Pending>) {
     for _attempt in 0..=backend.conflict_retries() {
         // Where a group's time goes, for `RUST_LOG=sidekey::store=debug` (BENCHMARKS.md).
         let started = std::time::Instant::now();
-        match backend.refresh(app.snapshot.load_full()).await {
-            Ok(Some(fresh)) => {
-                crate::state::publish(
-                    app,
-                    Arc::new(fresh),
-                    crate::config::Source::Other("vault edited on disk"),
-                );
-            }
-            Ok(None) => {}
-            Err(e) => return answer_all(batch, Err(e)),
+        if let Err(e) = refresh(app, backend).await {
+            return answer_all(batch, Err(e));
         }
         let base = app.snapshot.load_full();
         let mut cur: Snapshot = (*base).clone();

@@ -29,6 +29,7 @@
 //! Secrets in every record are sealed with `SIDEKEY_ENCRYPTION_KEY` exactly as in the vault
 //! file (same envelope, same associated data), so a `pg_dump` holds no plaintext secret.
 
+mod cache;
 mod listen;
 pub mod schema;
 pub mod tls;
@@ -144,6 +145,8 @@ pub struct PgStore {
     attached: OnceLock<Attached>,
     /// Log entries that notifications carried, by change number, not applied yet.
     pending: std::sync::Mutex<std::collections::BTreeMap<i64, LogRow>>,
+    /// Set by [`PgStore::bound_cache`]: the snapshot holds only the connections in use.
+    cache: OnceLock<cache::Cache>,
 }
 
 struct Attached {
@@ -220,17 +223,26 @@ impl PgStore {
             last_version: AtomicU64::new(now_micros()),
             attached: OnceLock::new(),
             pending: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            cache: OnceLock::new(),
         });
         let mut client = store.client().await.map_err(|e| PgError::Connect(e.0))?;
         schema::migrate(&mut client).await?;
         Ok(store)
     }
 
+    /// Keeps at most `capacity` connections in memory (`--connection-cache`), read from the
+    /// store when first used (see [`cache`]); before [`PgStore::load`]. Without it the
+    /// store is loaded whole (`sidekey store export`, tests).
+    pub fn bound_cache(&self, capacity: usize) {
+        let _ = self.cache.set(cache::Cache::new(capacity));
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, Unreachable> {
         get(&self.pool).await
     }
 
-    /// Reads every record into a snapshot over `catalog` (whole: see the module's text).
+    /// Reads every record into a snapshot over `catalog`: integrations and keys, and the
+    /// connections too unless the cache is bounded (then they are read on use).
     pub async fn load(
         &self,
         catalog: Arc<Catalog>,
@@ -283,6 +295,13 @@ impl PgStore {
         }
         let mut snap = crate::config::snapshot::build_records(STORE_NAME, catalog, raw, opts)
             .map_err(PgError::Records)?;
+        if self.cache.get().is_some() {
+            tx.commit().await?;
+            self.applied.store(seq, Ordering::SeqCst);
+            self.announced.fetch_max(seq, Ordering::SeqCst);
+            self.seen_version(version as u64);
+            return Ok(snap);
+        }
         // Connections one by one as the rows stream in (never all rows in memory at once),
         // each with its stored version. One that does not compile here (say, this replica's
         // providers.yaml lacks what it needs) is left out, loudly, rather than keeping the
@@ -323,11 +342,14 @@ impl PgStore {
     /// Starts following the fleet's changes into `state` through `writer` (the writer of the
     /// app built over this store): the LISTEN task and the task that pokes the writer.
     pub fn attach(self: &Arc<Self>, state: Arc<State>, writer: Writer) {
+        if self.cache.get().is_some() {
+            let _ = state.cold.set(Arc::new(cache::PgCold(self.clone())));
+        }
         let poke = Arc::new(Notify::new());
         if self
             .attached
             .set(Attached {
-                state,
+                state: state.clone(),
                 writer: writer.clone(),
                 poke: poke.clone(),
             })
@@ -336,6 +358,21 @@ impl PgStore {
             return;
         }
         tokio::spawn(listen::run(self.clone()));
+        if let Some(cache) = self.cache.get() {
+            // A sweep follows the writer's groups; with none coming, a cache left over its
+            // bound (a sweep postponed, see `Cache::sweep`) is swept within a second.
+            let (capacity, state, writer) = (cache.capacity(), state.clone(), writer.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if state.snapshot.load().connection_count() > capacity
+                        && writer.local(Box::new(|_| None)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
         let store = self.clone();
         tokio::spawn(async move {
             loop {
@@ -439,8 +476,10 @@ impl PgStore {
             }
         }
         let mut rows = Vec::with_capacity(changes.len());
+        let mut touched = Vec::with_capacity(changes.len());
         for ch in changes {
             seq += 1;
+            touched.push((seq, touched_by(&ch)));
             rows.push(self.write_change(&tx, seq, ch).await?);
         }
         // The log keeps the last RETAIN_CHANGES changes; pruned every PRUNE_EVERY changes,
@@ -465,6 +504,11 @@ impl PgStore {
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
+        if let Some(cache) = self.cache.get() {
+            for (seq, (integration, id)) in touched {
+                cache.record(&integration, id.as_deref(), seq);
+            }
+        }
         self.applied.store(seq, Ordering::SeqCst);
         Ok(())
     }
@@ -492,6 +536,14 @@ impl PgStore {
             Change::DeleteIntegration(key) => {
                 tx.execute(
                     "DELETE FROM sidekey_integrations WHERE unique_key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(db_error)?;
+                // Its connections go with it, cached here or not (every replica's snapshot
+                // drops them when it applies this change).
+                tx.execute(
+                    "DELETE FROM sidekey_connections WHERE provider_config_key = $1",
                     &[&key],
                 )
                 .await
@@ -639,6 +691,19 @@ impl PgStore {
         next: &mut Snapshot,
         changes: &mut Vec<Change>,
     ) {
+        if let (Some(cache), Ok(ch)) = (self.cache.get(), &change) {
+            let (integration, id) = touched_by(ch);
+            cache.record(&integration, id.as_deref(), seq);
+            // A connection this replica does not cache stays out: it is read when first used.
+            if let (Change::PutConnection(r, _), Some(_)) = (ch, &id) {
+                if next
+                    .connection(&r.provider_config_key, &r.connection_id)
+                    .is_none()
+                {
+                    return;
+                }
+            }
+        }
         match change {
             Ok(ch) => match next.with(ch.clone()) {
                 Ok(s) => {
@@ -778,6 +843,23 @@ impl PgStore {
     }
 }
 
+/// The integration and (for a connection) the connection id a change touches.
+fn touched_by(ch: &Change) -> (String, Option<String>) {
+    match ch {
+        Change::PutIntegration(r) => (r.unique_key.clone(), None),
+        Change::DeleteIntegration(k) => (k.clone(), None),
+        Change::PutConnection(r, _) => {
+            (r.provider_config_key.clone(), Some(r.connection_id.clone()))
+        }
+        Change::DeleteConnection {
+            provider_config_key,
+            connection_id,
+        } => (provider_config_key.clone(), Some(connection_id.clone())),
+        // Keys are not cached: recorded under a name no integration has.
+        Change::PutKey(_) | Change::DeleteKey(_) => (String::new(), None),
+    }
+}
+
 /// One entry of the change log, as written and as notified.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct LogRow {
@@ -903,6 +985,22 @@ impl Backend for PgStore {
         prev.saturating_add(1).max(now)
     }
 
+    fn trim(&self, current: &Snapshot) -> Option<Snapshot> {
+        let cache = self.cache.get()?;
+        let metrics = &self.attached.get()?.state.metrics;
+        match cache.sweep(current) {
+            Some((next, evicted)) => {
+                metrics.cache_evicted(evicted, next.connection_count());
+                tracing::debug!(evicted, "connection cache swept");
+                Some(next)
+            }
+            None => {
+                metrics.set_cached_connections(current.connection_count());
+                None
+            }
+        }
+    }
+
     fn conflict_retries(&self) -> usize {
         // Replicas writing at once each find the others' commits first: every retry applies
         // what it missed, so a group commits once the fleet leaves it a gap.
@@ -1010,6 +1108,24 @@ impl RefreshLease for PgLease {
                 }
                 _ => None,
             };
+            // With a bounded cache the snapshot may not hold the connection (read on use, not
+            // filled yet, or evicted): the refreshed token is written over the snapshot's
+            // record, so it must be there first.
+            if let (Some(_), Some(v), Some(text), Some(a)) = (
+                store.cache.get(),
+                stored_version,
+                record,
+                store.attached.get(),
+            ) {
+                if a.state.snapshot.load().connection(&key.0, &key.1).is_none() {
+                    let read = cache::Read {
+                        seq,
+                        version: v,
+                        record: store.open_connection(text)?,
+                    };
+                    cache::PgCold(store.clone()).fill(read, true).await;
+                }
+            }
             Ok(LeaseGrant {
                 guard: Box::new(guard),
                 current,
