@@ -351,6 +351,14 @@ pub async fn start_postgres(
         app.state.oauth.use_store(Arc::new(writer.clone()));
         app.state.oauth.use_lease(store.lease());
         store.attach(app.state.clone(), writer.clone());
+        if let Some(path) = paths.providers.clone() {
+            tokio::spawn(watch_providers(
+                path,
+                providers_name.clone(),
+                store.clone(),
+                app.state.clone(),
+            ));
+        }
     }
     Ok(Started {
         app,
@@ -358,6 +366,62 @@ pub async fn start_postgres(
         tls,
         exporter,
     })
+}
+
+/// providers.yaml in the PostgreSQL mode (no vault file, so no reload loop): looked at once a
+/// second (a stat: device, inode, size, modification time, which also sees a Kubernetes
+/// ConfigMap's symlink swap) and on SIGHUP; a changed file that parses is handed to the store,
+/// which loads the records again over it; one that does not is refused with its problems
+/// and the last good configuration keeps serving.
+async fn watch_providers(
+    path: std::path::PathBuf,
+    name: String,
+    store: Arc<crate::store::postgres::PgStore>,
+    state: Arc<crate::state::State>,
+) {
+    use crate::atomic_file::FileStamp;
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = FileStamp::read(&path);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let forced = tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+            () = hangup => true,
+        };
+        let now = FileStamp::read(&path);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        let parsed = crate::config::limits::read_file(&path)
+            .map_err(|e| format!("{name}: {e}"))
+            .and_then(|f| {
+                crate::config::providers::Catalog::parse(&name, &f.text).map_err(|d| d.to_string())
+            });
+        let result = match parsed {
+            Ok(catalog) => store
+                .reload_providers(Arc::new(catalog))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(problem) = result {
+            state.metrics.reload("failure");
+            tracing::error!(file = %name, %problem,
+                "providers.yaml not reloaded; the last good configuration keeps serving");
+        }
+    }
 }
 
 /// What serving needs besides the state, the same for every store: the upstream client, the

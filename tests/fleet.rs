@@ -1346,3 +1346,193 @@ async fn a_bounded_cache_reads_connections_on_use() {
         "0"
     );
 }
+
+/// The issue's scale figures, with the bounded cache: a store of `FLEET_SCALE_N` connections
+/// (1 000 000 by default, sealed, written with `COPY`), a working set of `FLEET_SCALE_WORK`
+/// (10 000): the time from spawn to serving, the RSS once the working set is cached, and what
+/// a connection's first request costs against the same request once cached (client-side
+/// latency through sidekey to a loopback upstream, sequential requests, p50/p99).
+/// `cargo test --release --test fleet scale -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn scale_with_a_bounded_cache() {
+    use std::io::Write as _;
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, work) = (
+        env("FLEET_SCALE_N", 1_000_000),
+        env("FLEET_SCALE_WORK", 10_000),
+    );
+    let pg = Pg::start();
+    let up = Upstream::start(ok_json()).await;
+    let p = providers(&up.url(""), &up.url(""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("--store={}", pg.url());
+    let (code, out, err) = support::sidekey::run_cli(&["migrate", &url], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    pg.psql(
+        "INSERT INTO sidekey_integrations VALUES ('gh', '{\"unique_key\":\"gh\",\"provider\":\"hdr\"}', 1)",
+    );
+    // Rows in COPY's text format, each credential sealed as sidekey seals it.
+    let key = sidekey::config::sealed::EncryptionKey::parse(KEY).expect("key");
+    let csv = dir.path().join("connections.copy");
+    let started = Instant::now();
+    {
+        let f = std::fs::File::create(&csv).expect("create");
+        let mut w = std::io::BufWriter::new(f);
+        for g in 1..=n {
+            let mut rec: sidekey::config::vault::RawConnection = serde_json::from_value(json!({
+                "connection_id": format!("c{g}"), "provider_config_key": "gh",
+                "credentials": {"type": "API_KEY", "apiKey": format!("key-{g}")},
+                "created_at": "2026-01-01T00:00:00.000Z"}))
+            .expect("record");
+            sidekey::config::sealed::seal_connection(&mut rec, &key).expect("seal");
+            let json = serde_json::to_string(&rec)
+                .expect("json")
+                .replace('\\', "\\\\");
+            writeln!(w, "gh\tc{g}\t{g}\t{json}\t1").expect("write");
+        }
+        w.flush().expect("flush");
+    }
+    std::fs::set_permissions(&csv, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let _ = std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let generated = started.elapsed();
+    let started = Instant::now();
+    pg.psql(&format!(
+        "\\copy sidekey_connections (provider_config_key, connection_id, version, record, seq) FROM '{}'",
+        csv.display()
+    ));
+    pg.psql("ANALYZE sidekey_connections");
+    pg.psql(&format!("UPDATE sidekey_head SET seq = 1, version = {n}"));
+    let copied = started.elapsed();
+    println!(
+        "{n} rows: generated and sealed in {:.1} s, COPY in {:.1} s",
+        generated.as_secs_f64(),
+        copied.as_secs_f64()
+    );
+    let started = Instant::now();
+    let sk = sidekey(&p, "")
+        .arg(url.clone())
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .start();
+    let start_time = started.elapsed();
+    let peak_at_start = sk.peak_rss_kib();
+    let c = TestClient::http1();
+    // The working set: ids spread over the whole table.
+    let ids: Vec<String> = (0..work)
+        .map(|i| format!("c{}", 1 + (i * 7919 + 13) % n))
+        .collect();
+    let timed = |ids: &[String]| {
+        let ids = ids.to_vec();
+        let (c, base) = (c.clone(), sk.url(""));
+        async move {
+            let mut lat = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let t = Instant::now();
+                let res = c.proxy(&base, "/x", id, "gh").await;
+                lat.push(t.elapsed());
+                assert_eq!(res.status, 200, "{id}: {}", res.text());
+            }
+            lat.sort();
+            lat
+        }
+    };
+    let cold = timed(&ids).await;
+    let warm = timed(&ids).await;
+    // Idle for the allocator to settle, then the resident set.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = sk.rss_kib();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "start to serving {:.3} s (peak RSS at start {} MiB); after {work} connections used: \
+         RSS {:.1} MiB, peak {:.1} MiB",
+        start_time.as_secs_f64(),
+        peak_at_start / 1024,
+        rss as f64 / 1024.0,
+        sk.peak_rss_kib() as f64 / 1024.0
+    );
+    println!(
+        "first request p50 {:.3} ms p99 {:.3} ms; cached p50 {:.3} ms p99 {:.3} ms; \
+         added by the read: p50 {:.3} ms p99 {:.3} ms",
+        ms(percentile(&cold, 0.5)),
+        ms(percentile(&cold, 0.99)),
+        ms(percentile(&warm, 0.5)),
+        ms(percentile(&warm, 0.99)),
+        ms(percentile(&cold, 0.5)) - ms(percentile(&warm, 0.5)),
+        ms(percentile(&cold, 0.99)) - ms(percentile(&warm, 0.99)),
+    );
+}
+
+/// providers.yaml is reloaded in the PostgreSQL mode too: a changed template is used from
+/// then on; a file the stored integrations do not compile over is refused and the last good
+/// configuration keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_yaml_reloads_over_the_store() {
+    let pg = Pg::start();
+    let up = Upstream::start(ok_json()).await;
+    let p = providers(&up.url(""), &up.url(""));
+    let a = replica(&pg, &p);
+    let c = TestClient::http1();
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/integrations",
+        json!({"provider": "hdr", "unique_key": "gh"}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = call(
+        &c,
+        &a.url(""),
+        "POST",
+        "/connections",
+        json!({"provider_config_key": "gh", "connection_id": "u1",
+               "credentials": {"type": "API_KEY", "apiKey": "k1"}}),
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let last_auth = |c: TestClient, base: String| {
+        let up = &up;
+        async move {
+            let before = up.requests().len();
+            let res = c.proxy(&base, "/x", "u1", "gh").await;
+            assert_eq!(res.status, 200, "{}", res.text());
+            up.requests()[before..]
+                .iter()
+                .find_map(|r| r.header("authorization").map(str::to_string))
+        }
+    };
+    assert_eq!(
+        last_auth(c.clone(), a.url("")).await.as_deref(),
+        Some("Bearer k1")
+    );
+    let path = a.path("providers.yaml");
+    std::fs::write(&path, p.replace("Bearer ${apiKey}", "Token ${apiKey}")).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while last_auth(c.clone(), a.url("")).await.as_deref() != Some("Token k1") {
+        assert!(Instant::now() < deadline, "not reloaded: {}", a.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.logs().contains("providers.yaml changed"), "{}", a.logs());
+    // Without the provider `hdr`, integration gh does not compile: refused, still serving.
+    std::fs::write(&path, "other: {auth_mode: API_KEY, proxy: {base_url: \"http://127.0.0.1:9\", headers: {x: \"${apiKey}\"}}}\n")
+        .expect("write");
+    assert!(
+        a.wait_for_log("providers.yaml not reloaded", Duration::from_secs(10)),
+        "{}",
+        a.logs()
+    );
+    assert_eq!(
+        last_auth(c.clone(), a.url("")).await.as_deref(),
+        Some("Token k1")
+    );
+}

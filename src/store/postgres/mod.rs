@@ -147,6 +147,8 @@ pub struct PgStore {
     pending: std::sync::Mutex<std::collections::BTreeMap<i64, LogRow>>,
     /// Set by [`PgStore::bound_cache`]: the snapshot holds only the connections in use.
     cache: OnceLock<cache::Cache>,
+    /// A providers.yaml read since the last refresh ([`PgStore::reload_providers`]).
+    next_catalog: std::sync::Mutex<Option<Arc<Catalog>>>,
 }
 
 struct Attached {
@@ -224,6 +226,7 @@ impl PgStore {
             attached: OnceLock::new(),
             pending: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             cache: OnceLock::new(),
+            next_catalog: std::sync::Mutex::new(None),
         });
         let mut client = store.client().await.map_err(|e| PgError::Connect(e.0))?;
         schema::migrate(&mut client).await?;
@@ -770,6 +773,18 @@ impl PgStore {
         self.announce(notice.seq);
     }
 
+    /// Serves providers.yaml as `catalog` from now on: the writer loads the store again over
+    /// it (every integration recompiled; a bounded cache starts empty) and publishes that as
+    /// a reload. If a stored integration does not compile over it, nothing changes and the
+    /// problems are returned (the last good snapshot keeps serving).
+    pub async fn reload_providers(&self, catalog: Arc<Catalog>) -> Result<(), StoreError> {
+        let Some(a) = self.attached.get() else {
+            return Err(StoreError::Unavailable("the store is not attached".into()));
+        };
+        *self.next_catalog.lock().unwrap_or_else(|p| p.into_inner()) = Some(catalog);
+        a.writer.local(Box::new(|_| None)).await.map(|_| ())
+    }
+
     /// The changes this replica missed are no longer in the log (it was away longer than
     /// [`RETAIN_CHANGES`] changes): load everything again and publish it as a whole.
     async fn resync_whole(
@@ -781,6 +796,18 @@ impl PgStore {
             applied = self.applied.load(Ordering::SeqCst),
             "the changes this replica missed were pruned from the store's log; loading it whole"
         );
+        self.load_again(attached, current, None).await
+    }
+
+    /// Loads the store whole again (over `catalog`, or the current one) and publishes it.
+    async fn load_again(
+        &self,
+        attached: &Attached,
+        current: Arc<Snapshot>,
+        catalog: Option<Arc<Catalog>>,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let reload = catalog.is_some();
         let opts = BuildOptions {
             env_keys: current
                 .secret_keys
@@ -793,15 +820,22 @@ impl PgStore {
             versions: None,
         };
         let mut snap = self
-            .load(current.catalog.clone(), &opts)
+            .load(catalog.unwrap_or_else(|| current.catalog.clone()), &opts)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                PgError::Records(d) => StoreError::Invalid(d),
+                other => StoreError::Unavailable(other.to_string()),
+            })?;
         snap.generation = current.generation + 1;
-        crate::state::publish(
-            &attached.state,
-            Arc::new(snap),
-            crate::config::Source::Other("store resynchronised"),
-        );
+        let source = if reload {
+            crate::config::Source::Reload {
+                trigger: "providers.yaml changed",
+                started,
+            }
+        } else {
+            crate::config::Source::Other("store resynchronised")
+        };
+        crate::state::publish(&attached.state, Arc::new(snap), source);
         Ok(())
     }
 
@@ -959,6 +993,18 @@ impl Backend for PgStore {
         current: Arc<Snapshot>,
     ) -> BoxFuture<'_, Result<Option<Snapshot>, StoreError>> {
         Box::pin(async move {
+            let catalog = self
+                .next_catalog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let (Some(catalog), Some(a)) = (catalog, self.attached.get()) {
+                // Loaded whole: nothing is left to catch up on.
+                return self
+                    .load_again(a, current, Some(catalog))
+                    .await
+                    .map(|()| None);
+            }
             if self.behind() {
                 self.catch_up_locked(current).await?;
             }
