@@ -93,7 +93,7 @@ pub struct Sidekey {
 impl Sidekey {
     /// Spawns the binary with exactly these arguments and environment (plus RUST_LOG).
     pub fn spawn(dir: tempfile::TempDir, args: &[String], env: &[(String, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidekey"));
+        let mut cmd = Command::new(bin());
         cmd.args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -278,7 +278,7 @@ pub fn run_cli(args: &[&str], dir: &Path) -> (i32, String, String) {
 
 /// [`run_cli`] with these `SIDEKEY_*` variables set (and no others).
 pub fn run_cli_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidekey"));
+    let mut cmd = Command::new(bin());
     cmd.args(args).current_dir(dir).stdin(Stdio::null());
     for (k, _) in std::env::vars() {
         if k.starts_with("SIDEKEY_") {
@@ -294,4 +294,10 @@ pub fn run_cli_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (i32, Str
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The binary under test: this build's, or `SIDEKEY_TEST_BIN` (measurements run a release
+/// binary from a debug test build, which is quicker to build).
+fn bin() -> std::ffi::OsString {
+    std::env::var_os("SIDEKEY_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sidekey").into())
 }
