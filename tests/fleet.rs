@@ -168,38 +168,56 @@ async fn a_write_on_one_replica_is_served_by_the_others() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    // Visibility latency: a connection created on one replica, polled on the next until its
-    // GET answers 200; writes rotate over the three replicas.
+    // Visibility latency: a connection the next replica holds in its cache (it read it once)
+    // gets a new credential through one replica; the next is polled until its GET shows it.
+    // That replica answers from its cache, so this is the notification path. Writes rotate
+    // over the three replicas.
     let replicas = [&a, &b, &c3];
+    let api_key = |res: &TestResponse| {
+        res.json()["credentials"]["apiKey"]
+            .as_str()
+            .map(str::to_string)
+    };
     let mut lat = Vec::new();
     for i in 0..200 {
         let (w, r) = (replicas[i % 3], replicas[(i + 1) % 3]);
         let id = format!("lat-{i}");
+        let put = |key: String| {
+            json!({"provider_config_key": "gh", "connection_id": id,
+                   "credentials": {"type": "API_KEY", "apiKey": key}})
+        };
         let res = call(
             &c,
             &w.url(""),
             "POST",
             "/connections",
-            json!({"provider_config_key": "gh", "connection_id": id,
-                   "credentials": {"type": "API_KEY", "apiKey": format!("k-{i}")}}),
+            put(format!("k-{i}")),
+        )
+        .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        let get = format!("/connections/{id}?provider_config_key=gh");
+        let res = call(&c, &r.url(""), "GET", &get, Value::Null).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let res = call(
+            &c,
+            &w.url(""),
+            "POST",
+            "/connections",
+            put(format!("k-{i}-b")),
         )
         .await;
         assert_eq!(res.status, 201, "{}", res.text());
         let written = Instant::now();
         let deadline = written + Duration::from_secs(10);
         loop {
-            let res = call(
-                &c,
-                &r.url(""),
-                "GET",
-                &format!("/connections/{id}?provider_config_key=gh"),
-                Value::Null,
-            )
-            .await;
-            if res.status == 200 {
+            let res = call(&c, &r.url(""), "GET", &get, Value::Null).await;
+            if api_key(&res).as_deref() == Some(format!("k-{i}-b").as_str()) {
                 break;
             }
-            assert!(Instant::now() < deadline, "{id} never visible");
+            assert!(
+                Instant::now() < deadline,
+                "{id}'s new credential never visible"
+            );
         }
         lat.push(written.elapsed());
     }
