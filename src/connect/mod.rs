@@ -16,7 +16,10 @@
 //! their own credential in the request, never a cookie.
 //!
 //! Sessions live behind [`crate::store::sessions::SessionStore`] (in memory in vault-file
-//! mode), stored by the SHA-256 of their token. Tokens are never logged.
+//! mode, in PostgreSQL with `--store`, so that any replica serves any session and its OAuth
+//! callback), stored by the SHA-256 of their token. Tokens are never logged. The WebSocket
+//! ([`ws`]) is the one per-process part: its messages reach a socket only when the OAuth
+//! callback lands on the replica that holds it.
 
 mod auth;
 mod oauth;

@@ -64,6 +64,12 @@ struct PageError {
     message: String,
 }
 
+/// The session store failed (the PostgreSQL store is unreachable): a 503 page, so the
+/// browser's opener learns `store_unavailable` as the JSON routes answer it.
+fn store_unavailable(e: crate::store::sessions::SessionError) -> PageError {
+    page_error("store_unavailable", e.to_string())
+}
+
 fn page_error(kind: &'static str, message: impl Into<String>) -> PageError {
     PageError {
         kind,
@@ -101,7 +107,11 @@ fn page(outcome: Result<(String, String), PageError>) -> Response<ProxyBody> {
             "Connected. You can close this window.".to_string(),
         ),
         Err(e) => (
-            StatusCode::BAD_REQUEST,
+            if e.kind == "store_unavailable" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            },
             format!(
                 r#"data-outcome="error" data-error-type="{}" data-message="{}""#,
                 escape(e.kind),
@@ -441,7 +451,7 @@ async fn finish(
         .sessions
         .take_state(sessions::digest(state))
         .await
-        .map_err(|e| page_error("unknown_err", e.to_string()))?;
+        .map_err(store_unavailable)?;
     let st = taken.ok_or_else(refused)?;
     if let Some(ws) = &st.ws_client_id {
         *waiting = Some((ws.clone(), st.provider_config_key.clone()));
@@ -460,7 +470,7 @@ async fn finish(
         .sessions
         .get(st.session, false)
         .await
-        .map_err(|e| page_error("unknown_err", e.to_string()))?
+        .map_err(store_unavailable)?
         .ok_or_else(|| {
             page_error(
                 "unknown_connect_session_token",

@@ -9,8 +9,9 @@
 //!
 //! [`SessionStore`] is the seam: [`MemorySessions`] keeps sessions in this process's memory,
 //! which is what the vault-file mode uses (a restart forgets open sessions: the backend asks
-//! for a new one, as it would after 30 minutes anyway). A database store implements the same
-//! trait, so that several replicas share sessions. Its methods return futures for that reason.
+//! for a new one, as it would after 30 minutes anyway). With `--store postgres://…` the fleet
+//! shares them through `store::postgres::sessions::PgSessions`, the same trait over the
+//! store's tables; the methods return futures for that reason.
 //! An expired session is gone for every method at once, whether or not it was pruned yet.
 
 use std::collections::HashMap;

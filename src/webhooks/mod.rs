@@ -7,6 +7,8 @@
 //!   ([`sign`]: `X-Nango-Hmac-Sha256`, legacy `X-Nango-Signature`), retrying with
 //!   exponential backoff ([`deliver`]). Events left in the outbox by a stop or a crash are
 //!   delivered after the next start; a delivered event is removed, so it is not sent again.
+//!   With the PostgreSQL store the outbox is the fleet's table ([`outbox::SharedOutbox`]):
+//!   any replica delivers any due event, claimed for one attempt at a time.
 //! - [`status::AuthErrors`]: which connections have an auth error (`errors: [{type:"auth",
 //!   log_id}]` in `GET /connections`), marked by an upstream 401 (or a provider's other
 //!   `proxy.auth_error_code`) on an API_KEY or BASIC connection and by a failed OAuth
@@ -228,9 +230,11 @@ impl Hooks {
     /// Starts the committer and delivery tasks on the current runtime; events the outbox
     /// still holds from an earlier run are delivered first. Without a signing key webhooks
     /// stay off (a receiver could not verify them): `run` refuses `--webhook-url` without one.
+    /// With a [`outbox::Store::Shared`] outbox the delivery task claims due events from it,
+    /// whichever process committed them.
     pub fn start(
         settings: Settings,
-        outbox: Arc<dyn Outbox>,
+        outbox: impl Into<outbox::Store>,
         client: &UpstreamClient,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -244,16 +248,32 @@ impl Hooks {
             client.checked.clone()
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-        tokio::spawn(commit(rx, outbox.clone(), queue_tx, metrics.clone()));
-        tokio::spawn(deliver::run(deliver::Delivery {
-            settings: settings.clone(),
-            key,
-            outbox,
-            http,
-            metrics,
-            incoming: queue_rx,
-        }));
+        match outbox.into() {
+            outbox::Store::Local(outbox) => {
+                let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+                tokio::spawn(commit(rx, outbox.clone(), queue_tx, metrics.clone()));
+                tokio::spawn(deliver::run(deliver::Delivery {
+                    settings: settings.clone(),
+                    key,
+                    outbox,
+                    http,
+                    metrics,
+                    incoming: queue_rx,
+                }));
+            }
+            outbox::Store::Shared(outbox) => {
+                let (poke_tx, poke_rx) = mpsc::unbounded_channel();
+                tokio::spawn(commit_shared(rx, outbox.clone(), poke_tx, metrics.clone()));
+                tokio::spawn(deliver::run_shared(deliver::SharedDelivery {
+                    settings: settings.clone(),
+                    key,
+                    outbox,
+                    http,
+                    metrics,
+                    poke: poke_rx,
+                }));
+            }
+        }
         Self {
             settings,
             tx: Some(tx),
@@ -355,6 +375,44 @@ async fn commit(
                 false
             }
             Err(_) => false,
+        };
+        for w in waiters.into_iter().flatten() {
+            let _ = w.send(ok);
+        }
+    }
+}
+
+/// [`commit`] for a shared outbox: the group is one insert, and the delivery task is poked
+/// (it claims the events from the outbox itself, as any other replica may).
+async fn commit_shared(
+    mut rx: mpsc::UnboundedReceiver<Emit>,
+    outbox: Arc<dyn outbox::SharedOutbox>,
+    poke: mpsc::UnboundedSender<()>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        let mut events = Vec::with_capacity(group.len());
+        let mut waiters = Vec::with_capacity(group.len());
+        for e in group {
+            events.push((e.url, e.body));
+            waiters.push(e.committed);
+        }
+        let n = events.len();
+        let ok = match outbox.append(events).await {
+            Ok(_) => {
+                tracing::info!(target: "sidekey::webhooks", events = n, outbox = outbox.kind(), "webhook events committed");
+                let _ = poke.send(());
+                true
+            }
+            Err(e) => {
+                tracing::error!(target: "sidekey::webhooks", events = n, error = %e, "cannot commit webhook events; they are lost");
+                metrics.webhook_delivery("lost");
+                false
+            }
         };
         for w in waiters.into_iter().flatten() {
             let _ = w.send(ok);

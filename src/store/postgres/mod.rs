@@ -30,7 +30,9 @@
 //! file (same envelope, same associated data), so a `pg_dump` holds no plaintext secret.
 
 mod listen;
+pub mod outbox;
 pub mod schema;
+pub mod sessions;
 pub mod tls;
 pub mod transfer;
 
@@ -228,6 +230,11 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Unreachable> {
         get(&self.pool).await
+    }
+
+    /// The connection pool, for the Connect sessions and the webhook outbox.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     /// Reads every record into a snapshot over `catalog` (whole: see the module's text).

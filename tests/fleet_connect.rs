@@ -1,0 +1,613 @@
+//! Connect across a fleet on one PostgreSQL store, and the store's migrations: the real binary,
+//! replicas on a private cluster (tests/support/pg.rs), driven over HTTP on 127.0.0.1.
+//!
+//! - A connect session made through replica A works through replica B's public listener:
+//!   `GET`/`DELETE /connect/session`, API-key submission, the OAuth start on one replica and
+//!   the provider's callback on the other. Attempts made at once on both replicas are counted
+//!   once each; an OAuth `state` is used once across the fleet; only token digests are stored.
+//!   With PostgreSQL stopped, the Connect routes answer 503 `store_unavailable`.
+//! - A webhook event committed by a replica that is then killed with `kill -9` in the middle of
+//!   its delivery is delivered by the other replica, and by it only once, never while the
+//!   first still held it.
+//! - `sidekey migrate` on a database at schema version 1 holding rows brings it to the current
+//!   schema (the same as a fresh one) and keeps the rows; several `migrate` at once all succeed.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use support::client::{TestClient, TestResponse, AUTH};
+use support::pg::Pg;
+use support::sidekey::{sidekey, Sidekey};
+use support::upstream::{reply, Upstream};
+
+const KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=";
+const GOOD_KEY: &str = "sk_end_user_good_fleet_0123";
+const SIGNING_KEY: &str = "whsec-fleet-0123456789abcdef";
+
+/// `keyed` (API key checked on `/me`) and `oauthp` (OAuth2 with its authorization and token
+/// endpoints), all on `api.test`, which `--resolve` points at the loopback upstream.
+fn providers(port: u16) -> String {
+    format!(
+        r#"
+keyed:
+  auth_mode: API_KEY
+  proxy:
+    base_url: http://api.test:{port}
+    headers: {{x-api-key: "${{apiKey}}"}}
+    verification: {{endpoints: [/me]}}
+oauthp:
+  auth_mode: OAUTH2
+  authorization_url: http://api.test:{port}/authorize
+  token_url: http://api.test:{port}/token
+  proxy: {{base_url: "http://api.test:{port}"}}
+"#
+    )
+}
+
+fn replica(pg: &Pg, port: u16, extra: &[String]) -> Sidekey {
+    sidekey(&providers(port), "")
+        .env("RUST_LOG", "info,sidekey::webhooks=debug")
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .arg(format!("--store={}", pg.url()))
+        .arg("--connect-listen=127.0.0.1:0")
+        .arg(format!("--resolve=api.test:{port}:127.0.0.1"))
+        .args(extra.iter().cloned())
+        .start()
+}
+
+/// The public (Connect) listener of a replica, from its "sidekey is serving" line.
+fn connect_url(s: &Sidekey, path: &str) -> String {
+    let logs = s.logs();
+    let addr = logs
+        .lines()
+        .filter(|l| l.contains("sidekey is serving"))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l).ok()?["connect"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .expect("the replica has a connect listener");
+    format!("http://{addr}{path}")
+}
+
+async fn send(c: &TestClient, method: &str, url: &str, bearer: &str, body: Value) -> TestResponse {
+    let auth = format!("Bearer {bearer}");
+    let mut headers = vec![("content-type", "application/json")];
+    if !bearer.is_empty() {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    c.send(method, url, &headers, body).await
+}
+
+fn caller() -> &'static str {
+    AUTH.trim_start_matches("Bearer ")
+}
+
+async fn new_session(c: &TestClient, on: &Sidekey, body: Value) -> String {
+    let r = send(c, "POST", &on.url("/connect/sessions"), caller(), body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["data"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+async fn api_key(c: &TestClient, on: &Sidekey, token: &str, key: &str) -> TestResponse {
+    let url = connect_url(
+        on,
+        &format!("/api-auth/api-key/keyed?connect_session_token={token}"),
+    );
+    send(c, "POST", &url, "", json!({ "apiKey": key })).await
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Both integrations, made through `a` and waited for on `others`.
+async fn integrations(c: &TestClient, a: &Sidekey, others: &[&Sidekey]) {
+    for body in [
+        json!({"provider": "keyed", "unique_key": "keyed"}),
+        json!({"provider": "oauthp", "unique_key": "oauthi",
+               "credentials": {"type": "OAUTH2", "client_id": "cid-1", "client_secret": "csecret-1"}}),
+    ] {
+        let r = send(c, "POST", &a.url("/integrations"), caller(), body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for o in others {
+        wait_for(
+            "the integrations on another replica",
+            Duration::from_secs(10),
+            async || {
+                let r = send(c, "GET", &o.url("/integrations"), caller(), Value::Null).await;
+                r.text().contains("oauthi") && r.text().contains("\"keyed\"")
+            },
+        )
+        .await;
+    }
+}
+
+/// The query of a URL as decoded pairs.
+fn query_of(url: &str) -> Vec<(String, String)> {
+    let q = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+fn param(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find_map(|(k, v)| (k == name).then(|| v.clone()))
+}
+
+/// The verification and token endpoint: `/me` accepts [`GOOD_KEY`], `/token` grants the code
+/// `good-code` (with a PKCE verifier, which it records).
+async fn provider(verifiers: Arc<Mutex<Vec<String>>>) -> Upstream {
+    Upstream::start(Arc::new(move |r: &support::upstream::Recorded| {
+        if r.uri.path() == "/token" {
+            let form = String::from_utf8_lossy(&r.body).to_string();
+            let pairs = query_of(&format!("?{form}"));
+            if let Some(v) = param(&pairs, "code_verifier") {
+                verifiers.lock().expect("lock").push(v);
+            }
+            return if param(&pairs, "code").as_deref() == Some("good-code") {
+                let mut res = reply(
+                    200,
+                    r#"{"access_token":"at-fleet","refresh_token":"rt-fleet","expires_in":3600}"#,
+                );
+                res.headers_mut()
+                    .insert("content-type", "application/json".parse().expect("value"));
+                res
+            } else {
+                reply(400, r#"{"error":"invalid_grant"}"#)
+            };
+        }
+        if r.header("x-api-key") == Some(GOOD_KEY) {
+            reply(200, r#"{"me":true}"#)
+        } else {
+            reply(401, r#"{"error":"bad key"}"#)
+        }
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_replica_works_on_another() {
+    let pg = Pg::start();
+    let verifiers = Arc::new(Mutex::new(Vec::new()));
+    let up = provider(verifiers.clone()).await;
+    let max = ["--connect-max-attempts=4".to_string()];
+    let a = replica(&pg, up.port(), &max);
+    let b = replica(&pg, up.port(), &max);
+    let c = TestClient::http1();
+    integrations(&c, &a, &[&b]).await;
+
+    // Made on A, read on B's public listener.
+    let token = new_session(
+        &c,
+        &a,
+        json!({"end_user": {"id": "u-42", "email": "ada@example.com"}, "allowed_integrations": ["keyed", "oauthi"]}),
+    )
+    .await;
+    let r = send(
+        &c,
+        "GET",
+        &connect_url(&b, "/connect/session"),
+        &token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["endUser"]["id"], "u-42");
+
+    // Only the token's SHA-256 is stored.
+    let rows = pg.psql("SELECT token_sha256 FROM sidekey_connect_sessions");
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    assert_eq!(rows.trim(), digest);
+    assert!(!pg.dump().contains(&token), "a session token in pg_dump");
+
+    // An API key submitted on B: verified, written, seen on A with the session's end user.
+    let r = api_key(&c, &b, &token, GOOD_KEY).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["connectionId"].as_str().expect("id").to_string();
+    wait_for("the connection on A", Duration::from_secs(10), async || {
+        let r = send(&c, "GET", &a.url("/connections"), caller(), Value::Null).await;
+        r.json()["connections"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|x| x["connection_id"] == id && x["end_user"]["id"] == "u-42")
+        })
+    })
+    .await;
+
+    // The OAuth flow starts on A; the provider sends the browser back to B.
+    let start = connect_url(
+        &a,
+        &format!("/oauth/connect/oauthi?connect_session_token={token}"),
+    );
+    let r = c.send("GET", &start, &[], Bytes::new()).await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    let location = r.header("location").expect("location").to_string();
+    let state = param(&query_of(&location), "state").expect("state");
+    let callback =
+        |on: &Sidekey| connect_url(on, &format!("/oauth/callback?code=good-code&state={state}"));
+    let r = c.send("GET", &callback(&b), &[], Bytes::new()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains(r#"data-outcome="success""#),
+        "{}",
+        r.text()
+    );
+    // The state was used: not again, on either replica.
+    for on in [&a, &b] {
+        let r = c.send("GET", &callback(on), &[], Bytes::new()).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("state_err"), "{}", r.text());
+    }
+    let verifier = verifiers
+        .lock()
+        .expect("lock")
+        .first()
+        .cloned()
+        .expect("PKCE verifier");
+    let dump = pg.dump();
+    assert!(!dump.contains(&state), "an OAuth state in pg_dump");
+    assert!(!dump.contains(&verifier), "a PKCE verifier in pg_dump");
+    wait_for(
+        "the OAuth connection on A",
+        Duration::from_secs(10),
+        async || {
+            let r = send(&c, "GET", &a.url("/connections"), caller(), Value::Null).await;
+            r.json()["connections"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["provider_config_key"] == "oauthi"))
+        },
+    )
+    .await;
+
+    // Deleted on B: gone on A at once.
+    let r = send(
+        &c,
+        "DELETE",
+        &connect_url(&b, "/connect/session"),
+        &token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = send(
+        &c,
+        "GET",
+        &connect_url(&a, "/connect/session"),
+        &token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.error_code(), "unknown_connect_session_token");
+
+    // Attempts made at once on both replicas share one count: with 4 allowed, of 10 refused
+    // keys exactly 4 are tested (400) and 6 are over the limit (429). Counted per replica,
+    // 8 would have been tested.
+    let token = new_session(&c, &a, json!({"tags": {"t": "x"}})).await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (c, token) = (c.clone(), token.clone());
+        let url = connect_url(
+            if i % 2 == 0 { &a } else { &b },
+            &format!("/api-auth/api-key/keyed?connect_session_token={token}"),
+        );
+        tasks.push(tokio::spawn(async move {
+            send(&c, "POST", &url, "", json!({"apiKey": "wrong"}))
+                .await
+                .status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [400, 400, 400, 400, 429, 429, 429, 429, 429, 429]);
+
+    // PostgreSQL stopped: the Connect routes answer 503 store_unavailable, never a panic.
+    pg.stop();
+    let r = send(
+        &c,
+        "GET",
+        &connect_url(&b, "/connect/session"),
+        &token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "store_unavailable", "{}", r.text());
+    let r = send(
+        &c,
+        "POST",
+        &a.url("/connect/sessions"),
+        caller(),
+        json!({"tags": {"t": "x"}}),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "store_unavailable", "{}", r.text());
+    let r = api_key(&c, &a, &token, GOOD_KEY).await;
+    assert_eq!(r.error_code(), "store_unavailable", "{}", r.text());
+    let r = c.send("GET", &callback(&a), &[], Bytes::new()).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("store_unavailable"), "{}", r.text());
+    for s in [&a, &b] {
+        assert!(!s.logs().contains(&token), "a session token in the logs");
+        assert!(!s.logs().contains("panicked"), "{}", s.logs());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_killed_replica_is_delivered_by_another() {
+    let pg = Pg::start();
+    // One upstream: the key check (`/me`) and the webhook receiver (`/hook`), whose first
+    // request hangs (the replica delivering it is killed meanwhile) and the later ones answer
+    // 200. Every webhook body is recorded with its arrival.
+    let hooks: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (h2, c2) = (hooks.clone(), calls.clone());
+    let up = Upstream::start_raw(Arc::new(move |r: http::Request<hyper::body::Incoming>| {
+        let (hooks, calls) = (h2.clone(), c2.clone());
+        Box::pin(async move {
+            if r.uri().path() != "/hook" {
+                let ok = r
+                    .headers()
+                    .get("x-api-key")
+                    .is_some_and(|v| v.as_bytes() == GOOD_KEY.as_bytes());
+                return reply(if ok { 200 } else { 401 }, "{}");
+            }
+            let body = r
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            hooks
+                .lock()
+                .expect("lock")
+                .push((Instant::now(), String::from_utf8_lossy(&body).into_owned()));
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            reply(200, "ok")
+        })
+    }))
+    .await;
+    let hook_args = [
+        format!("--webhook-url=http://127.0.0.1:{}/hook", up.port()),
+        "--webhook-allow-private".to_string(),
+    ];
+    let start = |pg: &Pg| {
+        sidekey(&providers(up.port()), "")
+            .env("RUST_LOG", "info,sidekey::webhooks=debug")
+            .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+            .env("SIDEKEY_WEBHOOK_SIGNING_KEY", SIGNING_KEY)
+            .arg(format!("--store={}", pg.url()))
+            .arg("--connect-listen=127.0.0.1:0")
+            .arg(format!("--resolve=api.test:{}:127.0.0.1", up.port()))
+            .args(hook_args.iter().cloned())
+            .start()
+    };
+    // A alone: it commits the creation event and is the one delivering it (B does not run
+    // yet, so it cannot claim the event first).
+    let mut a = start(&pg);
+    let c = TestClient::http1();
+    integrations(&c, &a, &[]).await;
+    let token = new_session(&c, &a, json!({"end_user": {"id": "u-7"}})).await;
+    let r = api_key(&c, &a, &token, GOOD_KEY).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["connectionId"].as_str().expect("id").to_string();
+    wait_for(
+        "A's delivery attempt",
+        Duration::from_secs(10),
+        async || calls.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM sidekey_webhook_outbox WHERE delivered_at IS NULL")
+            .trim(),
+        "1"
+    );
+
+    // B starts and looks for due events every second, but A holds this one.
+    let b = start(&pg);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "B sent the event A was sending"
+    );
+
+    a.signal("KILL");
+    let killed = Instant::now();
+    let _ = a.wait_exit(Duration::from_secs(5));
+    wait_for("B's delivery", Duration::from_secs(10), async || {
+        calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    println!("delivered by B {:?} after A's kill -9", killed.elapsed());
+    // Once, and finished in the outbox.
+    wait_for(
+        "the delivery recorded",
+        Duration::from_secs(10),
+        async || {
+            pg.psql("SELECT count(*) FROM sidekey_webhook_outbox WHERE delivered_at IS NOT NULL")
+                .trim()
+                == "1"
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = hooks.lock().expect("lock").clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].1, got[1].1, "the same event");
+    assert!(got[1].0 >= killed, "B delivered only after A was gone");
+    let body: Value = serde_json::from_str(&got[1].1).expect("JSON body");
+    assert_eq!(body["operation"], "creation");
+    assert_eq!(body["connectionId"], id);
+    assert_eq!(body["endUser"]["endUserId"], "u-7", "{body}");
+    assert_eq!(
+        pg.psql("SELECT attempts FROM sidekey_webhook_outbox")
+            .trim(),
+        "1",
+        "A's attempt never finished"
+    );
+    assert!(b.logs().contains("webhook delivered"), "{}", b.logs());
+}
+
+/// Columns and indexes of the `sidekey_*` tables of database `db` (not the migrations' own
+/// table), one line each, sorted.
+fn schema_of(pg: &Pg, db: &str) -> String {
+    pg.psql_db(
+        db,
+        "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+           SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable
+                  || ' ' || coalesce(column_default, '') AS x
+           FROM information_schema.columns
+           WHERE table_name LIKE 'sidekey%' AND table_name <> 'sidekey_schema_migrations'
+           UNION ALL
+           SELECT indexdef FROM pg_indexes
+           WHERE tablename LIKE 'sidekey%' AND tablename <> 'sidekey_schema_migrations'
+         ) s",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_upgrades_a_version_1_schema_and_keeps_its_rows() {
+    use sidekey::store::postgres::schema::{latest, MIGRATIONS};
+    let pg = Pg::start();
+    let up = provider(Arc::default()).await;
+    let c = TestClient::http1();
+    // Rows written by sidekey: an integration, a connection (sealed), a connect session.
+    let a = replica(&pg, up.port(), &[]);
+    integrations(&c, &a, &[]).await;
+    let r = send(
+        &c,
+        "POST",
+        &a.url("/connections"),
+        caller(),
+        json!({"provider_config_key": "keyed", "connection_id": "old-1",
+               "credentials": {"type": "API_KEY", "apiKey": GOOD_KEY}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = new_session(&c, &a, json!({"end_user": {"id": "u-old"}})).await;
+    drop(a);
+
+    // Back to version 1: what migration 2 added goes, the rows stay. That this is version 1
+    // is checked against a database made by migration 1 alone.
+    pg.psql(
+        "DROP TABLE sidekey_oauth_states;
+         ALTER TABLE sidekey_connect_sessions DROP COLUMN attempts;
+         DELETE FROM sidekey_schema_migrations WHERE version > 1",
+    );
+    pg.psql_db("postgres", "CREATE DATABASE v1ref");
+    pg.psql_db("v1ref", MIGRATIONS[0].1);
+    assert_eq!(
+        schema_of(&pg, "sidekey"),
+        schema_of(&pg, "v1ref"),
+        "not the version 1 schema"
+    );
+    assert!(latest() >= 2);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("--store={}", pg.url());
+    let (code, out, err) = support::sidekey::run_cli(&["migrate", &url], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("schema is at version {}", latest())),
+        "{out}"
+    );
+    let versions = pg.psql(
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM sidekey_schema_migrations",
+    );
+    let all: Vec<String> = MIGRATIONS.iter().map(|m| m.0.to_string()).collect();
+    assert_eq!(versions.trim(), all.join(","));
+    // The same schema as a fresh database migrated by this binary.
+    pg.psql_db("postgres", "CREATE DATABASE fresh");
+    let fresh_url = format!("--store={}", pg.url().replace("/sidekey", "/fresh"));
+    let (code, out, err) = support::sidekey::run_cli(&["migrate", &fresh_url], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(schema_of(&pg, "sidekey"), schema_of(&pg, "fresh"));
+
+    // Served after the upgrade: the connection with its credential, the session.
+    let b = replica(&pg, up.port(), &[]);
+    let res = c.proxy(&b.url(""), "/me", "old-1", "keyed").await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let r = send(
+        &c,
+        "GET",
+        &connect_url(&b, "/connect/session"),
+        &token,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["endUser"]["id"], "u-old");
+    let r = api_key(&c, &b, &token, GOOD_KEY).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn several_migrates_at_once_apply_each_migration_once() {
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("--store={}", pg.url());
+    // Started together on an empty database: without the advisory lock they would create the
+    // same tables at once, and all but one would fail.
+    let children: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+                .args(["migrate", &url])
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn sidekey migrate")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rows = pg.psql("SELECT count(*), count(DISTINCT version) FROM sidekey_schema_migrations");
+    let n = sidekey::store::postgres::schema::MIGRATIONS.len();
+    assert_eq!(rows.trim(), format!("{n}|{n}"));
+}
