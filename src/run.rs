@@ -336,8 +336,7 @@ pub async fn start_postgres(
     use crate::store::postgres::{outbox::PgOutbox, sessions::PgSessions};
     let outbox: Arc<dyn crate::webhooks::outbox::SharedOutbox> =
         Arc::new(PgOutbox::new(store.pool()));
-    let key = settings.encryption_key.clone();
-    let builder = App::builder(snapshot).sessions(Arc::new(PgSessions::new(store.pool(), key)));
+    let builder = App::builder(snapshot).sessions(Arc::new(PgSessions::new(&store)));
     let app = with_webhooks(builder, &settings, &paths, webhook_url, Some(outbox.into()))?
         .client(client)
         .options(options)

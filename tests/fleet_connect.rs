@@ -52,7 +52,7 @@ oauthp:
 
 fn replica(pg: &Pg, port: u16, extra: &[String]) -> Sidekey {
     sidekey(&providers(port), "")
-        .env("RUST_LOG", "info,sidekey::webhooks=debug")
+        .env("RUST_LOG", "info,sidekey::store=debug")
         .env("SIDEKEY_ENCRYPTION_KEY", KEY)
         .arg(format!("--store={}", pg.url()))
         .arg("--connect-listen=127.0.0.1:0")
@@ -62,18 +62,67 @@ fn replica(pg: &Pg, port: u16, extra: &[String]) -> Sidekey {
 }
 
 /// The public (Connect) listener of a replica, from its "sidekey is serving" line.
-fn connect_url(s: &Sidekey, path: &str) -> String {
-    let logs = s.logs();
-    let addr = logs
+fn connect_addr(s: &Sidekey) -> std::net::SocketAddr {
+    s.logs()
         .lines()
         .filter(|l| l.contains("sidekey is serving"))
         .find_map(|l| {
             serde_json::from_str::<Value>(l).ok()?["connect"]
                 .as_str()
-                .map(str::to_string)
+                .and_then(|a| a.parse().ok())
         })
-        .expect("the replica has a connect listener");
-    format!("http://{addr}{path}")
+        .expect("the replica has a connect listener")
+}
+
+fn connect_url(s: &Sidekey, path: &str) -> String {
+    format!("http://{}{path}", connect_addr(s))
+}
+
+/// The frontend SDK's WebSocket over a raw socket: the handshake, then unmasked server text
+/// frames (as in tests/connect.rs).
+struct Ws {
+    stream: tokio::net::TcpStream,
+}
+
+impl Ws {
+    async fn open(addr: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("handshake");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            stream.read_exact(&mut b).await.expect("response head");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        Self { stream }
+    }
+
+    async fn next(&mut self) -> Value {
+        use tokio::io::AsyncReadExt as _;
+        let mut h = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), self.stream.read_exact(&mut h))
+            .await
+            .expect("a frame in time")
+            .expect("frame head");
+        assert_eq!(h[0], 0x81, "an unfragmented text frame");
+        let len = match h[1] {
+            126 => {
+                let mut b = [0u8; 2];
+                self.stream.read_exact(&mut b).await.expect("len");
+                usize::from(u16::from_be_bytes(b))
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).await.expect("payload");
+        serde_json::from_slice(&payload).expect("JSON")
+    }
 }
 
 async fn send(c: &TestClient, method: &str, url: &str, bearer: &str, body: Value) -> TestResponse {
@@ -245,10 +294,25 @@ async fn a_session_made_on_one_replica_works_on_another() {
     })
     .await;
 
-    // The OAuth flow starts on A; the provider sends the browser back to B.
+    // The frontend SDK's socket is on B; the OAuth flow starts on A and the provider sends
+    // the browser back to B, then (second flow) to A: B's socket hears both outcomes.
+    let mut ws = Ws::open(connect_addr(&b)).await;
+    let ack = ws.next().await;
+    let ws_id = ack["ws_client_id"]
+        .as_str()
+        .expect("ws_client_id")
+        .to_string();
+    assert!(
+        b.wait_for_log(
+            "listening for relayed WebSocket messages",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        b.logs()
+    );
     let start = connect_url(
         &a,
-        &format!("/oauth/connect/oauthi?connect_session_token={token}"),
+        &format!("/oauth/connect/oauthi?connect_session_token={token}&ws_client_id={ws_id}"),
     );
     let r = c.send("GET", &start, &[], Bytes::new()).await;
     assert_eq!(r.status, 302, "{}", r.text());
@@ -262,6 +326,26 @@ async fn a_session_made_on_one_replica_works_on_another() {
         r.text().contains(r#"data-outcome="success""#),
         "{}",
         r.text()
+    );
+    let msg = ws.next().await;
+    assert_eq!(
+        (
+            msg["message_type"].as_str(),
+            msg["provider_config_key"].as_str()
+        ),
+        (Some("success"), Some("oauthi")),
+        "{msg}"
+    );
+    let r = c.send("GET", &start, &[], Bytes::new()).await;
+    let second = param(&query_of(r.header("location").expect("location")), "state").expect("state");
+    let url = connect_url(&a, &format!("/oauth/callback?code=bad-code&state={second}"));
+    let r = c.send("GET", &url, &[], Bytes::new()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = ws.next().await;
+    assert_eq!(
+        (msg["message_type"].as_str(), msg["error_type"].as_str()),
+        (Some("error"), Some("token_err")),
+        "relayed from A: {msg}"
     );
     // The state was used: not again, on either replica.
     for on in [&a, &b] {

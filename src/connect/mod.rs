@@ -17,9 +17,9 @@
 //!
 //! Sessions live behind [`crate::store::sessions::SessionStore`] (in memory in vault-file
 //! mode, in PostgreSQL with `--store`, so that any replica serves any session and its OAuth
-//! callback), stored by the SHA-256 of their token. Tokens are never logged. The WebSocket
-//! ([`ws`]) is the one per-process part: its messages reach a socket only when the OAuth
-//! callback lands on the replica that holds it.
+//! callback), stored by the SHA-256 of their token. Tokens are never logged. A WebSocket
+//! ([`ws`]) is held by one replica; an outcome for a socket that is not here is relayed
+//! through the store to the one that holds it.
 
 mod auth;
 mod oauth;
@@ -141,6 +141,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, listener: Listener) -> Re
         && req.method() == Method::GET
         && ws::is_upgrade(req.headers())
     {
+        ws::forward_relayed(&*app.sessions);
         let res = ws::accept(req).unwrap_or_else(|e| {
             log.set_error(e.code);
             e.to_response()

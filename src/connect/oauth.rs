@@ -202,7 +202,7 @@ pub(super) async fn connect(
         .map(str::to_string);
     let fail = |e: PageError| {
         if let Some(ws) = &ws_client_id {
-            super::ws::error(ws, &key, e.kind, &e.message);
+            super::ws::error(&*app.sessions, ws, &key, e.kind, &e.message);
         }
         Ok(page(Err(e)))
     };
@@ -419,8 +419,8 @@ pub(super) async fn callback(
     // The frontend SDK's socket learns the outcome too (Nango's `success` / `error`).
     if let Some((ws, key)) = waiting {
         match &outcome {
-            Ok((cid, key)) => super::ws::success(&ws, key, cid),
-            Err(e) => super::ws::error(&ws, &key, e.kind, &e.message),
+            Ok((cid, key)) => super::ws::success(&*app.sessions, &ws, key, cid),
+            Err(e) => super::ws::error(&*app.sessions, &ws, &key, e.kind, &e.message),
         }
     }
     Ok(page(outcome))

@@ -107,6 +107,15 @@ pub trait SessionStore: Send + Sync {
         &self,
         digest: [u8; 32],
     ) -> BoxFuture<'_, Result<Option<OAuthState>, SessionError>>;
+    /// Hands a message for the frontend SDK's WebSocket `ws_client_id` to the other replicas
+    /// (an OAuth callback may land on another replica than the one holding the socket).
+    /// Nothing to do without a fleet: that is the default.
+    fn relay_socket(&self, _ws_client_id: &str, _message: &str) {}
+    /// What other replicas relayed, as (`ws_client_id`, message): for the one task that hands
+    /// them to this process's sockets. `None` without a fleet, and after the first call.
+    fn relayed_sockets(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
+        None
+    }
 }
 
 /// A fresh token: the prefix and 32 random bytes in hex.

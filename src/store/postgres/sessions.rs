@@ -12,6 +12,12 @@
 //! - expiry is judged by the database's clock (`expires_at > now()`), one clock for the fleet;
 //!   expired rows are deleted when new ones are written.
 //!
+//! The frontend SDK's WebSocket is held by one replica; an OAuth outcome for a socket that is
+//! not open on the replica serving the callback is relayed with `NOTIFY` on
+//! [`SOCKETS_CHANNEL`], which every replica holding a socket `LISTEN`s to on a connection of
+//! its own (started with its first socket, reconnected with backoff). The messages carry
+//! ids and the outcome only, as the socket does.
+//!
 //! The PKCE verifier of a state is sealed with `SIDEKEY_ENCRYPTION_KEY` like the store's other
 //! secrets (nothing else in these rows is a secret: ids, tags, end-user fields, URLs). A failed
 //! statement is [`SessionError::Unavailable`], which the Connect routes answer with 503
@@ -24,14 +30,28 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{chain, get, STORE_NAME};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+use super::{chain, get, tls::MakeRustls, PgStore, STORE_NAME};
 use crate::config::sealed::EncryptionKey;
 use crate::store::sessions::{Found, OAuthState, Session, SessionError, SessionStore};
+
+/// The channel WebSocket messages are relayed on between replicas.
+pub const SOCKETS_CHANNEL: &str = "sidekey_connect_sockets";
 
 /// Sessions and OAuth states in the store's tables.
 pub struct PgSessions {
     pool: Pool,
     key: Option<Arc<EncryptionKey>>,
+    /// For the relay's own listening connection.
+    config: tokio_postgres::Config,
+    tls: MakeRustls,
+    listening: AtomicBool,
 }
 
 impl std::fmt::Debug for PgSessions {
@@ -84,9 +104,15 @@ fn timestamp(s: &str) -> Option<jiff::Timestamp> {
 }
 
 impl PgSessions {
-    /// Sessions over `pool` (the store's), sealing PKCE verifiers with `key` when given.
-    pub fn new(pool: Pool, key: Option<Arc<EncryptionKey>>) -> Self {
-        Self { pool, key }
+    /// Sessions over the store's pool, sealing PKCE verifiers with its encryption key.
+    pub fn new(store: &PgStore) -> Self {
+        Self {
+            pool: store.pool.clone(),
+            key: store.key.clone(),
+            config: store.config.clone(),
+            tls: store.tls.clone(),
+            listening: AtomicBool::new(false),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SessionError> {
@@ -145,7 +171,105 @@ impl PgSessions {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+struct Relayed {
+    id: String,
+    text: String,
+}
+
+/// Listens on [`SOCKETS_CHANNEL`] and hands what comes to `tx`, until its receiver is gone.
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: MakeRustls,
+    tx: mpsc::UnboundedSender<(String, String)>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !tx.is_closed() {
+        match config.connect(tls.clone()).await {
+            Ok((client, mut conn)) => {
+                let tx = tx.clone();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                let Ok(r) = serde_json::from_str::<Relayed>(n.payload()) else {
+                                    continue;
+                                };
+                                if tx.send((r.id, r.text)).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %chain(&e), "lost the connection that listens for relayed WebSocket messages; reconnecting");
+                                return;
+                            }
+                        }
+                    }
+                });
+                match client
+                    .batch_execute(&format!("LISTEN {SOCKETS_CHANNEL}"))
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::debug!("listening for relayed WebSocket messages");
+                        backoff = Duration::from_millis(100);
+                        let _ = driver.await;
+                    }
+                    Err(e) => {
+                        driver.abort();
+                        tracing::warn!(error = %chain(&e), "cannot listen for relayed WebSocket messages; retrying");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), retry_in = ?backoff, "cannot connect to {STORE_NAME} to listen for relayed WebSocket messages; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 impl SessionStore for PgSessions {
+    fn relay_socket(&self, ws_client_id: &str, message: &str) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let payload = match serde_json::to_string(&Relayed {
+            id: ws_client_id.to_string(),
+            text: message.to_string(),
+        }) {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let pool = self.pool.clone();
+        rt.spawn(async move {
+            let sent = match get(&pool).await {
+                Ok(c) => c
+                    .execute("SELECT pg_notify($1, $2)", &[&SOCKETS_CHANNEL, &payload])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| chain(&e)),
+                Err(e) => Err(e.0),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "cannot relay a WebSocket message to the other replicas");
+            }
+        });
+    }
+
+    fn relayed_sockets(&self) -> Option<mpsc::UnboundedReceiver<(String, String)>> {
+        if self.listening.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(listen(self.config.clone(), self.tls.clone(), tx));
+        Some(rx)
+    }
+
     fn insert(
         &self,
         digest: [u8; 32],
