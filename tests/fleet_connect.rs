@@ -695,3 +695,72 @@ fn several_migrates_at_once_apply_each_migration_once() {
     let n = sidekey::store::postgres::schema::MIGRATIONS.len();
     assert_eq!(rows.trim(), format!("{n}|{n}"));
 }
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// What a session in PostgreSQL costs against one in memory: `POST /connect/sessions` and
+/// `GET /connect/session` on a replica of the store and on a vault-file sidekey, in
+/// alternating rounds in the same minutes. Prints p50/p99 of each and their ratios:
+/// `cargo test --test fleet_connect session_latency -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn session_latency_in_postgres_against_memory() {
+    let pg = Pg::start();
+    let up = provider(Arc::default()).await;
+    let c = TestClient::http1();
+    let p = replica(&pg, up.port(), &[]);
+    integrations(&c, &p, &[]).await;
+    let f = sidekey(
+        &providers(up.port()),
+        "integrations:\n  - {unique_key: keyed, provider: keyed}\nconnections: []\n",
+    )
+    .start();
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let per: usize = std::env::var("PER_ROUND")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    // (create, read) latencies per mode.
+    let mut lat: [(Vec<Duration>, Vec<Duration>); 2] = Default::default();
+    for round in 0..rounds * 2 {
+        // Alternate which goes first, so neither always runs on the warmer machine.
+        let (which, on) = if round % 2 == 0 { (0, &f) } else { (1, &p) };
+        for _ in 0..per {
+            let t = Instant::now();
+            let token = new_session(&c, on, json!({"end_user": {"id": "u-1"}})).await;
+            lat[which].0.push(t.elapsed());
+            let t = Instant::now();
+            let r = send(&c, "GET", &on.url("/connect/session"), &token, Value::Null).await;
+            lat[which].1.push(t.elapsed());
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    for l in &mut lat {
+        l.0.sort_unstable();
+        l.1.sort_unstable();
+    }
+    for (name, i) in [("memory (vault file)", 0), ("postgres", 1)] {
+        println!(
+            "{name}: create p50 {:?} p99 {:?}; read p50 {:?} p99 {:?} ({} each)",
+            percentile(&lat[i].0, 0.5),
+            percentile(&lat[i].0, 0.99),
+            percentile(&lat[i].1, 0.5),
+            percentile(&lat[i].1, 0.99),
+            lat[i].0.len()
+        );
+    }
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!(
+        "postgres / memory: create p50 {:.2}x p99 {:.2}x; read p50 {:.2}x p99 {:.2}x",
+        ratio(percentile(&lat[1].0, 0.5), percentile(&lat[0].0, 0.5)),
+        ratio(percentile(&lat[1].0, 0.99), percentile(&lat[0].0, 0.99)),
+        ratio(percentile(&lat[1].1, 0.5), percentile(&lat[0].1, 0.5)),
+        ratio(percentile(&lat[1].1, 0.99), percentile(&lat[0].1, 0.99)),
+    );
+}
