@@ -419,6 +419,26 @@ async fn a_session_made_on_one_replica_works_on_another() {
     statuses.sort_unstable();
     assert_eq!(statuses, [400, 400, 400, 400, 429, 429, 429, 429, 429, 429]);
 
+    // Expiry is the database's clock: a session past its time is unknown on every replica.
+    let expiring = new_session(&c, &b, json!({"tags": {"t": "y"}})).await;
+    let url = |on: &Sidekey| connect_url(on, "/connect/session");
+    let r = send(&c, "GET", &url(&a), &expiring, Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    pg.psql(&format!(
+        "UPDATE sidekey_connect_sessions SET expires_at = now() - interval '1 second'
+         WHERE token_sha256 = '{}'",
+        hex::encode(sha2::Sha256::digest(expiring.as_bytes()))
+    ));
+    for on in [&a, &b] {
+        let r = send(&c, "GET", &url(on), &expiring, Value::Null).await;
+        assert_eq!(
+            r.error_code(),
+            "unknown_connect_session_token",
+            "{}",
+            r.text()
+        );
+    }
+
     // PostgreSQL stopped: the Connect routes answer 503 store_unavailable, never a panic.
     pg.stop();
     let r = send(
@@ -431,6 +451,12 @@ async fn a_session_made_on_one_replica_works_on_another() {
     .await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.error_code(), "store_unavailable", "{}", r.text());
+    println!("with PostgreSQL stopped: {}", r.text());
+    assert!(
+        !r.text().contains(&pg.url()) && !r.text().contains(&token),
+        "{}",
+        r.text()
+    );
     let r = send(
         &c,
         "POST",
