@@ -353,6 +353,37 @@ async fn a_session_made_on_one_replica_works_on_another() {
         assert_eq!(r.status, 400, "{}", r.text());
         assert!(r.text().contains("state_err"), "{}", r.text());
     }
+    // One state brought back to both replicas at once: exactly one of them takes it.
+    let r = c.send("GET", &start, &[], Bytes::new()).await;
+    let third = param(&query_of(r.header("location").expect("location")), "state").expect("state");
+    let tokens_before = up
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path() == "/token")
+        .count();
+    let mut both = Vec::new();
+    for on in [&a, &b] {
+        let (c, url) = (
+            c.clone(),
+            connect_url(on, &format!("/oauth/callback?code=good-code&state={third}")),
+        );
+        both.push(tokio::spawn(async move {
+            c.send("GET", &url, &[], Bytes::new()).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in both {
+        statuses.push(t.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400]);
+    let tokens_after = up
+        .requests()
+        .iter()
+        .filter(|r| r.uri.path() == "/token")
+        .count();
+    assert_eq!(tokens_after - tokens_before, 1, "one token exchange");
+    assert_eq!(ws.next().await["message_type"], "success");
     let verifier = verifiers
         .lock()
         .expect("lock")
