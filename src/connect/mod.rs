@@ -18,7 +18,7 @@
 //! Sessions live behind [`crate::store::sessions::SessionStore`] (in memory in vault-file
 //! mode, in PostgreSQL with `--store`, so that any replica serves any session and its OAuth
 //! callback), stored by the SHA-256 of their token. Tokens are never logged. A WebSocket
-//! ([`ws`]) is held by one replica; an outcome for a socket that is not here is relayed
+//! (`ws.rs`) is held by one replica; an outcome for a socket that is not here is relayed
 //! through the store to the one that holds it.
 
 mod auth;
