@@ -583,15 +583,32 @@ async fn an_event_of_a_killed_replica_is_delivered_by_another() {
 
     // B starts and looks for due events every second, but A holds this one.
     let b = start(&pg);
+    let xacts = || {
+        pg.psql(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'sidekey'",
+        )
+        .trim()
+        .parse::<i64>()
+        .expect("a count")
+    };
+    let before = xacts();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
         "B sent the event A was sending"
     );
+    // B looks about once a second; it does not spin on the event A holds.
+    let spent = xacts() - before;
+    println!("transactions while A held the event: {spent}");
+    assert!(
+        spent < 100,
+        "{spent} transactions in 3 s: B polls in a loop"
+    );
 
-    a.signal("KILL");
+    // Taken before the signal: B may deliver before `kill` returns.
     let killed = Instant::now();
+    a.signal("KILL");
     let _ = a.wait_exit(Duration::from_secs(5));
     wait_for("B's delivery", Duration::from_secs(10), async || {
         calls.load(Ordering::SeqCst) >= 2

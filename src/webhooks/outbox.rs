@@ -105,7 +105,8 @@ pub trait SharedOutbox: Send + Sync + 'static {
 /// What [`SharedOutbox::claim`] found.
 pub enum Claimed {
     Event(Claim),
-    /// Nothing due: `pending` events wait, the first of them due in `next_due` (`None`: none).
+    /// Nothing to claim: `pending` events wait (some may be held by other processes), and the
+    /// first that is not due yet will be in `next_due` (`None`: none is).
     Idle {
         pending: usize,
         next_due: Option<Duration>,

@@ -95,12 +95,16 @@ impl PgOutbox {
             .await
             .map_err(|e| io_error(&e))?;
         let Some(row) = row else {
-            // Nothing due: how many wait, and when the first is due (rows another replica
-            // holds count as waiting; they come back due if it dies).
+            // Nothing this replica may take: how many wait (rows another replica holds
+            // included), and when the first that is not due yet will be. A row that is due but
+            // held is not waited for: it is due again only if its holder dies, which the
+            // caller's regular look finds (waiting for it here would poll in a loop).
             let row = c
                 .query_one(
                     "SELECT count(*),
-                            (extract(epoch FROM min(next_attempt_at) - clock_timestamp()) * 1000)::bigint
+                            (extract(epoch FROM min(next_attempt_at)
+                                FILTER (WHERE next_attempt_at > clock_timestamp())
+                                - clock_timestamp()) * 1000)::bigint
                      FROM sidekey_webhook_outbox WHERE delivered_at IS NULL",
                     &[],
                 )
