@@ -184,7 +184,13 @@ pub async fn run_shared(mut d: SharedDelivery) {
             }
         };
         tokio::select! {
-            p = d.poke.recv() => if p.is_none() { return },
+            p = d.poke.recv() => {
+                if p.is_none() {
+                    return;
+                }
+                // Commits made during an attempt poked once each; one look serves them all.
+                while d.poke.try_recv().is_ok() {}
+            }
             () = tokio::time::sleep(wait) => {}
         }
     }
