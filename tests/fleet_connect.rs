@@ -8,7 +8,8 @@
 //!   With PostgreSQL stopped, the Connect routes answer 503 `store_unavailable`.
 //! - A webhook event committed by a replica that is then killed with `kill -9` in the middle of
 //!   its delivery is delivered by the other replica, and by it only once, never while the
-//!   first still held it.
+//!   first still held it (and the other does not spin meanwhile). A refused attempt is retried
+//!   from the table after its backoff, and not sent again once delivered.
 //! - `sidekey migrate` on a database at schema version 1 holding rows brings it to the current
 //!   schema (the same as a fresh one) and keeps the rows; several `migrate` at once all succeed.
 
@@ -642,6 +643,79 @@ async fn an_event_of_a_killed_replica_is_delivered_by_another() {
         "A's attempt never finished"
     );
     assert!(b.logs().contains("webhook delivered"), "{}", b.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_attempt_is_retried_from_the_table_with_its_backoff() {
+    let pg = Pg::start();
+    // The receiver answers 503 twice, then 200.
+    let hooks: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let h2 = hooks.clone();
+    let up = Upstream::start_raw(Arc::new(move |r: http::Request<hyper::body::Incoming>| {
+        let hooks = h2.clone();
+        Box::pin(async move {
+            if r.uri().path() != "/hook" {
+                let ok = r
+                    .headers()
+                    .get("x-api-key")
+                    .is_some_and(|v| v.as_bytes() == GOOD_KEY.as_bytes());
+                return reply(if ok { 200 } else { 401 }, "{}");
+            }
+            let body = r
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let mut h = hooks.lock().expect("lock");
+            h.push((Instant::now(), String::from_utf8_lossy(&body).into_owned()));
+            reply(if h.len() <= 2 { 503 } else { 200 }, "ok")
+        })
+    }))
+    .await;
+    let a = sidekey(&providers(up.port()), "")
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .env("SIDEKEY_WEBHOOK_SIGNING_KEY", SIGNING_KEY)
+        .arg(format!("--store={}", pg.url()))
+        .arg(format!("--resolve=api.test:{}:127.0.0.1", up.port()))
+        .arg(format!("--webhook-url=http://127.0.0.1:{}/hook", up.port()))
+        .arg("--webhook-allow-private")
+        .arg("--webhook-retry-base=300ms")
+        .start();
+    let c = TestClient::http1();
+    integrations(&c, &a, &[]).await;
+    let token = new_session(&c, &a, json!({"tags": {"t": "x"}})).await;
+    let url = a.url(&format!(
+        "/api-auth/api-key/keyed?connect_session_token={token}"
+    ));
+    let r = send(&c, "POST", &url, "", json!({ "apiKey": GOOD_KEY })).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("three attempts", Duration::from_secs(15), async || {
+        hooks.lock().expect("lock").len() >= 3
+    })
+    .await;
+    wait_for(
+        "the delivery recorded",
+        Duration::from_secs(10),
+        async || {
+            pg.psql("SELECT attempts FROM sidekey_webhook_outbox WHERE delivered_at IS NOT NULL")
+                .trim()
+                == "3"
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = hooks.lock().expect("lock").clone();
+    assert_eq!(got.len(), 3, "not sent again once delivered");
+    assert!(
+        got.iter().all(|h| h.1 == got[0].1),
+        "the same body each time"
+    );
+    // 300 ms, then 600 ms: the backoff the table keeps (next_attempt_at).
+    let gaps = [got[1].0 - got[0].0, got[2].0 - got[1].0];
+    println!("retry gaps: {gaps:?}");
+    assert!(gaps[0] >= Duration::from_millis(290), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(590), "{gaps:?}");
 }
 
 /// Columns and indexes of the `sidekey_*` tables of database `db` (not the migrations' own
