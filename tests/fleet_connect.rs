@@ -406,6 +406,65 @@ async fn a_session_made_on_one_replica_works_on_another() {
     )
     .await;
 
+    // Every field of a session survives the database: made on A, shown by B.
+    let full = new_session(
+        &c,
+        &a,
+        json!({
+            "end_user": {"id": "u-9", "email": "x@example.com", "display_name": "X", "tags": {"plan": "pro"}},
+            "organization": {"id": "org-1", "display_name": "Acme"},
+            "allowed_integrations": ["keyed"],
+            "integrations_config_defaults": {"keyed": {"connection_config": {"region": "eu"}}},
+            "webhook_url_override": "https://hooks.example.com/x",
+        }),
+    )
+    .await;
+    let r = send(
+        &c,
+        "GET",
+        &connect_url(&b, "/connect/session"),
+        &full,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = &r.json()["data"];
+    assert_eq!(d["endUser"]["email"], "x@example.com", "{d}");
+    assert_eq!(d["endUser"]["organization"]["id"], "org-1", "{d}");
+    assert_eq!(d["endUser"]["tags"]["plan"], "pro", "{d}");
+    assert_eq!(d["allowed_integrations"], json!(["keyed"]), "{d}");
+    assert_eq!(
+        d["integrations_config_defaults"]["keyed"]["connection_config"]["region"], "eu",
+        "{d}"
+    );
+    assert_eq!(d["isReconnecting"], false, "{d}");
+    // A reconnect session made on A re-authorizes the connection through B.
+    let r = send(
+        &c,
+        "POST",
+        &a.url("/connect/sessions/reconnect"),
+        caller(),
+        json!({"connection_id": id, "integration_id": "keyed"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let again = r.json()["data"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let r = send(
+        &c,
+        "GET",
+        &connect_url(&b, "/connect/session"),
+        &again,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["data"]["isReconnecting"], true, "{}", r.text());
+    let r = api_key(&c, &b, &again, GOOD_KEY).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["connectionId"], id.as_str(), "the same connection");
+
     // Deleted on B: gone on A at once.
     let r = send(
         &c,
