@@ -31,8 +31,8 @@ const KEY: &str = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s=";
 const GOOD_KEY: &str = "sk_end_user_good_fleet_0123";
 const SIGNING_KEY: &str = "whsec-fleet-0123456789abcdef";
 
-/// `keyed` (API key checked on `/me`) and `oauthp` (OAuth2 with its authorization and token
-/// endpoints), all on `api.test`, which `--resolve` points at the loopback upstream.
+/// `keyed` (API key checked on `/me`), `plain` (an API key nothing checks) and `oauthp`
+/// (OAuth2 with its authorization and token endpoints), all on `api.test`, which `--resolve` points at the loopback upstream.
 fn providers(port: u16) -> String {
     format!(
         r#"
@@ -42,6 +42,11 @@ keyed:
     base_url: http://api.test:{port}
     headers: {{x-api-key: "${{apiKey}}"}}
     verification: {{endpoints: [/me]}}
+plain:
+  auth_mode: API_KEY
+  proxy:
+    base_url: http://api.test:{port}
+    headers: {{x-api-key: "${{apiKey}}"}}
 oauthp:
   auth_mode: OAUTH2
   authorization_url: http://api.test:{port}/authorize
@@ -775,6 +780,92 @@ async fn a_refused_attempt_is_retried_from_the_table_with_its_backoff() {
     println!("retry gaps: {gaps:?}");
     assert!(gaps[0] >= Duration::from_millis(290), "{gaps:?}");
     assert!(gaps[1] >= Duration::from_millis(590), "{gaps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_raised_while_postgres_is_down_is_committed_when_it_is_back() {
+    let pg = Pg::start();
+    let hooks: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h2 = hooks.clone();
+    let up = Upstream::start_raw(Arc::new(move |r: http::Request<hyper::body::Incoming>| {
+        let hooks = h2.clone();
+        Box::pin(async move {
+            if r.uri().path() != "/hook" {
+                return reply(401, "{}");
+            }
+            let body = r
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            hooks
+                .lock()
+                .expect("lock")
+                .push(String::from_utf8_lossy(&body).into_owned());
+            reply(200, "ok")
+        })
+    }))
+    .await;
+    let a = sidekey(&providers(up.port()), "")
+        .env("RUST_LOG", "info,sidekey::webhooks=debug")
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .env("SIDEKEY_WEBHOOK_SIGNING_KEY", SIGNING_KEY)
+        .arg(format!("--store={}", pg.url()))
+        .arg(format!("--resolve=api.test:{}:127.0.0.1", up.port()))
+        .arg(format!("--webhook-url=http://127.0.0.1:{}/hook", up.port()))
+        .arg("--webhook-allow-private")
+        .start();
+    let c = TestClient::http1();
+    let r = send(
+        &c,
+        "POST",
+        &a.url("/integrations"),
+        caller(),
+        json!({"provider": "plain", "unique_key": "plain"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send(
+        &c,
+        "POST",
+        &a.url("/connections"),
+        caller(),
+        json!({"provider_config_key": "plain", "connection_id": "p1",
+               "credentials": {"type": "API_KEY", "apiKey": "a-key-the-api-refuses"}}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The import's own `creation` event first, while the database is up.
+    wait_for("the creation event", Duration::from_secs(10), async || {
+        hooks.lock().expect("lock").len() == 1
+    })
+    .await;
+    // The database goes; the API refuses the cached connection's key: an auth event.
+    pg.stop();
+    let res = c.proxy(&a.url(""), "/x", "p1", "plain").await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(
+        a.wait_for_log("cannot commit webhook events yet", Duration::from_secs(10)),
+        "{}",
+        a.logs()
+    );
+    assert_eq!(hooks.lock().expect("lock").len(), 1);
+    pg.restart();
+    wait_for(
+        "the event after the outage",
+        Duration::from_secs(30),
+        async || hooks.lock().expect("lock").len() == 2,
+    )
+    .await;
+    let body: Value = serde_json::from_str(&hooks.lock().expect("lock")[1]).expect("JSON");
+    assert_eq!(
+        (body["operation"].as_str(), body["success"].as_bool()),
+        (Some("refresh"), Some(false)),
+        "{body}"
+    );
+    assert_eq!(body["connectionId"], "p1");
+    assert!(!a.logs().contains("they are lost"), "{}", a.logs());
 }
 
 /// Columns and indexes of the `sidekey_*` tables of database `db` (not the migrations' own

@@ -382,40 +382,85 @@ async fn commit(
     }
 }
 
+/// Events [`commit_shared`] keeps in memory at most while the shared outbox refuses them; past
+/// this the oldest are dropped.
+const HELD_MAX: usize = 10_000;
+
 /// [`commit`] for a shared outbox: the group is one insert, and the delivery task is poked
-/// (it claims the events from the outbox itself, as any other replica may).
+/// (it claims the events from the outbox itself, as any other replica may). While the outbox
+/// refuses (the database is down) the events are kept here and the insert is tried again
+/// with backoff, with whatever came meanwhile: an outage delays them instead of losing them,
+/// unless this process stops first (they were never committed) or [`HELD_MAX`] is passed.
 async fn commit_shared(
     mut rx: mpsc::UnboundedReceiver<Emit>,
     outbox: Arc<dyn outbox::SharedOutbox>,
     poke: mpsc::UnboundedSender<()>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
+    let mut held: Vec<Emit> = Vec::new();
+    // Set while the outbox refuses: when to try again.
+    let mut retry: Option<std::time::Duration> = None;
+    let mut open = true;
+    loop {
+        match retry {
+            None => match rx.recv().await {
+                Some(e) => held.push(e),
+                None => return,
+            },
+            // Gathers what comes until the next try is due.
+            Some(wait) => {
+                let due = tokio::time::sleep(wait);
+                tokio::pin!(due);
+                loop {
+                    tokio::select! {
+                        e = rx.recv(), if open => match e {
+                            Some(e) => held.push(e),
+                            None => open = false,
+                        },
+                        () = &mut due => break,
+                    }
+                }
+            }
+        }
         while let Ok(more) = rx.try_recv() {
-            group.push(more);
+            held.push(more);
         }
-        let mut events = Vec::with_capacity(group.len());
-        let mut waiters = Vec::with_capacity(group.len());
-        for e in group {
-            events.push((e.url, e.body));
-            waiters.push(e.committed);
-        }
+        let events: Vec<(String, String)> = held
+            .iter()
+            .map(|e| (e.url.clone(), e.body.clone()))
+            .collect();
         let n = events.len();
-        let ok = match outbox.append(events).await {
+        match outbox.append(events).await {
             Ok(_) => {
                 tracing::info!(target: "sidekey::webhooks", events = n, outbox = outbox.kind(), "webhook events committed");
                 let _ = poke.send(());
-                true
+                for w in held.drain(..).filter_map(|e| e.committed) {
+                    let _ = w.send(true);
+                }
+                retry = None;
+                if !open {
+                    return;
+                }
             }
             Err(e) => {
-                tracing::error!(target: "sidekey::webhooks", events = n, error = %e, "cannot commit webhook events; they are lost");
-                metrics.webhook_delivery("lost");
-                false
+                let next = retry.map_or(std::time::Duration::from_secs(1), |w| {
+                    (w * 2).min(std::time::Duration::from_secs(30))
+                });
+                tracing::warn!(target: "sidekey::webhooks", events = n, error = %e, retry_in = ?next,
+                    "cannot commit webhook events yet; keeping them in memory and trying again");
+                retry = Some(next);
+                if held.len() > HELD_MAX {
+                    let dropped = held.len() - HELD_MAX;
+                    tracing::error!(target: "sidekey::webhooks", events = dropped,
+                        "too many webhook events wait for the outbox; the oldest are lost");
+                    for e in held.drain(..dropped) {
+                        metrics.webhook_delivery("lost");
+                        if let Some(w) = e.committed {
+                            let _ = w.send(false);
+                        }
+                    }
+                }
             }
-        };
-        for w in waiters.into_iter().flatten() {
-            let _ = w.send(ok);
         }
     }
 }
