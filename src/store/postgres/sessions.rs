@@ -23,17 +23,15 @@
 //! statement is [`SessionError::Unavailable`], which the Connect routes answer with 503
 //! `store_unavailable`; its text names the database's error, never the store URL or a token.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
