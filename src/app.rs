@@ -24,7 +24,7 @@ use crate::store::sessions::{MemorySessions, SessionStore};
 use crate::store::writer::Writer;
 use crate::store::Backend;
 use crate::upstream::{ClientOptions, UpstreamClient};
-use crate::webhooks::outbox::Outbox;
+use crate::webhooks::outbox;
 use crate::webhooks::status::AuthErrors;
 use crate::webhooks::{AuthEvent, Hooks, Operation};
 
@@ -121,7 +121,7 @@ pub struct AppBuilder {
     credentials: Option<CredStore>,
     token_endpoint: Option<Arc<dyn TokenEndpoint>>,
     backend: Option<Arc<dyn Backend>>,
-    webhooks: Option<(crate::webhooks::Settings, Arc<dyn Outbox>)>,
+    webhooks: Option<(crate::webhooks::Settings, outbox::Store)>,
     sessions: Option<Arc<dyn SessionStore>>,
     connect: ConnectOptions,
 }
@@ -177,9 +177,9 @@ impl AppBuilder {
     pub fn webhooks(
         mut self,
         settings: crate::webhooks::Settings,
-        outbox: Arc<dyn Outbox>,
+        outbox: impl Into<outbox::Store>,
     ) -> Self {
-        self.webhooks = Some((settings, outbox));
+        self.webhooks = Some((settings, outbox.into()));
         self
     }
 

@@ -228,7 +228,7 @@ pub fn start(settings: Settings) -> Result<Started, RunError> {
     // below); the credential store keeps only the state file of a read-only vault.
     let credentials = CredStore::open(paths.state.clone()).map_err(RunError::Credentials)?;
     let backend = crate::store::file::FileStore::new(reloader.clone(), args.vault_read_only);
-    let app = with_webhooks(App::builder(snapshot), &settings, paths, webhook_url)?
+    let app = with_webhooks(App::builder(snapshot), &settings, paths, webhook_url, None)?
         .client(client)
         .options(options)
         .oauth(OAuthOptions {
@@ -335,10 +335,13 @@ pub async fn start_postgres(
         options,
         tls,
     } = parts(args, otlp_endpoint.as_ref())?;
-    // Connect sessions and the webhook outbox stay in this replica (memory; the outbox file
-    // beside where the vault would be, or --webhook-outbox): the store's tables for them are
-    // not used yet.
-    let app = with_webhooks(App::builder(snapshot), &settings, &paths, webhook_url)?
+    // Connect sessions, OAuth states and the webhook outbox live in the store too, shared by
+    // the fleet (any replica serves a session, any delivers an event).
+    use crate::store::postgres::{outbox::PgOutbox, sessions::PgSessions};
+    let outbox: Arc<dyn crate::webhooks::outbox::SharedOutbox> =
+        Arc::new(PgOutbox::new(store.pool()));
+    let builder = App::builder(snapshot).sessions(Arc::new(PgSessions::new(&store)));
+    let app = with_webhooks(builder, &settings, &paths, webhook_url, Some(outbox.into()))?
         .client(client)
         .options(options)
         .oauth(OAuthOptions {
@@ -623,12 +626,23 @@ fn with_webhooks(
     settings: &Settings,
     paths: &Paths,
     url: Option<String>,
+    shared: Option<crate::webhooks::outbox::Store>,
 ) -> Result<crate::app::AppBuilder, RunError> {
     let args = &settings.serve;
     let Some(key) = &settings.webhook_signing_key else {
         return Ok(builder);
     };
-    let outbox = open_outbox(args, paths)?;
+    let outbox = match shared {
+        Some(o) => {
+            if args.webhook_outbox.is_some() {
+                tracing::warn!(
+                    "--webhook-outbox is ignored with --store: events wait in the store"
+                );
+            }
+            o
+        }
+        None => open_outbox(args, paths)?.into(),
+    };
     tracing::info!(
         url = url.is_some(),
         outbox = outbox.kind(),

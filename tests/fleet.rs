@@ -512,17 +512,23 @@ fn migrate_creates_the_schema_once() {
     for _ in 0..2 {
         let (code, out, err) = support::sidekey::run_cli(&["migrate", &url], dir.path());
         assert_eq!(code, 0, "{out}{err}");
-        assert!(out.contains("schema is at version 1"), "{out}");
+        let latest = sidekey::store::postgres::schema::latest();
+        assert!(
+            out.contains(&format!("schema is at version {latest}")),
+            "{out}"
+        );
     }
     let tables = pg.psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE tablename LIKE 'sidekey%'");
     assert_eq!(
         tables.trim(),
-        "sidekey_changes,sidekey_connect_sessions,sidekey_connections,sidekey_head,sidekey_integrations,sidekey_keys,sidekey_schema_migrations,sidekey_webhook_outbox"
+        "sidekey_changes,sidekey_connect_sessions,sidekey_connections,sidekey_head,sidekey_integrations,sidekey_keys,sidekey_oauth_states,sidekey_schema_migrations,sidekey_webhook_outbox"
     );
     assert_eq!(
         pg.psql("SELECT count(*) FROM sidekey_schema_migrations")
             .trim(),
-        "1"
+        sidekey::store::postgres::schema::MIGRATIONS
+            .len()
+            .to_string()
     );
     // A schema newer than this binary knows is refused, not served.
     pg.psql("INSERT INTO sidekey_schema_migrations (version) VALUES (999)");

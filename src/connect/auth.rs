@@ -183,6 +183,9 @@ pub(super) async fn api_auth(
             "connection_id is forbidden when using session token",
         ));
     }
+    if let Some((pck, cid)) = &session.reconnect {
+        super::ensure_connection(app, pck, cid).await?;
+    }
     let snapshot = app.state.snapshot.load_full();
     let Some(int) = snapshot.integrations.get(key.as_str()).cloned() else {
         return Err(ApiError::new(

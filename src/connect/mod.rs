@@ -16,7 +16,10 @@
 //! their own credential in the request, never a cookie.
 //!
 //! Sessions live behind [`crate::store::sessions::SessionStore`] (in memory in vault-file
-//! mode), stored by the SHA-256 of their token. Tokens are never logged.
+//! mode, in PostgreSQL with `--store`, so that any replica serves any session and its OAuth
+//! callback), stored by the SHA-256 of their token. Tokens are never logged. A WebSocket
+//! (`ws.rs`) is held by one replica; an outcome for a socket that is not here is relayed
+//! through the store to the one that holds it.
 
 mod auth;
 mod oauth;
@@ -124,6 +127,15 @@ pub enum Listener {
 
 /// Answers a request on the public listener: Connect routes that take no secret key, and 404
 /// `not_found` for everything else.
+/// With a bounded connection cache (the PostgreSQL store), brings the connection a reconnect
+/// names into the snapshot before the route reads it there.
+async fn ensure_connection(app: &App, integration: &str, id: &str) -> Result<(), ApiError> {
+    app.state
+        .ensure_connection(integration, id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))
+}
+
 pub async fn handle_public(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     handle(app, req, Listener::Public).await
 }
@@ -138,6 +150,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, listener: Listener) -> Re
         && req.method() == Method::GET
         && ws::is_upgrade(req.headers())
     {
+        ws::forward_relayed(&*app.sessions);
         let res = ws::accept(req).unwrap_or_else(|e| {
             log.set_error(e.code);
             e.to_response()

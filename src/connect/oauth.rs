@@ -64,6 +64,12 @@ struct PageError {
     message: String,
 }
 
+/// The session store failed (the PostgreSQL store is unreachable): a 503 page, so the
+/// browser's opener learns `store_unavailable` as the JSON routes answer it.
+fn store_unavailable(e: crate::store::sessions::SessionError) -> PageError {
+    page_error("store_unavailable", e.to_string())
+}
+
 fn page_error(kind: &'static str, message: impl Into<String>) -> PageError {
     PageError {
         kind,
@@ -101,7 +107,11 @@ fn page(outcome: Result<(String, String), PageError>) -> Response<ProxyBody> {
             "Connected. You can close this window.".to_string(),
         ),
         Err(e) => (
-            StatusCode::BAD_REQUEST,
+            if e.kind == "store_unavailable" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            },
             format!(
                 r#"data-outcome="error" data-error-type="{}" data-message="{}""#,
                 escape(e.kind),
@@ -192,7 +202,7 @@ pub(super) async fn connect(
         .map(str::to_string);
     let fail = |e: PageError| {
         if let Some(ws) = &ws_client_id {
-            super::ws::error(ws, &key, e.kind, &e.message);
+            super::ws::error(&*app.sessions, ws, &key, e.kind, &e.message);
         }
         Ok(page(Err(e)))
     };
@@ -223,6 +233,9 @@ pub(super) async fn connect(
                 format!("This connect session may not connect \"{key}\"."),
             ));
         }
+    }
+    if let Some((pck, cid)) = &session.reconnect {
+        super::ensure_connection(app, pck, cid).await?;
     }
     let snapshot = app.state.snapshot.load_full();
     let existing = match &session.reconnect {
@@ -409,8 +422,8 @@ pub(super) async fn callback(
     // The frontend SDK's socket learns the outcome too (Nango's `success` / `error`).
     if let Some((ws, key)) = waiting {
         match &outcome {
-            Ok((cid, key)) => super::ws::success(&ws, key, cid),
-            Err(e) => super::ws::error(&ws, &key, e.kind, &e.message),
+            Ok((cid, key)) => super::ws::success(&*app.sessions, &ws, key, cid),
+            Err(e) => super::ws::error(&*app.sessions, &ws, &key, e.kind, &e.message),
         }
     }
     Ok(page(outcome))
@@ -441,7 +454,7 @@ async fn finish(
         .sessions
         .take_state(sessions::digest(state))
         .await
-        .map_err(|e| page_error("unknown_err", e.to_string()))?;
+        .map_err(store_unavailable)?;
     let st = taken.ok_or_else(refused)?;
     if let Some(ws) = &st.ws_client_id {
         *waiting = Some((ws.clone(), st.provider_config_key.clone()));
@@ -460,7 +473,7 @@ async fn finish(
         .sessions
         .get(st.session, false)
         .await
-        .map_err(|e| page_error("unknown_err", e.to_string()))?
+        .map_err(store_unavailable)?
         .ok_or_else(|| {
             page_error(
                 "unknown_connect_session_token",
@@ -469,6 +482,11 @@ async fn finish(
         })?
         .session;
     let key = st.provider_config_key.clone();
+    if let Some((pck, cid)) = &session.reconnect {
+        super::ensure_connection(app, pck, cid)
+            .await
+            .map_err(|e| page_error("store_unavailable", e.message.unwrap_or_default()))?;
+    }
     let snapshot = app.state.snapshot.load_full();
     let int = snapshot
         .integrations

@@ -260,6 +260,9 @@ pub(super) async fn post_session(
         ));
     }
     let body: PostSession = parse(raw)?;
+    if let (true, Some(cid), Some(key)) = (reconnect, &body.connection_id, &body.integration_id) {
+        super::ensure_connection(app, key, cid).await?;
+    }
     let snapshot = app.state.snapshot.load_full();
     if let Some(list) = &body.allowed_integrations {
         for (i, k) in list.iter().enumerate() {

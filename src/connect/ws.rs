@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::api::ApiError;
 use crate::body::ProxyBody;
+use crate::store::sessions::SessionStore;
 
 /// How long a socket may stay open.
 const MAX_LIFE: Duration = Duration::from_secs(15 * 60);
@@ -205,16 +206,44 @@ where
     lock().remove(&id);
 }
 
-/// Sends `message` to the socket `ws_client_id`, if it is open here.
-fn publish(ws_client_id: &str, message: Value) {
-    if let Some(tx) = lock().get(ws_client_id) {
-        let _ = tx.send(message.to_string());
+/// Sends `text` to the socket `ws_client_id` if it is open in this process; whether it was.
+fn deliver(ws_client_id: &str, text: String) -> bool {
+    match lock().get(ws_client_id) {
+        Some(tx) => tx.send(text).is_ok(),
+        None => false,
+    }
+}
+
+/// Sends `message` to the socket `ws_client_id`: here if it is open here, else through the
+/// session store to the other replicas of a fleet, one of which may hold it.
+fn publish(sessions: &dyn SessionStore, ws_client_id: &str, message: Value) {
+    let text = message.to_string();
+    if !deliver(ws_client_id, text.clone()) {
+        sessions.relay_socket(ws_client_id, &text);
+    }
+}
+
+/// Hands the messages other replicas relay to this process's sockets, from the first socket
+/// on (a replica with no socket has nothing to hand them to); once per store.
+pub fn forward_relayed(sessions: &dyn SessionStore) {
+    if let Some(mut rx) = sessions.relayed_sockets() {
+        tokio::spawn(async move {
+            while let Some((id, text)) = rx.recv().await {
+                deliver(&id, text);
+            }
+        });
     }
 }
 
 /// The `success` message of an authorization.
-pub fn success(ws_client_id: &str, provider_config_key: &str, connection_id: &str) {
+pub fn success(
+    sessions: &dyn SessionStore,
+    ws_client_id: &str,
+    provider_config_key: &str,
+    connection_id: &str,
+) {
     publish(
+        sessions,
         ws_client_id,
         json!({
             "message_type": "success",
@@ -226,8 +255,15 @@ pub fn success(ws_client_id: &str, provider_config_key: &str, connection_id: &st
 }
 
 /// The `error` message of an authorization.
-pub fn error(ws_client_id: &str, provider_config_key: &str, error_type: &str, error_desc: &str) {
+pub fn error(
+    sessions: &dyn SessionStore,
+    ws_client_id: &str,
+    provider_config_key: &str,
+    error_type: &str,
+    error_desc: &str,
+) {
     publish(
+        sessions,
         ws_client_id,
         json!({
             "message_type": "error",

@@ -9,8 +9,9 @@
 //!
 //! [`SessionStore`] is the seam: [`MemorySessions`] keeps sessions in this process's memory,
 //! which is what the vault-file mode uses (a restart forgets open sessions: the backend asks
-//! for a new one, as it would after 30 minutes anyway). A database store implements the same
-//! trait, so that several replicas share sessions. Its methods return futures for that reason.
+//! for a new one, as it would after 30 minutes anyway). With `--store postgres://…` the fleet
+//! shares them through `store::postgres::sessions::PgSessions`, the same trait over the
+//! store's tables; the methods return futures for that reason.
 //! An expired session is gone for every method at once, whether or not it was pruned yet.
 
 use std::collections::HashMap;
@@ -106,6 +107,15 @@ pub trait SessionStore: Send + Sync {
         &self,
         digest: [u8; 32],
     ) -> BoxFuture<'_, Result<Option<OAuthState>, SessionError>>;
+    /// Hands a message for the frontend SDK's WebSocket `ws_client_id` to the other replicas
+    /// (an OAuth callback may land on another replica than the one holding the socket).
+    /// Nothing to do without a fleet: that is the default.
+    fn relay_socket(&self, _ws_client_id: &str, _message: &str) {}
+    /// What other replicas relayed, as (`ws_client_id`, message): for the one task that hands
+    /// them to this process's sockets. `None` without a fleet, and after the first call.
+    fn relayed_sockets(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
+        None
+    }
 }
 
 /// A fresh token: the prefix and 32 random bytes in hex.

@@ -8,6 +8,13 @@
 //! is final (a 3xx is not followed). Unlike Nango's three tries, the backoff (`retry_base`
 //! doubled each time up to `retry_max`) runs until the event is `give_up_after` old, because
 //! the outbox is durable: a receiver down for an hour still gets its events.
+//!
+//! With a fleet's shared outbox ([`run_shared`]) there is no queue in memory: the task claims
+//! the event due first from the database (its own or another replica's), attempts it, and
+//! records the outcome (done, or due again after the backoff, counted from the attempts every
+//! replica made). A claim is held for the attempt only, so one event is never being sent by
+//! two replicas at once, and the event of a replica that died (mid-attempt or before) is
+//! claimed by the next replica that looks: after a commit here, or every [`POLL`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +24,7 @@ use http::{header, HeaderValue, Method, Request, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::outbox::{Outbox, Record};
+use super::outbox::{Claimed, Finish, Outbox, Record, SharedOutbox};
 use super::sign;
 use super::Settings;
 use crate::metrics::Metrics;
@@ -36,6 +43,23 @@ pub struct Delivery {
     pub http: HttpClient,
     pub metrics: Arc<Metrics>,
     pub incoming: mpsc::UnboundedReceiver<Record>,
+}
+
+/// How often a replica looks for due events in a shared outbox when nothing pokes it.
+pub const POLL: Duration = Duration::from_secs(1);
+/// How long a claim outlives the attempt's own timeout before the database drops it (a
+/// process that froze rather than died).
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+
+/// What the delivery task of a shared outbox works with.
+pub struct SharedDelivery {
+    pub settings: Arc<Settings>,
+    pub key: Arc<Secret>,
+    pub outbox: Arc<dyn SharedOutbox>,
+    pub http: HttpClient,
+    pub metrics: Arc<Metrics>,
+    /// A commit on this replica: look at once. Closed when the hooks go away.
+    pub poke: mpsc::UnboundedReceiver<()>,
 }
 
 struct Waiting {
@@ -100,27 +124,9 @@ pub async fn run(mut d: Delivery) {
                 let outcome = attempt(&d, &w.record).await;
                 let age = jiff::Timestamp::now().as_millisecond().saturating_sub(w.record.at);
                 let expired = u128::try_from(age).unwrap_or(0) >= d.settings.give_up_after.as_millis();
-                let done = match &outcome {
-                    Outcome::Delivered => {
-                        d.metrics.webhook_delivery("delivered");
-                        tracing::info!(target: "sidekey::webhooks", id, attempts = w.attempts, "webhook delivered");
-                        true
-                    }
-                    Outcome::Final(why) => {
-                        d.metrics.webhook_delivery("failed");
-                        tracing::warn!(target: "sidekey::webhooks", id, attempts = w.attempts, reason = %why, "webhook refused by its receiver; not retried");
-                        true
-                    }
-                    Outcome::Retry(_) if expired => {
-                        d.metrics.webhook_delivery("expired");
-                        tracing::warn!(target: "sidekey::webhooks", id, attempts = w.attempts, "webhook undelivered for too long; dropped");
-                        true
-                    }
-                    Outcome::Retry(why) => {
-                        d.metrics.webhook_delivery("retry");
-                        let wait = backoff(w.attempts, d.settings.retry_base, d.settings.retry_max);
-                        tracing::info!(target: "sidekey::webhooks", id, attempts = w.attempts, reason = why,
-                            wait_ms = wait.as_millis() as u64, "webhook delivery failed; will retry");
+                let done = match judge_outcome(&d.metrics, &d.settings, id, w.attempts, &outcome, expired) {
+                    Finish::Done => true,
+                    Finish::RetryAfter(wait) => {
                         queue.insert((Instant::now() + wait, id), w);
                         false
                     }
@@ -138,6 +144,89 @@ pub async fn run(mut d: Delivery) {
         }
         if !open && queue.is_empty() {
             return;
+        }
+    }
+}
+
+/// Delivers from a shared outbox until the hooks go away (see the module docs).
+pub async fn run_shared(mut d: SharedDelivery) {
+    let hold = d.settings.timeout.saturating_add(CLAIM_MARGIN);
+    let mut failing = Duration::ZERO;
+    loop {
+        let wait = match d.outbox.claim(hold).await {
+            Ok(Claimed::Event(claim)) => {
+                failing = Duration::ZERO;
+                let id = claim.record.id;
+                let attempts = claim.attempts.saturating_add(1);
+                let outcome = attempt_with(&d.settings, &d.key, &d.http, &claim.record).await;
+                let age = jiff::Timestamp::now()
+                    .as_millisecond()
+                    .saturating_sub(claim.record.at);
+                let expired =
+                    u128::try_from(age).unwrap_or(0) >= d.settings.give_up_after.as_millis();
+                let how = judge_outcome(&d.metrics, &d.settings, id, attempts, &outcome, expired);
+                if let Err(e) = claim.finish(how).await {
+                    tracing::error!(target: "sidekey::webhooks", id, error = %e,
+                        "cannot record a webhook attempt in the outbox; it will be attempted again");
+                }
+                continue;
+            }
+            Ok(Claimed::Idle { pending, next_due }) => {
+                failing = Duration::ZERO;
+                d.metrics.set_webhook_pending(pending);
+                next_due.map_or(POLL, |due| due.min(POLL))
+            }
+            Err(e) => {
+                failing = (failing * 2).clamp(POLL, Duration::from_secs(30));
+                tracing::warn!(target: "sidekey::webhooks", error = %e, retry_in = ?failing,
+                    "cannot read the webhook outbox");
+                failing
+            }
+        };
+        tokio::select! {
+            p = d.poke.recv() => {
+                if p.is_none() {
+                    return;
+                }
+                // Commits made during an attempt poked once each; one look serves them all.
+                while d.poke.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Logs and counts an attempt's outcome; what the outbox should do with the event.
+fn judge_outcome(
+    metrics: &Metrics,
+    settings: &Settings,
+    id: u64,
+    attempts: u32,
+    outcome: &Outcome,
+    expired: bool,
+) -> Finish {
+    match outcome {
+        Outcome::Delivered => {
+            metrics.webhook_delivery("delivered");
+            tracing::info!(target: "sidekey::webhooks", id, attempts, "webhook delivered");
+            Finish::Done
+        }
+        Outcome::Final(why) => {
+            metrics.webhook_delivery("failed");
+            tracing::warn!(target: "sidekey::webhooks", id, attempts, reason = %why, "webhook refused by its receiver; not retried");
+            Finish::Done
+        }
+        Outcome::Retry(_) if expired => {
+            metrics.webhook_delivery("expired");
+            tracing::warn!(target: "sidekey::webhooks", id, attempts, "webhook undelivered for too long; dropped");
+            Finish::Done
+        }
+        Outcome::Retry(why) => {
+            metrics.webhook_delivery("retry");
+            let wait = backoff(attempts, settings.retry_base, settings.retry_max);
+            tracing::info!(target: "sidekey::webhooks", id, attempts, reason = why,
+                wait_ms = wait.as_millis() as u64, "webhook delivery failed; will retry");
+            Finish::RetryAfter(wait)
         }
     }
 }
@@ -169,11 +258,20 @@ pub fn request(record: &Record, key: &Secret) -> Result<Request<crate::body::Pro
 }
 
 async fn attempt(d: &Delivery, record: &Record) -> Outcome {
-    let req = match request(record, &d.key) {
+    attempt_with(&d.settings, &d.key, &d.http, record).await
+}
+
+async fn attempt_with(
+    settings: &Settings,
+    key: &Secret,
+    http: &HttpClient,
+    record: &Record,
+) -> Outcome {
+    let req = match request(record, key) {
         Ok(r) => r,
         Err(e) => return Outcome::Final(e),
     };
-    match tokio::time::timeout(d.settings.timeout, d.http.request(req)).await {
+    match tokio::time::timeout(settings.timeout, http.request(req)).await {
         Err(_) => Outcome::Retry("timeout"),
         Ok(Err(e)) => {
             tracing::debug!(target: "sidekey::webhooks", error = %crate::secret::redact_urls(&error_chain(&e)), "webhook attempt failed");

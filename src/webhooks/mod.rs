@@ -7,6 +7,8 @@
 //!   ([`sign`]: `X-Nango-Hmac-Sha256`, legacy `X-Nango-Signature`), retrying with
 //!   exponential backoff ([`deliver`]). Events left in the outbox by a stop or a crash are
 //!   delivered after the next start; a delivered event is removed, so it is not sent again.
+//!   With the PostgreSQL store the outbox is the fleet's table ([`outbox::SharedOutbox`]):
+//!   any replica delivers any due event, claimed for one attempt at a time.
 //! - [`status::AuthErrors`]: which connections have an auth error (`errors: [{type:"auth",
 //!   log_id}]` in `GET /connections`), marked by an upstream 401 (or a provider's other
 //!   `proxy.auth_error_code`) on an API_KEY or BASIC connection and by a failed OAuth
@@ -228,9 +230,11 @@ impl Hooks {
     /// Starts the committer and delivery tasks on the current runtime; events the outbox
     /// still holds from an earlier run are delivered first. Without a signing key webhooks
     /// stay off (a receiver could not verify them): `run` refuses `--webhook-url` without one.
+    /// With a [`outbox::Store::Shared`] outbox the delivery task claims due events from it,
+    /// whichever process committed them.
     pub fn start(
         settings: Settings,
-        outbox: Arc<dyn Outbox>,
+        outbox: impl Into<outbox::Store>,
         client: &UpstreamClient,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -244,16 +248,32 @@ impl Hooks {
             client.checked.clone()
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-        tokio::spawn(commit(rx, outbox.clone(), queue_tx, metrics.clone()));
-        tokio::spawn(deliver::run(deliver::Delivery {
-            settings: settings.clone(),
-            key,
-            outbox,
-            http,
-            metrics,
-            incoming: queue_rx,
-        }));
+        match outbox.into() {
+            outbox::Store::Local(outbox) => {
+                let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+                tokio::spawn(commit(rx, outbox.clone(), queue_tx, metrics.clone()));
+                tokio::spawn(deliver::run(deliver::Delivery {
+                    settings: settings.clone(),
+                    key,
+                    outbox,
+                    http,
+                    metrics,
+                    incoming: queue_rx,
+                }));
+            }
+            outbox::Store::Shared(outbox) => {
+                let (poke_tx, poke_rx) = mpsc::unbounded_channel();
+                tokio::spawn(commit_shared(rx, outbox.clone(), poke_tx, metrics.clone()));
+                tokio::spawn(deliver::run_shared(deliver::SharedDelivery {
+                    settings: settings.clone(),
+                    key,
+                    outbox,
+                    http,
+                    metrics,
+                    poke: poke_rx,
+                }));
+            }
+        }
         Self {
             settings,
             tx: Some(tx),
@@ -358,6 +378,89 @@ async fn commit(
         };
         for w in waiters.into_iter().flatten() {
             let _ = w.send(ok);
+        }
+    }
+}
+
+/// Events [`commit_shared`] keeps in memory at most while the shared outbox refuses them; past
+/// this the oldest are dropped.
+const HELD_MAX: usize = 10_000;
+
+/// [`commit`] for a shared outbox: the group is one insert, and the delivery task is poked
+/// (it claims the events from the outbox itself, as any other replica may). While the outbox
+/// refuses (the database is down) the events are kept here and the insert is tried again
+/// with backoff, with whatever came meanwhile: an outage delays them instead of losing them,
+/// unless this process stops first (they were never committed) or [`HELD_MAX`] is passed.
+async fn commit_shared(
+    mut rx: mpsc::UnboundedReceiver<Emit>,
+    outbox: Arc<dyn outbox::SharedOutbox>,
+    poke: mpsc::UnboundedSender<()>,
+    metrics: Arc<Metrics>,
+) {
+    let mut held: Vec<Emit> = Vec::new();
+    // Set while the outbox refuses: when to try again.
+    let mut retry: Option<std::time::Duration> = None;
+    let mut open = true;
+    loop {
+        match retry {
+            None => match rx.recv().await {
+                Some(e) => held.push(e),
+                None => return,
+            },
+            // Gathers what comes until the next try is due.
+            Some(wait) => {
+                let due = tokio::time::sleep(wait);
+                tokio::pin!(due);
+                loop {
+                    tokio::select! {
+                        e = rx.recv(), if open => match e {
+                            Some(e) => held.push(e),
+                            None => open = false,
+                        },
+                        () = &mut due => break,
+                    }
+                }
+            }
+        }
+        while let Ok(more) = rx.try_recv() {
+            held.push(more);
+        }
+        let events: Vec<(String, String)> = held
+            .iter()
+            .map(|e| (e.url.clone(), e.body.clone()))
+            .collect();
+        let n = events.len();
+        match outbox.append(events).await {
+            Ok(_) => {
+                tracing::info!(target: "sidekey::webhooks", events = n, outbox = outbox.kind(), "webhook events committed");
+                let _ = poke.send(());
+                for w in held.drain(..).filter_map(|e| e.committed) {
+                    let _ = w.send(true);
+                }
+                retry = None;
+                if !open {
+                    return;
+                }
+            }
+            Err(e) => {
+                let next = retry.map_or(std::time::Duration::from_secs(1), |w| {
+                    (w * 2).min(std::time::Duration::from_secs(30))
+                });
+                tracing::warn!(target: "sidekey::webhooks", events = n, error = %e, retry_in = ?next,
+                    "cannot commit webhook events yet; keeping them in memory and trying again");
+                retry = Some(next);
+                if held.len() > HELD_MAX {
+                    let dropped = held.len() - HELD_MAX;
+                    tracing::error!(target: "sidekey::webhooks", events = dropped,
+                        "too many webhook events wait for the outbox; the oldest are lost");
+                    for e in held.drain(..dropped) {
+                        metrics.webhook_delivery("lost");
+                        if let Some(w) = e.committed {
+                            let _ = w.send(false);
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -15,15 +15,21 @@
 //! past [`COMPACT_BYTES`] and most of it is dead, it is rewritten atomically with only the
 //! pending events. Bodies hold no credential (see `super::payload`); the file is still 0600.
 //!
-//! The trait is what a database outbox (PostgreSQL store, issue 13) implements: the same three
-//! calls, each durable when it returns.
+//! A fleet on the PostgreSQL store shares one outbox instead ([`SharedOutbox`], implemented
+//! in `store::postgres::outbox`): any replica may deliver any committed event, so an event
+//! committed by a replica that dies is delivered by another. There an event is not queued in
+//! memory but *claimed* ([`SharedOutbox::claim`]) for one attempt: no other replica can claim
+//! it until that claim is finished or its holder is gone. [`Store`] is which of the two an app
+//! was given.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 /// A file that has grown past this and is mostly delivered events is rewritten.
@@ -53,6 +59,87 @@ pub trait Outbox: Send + Sync + 'static {
     fn pending(&self) -> io::Result<Vec<Record>>;
     /// `file` or `memory`, for the log.
     fn kind(&self) -> &'static str;
+}
+
+/// The outbox an app commits to: this process's ([`Outbox`]) or the fleet's ([`SharedOutbox`]).
+#[derive(Clone)]
+pub enum Store {
+    Local(Arc<dyn Outbox>),
+    Shared(Arc<dyn SharedOutbox>),
+}
+
+impl Store {
+    /// For the log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Local(o) => o.kind(),
+            Self::Shared(o) => o.kind(),
+        }
+    }
+}
+
+impl From<Arc<dyn Outbox>> for Store {
+    fn from(o: Arc<dyn Outbox>) -> Self {
+        Self::Local(o)
+    }
+}
+
+impl From<Arc<dyn SharedOutbox>> for Store {
+    fn from(o: Arc<dyn SharedOutbox>) -> Self {
+        Self::Shared(o)
+    }
+}
+
+/// An outbox several processes deliver from. Every call is asynchronous (a database).
+pub trait SharedOutbox: Send + Sync + 'static {
+    /// Commits new events (url, body), durable before it resolves; returns how many.
+    fn append(&self, events: Vec<(String, String)>) -> BoxFuture<'_, io::Result<usize>>;
+    /// Claims the event due first, for one attempt: until the claim is finished (or dropped,
+    /// or its process dies, or `hold` has passed without a word from it) no other process
+    /// claims it. [`Claimed::Idle`] when nothing is due.
+    fn claim(&self, hold: Duration) -> BoxFuture<'_, io::Result<Claimed>>;
+    /// `postgres`, for the log.
+    fn kind(&self) -> &'static str;
+}
+
+/// What [`SharedOutbox::claim`] found.
+pub enum Claimed {
+    Event(Claim),
+    /// Nothing to claim: `pending` events wait (some may be held by other processes), and the
+    /// first that is not due yet will be in `next_due` (`None`: none is).
+    Idle {
+        pending: usize,
+        next_due: Option<Duration>,
+    },
+}
+
+/// One claimed event; finish it with [`Claim::finish`]. Dropped unfinished, the claim is
+/// released and the event stays due.
+pub struct Claim {
+    pub record: Record,
+    /// Attempts made before this one (by any process).
+    pub attempts: u32,
+    pub finisher: Box<dyn Finisher>,
+}
+
+impl Claim {
+    pub async fn finish(self, how: Finish) -> io::Result<()> {
+        self.finisher.finish(how).await
+    }
+}
+
+/// How a claimed attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Delivered, refused for good, or too old: never sent again.
+    Done,
+    /// Due again after this long.
+    RetryAfter(Duration),
+}
+
+/// Records the end of a claimed attempt and releases the claim.
+pub trait Finisher: Send {
+    fn finish(self: Box<Self>, how: Finish) -> BoxFuture<'static, io::Result<()>>;
 }
 
 /// Pending events in memory only: a restart loses them (a read-only vault with no `--state`

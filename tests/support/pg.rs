@@ -193,6 +193,23 @@ impl Pg {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`Pg::psql`] in database `db` (another database of the same cluster).
+    pub fn psql_db(&self, db: &str, sql: &str) -> String {
+        let out = self
+            .cmd("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", db])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `pg_dump` of the database (data and schema), as text.
     pub fn dump(&self) -> String {
         let out = self

@@ -31,7 +31,9 @@
 
 mod cache;
 mod listen;
+pub mod outbox;
 pub mod schema;
+pub mod sessions;
 pub mod tls;
 pub mod transfer;
 
@@ -242,6 +244,11 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Unreachable> {
         get(&self.pool).await
+    }
+
+    /// The connection pool, for the Connect sessions and the webhook outbox.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     /// Reads every record into a snapshot over `catalog`: integrations and keys, and the

@@ -17,8 +17,13 @@
 //! - `sidekey_changes`: one row per committed change, in `seq` order, with the record as it
 //!   was written (or none for a delete): what a replica replays after a notification, or after
 //!   a reconnection, from the last `seq` it applied.
-//! - `sidekey_connect_sessions`, `sidekey_webhook_outbox`: for the connect sessions and the
-//!   webhook outbox of the next issues (not used yet).
+//! - `sidekey_connect_sessions` (since 2 with `attempts`): Connect sessions by the SHA-256 of
+//!   their token, shared by the fleet, so a session made through one replica works through
+//!   every other, and its auth attempts are counted in one place (`super::sessions`).
+//! - `sidekey_oauth_states` (2): OAuth authorizations in flight by the SHA-256 of their
+//!   `state`, taken once by whichever replica the provider's redirect reaches.
+//! - `sidekey_webhook_outbox`: committed auth webhook events; any replica delivers any of
+//!   them, one at a time per row (`super::outbox`).
 
 use tokio_postgres::Client;
 
@@ -26,9 +31,10 @@ use tokio_postgres::Client;
 const MIGRATION_LOCK: i64 = 0x5349_4445_4b45_5901; // "SIDEKEY" 01
 
 /// The migrations, in order. Never edit one that has shipped: add the next.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE sidekey_head (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),
     seq bigint NOT NULL,
@@ -88,7 +94,25 @@ CREATE TABLE sidekey_webhook_outbox (
 CREATE INDEX sidekey_webhook_outbox_due ON sidekey_webhook_outbox (next_attempt_at)
     WHERE delivered_at IS NULL;
 "#,
-)];
+    ),
+    // 2: Connect across the fleet. A session's attempts get a column, so that counting one is
+    // a single atomic UPDATE whichever replica serves it; OAuth states get their own table
+    // (single use: taken with DELETE … RETURNING). Existing rows keep working (attempts 0).
+    (
+        2,
+        r#"
+ALTER TABLE sidekey_connect_sessions ADD COLUMN attempts integer NOT NULL DEFAULT 0;
+
+CREATE TABLE sidekey_oauth_states (
+    state_sha256 text PRIMARY KEY,
+    session_sha256 text NOT NULL,
+    record jsonb NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX sidekey_oauth_states_expiry ON sidekey_oauth_states (expires_at);
+"#,
+    ),
+];
 
 /// The newest schema this binary knows.
 pub fn latest() -> i32 {
