@@ -186,9 +186,13 @@ impl PgStore {
         config.connect_timeout(Duration::from_secs(5));
         config.keepalives_idle(Duration::from_secs(30));
         let tls = tls::MakeRustls::new(tls);
-        let mgr = Manager::from_config(
+        let on = SpawnOn {
+            tls: tls.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let mgr = Manager::from_connect(
             config.clone(),
-            tls.clone(),
+            on.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -203,9 +207,9 @@ impl PgStore {
         // Leases get their own pool: a lease holds its connection across the token call and
         // then waits for the writer, which needs one from `pool`; sharing one pool, enough
         // refreshes at once would hold every connection and wait for each other.
-        let lease_pool = Pool::builder(Manager::from_config(
+        let lease_pool = Pool::builder(Manager::from_connect(
             config.clone(),
-            tls.clone(),
+            on,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -950,6 +954,58 @@ impl Notice {
             Ok(p) if p.len() < MAX_PAYLOAD => p,
             _ => seq.to_string(),
         }
+    }
+}
+
+/// Opens the pools' connections on the runtime that opened the store (the request runtime),
+/// whoever asks for one. A connection's socket belongs to the runtime it was made on, and its
+/// driver task runs there: made on the background runtime (the writer's, at idle priority), a
+/// request's cold read would wait for an idle-class thread to be scheduled at each step, which
+/// on a busy core is milliseconds.
+#[derive(Clone)]
+struct SpawnOn {
+    tls: tls::MakeRustls,
+    runtime: tokio::runtime::Handle,
+}
+
+impl deadpool_postgres::Connect for SpawnOn {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let (tls, cfg) = (self.tls.clone(), pg_config.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let driver = self.runtime.spawn(async move {
+            match cfg.connect(tls).await {
+                Ok((client, connection)) => {
+                    if tx.send(Ok(client)).is_ok() {
+                        if let Err(e) = connection.await {
+                            tracing::warn!(error = %e, "a connection to {STORE_NAME} ended");
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        let (tls, cfg) = (self.tls.clone(), pg_config.clone());
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(client)) => Ok((client, driver)),
+                Ok(Err(e)) => Err(e),
+                // The runtime is shutting down: connect here, as deadpool would.
+                Err(_) => {
+                    let (client, connection) = cfg.connect(tls).await?;
+                    Ok((client, tokio::spawn(async move {
+                        let _ = connection.await;
+                    })))
+                }
+            }
+        })
     }
 }
 
