@@ -97,7 +97,13 @@ async fn a_write_on_one_replica_is_served_by_the_others() {
     let p = providers(&up.url(""), &up.url(""));
     let a = replica(&pg, &p);
     let b = replica(&pg, &p);
-    let c3 = replica(&pg, &p);
+    // The third replica holds every connection (no bounded cache): both modes in one fleet.
+    let c3 = sidekey(&p, "")
+        .env("RUST_LOG", "info,sidekey::store=debug")
+        .arg(format!("--store={}", pg.url()))
+        .args(["--connection-cache", "0"])
+        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
+        .start();
     let c = TestClient::http1();
 
     let res = call(

@@ -80,6 +80,13 @@ impl Cache {
         *e = (*e).max(seq);
     }
 
+    /// Refuses every read older than change `seq` (the store was loaded whole again).
+    pub(super) fn forget_before(&self, seq: i64) {
+        let mut r = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        r.floor = r.floor.max(seq);
+        r.by_key.clear();
+    }
+
     /// Whether a change after `seq` touched the connection or its integration.
     fn changed_after(&self, integration: &str, id: &str, seq: i64) -> bool {
         let r = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
@@ -468,6 +475,10 @@ mod tests {
         cache.record("gh", None, 9);
         assert!(cache.changed_after("gh", "c2", 8));
         assert!(!cache.changed_after("other", "c2", 8));
+        // A whole load: every read before it is refused.
+        cache.forget_before(20);
+        assert!(cache.changed_after("other", "c9", 19));
+        assert!(!cache.changed_after("other", "c9", 20));
         // Forgotten changes make every older read refused.
         for i in 0..RECENT_MAX + 1 {
             cache.record("x", Some(&i.to_string()), 100 + i as i64);

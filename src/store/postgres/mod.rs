@@ -838,6 +838,11 @@ impl PgStore {
                 other => StoreError::Unavailable(other.to_string()),
             })?;
         snap.generation = current.generation + 1;
+        if let Some(cache) = self.cache.get() {
+            // Changes skipped by this load (a pruned log) are not remembered one by one: a
+            // read from before it must not fill the cache.
+            cache.forget_before(self.applied.load(Ordering::SeqCst));
+        }
         let source = if reload {
             crate::config::Source::Reload {
                 trigger: "providers.yaml changed",
@@ -1000,9 +1005,12 @@ impl deadpool_postgres::Connect for SpawnOn {
                 // The runtime is shutting down: connect here, as deadpool would.
                 Err(_) => {
                     let (client, connection) = cfg.connect(tls).await?;
-                    Ok((client, tokio::spawn(async move {
-                        let _ = connection.await;
-                    })))
+                    Ok((
+                        client,
+                        tokio::spawn(async move {
+                            let _ = connection.await;
+                        }),
+                    ))
                 }
             }
         })
