@@ -413,10 +413,15 @@ async fn watch_providers(
                 crate::config::providers::Catalog::parse(&name, &f.text).map_err(|d| d.to_string())
             });
         let result = match parsed {
-            Ok(catalog) => store
-                .reload_providers(Arc::new(catalog))
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(catalog) => match store.reload_providers(Arc::new(catalog)).await {
+                Ok(()) => Ok(()),
+                Err(e @ crate::store::StoreError::Unavailable(_)) => {
+                    // The database is down: try again on the next look.
+                    seen = None;
+                    Err(e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e),
         };
         if let Err(problem) = result {

@@ -63,6 +63,12 @@ pub trait ColdStore: Send + Sync + 'static {
         id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<Arc<crate::config::Connection>>, ColdError>>;
 
+    /// Whether the store holds any connection of `integration`.
+    fn has_connections<'a>(
+        &'a self,
+        integration: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ColdError>>;
+
     /// The connections `GET /connections` lists, newest first as Nango orders them, narrowed
     /// by `filter`; each is handed to `each` until it answers `false`. Not cached.
     fn list<'a>(
@@ -132,7 +138,7 @@ pub fn publish(app: &State, new: Arc<Snapshot>, source: Source) -> Changes {
         }
     }
     app.metrics.set_generation(new.generation);
-    app.errors.reconcile(&new);
+    app.errors.reconcile_held(&new, app.cold.get().is_some());
     // Freeing a large snapshot takes time too: here (a reload's blocking thread, the writer's
     // task) rather than on a request thread, unless a request still holds it.
     drop(old);
@@ -207,7 +213,22 @@ pub fn publish_changes_from(
     if removed_any {
         app.oauth.prune_memory(&new);
     }
-    app.errors.reconcile(&new);
+    let partial = app.cold.get().is_some();
+    if partial {
+        // A connection the snapshot does not hold may only be evicted: drop the errors of
+        // what was deleted, by name.
+        for ch in applied {
+            match ch {
+                Change::DeleteIntegration(k) => app.errors.forget(k, None),
+                Change::DeleteConnection {
+                    provider_config_key,
+                    connection_id,
+                } => app.errors.forget(provider_config_key, Some(connection_id)),
+                _ => {}
+            }
+        }
+    }
+    app.errors.reconcile_held(&new, partial);
     app.metrics.set_generation(new.generation);
     c
 }
@@ -223,7 +244,7 @@ pub fn publish_cache(app: &State, base: &Arc<Snapshot>, new: Arc<Snapshot>, evic
     if evicted {
         app.oauth.prune_memory(&new);
     }
-    app.errors.reconcile(&new);
+    app.errors.reconcile_held(&new, true);
     app.metrics.set_generation(new.generation);
     true
 }

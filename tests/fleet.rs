@@ -202,8 +202,16 @@ async fn a_write_on_one_replica_is_served_by_the_others() {
         .await;
         assert_eq!(res.status, 201, "{}", res.text());
         let get = format!("/connections/{id}?provider_config_key=gh");
-        let res = call(&c, &r.url(""), "GET", &get, Value::Null).await;
-        assert_eq!(res.status, 200, "{}", res.text());
+        // A cached replica reads it from the store; the whole-load one waits for the
+        // notification.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while call(&c, &r.url(""), "GET", &get, Value::Null).await.status != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "{id} never visible on the reader"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let res = call(
             &c,
             &w.url(""),

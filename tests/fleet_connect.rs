@@ -912,10 +912,11 @@ async fn migrate_upgrades_a_version_1_schema_and_keeps_its_rows() {
     let token = new_session(&c, &a, json!({"end_user": {"id": "u-old"}})).await;
     drop(a);
 
-    // Back to version 1: what migration 2 added goes, the rows stay. That this is version 1
-    // is checked against a database made by migration 1 alone.
+    // Back to version 1: what migrations 2 and 3 added goes, the rows stay. That this is
+    // version 1 is checked against a database made by migration 1 alone.
     pg.psql(
-        "DROP TABLE sidekey_oauth_states;
+        "DROP INDEX sidekey_connections_newest;
+         DROP TABLE sidekey_oauth_states;
          ALTER TABLE sidekey_connect_sessions DROP COLUMN attempts;
          DELETE FROM sidekey_schema_migrations WHERE version > 1",
     );

@@ -445,6 +445,9 @@ fn list(
     Ok(q.render(list, errors))
 }
 
+/// The most connections one list over the store reads up to ((page + 1) × limit).
+const MAX_COLD_LIST: usize = 100_000;
+
 /// `GET /connections` over a bounded connection cache: the store lists (narrowed by what it
 /// can, in Nango's order), the rest is filtered here, and the reading stops once the page is
 /// full.
@@ -455,6 +458,14 @@ async fn list_cold(
 ) -> Result<Response<ProxyBody>, ApiError> {
     let q = ListQuery::parse(query)?;
     let need = q.page.saturating_add(1).saturating_mul(q.limit);
+    // Pages are read from the start of the store's order: a bound on how far.
+    if need > MAX_COLD_LIST {
+        return Err(ApiError::field(
+            "invalid_query_params",
+            &["page"],
+            format!("with the PostgreSQL store, (page + 1) × limit is at most {MAX_COLD_LIST}"),
+        ));
+    }
     let mut got: Vec<std::sync::Arc<Connection>> = Vec::new();
     let filter = crate::state::ListFilter {
         integrations: q.integrations.as_deref(),

@@ -432,20 +432,9 @@ async fn stored_connections(app: &App, integration: &str) -> Result<bool, ApiErr
     let Some(cold) = app.state.cold.get() else {
         return Ok(false);
     };
-    let keys = [integration.to_string()];
-    let filter = crate::state::ListFilter {
-        integrations: Some(&keys),
-        ..Default::default()
-    };
-    let mut any = false;
-    let mut each = |_| {
-        any = true;
-        false
-    };
-    cold.list(filter, &mut each)
+    cold.has_connections(integration)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))?;
-    Ok(any)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))
 }
 
 async fn patch_integration(

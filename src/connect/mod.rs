@@ -125,8 +125,6 @@ pub enum Listener {
     Public,
 }
 
-/// Answers a request on the public listener: Connect routes that take no secret key, and 404
-/// `not_found` for everything else.
 /// With a bounded connection cache (the PostgreSQL store), brings the connection a reconnect
 /// names into the snapshot before the route reads it there.
 async fn ensure_connection(app: &App, integration: &str, id: &str) -> Result<(), ApiError> {
@@ -136,6 +134,8 @@ async fn ensure_connection(app: &App, integration: &str, id: &str) -> Result<(),
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))
 }
 
+/// Answers a request on the public listener: Connect routes that take no secret key, and 404
+/// `not_found` for everything else.
 pub async fn handle_public(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     handle(app, req, Listener::Public).await
 }

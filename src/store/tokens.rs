@@ -25,28 +25,43 @@ impl TokenWriter for Writer {
         version: u64,
     ) -> Pin<Box<dyn Future<Output = Option<Persisted>> + Send + 'a>> {
         Box::pin(async move {
-            let (pck, cid, cred) = (key.0.clone(), key.1.clone(), cred.clone());
-            let compute = Box::new(move |snap: &Snapshot| {
-                let Some(c) = snap.connection(&pck, &cid) else {
-                    return Err(StoreError::Precondition(Expect::ConnectionExists {
-                        provider_config_key: pck.clone(),
-                        connection_id: cid.clone(),
-                    }));
-                };
-                let mut record = c.record();
-                if c.version != version
-                    || !crate::credstore::apply_refreshed(&mut record.credentials, &cred)
+            let make = || -> super::writer::Compute {
+                let (pck, cid, cred) = (key.0.clone(), key.1.clone(), cred.clone());
+                Box::new(move |snap: &Snapshot| {
+                    let Some(c) = snap.connection(&pck, &cid) else {
+                        return Err(StoreError::Precondition(Expect::ConnectionExists {
+                            provider_config_key: pck.clone(),
+                            connection_id: cid.clone(),
+                        }));
+                    };
+                    let mut record = c.record();
+                    if c.version != version
+                        || !crate::credstore::apply_refreshed(&mut record.credentials, &cred)
+                    {
+                        return Err(StoreError::Precondition(Expect::ConnectionVersion {
+                            provider_config_key: pck.clone(),
+                            connection_id: cid.clone(),
+                            version: c.version,
+                        }));
+                    }
+                    record.updated_at = Some(crate::config::vault::now());
+                    Ok(vec![crate::config::Change::PutConnection(record, 0)])
+                })
+            };
+            let mut result = self.update(make()).await;
+            // A bounded connection cache (the PostgreSQL store) may have evicted the connection
+            // during the token call, or a reload emptied it: read it in again and write once
+            // more, so the refreshed token (a rotated refresh token) is not lost.
+            if let (Err(StoreError::Precondition(Expect::ConnectionExists { .. })), Some(state)) =
+                (&result, self.state())
+            {
+                if state.cold.get().is_some()
+                    && state.ensure_connection(&key.0, &key.1).await.is_ok()
                 {
-                    return Err(StoreError::Precondition(Expect::ConnectionVersion {
-                        provider_config_key: pck.clone(),
-                        connection_id: cid.clone(),
-                        version: c.version,
-                    }));
+                    result = self.update(make()).await;
                 }
-                record.updated_at = Some(crate::config::vault::now());
-                Ok(vec![crate::config::Change::PutConnection(record, 0)])
-            });
-            match self.update(compute).await {
+            }
+            match result {
                 Ok(snap) => Some(match snap.connection(&key.0, &key.1) {
                     Some(c) => Persisted::Vault(c.version),
                     None => Persisted::Skipped("the connection is no longer in the vault".into()),

@@ -45,6 +45,8 @@ pub type Compute = Box<dyn Fn(&Snapshot) -> Result<Vec<Change>, StoreError> + Se
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Pending>,
+    /// The state it publishes into (weak: the state's token manager holds the writer).
+    state: std::sync::Weak<State>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -62,8 +64,14 @@ impl Writer {
         backend: Arc<dyn Backend>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
+        let state = Arc::downgrade(&app);
         runtime.spawn(run(app, backend, rx));
-        Self { tx }
+        Self { tx, state }
+    }
+
+    /// The state this writer publishes into, while it exists.
+    pub fn state(&self) -> Option<Arc<State>> {
+        self.state.upgrade()
     }
 
     /// Commits one write; the snapshot that includes it, once it is durable and published.

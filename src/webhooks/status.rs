@@ -234,15 +234,24 @@ impl AuthErrors {
     /// credential changed are dropped; the others set the flag on the new compiled
     /// connection. Costs nothing when no connection has an error.
     pub fn reconcile(&self, snap: &Snapshot) {
+        self.reconcile_held(snap, false)
+    }
+
+    /// [`AuthErrors::reconcile`] over a snapshot that holds only some connections (a bounded
+    /// cache) when `partial`: a connection it does not hold keeps its error (it was evicted,
+    /// not deleted; deletes go through [`AuthErrors::forget`]).
+    pub fn reconcile_held(&self, snap: &Snapshot, partial: bool) {
         let mut t = self.lock();
         if t.is_empty() {
             return;
         }
         let mut touched: Vec<String> = Vec::new();
         t.retain(|(k, id), e| {
-            let keep = snap
-                .connection(k, id)
-                .filter(|c| c.fingerprint() == e.fingerprint);
+            let held = snap.connection(k, id);
+            if partial && held.is_none() {
+                return true;
+            }
+            let keep = held.filter(|c| c.fingerprint() == e.fingerprint);
             match keep {
                 Some(c) => {
                     c.set_auth_error_hint(true);
@@ -259,6 +268,17 @@ impl AuthErrors {
         touched.dedup();
         for k in touched {
             self.count(&t, &k);
+        }
+    }
+
+    /// Drops the errors of a deleted connection (`Some(id)`) or of every connection of a
+    /// deleted integration (`None`).
+    pub fn forget(&self, integration: &str, id: Option<&str>) {
+        let mut t = self.lock();
+        let before = t.len();
+        t.retain(|(k, i), _| !(k == integration && id.is_none_or(|id| id == i)));
+        if t.len() != before {
+            self.count(&t, integration);
         }
     }
 

@@ -205,7 +205,16 @@ impl PgCold {
         else {
             return Ok(None);
         };
-        let record = self.0.open_connection(text).map_err(ColdError)?;
+        let record = match self.0.open_connection(text) {
+            Ok(r) => r,
+            Err(problem) => {
+                // As a whole load skips it: logged (the message names the field, never its
+                // value), and not served.
+                tracing::error!(provider_config_key = %integration, connection_id = %id,
+                    %problem, "a stored connection does not load; not served");
+                return Ok(None);
+            }
+        };
         Ok(Some(Read {
             seq: row.get(0),
             version,
@@ -213,31 +222,32 @@ impl PgCold {
         }))
     }
 
-    /// Compiles a read against the serving snapshot; `None` if its integration is gone.
-    fn compile(&self, read: &Read) -> Result<Option<Arc<Connection>>, ColdError> {
-        let state = self.attached()?;
+    /// Compiles a read against the serving snapshot; `None` if its integration is gone or it
+    /// does not compile here (as a whole load skips it, loudly: the caller gets 404).
+    fn compile(&self, read: &Read) -> Option<Arc<Connection>> {
+        let state = self.attached().ok()?;
         let snap = state.snapshot.load();
         if !snap
             .integrations
             .contains_key(read.record.provider_config_key.as_str())
         {
-            return Ok(None);
+            return None;
         }
-        let with = snap
-            .with(Change::PutConnection(
-                read.record.clone(),
-                read.version.max(0) as u64,
-            ))
-            .map_err(|d| {
-                ColdError(format!(
-                    "connection `{}` does not compile here: {}",
-                    read.record.connection_id,
-                    d.first().map(ToString::to_string).unwrap_or_default()
-                ))
-            })?;
-        Ok(with
-            .connection(&read.record.provider_config_key, &read.record.connection_id)
-            .cloned())
+        match snap.with(Change::PutConnection(
+            read.record.clone(),
+            read.version.max(0) as u64,
+        )) {
+            Ok(with) => with
+                .connection(&read.record.provider_config_key, &read.record.connection_id)
+                .cloned(),
+            Err(d) => {
+                tracing::error!(provider_config_key = %read.record.provider_config_key,
+                    connection_id = %read.record.connection_id,
+                    problem = %d.first().map(ToString::to_string).unwrap_or_default(),
+                    "a stored connection does not compile here; not served");
+                None
+            }
+        }
     }
 
     fn attached(&self) -> Result<&Arc<crate::state::State>, ColdError> {
@@ -294,24 +304,68 @@ impl PgCold {
         id: &str,
         wait: bool,
     ) -> Result<Option<Arc<Connection>>, ColdError> {
-        let metrics = &self.attached()?.metrics;
-        let read = match self.read(integration, id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                metrics.cache_load("absent");
+        let state = self.attached()?;
+        // With `wait` the caller reads the snapshot next: a fill refused because a change
+        // newer than the read was applied meanwhile is read again (a few times at most).
+        let tries = if wait { 3 } else { 1 };
+        let mut conn = None;
+        for _ in 0..tries {
+            let read = match self.read(integration, id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    state.metrics.cache_load("absent");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    state.metrics.cache_load("error");
+                    return Err(e);
+                }
+            };
+            state.metrics.cache_load("found");
+            conn = self.compile(&read);
+            if conn.is_none() {
                 return Ok(None);
             }
-            Err(e) => {
-                metrics.cache_load("error");
-                return Err(e);
-            }
-        };
-        metrics.cache_load("found");
-        let conn = self.compile(&read)?;
-        if conn.is_some() {
             self.fill(read, wait).await;
+            if !wait || state.snapshot.load().connection(integration, id).is_some() {
+                break;
+            }
         }
         Ok(conn)
+    }
+}
+
+/// A stored record opened, or `None` (logged) when it does not open here: one bad row is
+/// left out of a list, as a whole load leaves it out.
+fn opened(store: &PgStore, text: &str) -> Option<RawConnection> {
+    match store.open_connection(text) {
+        Ok(r) => Some(r),
+        Err(problem) => {
+            tracing::error!(%problem, "a stored connection does not load; left out");
+            None
+        }
+    }
+}
+
+/// Takes a read's entry out of [`Cache::inflight`] when dropped, if it is still that read's.
+struct Landed<'a> {
+    cache: &'a Cache,
+    key: (String, String),
+    flight: Arc<Flight>,
+}
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        let mut m = self
+            .cache
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if m.get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            m.remove(&self.key);
+        }
     }
 }
 
@@ -336,18 +390,17 @@ impl ColdStore for PgCold {
                     .unwrap_or_else(PoisonError::into_inner);
                 m.entry(key.clone()).or_default().clone()
             };
-            let out = flight
+            // Removed from the map when this request is done with it, answered or dropped (a
+            // caller that hangs up must not leave its entry behind).
+            let _done = Landed {
+                cache,
+                key,
+                flight: flight.clone(),
+            };
+            flight
                 .get_or_init(|| self.load(integration, id, false))
                 .await
-                .clone();
-            let mut m = cache
-                .inflight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if m.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                m.remove(&key);
-            }
-            out
+                .clone()
         })
     }
 
@@ -375,17 +428,37 @@ impl ColdStore for PgCold {
                 .map_err(fail)?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
+                let Some(record) = opened(&self.0, row.get(2)) else {
+                    continue;
+                };
                 let read = Read {
                     seq: row.get(0),
                     version: row.get(1),
-                    record: self.0.open_connection(row.get(2)).map_err(ColdError)?,
+                    record,
                 };
-                if let Some(c) = self.compile(&read)? {
+                if let Some(c) = self.compile(&read) {
                     out.push(c);
                     self.fill(read, false).await;
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn has_connections<'a>(
+        &'a self,
+        integration: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ColdError>> {
+        Box::pin(async move {
+            let client = self.0.client().await.map_err(|e| cold_error(e.into()))?;
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM sidekey_connections WHERE provider_config_key = $1)",
+                    &[&integration],
+                )
+                .await
+                .map(|row| row.get(0))
+                .map_err(|e| ColdError(format!("{STORE_NAME}: {}", super::chain(&e))))
         })
     }
 
@@ -418,13 +491,16 @@ impl ColdStore for PgCold {
             let mut rows = std::pin::pin!(rows);
             while let Some(row) = rows.next().await {
                 let row = row.map_err(fail)?;
+                let Some(record) = opened(&self.0, row.get(1)) else {
+                    continue;
+                };
                 let read = Read {
                     seq: 0,
                     version: row.get(0),
-                    record: self.0.open_connection(row.get(1)).map_err(ColdError)?,
+                    record,
                 };
                 // One that does not compile here is not listed (as at a whole load).
-                if let Ok(Some(c)) = self.compile(&read) {
+                if let Some(c) = self.compile(&read) {
                     if !each(c) {
                         break;
                     }

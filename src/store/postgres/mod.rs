@@ -150,7 +150,7 @@ pub struct PgStore {
     /// Set by [`PgStore::bound_cache`]: the snapshot holds only the connections in use.
     cache: OnceLock<cache::Cache>,
     /// A providers.yaml read since the last refresh ([`PgStore::reload_providers`]).
-    next_catalog: std::sync::Mutex<Option<Arc<Catalog>>>,
+    next_catalog: std::sync::Mutex<Option<NextCatalog>>,
 }
 
 struct Attached {
@@ -792,8 +792,12 @@ impl PgStore {
         let Some(a) = self.attached.get() else {
             return Err(StoreError::Unavailable("the store is not attached".into()));
         };
-        *self.next_catalog.lock().unwrap_or_else(|p| p.into_inner()) = Some(catalog);
-        a.writer.local(Box::new(|_| None)).await.map(|_| ())
+        let (done, result) = tokio::sync::oneshot::channel();
+        // A newer file replaces one not loaded yet (its caller hears nothing: superseded).
+        *self.next_catalog.lock().unwrap_or_else(|p| p.into_inner()) = Some((catalog, done));
+        // The writer's next refresh (this one's, or a group's that comes first) loads it.
+        a.writer.local(Box::new(|_| None)).await?;
+        result.await.unwrap_or(Ok(()))
     }
 
     /// The changes this replica missed are no longer in the log (it was away longer than
@@ -909,6 +913,12 @@ fn touched_by(ch: &Change) -> (String, Option<String>) {
         Change::PutKey(_) | Change::DeleteKey(_) => (String::new(), None),
     }
 }
+
+/// A providers.yaml waiting to be loaded, and where its result goes.
+type NextCatalog = (
+    Arc<Catalog>,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
 
 /// One entry of the change log, as written and as notified.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -1069,12 +1079,15 @@ impl Backend for PgStore {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            if let (Some(catalog), Some(a)) = (catalog, self.attached.get()) {
-                // Loaded whole: nothing is left to catch up on.
-                return self
-                    .load_again(a, current, Some(catalog))
-                    .await
-                    .map(|()| None);
+            if let (Some((catalog, done)), Some(a)) = (catalog, self.attached.get()) {
+                // Loaded whole: nothing is left to catch up on. Its result goes to the reload
+                // alone: a write waiting in the same group is not refused for a bad file.
+                let loaded = self.load_again(a, current.clone(), Some(catalog)).await;
+                let failed = loaded.is_err();
+                let _ = done.send(loaded);
+                if !failed {
+                    return Ok(None);
+                }
             }
             if self.behind() {
                 self.catch_up_locked(current).await?;

@@ -22,6 +22,7 @@
 //!   every other, and its auth attempts are counted in one place (`super::sessions`).
 //! - `sidekey_oauth_states` (2): OAuth authorizations in flight by the SHA-256 of their
 //!   `state`, taken once by whichever replica the provider's redirect reaches.
+//! - `sidekey_connections_newest` (3): the connections in `GET /connections`'s order.
 //! - `sidekey_webhook_outbox`: committed auth webhook events; any replica delivers any of
 //!   them, one at a time per row (`super::outbox`).
 
@@ -110,6 +111,16 @@ CREATE TABLE sidekey_oauth_states (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX sidekey_oauth_states_expiry ON sidekey_oauth_states (expires_at);
+"#,
+    ),
+    // 3: `GET /connections` over a bounded connection cache lists from the table, newest
+    // first, and stops when its page is full: an index in that order lets it read only the
+    // rows it returns instead of sorting the whole table first.
+    (
+        3,
+        r#"
+CREATE INDEX sidekey_connections_newest ON sidekey_connections
+    ((record->>'created_at') DESC NULLS LAST, provider_config_key, connection_id);
 "#,
     ),
 ];
