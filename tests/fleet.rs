@@ -1599,3 +1599,82 @@ async fn providers_yaml_reloads_over_the_store() {
         Some("Token k1")
     );
 }
+
+/// A connection dropped from the cache while its token call is out (here by a providers.yaml
+/// reload on SIGHUP, which empties the cache; an eviction does the same): the refreshed token, and the
+/// rotated refresh token with it, still reach the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_token_call_keeps_the_refreshed_token() {
+    let pg = Pg::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let up = Upstream::start(Arc::new(move |r: &Recorded| {
+        if r.uri.path() == "/oauth/token" {
+            // The provider rotates: rt-1 works once, a second use is refused.
+            if counted.fetch_add(1, Ordering::SeqCst) > 0 {
+                return reply(400, r#"{"error":"invalid_grant"}"#);
+            }
+            // Out long enough for the reload below (SIGHUP) to happen meanwhile.
+            std::thread::sleep(Duration::from_millis(2500));
+            let mut res = reply(
+                200,
+                json!({"access_token": "at-new", "refresh_token": "rt-rotated",
+                       "expires_in": 3600, "token_type": "Bearer"})
+                .to_string(),
+            );
+            res.headers_mut()
+                .insert("content-type", "application/json".parse().expect("value"));
+            return res;
+        }
+        reply(200, "{}")
+    }))
+    .await;
+    let p = providers(&up.url(""), &up.url(""));
+    let a = replica(&pg, &p);
+    let c = TestClient::http1();
+    for (path, body) in [
+        (
+            "/integrations",
+            json!({"provider": "oa", "unique_key": "o",
+                   "credentials": {"type": "OAUTH2", "client_id": "cid", "client_secret": "cs"}}),
+        ),
+        (
+            "/connections",
+            json!({"provider_config_key": "o", "connection_id": "x",
+                   "credentials": {"type": "OAUTH2", "access_token": "at-old", "refresh_token": "rt-1",
+                                   "expires_at": "2020-01-01T00:00:00Z"}}),
+        ),
+    ] {
+        let res = call(&c, &a.url(""), "POST", path, body).await;
+        assert!(res.status == 200 || res.status == 201, "{}", res.text());
+    }
+    let refresh = {
+        let (c, base) = (c.clone(), a.url(""));
+        tokio::spawn(async move { c.proxy(&base, "/x", "x", "o").await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("HUP");
+    assert!(
+        a.wait_for_log("providers.yaml changed", Duration::from_secs(2)),
+        "the reload did not happen during the token call: {}",
+        a.logs()
+    );
+    assert_eq!(refresh.await.expect("request"), 200);
+    let res = call(
+        &c,
+        &a.url(""),
+        "GET",
+        "/connections/x?provider_config_key=o&refresh_token=true",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.json()["credentials"]["refresh_token"],
+        "rt-rotated",
+        "{}",
+        res.text()
+    );
+    assert_eq!(res.json()["credentials"]["access_token"], "at-new");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one token call");
+}
