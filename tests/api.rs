@@ -72,6 +72,14 @@ async fn setup(vault: &str, args: &[&str]) -> (Upstream, Sidekey) {
     (up, sk)
 }
 
+/// What the store holds on disk: the vault's text and, after it, its journal's (the API
+/// writes not yet folded into the vault; `config::journal`).
+fn stored_text(sk: &Sidekey) -> String {
+    let mut text = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    text.push_str(&std::fs::read_to_string(sk.path("vault.yaml.journal")).unwrap_or_default());
+    text
+}
+
 /// Restarts a sidekey on the files it left in `dir`.
 fn restart(dir: tempfile::TempDir) -> Sidekey {
     let args: Vec<String> = vec![
@@ -821,7 +829,7 @@ async fn a_hand_edit_racing_a_write_is_kept() {
     std::fs::write(&path, &text).expect("hand edit");
     let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-2", "credentials": {"type": "API_KEY", "apiKey": "k2"}})).await;
     assert_eq!(res.status, 201, "{}", res.text());
-    let after = std::fs::read_to_string(&path).expect("vault");
+    let after = stored_text(&sk);
     assert!(after.contains("edited-by-hand"), "{after}");
     let (code, out, _) = run_cli(
         &[
@@ -979,12 +987,19 @@ async fn api_writes_are_sealed_when_a_key_is_set() {
     assert_eq!(res.status, 200, "{}", res.text());
     let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u1", "credentials": {"type": "API_KEY", "apiKey": SECRET}})).await;
     assert_eq!(res.status, 201, "{}", res.text());
-    let vault = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    // The connection went to the journal (the first write, the integration, rewrote the
+    // vault): sealed there as in the vault.
+    let vault = stored_text(&sk);
     assert!(
         !vault.contains(SECRET),
         "plaintext secret on disk:\n{vault}"
     );
     assert!(vault.contains("enc:v1:"), "{vault}");
+    let journal = std::fs::read_to_string(sk.path("vault.yaml.journal")).expect("journal");
+    assert!(
+        journal.contains("\"u1\"") && journal.contains("enc:v1:"),
+        "{journal}"
+    );
     assert_eq!(c.proxy(&sk.url(""), "/x", "u1", "gh").await.status, 200);
     assert_eq!(
         up.requests()
