@@ -1,9 +1,22 @@
-//! The vault file as a store: the records live in `vault.yaml`, replaced on each commit
-//! (temporary file, fsync, rename, fsync of the directory, mode 0600). The first commit, and
-//! the first after a hand edit, streams the whole snapshot record by record through
-//! [`super::render`] with the old file's leading comments kept; later ones are spliced by
-//! [`super::splice`]: the old file's bytes for every unchanged connection, copied file to
-//! file, and fresh text only for the connections the group put.
+//! The vault file as a store: the records live in `vault.yaml` and, for the connections API
+//! writes put or deleted since it was last rewritten, in its journal beside it
+//! ([`crate::config::journal`]: `vault.yaml.journal`, one JSON line per group commit).
+//!
+//! A group that only puts or deletes connections (API writes, refreshed tokens) is appended to
+//! the journal and `fdatasync`ed: a few kilobytes, where rewriting the vault was the whole file
+//! copied and fsynced (1.86 MB at 10k connections, 60–100 times a second under 500 writes/s,
+//! which cost the proxy's p99 on the same core; issue 12, BENCHMARKS.md). The vault is
+//! rewritten — *folded*: the journal's changes written into it, then the journal emptied —
+//! on the first commit of a process, on a commit that changes integrations or caller keys,
+//! when the journal would pass a quarter of the vault's size ([`FOLD_FRACTION`]), and a
+//! second after writes stop ([`crate::store::Backend::idle`]). A fold replaces the vault
+//! (temporary file, fsync, rename, fsync of the directory, mode 0600) as every commit did
+//! before: the first, and the first after a hand edit, streams the whole snapshot record by
+//! record through [`super::render`] with the old file's leading comments kept; later ones are
+//! spliced by [`super::splice`]: the old file's bytes for every unchanged connection, copied
+//! file to file, and fresh text only for the connections changed since the last fold. The
+//! journal is emptied only after the vault's rename is durable; a crash in between replays
+//! groups the vault already holds, which changes nothing.
 //!
 //! The file is also edited by hand, so every commit first asks whether it still is the file
 //! sidekey last read or wrote: its stamp (device, inode, size, modification time; see
@@ -17,8 +30,13 @@
 //! sidekey writes is recorded for the reloader too, whose watch sees every commit: it stats the
 //! files, finds them unchanged, and neither reads nor parses what sidekey itself wrote.
 //!
+//! The journal needs no stamp of its own: only sidekey writes it, under the same lock, and
+//! every reader of the vault (the reloader, this store's re-read after a hand edit, `sidekey
+//! check`) applies it over the vault it read, so a hand edit never loses an answered write.
+//!
 //! With `SIDEKEY_ENCRYPTION_KEY` set, every secret is sealed before the file is written
-//! ([`crate::config::sealed`]), so an API write never puts a plaintext secret on disk: a
+//! ([`crate::config::sealed`]), in the journal as in the vault, so an API write never puts a
+//! plaintext secret on disk: a
 //! spliced commit seals the records it renders, and copies the others' sealed bytes as they
 //! are (a hand edit that put a plaintext secret in is re-read first, which drops the splice
 //! index, so that commit renders, and seals, everything).
@@ -75,7 +93,9 @@ struct JournalState {
     file: Option<std::fs::File>,
     /// Bytes appended since the last fold.
     bytes: u64,
-    /// Every change appended since the last fold: what a fold splices into the vault.
+    /// Which connections were appended since the last fold (as deletes: a fold takes only
+    /// the keys, and renders each connection from the snapshot, so the records themselves
+    /// are not kept twice in memory).
     since_fold: Vec<Change>,
     /// The generation of the snapshot the vault file was last written with.
     vault_generation: u64,
@@ -247,7 +267,9 @@ impl Inner {
                 return Err(write_error(&e));
             }
             journal.bytes += line.len() as u64;
-            journal.since_fold.extend_from_slice(changes);
+            journal
+                .since_fold
+                .extend(changes.iter().filter_map(changed_key));
             tracing::debug!(
                 generation = next.generation,
                 journal_bytes = journal.bytes,
@@ -374,6 +396,22 @@ impl Inner {
         };
         Ok(())
     }
+}
+
+/// The connection a journaled change touched, as the splicer needs it: its key only.
+fn changed_key(ch: &Change) -> Option<Change> {
+    let (pck, id) = match ch {
+        Change::PutConnection(raw, _) => (&raw.provider_config_key, &raw.connection_id),
+        Change::DeleteConnection {
+            provider_config_key,
+            connection_id,
+        } => (provider_config_key, connection_id),
+        _ => return None,
+    };
+    Some(Change::DeleteConnection {
+        provider_config_key: pck.clone(),
+        connection_id: id.clone(),
+    })
 }
 
 /// Whether the journal beside `vault` holds anything (an unreadable one counts: fold it).

@@ -35,8 +35,9 @@
 //! bytes, which every commit does anyway) instead of a map from key to position, which would
 //! cost about three times the memory. The index is used only when the file
 //! on disk is still the one it describes (same stamp, checked on the open descriptor that the
-//! bytes are copied from, and again after copying) and the snapshot is the next generation of
-//! the one written; anything else — the first commit, a hand edit the store or the reloader
+//! bytes are copied from, and again after copying) and the caller's changes are every change
+//! since the generation it was written at (the next generation's, or, for a fold of the
+//! journal, everything appended to it since; [`Splicer::write_since`]); anything else — the first commit, a hand edit the store or the reloader
 //! re-read, a failed commit — renders everything and rebuilds the index.
 //!
 //! **Collisions.** A full render keeps its index only if all hashes differ. A spliced commit
