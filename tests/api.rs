@@ -1070,6 +1070,18 @@ async fn kill_9_with_an_unfolded_journal_loses_no_answered_write() {
     let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "after-hup-2", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
     assert_eq!(res.status, 201, "{}", res.text());
     assert!(std::fs::metadata(sk.path("vault.yaml.journal")).map_or(0, |m| m.len()) > 0);
+    // An update and a delete of connections the folded vault holds, journaled too.
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "j0", "credentials": {"type": "API_KEY", "apiKey": "k0-updated"}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = call(
+        &c,
+        &sk,
+        "DELETE",
+        "/connections/j1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
     sk.signal("HUP");
     assert!(
         sk.wait_for_log("SIGHUP", Duration::from_secs(10)),
@@ -1085,6 +1097,36 @@ async fn kill_9_with_an_unfolded_journal_loses_no_answered_write() {
         c.proxy(&sk.url(""), "/x", "after-hup", "gh").await.status,
         200
     );
+    assert_eq!(c.proxy(&sk.url(""), "/x", "j1", "gh").await.status, 404);
+
+    // Folded again once writes stop (spliced onto the vault the first fold wrote, with every
+    // change journaled since): the vault alone now holds exactly what is served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(sk.path("vault.yaml.journal")).map_or(0, |m| m.len()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was not folded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vault_text = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    for want in ["after-hup-2", "after-hup", "k0-updated", "\"j19\""] {
+        assert!(vault_text.contains(want), "{want}:\n{vault_text}");
+    }
+    assert!(!vault_text.contains("\"j1\""), "{vault_text}");
+    assert!(!vault_text.contains("\"k0\""), "{vault_text}");
+    let (code, out, _) = run_cli(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        sk.dir(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("21 connections"), "{out}");
 }
 
 #[tokio::test]
@@ -1141,6 +1183,52 @@ async fn api_writes_are_sealed_when_a_key_is_set() {
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("SIDEKEY_ENCRYPTION_KEY"), "{out}");
+    // With the key, the journal's sealed secret opens; with another, the journal's line and
+    // connection are named (never the value).
+    let env = [("SIDEKEY_ENCRYPTION_KEY", key.as_str())];
+    let check = [
+        "check",
+        "--providers",
+        "providers.yaml",
+        "--vault",
+        "vault.yaml",
+    ];
+    let (code, out, _) = support::sidekey::run_cli_env(&check, sk.dir(), &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 connections"), "{out}");
+    let other = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
+    let (code, out, _) = support::sidekey::run_cli_env(
+        &check,
+        sk.dir(),
+        &[("SIDEKEY_ENCRYPTION_KEY", other.as_str())],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("vault.yaml.journal") && out.contains("connections[u1]"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+    // Resealing the vault alone would strand the journal's groups under the old key.
+    let (code, out, err) = support::sidekey::run_cli_env(
+        &[
+            "vault",
+            "rekey",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        sk.dir(),
+        &[
+            ("SIDEKEY_ENCRYPTION_KEY", key.as_str()),
+            ("SIDEKEY_NEW_ENCRYPTION_KEY", other.as_str()),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("not yet folded"),
+        "{out}{err}"
+    );
 }
 
 #[tokio::test]
