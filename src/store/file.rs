@@ -93,10 +93,11 @@ struct JournalState {
     file: Option<std::fs::File>,
     /// Bytes appended since the last fold.
     bytes: u64,
-    /// Which connections were appended since the last fold (as deletes: a fold takes only
-    /// the keys, and renders each connection from the snapshot, so the records themselves
-    /// are not kept twice in memory).
-    since_fold: Vec<Change>,
+    /// Which connections (integration key, connection id) were appended since the last fold,
+    /// each once: a fold renders them from the snapshot, so only their keys are kept (a
+    /// `Change` is some 300 bytes even without its record's heap, and a list would grow with
+    /// the writes, where this grows only with the connections they touch).
+    since_fold: std::collections::HashSet<(String, String)>,
     /// The generation of the snapshot the vault file was last written with.
     vault_generation: u64,
 }
@@ -267,9 +268,11 @@ impl Inner {
                 return Err(write_error(&e));
             }
             journal.bytes += line.len() as u64;
-            journal
-                .since_fold
-                .extend(changes.iter().filter_map(changed_key));
+            for ch in changes {
+                if let Some(k) = changed_key(ch) {
+                    journal.since_fold.insert(k);
+                }
+            }
             tracing::debug!(
                 generation = next.generation,
                 journal_bytes = journal.bytes,
@@ -306,7 +309,16 @@ impl Inner {
             .map_err(|e| StoreError::Unavailable(format!("cannot read the vault: {e}")))?;
         let key = self.reloader.encryption_key().map(|k| &**k);
         let started = std::time::Instant::now();
-        let mut changes = std::mem::take(&mut journal.since_fold);
+        // The splicer takes changes; only their keys matter to it (the text comes from
+        // `next`), so each journaled connection goes in as a key-only delete.
+        let mut changes: Vec<Change> = journal
+            .since_fold
+            .iter()
+            .map(|(pck, id)| Change::DeleteConnection {
+                provider_config_key: pck.clone(),
+                connection_id: id.clone(),
+            })
+            .collect();
         changes.extend_from_slice(extra);
         let written = self
             .splicer
@@ -325,8 +337,6 @@ impl Inner {
             Err(e) => {
                 // Nothing was replaced; the journal still holds its groups (the next fold,
                 // with no index, renders everything).
-                changes.truncate(changes.len() - extra.len());
-                journal.since_fold = changes;
                 return Err(match e {
                     RenderError::Changed => StoreError::Conflict(
                         "the vault was edited while this write was being made".into(),
@@ -339,6 +349,7 @@ impl Inner {
         // Only now, with every group of it in the vault, is the journal emptied: a crash in
         // between replays groups the vault already holds, which changes nothing.
         let folded = journal.bytes;
+        journal.since_fold = Default::default();
         journal.file = None;
         journal.bytes = 0;
         journal.vault_generation = next.generation;
@@ -398,8 +409,8 @@ impl Inner {
     }
 }
 
-/// The connection a journaled change touched, as the splicer needs it: its key only.
-fn changed_key(ch: &Change) -> Option<Change> {
+/// The connection a journaled change touched: its integration key and id.
+fn changed_key(ch: &Change) -> Option<(String, String)> {
     let (pck, id) = match ch {
         Change::PutConnection(raw, _) => (&raw.provider_config_key, &raw.connection_id),
         Change::DeleteConnection {
@@ -408,10 +419,7 @@ fn changed_key(ch: &Change) -> Option<Change> {
         } => (provider_config_key, connection_id),
         _ => return None,
     };
-    Some(Change::DeleteConnection {
-        provider_config_key: pck.clone(),
-        connection_id: id.clone(),
-    })
+    Some((pck.clone(), id.clone()))
 }
 
 /// Whether the journal beside `vault` holds anything (an unreadable one counts: fold it).
