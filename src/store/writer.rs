@@ -115,6 +115,9 @@ async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<
                         // The next commit tries again; nothing was lost.
                         tracing::warn!(error = %e, "the store could not tidy up while idle");
                     }
+                    // A burst of writes freed every snapshot it replaced; mimalloc keeps such
+                    // pages until asked (as after a reload): give them back once writes stop.
+                    crate::memory::release_freed();
                     continue;
                 }
             }
