@@ -17,8 +17,10 @@
 #               POST /connections upserting random existing connections
 #       both    the two at once
 #     reporting writes/s, write p50/p99, proxy req/s, p99 and failures (non-2xx, socket
-#     errors), and the medians over the rounds. Afterwards `sidekey check` must accept the
-#     vault and count N + 1 connections.
+#     errors), and the medians over the rounds. Then the journal's size (vault.yaml.journal:
+#     writes not yet folded into the vault) right after the writes and after 2 s idle (it is
+#     folded a second after writes stop). Afterwards `sidekey check` must accept the vault
+#     (with its journal) and count N + 1 connections.
 #
 # Knobs: SIZES="10000 100000", DURATION=10, ROUNDS=3, WRITERS=16, WRITE_RATE (unset: flat
 #   out; else the writers pace themselves to about that many writes/s), PROXY_CONNS=1,
@@ -282,6 +284,12 @@ for n in $SIZES; do
             pp=$(med proxy.pp99); bp=$(med both.pp99)
             SUMMARY_ROWS+=("| $n | $(med writes.wrps) | $(med writes.wp50) | $(med writes.wp99) | $(med both.wrps) | $(med proxy.prps) | $(med both.prps) | $pp | $bp | $(awk -v a="$bp" -v b="$pp" 'BEGIN{printf "%.2f", a/b}') | $((${R[proxy.pf]:-0} + ${R[both.pf]:-0})) | $((${R[writes.wf]:-0} + ${R[both.wf]:-0})) | $(tr ' ' '\n' <<<"${R[proxy.pp99]} ${R[both.pp99]}" | grep . | tr '\n' ' ')|")
             unset R
+            # The journal (API writes not yet folded into the vault) is folded a second
+            # after writes stop: its size now, and after two idle seconds.
+            jpath="$d/vault.yaml.journal"
+            jb=$(stat -c %s "$jpath" 2>/dev/null || echo none)
+            sleep 2
+            echo "- $name n=$n: journal after the writes $jb bytes, after 2 s idle $(stat -c %s "$jpath" 2>/dev/null || echo none) bytes"
             rss_w=$(kib "$SK_PID" VmRSS); hwm_w=$(kib "$SK_PID" VmHWM)
             log "$name n=$n: after writes rss $(mib "$rss_w") MiB, peak since reload $(mib "$hwm_w")"
             echo "- $name n=$n: after the write rounds VmRSS $(mib "$rss_w") MiB, VmHWM since the reload $(mib "$hwm_w") MiB"

@@ -88,7 +88,9 @@ fn check(files: &FileArgs) -> ExitCode {
         encryption_key: key,
         versions: None,
     };
-    let result = config::load_files(&paths).and_then(|src| config::snapshot::build(&src, &opts));
+    // The vault with the API writes its journal holds (not yet folded into it).
+    let result = config::load_files(&paths)
+        .and_then(|src| config::journal::build(&src, &paths.vault, &opts, None));
     match result {
         Ok(snapshot) => {
             for w in snapshot.warnings.iter() {
@@ -164,6 +166,8 @@ enum VaultCommandError {
     },
     #[error("{0}: the file changed while it was being sealed; nothing was written, run the command again")]
     Changed(String),
+    #[error("{0}: holds API writes not yet folded into the vault; nothing was written. Start sidekey on this vault (it folds the journal a second after writes stop), stop it, and run the command again")]
+    Unfolded(String),
     #[error("{file}: cannot write: {source}")]
     Write {
         file: String,
@@ -221,6 +225,15 @@ fn reseal_file(
 ) -> Result<(String, Option<sealed::ResealSummary>), VaultCommandError> {
     let paths = Paths::new(files.providers.clone(), files.vault.clone(), None);
     let src = config::load_files(&paths).map_err(VaultCommandError::Files)?;
+    // Resealing the vault's text alone would leave the journal's groups sealed with the old
+    // key (or in plaintext), replayed over the new file at the next start.
+    let journal =
+        config::journal::read(&paths.vault).map_err(|d| VaultCommandError::Files(vec![d]))?;
+    if !journal.ops.is_empty() {
+        return Err(VaultCommandError::Unfolded(
+            config::journal::path(&paths.vault).display().to_string(),
+        ));
+    }
     // The same checks as `sidekey check`, so a vault is never rewritten while it is broken.
     let opts = BuildOptions {
         env_keys: env_keys(),
@@ -322,20 +335,21 @@ fn store_command(cmd: StoreCommand) -> ExitCode {
                 providers,
                 store,
             } => {
-                let src = config::load_files(&Paths::new(providers, from, None))
-                    .map_err(|d| anyhow::anyhow!(lines(&d)))?;
+                let paths = Paths::new(providers, from, None);
+                let src = config::load_files(&paths).map_err(|d| anyhow::anyhow!(lines(&d)))?;
                 let opts = BuildOptions {
                     env_keys: Vec::new(),
                     generation: 0,
                     encryption_key: key.clone(),
                     versions: None,
                 };
-                let vault = config::snapshot::build(&src, &opts).map_err(|d| {
-                    anyhow::anyhow!(
-                        "{}\nnothing was imported: fix it first (see `sidekey check`)",
-                        lines(&d)
-                    )
-                })?;
+                let vault =
+                    config::journal::build(&src, &paths.vault, &opts, None).map_err(|d| {
+                        anyhow::anyhow!(
+                            "{}\nnothing was imported: fix it first (see `sidekey check`)",
+                            lines(&d)
+                        )
+                    })?;
                 if key.is_none() {
                     eprintln!("sidekey: SIDEKEY_ENCRYPTION_KEY is not set: the secrets go into the store unsealed");
                 }

@@ -72,6 +72,14 @@ async fn setup(vault: &str, args: &[&str]) -> (Upstream, Sidekey) {
     (up, sk)
 }
 
+/// What the store holds on disk: the vault's text and, after it, its journal's (the API
+/// writes not yet folded into the vault; `config::journal`).
+fn stored_text(sk: &Sidekey) -> String {
+    let mut text = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    text.push_str(&std::fs::read_to_string(sk.path("vault.yaml.journal")).unwrap_or_default());
+    text
+}
+
 /// Restarts a sidekey on the files it left in `dir`.
 fn restart(dir: tempfile::TempDir) -> Sidekey {
     let args: Vec<String> = vec![
@@ -821,7 +829,7 @@ async fn a_hand_edit_racing_a_write_is_kept() {
     std::fs::write(&path, &text).expect("hand edit");
     let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "api-2", "credentials": {"type": "API_KEY", "apiKey": "k2"}})).await;
     assert_eq!(res.status, 201, "{}", res.text());
-    let after = std::fs::read_to_string(&path).expect("vault");
+    let after = stored_text(&sk);
     assert!(after.contains("edited-by-hand"), "{after}");
     let (code, out, _) = run_cli(
         &[
@@ -959,6 +967,168 @@ async fn kill_9_mid_writes_loses_no_answered_write() {
     assert!(lost.is_empty(), "answered 201 but lost: {lost:?}");
 }
 
+/// The writes a kill -9 catches in the journal (not yet folded into the vault) are there
+/// after a restart, for `sidekey check` too, and survive a SIGHUP reload; once writes go idle
+/// they are folded into the vault and the journal is emptied.
+#[tokio::test]
+async fn kill_9_with_an_unfolded_journal_loses_no_answered_write() {
+    let vault = "integrations: [{unique_key: gh, provider: hdr}]\nconnections: [{connection_id: old, provider_config_key: gh, credentials: {type: API_KEY, apiKey: k}}]\n";
+    let (_up, mut sk) = setup(vault, &[]).await;
+    let c = TestClient::default();
+    let mut ids = vec!["old".to_string()];
+    // The first write folds (a process's first commit rewrites the vault); the others go to
+    // the journal, back to back, so no idle fold comes between them and the kill.
+    for i in 0..20 {
+        let id = format!("j{i}");
+        let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": id, "credentials": {"type": "API_KEY", "apiKey": format!("k{i}")}})).await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        ids.push(id);
+    }
+    // A delete goes to the journal too.
+    let res = call(
+        &c,
+        &sk,
+        "DELETE",
+        "/connections/old?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    ids.remove(0);
+    sk.signal("KILL");
+    let journal = std::fs::read_to_string(sk.path("vault.yaml.journal")).expect("journal");
+    assert!(
+        journal.contains("\"j19\""),
+        "the last write is in the journal:\n{journal}"
+    );
+    let vault_text = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    assert!(!vault_text.contains("j19"), "not folded yet:\n{vault_text}");
+    assert!(
+        vault_text.contains("old"),
+        "the delete is not folded yet:\n{vault_text}"
+    );
+    let dir = sk.take_dir();
+    drop(sk);
+    let (code, out, _) = run_cli(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("20 connections"),
+        "check sees vault + journal: {out}"
+    );
+
+    let sk = restart(dir);
+    let listed = |res: support::client::TestResponse| -> HashSet<String> {
+        res.json()["connections"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|c| c["connection_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let want: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(
+        listed(call(&c, &sk, "GET", "/connections", Value::Null).await),
+        want
+    );
+    assert_eq!(c.proxy(&sk.url(""), "/x", "j19", "gh").await.status, 200);
+    assert_eq!(c.proxy(&sk.url(""), "/x", "old", "gh").await.status, 404);
+
+    // A second after start with no writes, the journal is folded into the vault.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = std::fs::metadata(sk.path("vault.yaml.journal")).map_or(0, |m| m.len());
+        if j == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was not folded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vault_text = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    for id in &ids {
+        assert!(
+            vault_text.contains(id.as_str()),
+            "{id} folded:\n{vault_text}"
+        );
+    }
+    assert!(!vault_text.contains("\"old\""), "{vault_text}");
+
+    // Journaled writes survive a SIGHUP reload (it rebuilds from vault + journal).
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "after-hup", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "after-hup-2", "credentials": {"type": "API_KEY", "apiKey": "k"}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert!(std::fs::metadata(sk.path("vault.yaml.journal")).map_or(0, |m| m.len()) > 0);
+    // An update and a delete of connections the folded vault holds, journaled too.
+    let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "j0", "credentials": {"type": "API_KEY", "apiKey": "k0-updated"}})).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = call(
+        &c,
+        &sk,
+        "DELETE",
+        "/connections/j1?provider_config_key=gh",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    sk.signal("HUP");
+    assert!(
+        sk.wait_for_log("SIGHUP", Duration::from_secs(10)),
+        "{}",
+        sk.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        c.proxy(&sk.url(""), "/x", "after-hup-2", "gh").await.status,
+        200
+    );
+    assert_eq!(
+        c.proxy(&sk.url(""), "/x", "after-hup", "gh").await.status,
+        200
+    );
+    assert_eq!(c.proxy(&sk.url(""), "/x", "j1", "gh").await.status, 404);
+
+    // Folded again once writes stop (spliced onto the vault the first fold wrote, with every
+    // change journaled since): the vault alone now holds exactly what is served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(sk.path("vault.yaml.journal")).map_or(0, |m| m.len()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was not folded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vault_text = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    for want in ["after-hup-2", "after-hup", "k0-updated", "\"j19\""] {
+        assert!(vault_text.contains(want), "{want}:\n{vault_text}");
+    }
+    assert!(!vault_text.contains("\"j1\""), "{vault_text}");
+    assert!(!vault_text.contains("\"k0\""), "{vault_text}");
+    let (code, out, _) = run_cli(
+        &[
+            "check",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        sk.dir(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("21 connections"), "{out}");
+}
+
 #[tokio::test]
 async fn api_writes_are_sealed_when_a_key_is_set() {
     use base64::Engine as _;
@@ -979,12 +1149,19 @@ async fn api_writes_are_sealed_when_a_key_is_set() {
     assert_eq!(res.status, 200, "{}", res.text());
     let res = call(&c, &sk, "POST", "/connections", json!({"provider_config_key": "gh", "connection_id": "u1", "credentials": {"type": "API_KEY", "apiKey": SECRET}})).await;
     assert_eq!(res.status, 201, "{}", res.text());
-    let vault = std::fs::read_to_string(sk.path("vault.yaml")).expect("vault");
+    // The connection went to the journal (the first write, the integration, rewrote the
+    // vault): sealed there as in the vault.
+    let vault = stored_text(&sk);
     assert!(
         !vault.contains(SECRET),
         "plaintext secret on disk:\n{vault}"
     );
     assert!(vault.contains("enc:v1:"), "{vault}");
+    let journal = std::fs::read_to_string(sk.path("vault.yaml.journal")).expect("journal");
+    assert!(
+        journal.contains("\"u1\"") && journal.contains("enc:v1:"),
+        "{journal}"
+    );
     assert_eq!(c.proxy(&sk.url(""), "/x", "u1", "gh").await.status, 200);
     assert_eq!(
         up.requests()
@@ -1006,6 +1183,52 @@ async fn api_writes_are_sealed_when_a_key_is_set() {
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("SIDEKEY_ENCRYPTION_KEY"), "{out}");
+    // With the key, the journal's sealed secret opens; with another, the journal's line and
+    // connection are named (never the value).
+    let env = [("SIDEKEY_ENCRYPTION_KEY", key.as_str())];
+    let check = [
+        "check",
+        "--providers",
+        "providers.yaml",
+        "--vault",
+        "vault.yaml",
+    ];
+    let (code, out, _) = support::sidekey::run_cli_env(&check, sk.dir(), &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 connections"), "{out}");
+    let other = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
+    let (code, out, _) = support::sidekey::run_cli_env(
+        &check,
+        sk.dir(),
+        &[("SIDEKEY_ENCRYPTION_KEY", other.as_str())],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("vault.yaml.journal") && out.contains("connections[u1]"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+    // Resealing the vault alone would strand the journal's groups under the old key.
+    let (code, out, err) = support::sidekey::run_cli_env(
+        &[
+            "vault",
+            "rekey",
+            "--providers",
+            "providers.yaml",
+            "--vault",
+            "vault.yaml",
+        ],
+        sk.dir(),
+        &[
+            ("SIDEKEY_ENCRYPTION_KEY", key.as_str()),
+            ("SIDEKEY_NEW_ENCRYPTION_KEY", other.as_str()),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("not yet folded"),
+        "{out}{err}"
+    );
 }
 
 #[tokio::test]

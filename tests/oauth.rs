@@ -165,8 +165,21 @@ fn start(providers: &str, vault: &str, dir: tempfile::TempDir, args: &[String]) 
         .start()
 }
 
-/// The credentials map of connection `id` in the vault file.
+/// The credentials map of connection `id` in the vault file, or in its journal (the writes
+/// not yet folded into the vault: the last group that put `id` wins).
 fn vault_credentials(path: &Path, id: &str) -> serde_yaml_ng::Value {
+    let mut journal = path.as_os_str().to_owned();
+    journal.push(".journal");
+    let journal = std::fs::read_to_string(&journal).unwrap_or_default();
+    let last_put = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .flat_map(|g| g["ops"].as_array().cloned().unwrap_or_default())
+        .filter_map(|op| op.get("put").cloned())
+        .rfind(|c| c["connection_id"].as_str() == Some(id));
+    if let Some(c) = last_put {
+        return serde_yaml_ng::to_value(&c["credentials"]).expect("credentials");
+    }
     let text = std::fs::read_to_string(path).expect("read vault");
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("vault is YAML");
     v["connections"]
@@ -552,6 +565,13 @@ async fn a_live_hand_edit_of_a_refreshed_credential_wins_and_other_edits_keep_th
     assert_eq!(c.proxy(&sk.url(""), "/x", "c", "i").await.status, 200);
     assert_eq!(bearer(&up.requests()[up.count() - 1]), "at-by-hand");
     assert_eq!(token.count(), 1, "the vault's token is used as it is");
+    // The log line comes through the child's pipe and a reader thread, maybe after the
+    // response: wait for it (on a loaded machine the plain read missed it, 1 run in 6).
+    assert!(
+        sk.wait_for_log(vault_won, Duration::from_secs(10)),
+        "{}",
+        sk.logs()
+    );
     assert_eq!(sk.logs().matches(vault_won).count(), 1, "{}", sk.logs());
     // The next refresh starts from the vault's record and is written on top of the edit.
     refuse.lock().expect("lock").push("at-by-hand".into());

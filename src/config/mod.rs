@@ -10,6 +10,7 @@
 //! [`reload`] watches the files and swaps a freshly built snapshot in when they change.
 
 pub mod diff;
+pub mod journal;
 pub mod limits;
 pub mod providers;
 pub mod reload;

@@ -39,7 +39,7 @@ use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use super::diff::Changes;
-use super::snapshot::{self, BuildOptions, Snapshot};
+use super::snapshot::{BuildOptions, Snapshot};
 use super::{limits, load_files_stamped, Diagnostic, Paths, Publish, Source, Sources, Stamps};
 use crate::atomic_file::FileStamp;
 
@@ -221,7 +221,8 @@ impl Reloader {
         let stamps = self.stamp_files();
         let (src, _) = load_files_stamped(&self.paths)?;
         *last = Seen::read(self.content_hash(&src), stamps);
-        let snap = snapshot::build(&src, &self.options(1))?;
+        // The vault and the API writes its journal holds that were not folded into it yet.
+        let snap = super::journal::build(&src, &self.paths.vault, &self.options(1), None)?;
         self.remember_content(&src);
         self.generation.store(1, Ordering::Relaxed);
         Ok(snap)
@@ -341,7 +342,13 @@ impl Reloader {
         *last = Seen::read(hash, file_stamps);
         let generation = self.generation() + 1;
         let current = target.current();
-        let new = match snapshot::build_reusing(&src, &self.options(generation), Some(&current)) {
+        let built = super::journal::build(
+            &src,
+            &self.paths.vault,
+            &self.options(generation),
+            Some(&current),
+        );
+        let new = match built {
             Ok(s) => Arc::new(s),
             Err(errors) => return self.refused(target, trigger, errors),
         };

@@ -111,6 +111,13 @@ pub trait Backend: Send + Sync + 'static {
     /// A version for a record written now: increasing, never reused.
     fn next_version(&self) -> u64;
 
+    /// Called by the writer once writes have stopped for a moment ([`writer`]), with the
+    /// snapshot serving: the vault file folds its journal then. Nothing by default.
+    fn idle(&self, current: Arc<Snapshot>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = current;
+        Box::pin(async { Ok(()) })
+    }
+
     /// How many times the writer applies a group again after a [`StoreError::Conflict`] (each
     /// time after [`Backend::refresh`]). The vault file: once (a hand edit racing the write).
     /// A shared database, where other replicas commit all the time, says more.

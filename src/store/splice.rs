@@ -35,8 +35,9 @@
 //! bytes, which every commit does anyway) instead of a map from key to position, which would
 //! cost about three times the memory. The index is used only when the file
 //! on disk is still the one it describes (same stamp, checked on the open descriptor that the
-//! bytes are copied from, and again after copying) and the snapshot is the next generation of
-//! the one written; anything else — the first commit, a hand edit the store or the reloader
+//! bytes are copied from, and again after copying) and the caller's changes are every change
+//! since the generation it was written at (the next generation's, or, for a fold of the
+//! journal, everything appended to it since; [`Splicer::write_since`]); anything else — the first commit, a hand edit the store or the reloader
 //! re-read, a failed commit — renders everything and rebuilds the index.
 //!
 //! **Collisions.** A full render keeps its index only if all hashes differ. A spliced commit
@@ -152,9 +153,26 @@ impl Splicer {
         changes: &[Change],
         key: Option<&EncryptionKey>,
     ) -> Result<(FileStamp, Written), RenderError> {
+        let base = next.generation.saturating_sub(1);
+        self.write_since(path, header, next, changes, base, key)
+    }
+
+    /// [`Splicer::write`] where `changes` are every change since the file was written at
+    /// generation `base`, any number of generations ago: a fold of the journal, whose groups
+    /// were appended to it instead of rewriting the vault ([`crate::config::journal`]).
+    pub fn write_since(
+        &mut self,
+        path: &Path,
+        header: &str,
+        next: &Snapshot,
+        changes: &[Change],
+        base: u64,
+        key: Option<&EncryptionKey>,
+    ) -> Result<(FileStamp, Written), RenderError> {
         let spans = self.spans.take();
         let plan = spans
             .as_ref()
+            .filter(|s| s.generation == base)
             .and_then(|s| self.plan(s, path, next, changes));
         match (plan, spans) {
             (Some(plan), Some(spans)) => self.write_spliced(path, header, next, key, plan, &spans),
@@ -207,9 +225,6 @@ impl Splicer {
         next: &'a Snapshot,
         changes: &[Change],
     ) -> Option<Plan<'a>> {
-        if spans.generation.checked_add(1) != Some(next.generation) {
-            return None;
-        }
         // The connections that changed, by hash; anything else that changes the file below
         // the head renders everything.
         let mut changed: Vec<(u64, &str, &str)> = Vec::with_capacity(changes.len());

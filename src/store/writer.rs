@@ -116,12 +116,39 @@ impl Writer {
 /// The longest a group waits for more writes (see [`run`]).
 const MAX_GATHER: Duration = Duration::from_millis(5);
 
+/// How long without a write before the backend is told writes went idle
+/// ([`Backend::idle`]: the vault file folds its journal).
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
 async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<Pending>) {
     // How many writes the last commit saw in the system (the group it answered plus those
     // queued behind it), and how long it took.
     let mut in_system = 0usize;
     let mut last_commit = Duration::ZERO;
-    while let Some(first) = rx.recv().await {
+    // Whether the backend should hear that writes went idle (once after start, for a journal
+    // left by the last run, and once after each burst of writes).
+    let mut idle_due = true;
+    loop {
+        let first = if idle_due {
+            match tokio::time::timeout(IDLE_AFTER, rx.recv()).await {
+                Ok(first) => first,
+                Err(_) => {
+                    idle_due = false;
+                    if let Err(e) = backend.idle(app.snapshot.load_full()).await {
+                        // The next commit tries again; nothing was lost.
+                        tracing::warn!(error = %e, "the store could not tidy up while idle");
+                    }
+                    // A burst of writes freed every snapshot it replaced; mimalloc keeps such
+                    // pages until asked (as after a reload): give them back once writes stop.
+                    crate::memory::release_freed();
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(first) = first else { break };
+        idle_due = true;
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
             match rx.try_recv() {
