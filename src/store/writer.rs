@@ -172,18 +172,19 @@ async fn run(app: Arc<State>, backend: Arc<dyn Backend>, mut rx: mpsc::Receiver<
                 }
             }
         }
-        let size = batch.len();
         let started = std::time::Instant::now();
         let (locals, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.local.is_some());
         if !locals.is_empty() {
             apply_locals(&app, backend.as_ref(), locals).await;
         }
+        // Only writes size the next gather: cache fills are not commits.
         if !batch.is_empty() {
+            let size = batch.len();
             commit_group(&app, backend.as_ref(), batch).await;
+            last_commit = started.elapsed();
+            in_system = size + rx.len();
         }
         trim(&app, backend.as_ref());
-        last_commit = started.elapsed();
-        in_system = size + rx.len();
     }
 }
 
