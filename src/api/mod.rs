@@ -166,6 +166,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A connection the store could not be read for (a bounded connection cache): 503, as an
+/// unreachable store answers a write.
+impl From<crate::state::ColdError> for ApiError {
+    fn from(e: crate::state::ColdError) -> Self {
+        StoreError::Unavailable(e.0).into()
+    }
+}
+
 /// 400 `connection_test_failed`: the provider's verification endpoints refused the
 /// credential (Nango's message, which names no value).
 pub(crate) fn connection_test_failed() -> ApiError {
@@ -392,9 +400,7 @@ async fn prefetch(
         _ => {}
     }
     for (key, id) in named {
-        app.state.ensure_connection(&key, &id).await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0)
-        })?;
+        app.state.ensure_connection(&key, &id).await?;
     }
     Ok(())
 }

@@ -478,9 +478,7 @@ async fn list_cold(
         }
         got.len() < need
     };
-    cold.list(filter, &mut each)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))?;
+    cold.list(filter, &mut each).await?;
     Ok(q.render(got.iter().map(AsRef::as_ref).collect(), errors))
 }
 

@@ -432,9 +432,7 @@ async fn stored_connections(app: &App, integration: &str) -> Result<bool, ApiErr
     let Some(cold) = app.state.cold.get() else {
         return Ok(false);
     };
-    cold.has_connections(integration)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))
+    Ok(cold.has_connections(integration).await?)
 }
 
 async fn patch_integration(

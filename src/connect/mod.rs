@@ -128,10 +128,7 @@ pub enum Listener {
 /// With a bounded connection cache (the PostgreSQL store), brings the connection a reconnect
 /// names into the snapshot before the route reads it there.
 async fn ensure_connection(app: &App, integration: &str, id: &str) -> Result<(), ApiError> {
-    app.state
-        .ensure_connection(integration, id)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.0))
+    Ok(app.state.ensure_connection(integration, id).await?)
 }
 
 /// Answers a request on the public listener: Connect routes that take no secret key, and 404

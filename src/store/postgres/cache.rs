@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::OnceCell;
 
-use super::{PgStore, STORE_NAME};
+use super::PgStore;
 use crate::config::vault::RawConnection;
 use crate::config::{Change, Connection, Snapshot};
 use crate::state::{BoxFuture, ColdError, ColdStore, ListFilter};
@@ -175,7 +175,17 @@ fn cold_error(e: StoreError) -> ColdError {
     })
 }
 
+/// A failed statement, as the store names it (no URL, no value).
+fn failed(e: tokio_postgres::Error) -> ColdError {
+    cold_error(super::db_error(e))
+}
+
 impl PgCold {
+    /// A pooled connection, or why the store cannot be read.
+    async fn client(&self) -> Result<deadpool_postgres::Object, ColdError> {
+        self.0.client().await.map_err(|e| cold_error(e.into()))
+    }
+
     fn cache(&self) -> Result<&Cache, ColdError> {
         self.0
             .cache
@@ -185,9 +195,7 @@ impl PgCold {
 
     /// Reads one connection by its key (the primary key's index).
     async fn read(&self, integration: &str, id: &str) -> Result<Option<Read>, ColdError> {
-        let client = self.0.client().await.map_err(|e| cold_error(e.into()))?;
-        let fail =
-            |e: tokio_postgres::Error| ColdError(format!("{STORE_NAME}: {}", super::chain(&e)));
+        let client = self.client().await?;
         let stmt = client
             .prepare_cached(
                 "SELECT h.seq, c.version, c.record::text FROM sidekey_head h
@@ -195,11 +203,11 @@ impl PgCold {
                    ON c.provider_config_key = $1 AND c.connection_id = $2",
             )
             .await
-            .map_err(fail)?;
+            .map_err(failed)?;
         let row = client
             .query_one(&stmt, &[&integration, &id])
             .await
-            .map_err(fail)?;
+            .map_err(failed)?;
         let (Some(version), Some(text)) =
             (row.get::<_, Option<i64>>(1), row.get::<_, Option<&str>>(2))
         else {
@@ -411,9 +419,7 @@ impl ColdStore for PgCold {
         id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<Arc<Connection>>, ColdError>> {
         Box::pin(async move {
-            let client = self.0.client().await.map_err(|e| cold_error(e.into()))?;
-            let fail =
-                |e: tokio_postgres::Error| ColdError(format!("{STORE_NAME}: {}", super::chain(&e)));
+            let client = self.client().await?;
             let rows = client
                 .query(
                     "SELECT h.seq, c.version, c.record::text FROM sidekey_head h
@@ -425,7 +431,7 @@ impl ColdStore for PgCold {
                     &[&selector, &integration, &id],
                 )
                 .await
-                .map_err(fail)?;
+                .map_err(failed)?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let Some(record) = opened(&self.0, row.get(2)) else {
@@ -450,7 +456,7 @@ impl ColdStore for PgCold {
         integration: &'a str,
     ) -> BoxFuture<'a, Result<bool, ColdError>> {
         Box::pin(async move {
-            let client = self.0.client().await.map_err(|e| cold_error(e.into()))?;
+            let client = self.client().await?;
             client
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM sidekey_connections WHERE provider_config_key = $1)",
@@ -458,7 +464,7 @@ impl ColdStore for PgCold {
                 )
                 .await
                 .map(|row| row.get(0))
-                .map_err(|e| ColdError(format!("{STORE_NAME}: {}", super::chain(&e))))
+                .map_err(failed)
         })
     }
 
@@ -469,9 +475,7 @@ impl ColdStore for PgCold {
     ) -> BoxFuture<'a, Result<(), ColdError>> {
         Box::pin(async move {
             use futures_util::StreamExt as _;
-            let client = self.0.client().await.map_err(|e| cold_error(e.into()))?;
-            let fail =
-                |e: tokio_postgres::Error| ColdError(format!("{STORE_NAME}: {}", super::chain(&e)));
+            let client = self.client().await?;
             let integrations: Option<Vec<String>> = filter.integrations.map(<[String]>::to_vec);
             let rows = client
                 .query_raw(
@@ -487,10 +491,10 @@ impl ColdStore for PgCold {
                     ],
                 )
                 .await
-                .map_err(fail)?;
+                .map_err(failed)?;
             let mut rows = std::pin::pin!(rows);
             while let Some(row) = rows.next().await {
-                let row = row.map_err(fail)?;
+                let row = row.map_err(failed)?;
                 let Some(record) = opened(&self.0, row.get(1)) else {
                     continue;
                 };
