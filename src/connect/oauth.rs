@@ -124,25 +124,13 @@ fn page(outcome: Result<(String, String), PageError>) -> Response<ProxyBody> {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><title>Authorization</title><script src=\"../connect/oauth-callback.js\" defer></script></head><body {attrs}><p>{}</p></body></html>",
         escape(&text)
     );
-    let mut res = Response::new(crate::body::full(Bytes::from(html)));
-    *res.status_mut() = status;
+    let mut res = super::ui::uncached(
+        status,
+        Bytes::from(html),
+        "text/html; charset=utf-8",
+        "default-src 'none'; script-src 'self'; base-uri 'none'",
+    );
     let h = res.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
-    h.insert(
-        http::header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        http::header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; script-src 'self'; base-uri 'none'"),
-    );
     if let Err(e) = &outcome {
         if let Ok(v) = HeaderValue::from_str(e.kind) {
             h.insert("sidekey-error", v);

@@ -59,8 +59,29 @@ pub fn serve(asset: Asset) -> Response<ProxyBody> {
         Asset::Style => (STYLE, "text/css; charset=utf-8"),
         Asset::Callback => (CALLBACK, "text/javascript; charset=utf-8"),
     };
-    let mut res = Response::new(crate::body::full(Bytes::from_static(body.as_bytes())));
-    *res.status_mut() = StatusCode::OK;
+    let mut res = uncached(
+        StatusCode::OK,
+        Bytes::from_static(body.as_bytes()),
+        kind,
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; form-action 'none'; base-uri 'none'; frame-ancestors *",
+    );
+    res.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
+/// A page or asset of Connect's browser side: never cached, no referrer sent from it, and
+/// limited by `csp`.
+pub(super) fn uncached(
+    status: StatusCode,
+    body: Bytes,
+    kind: &'static str,
+    csp: &'static str,
+) -> Response<ProxyBody> {
+    let mut res = Response::new(crate::body::full(body));
+    *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(
@@ -72,14 +93,8 @@ pub fn serve(asset: Asset) -> Response<ProxyBody> {
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(
-        http::header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
         http::header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; form-action 'none'; base-uri 'none'; frame-ancestors *",
-        ),
+        HeaderValue::from_static(csp),
     );
     res
 }
