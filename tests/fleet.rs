@@ -38,9 +38,15 @@ oa: {{auth_mode: OAUTH2, token_url: "{token}/oauth/token", proxy: {{base_url: "{
 }
 
 fn replica(pg: &Pg, providers: &str) -> Sidekey {
+    replica_with(pg, providers, &[])
+}
+
+/// [`replica`] with more arguments (a `--connection-cache`).
+fn replica_with(pg: &Pg, providers: &str, args: &[&str]) -> Sidekey {
     sidekey(providers, "")
         .env("RUST_LOG", "info,sidekey::store=debug")
         .arg(format!("--store={}", pg.url()))
+        .args(args.iter().copied())
         .env("SIDEKEY_ENCRYPTION_KEY", KEY)
         .start()
 }
@@ -98,12 +104,7 @@ async fn a_write_on_one_replica_is_served_by_the_others() {
     let a = replica(&pg, &p);
     let b = replica(&pg, &p);
     // The third replica holds every connection (no bounded cache): both modes in one fleet.
-    let c3 = sidekey(&p, "")
-        .env("RUST_LOG", "info,sidekey::store=debug")
-        .arg(format!("--store={}", pg.url()))
-        .args(["--connection-cache", "0"])
-        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
-        .start();
+    let c3 = replica_with(&pg, &p, &["--connection-cache", "0"]);
     let c = TestClient::http1();
 
     let res = call(
@@ -1254,12 +1255,7 @@ async fn a_bounded_cache_reads_connections_on_use() {
         .await;
         assert_eq!(res.status, 201, "{}", res.text());
     }
-    let b = sidekey(&p, "")
-        .env("RUST_LOG", "info,sidekey::store=debug")
-        .arg(format!("--store={}", pg.url()))
-        .args(["--connection-cache", "4"])
-        .env("SIDEKEY_ENCRYPTION_KEY", KEY)
-        .start();
+    let b = replica_with(&pg, &p, &["--connection-cache", "4"]);
     assert!(
         b.logs().contains(r#""connections":0,"connection_cache":4"#),
         "no connection is loaded at start: {}",
